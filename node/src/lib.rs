@@ -1,0 +1,13 @@
+//! kuberaft-node: the Raft node.
+//!
+//! Layout:
+//! - [`raft`]: the sans-IO consensus core. It owns no clock, socket, file or task;
+//!   callers feed it ticks, messages and requests and execute the commands it returns.
+//!   This is what lets the simulator (`tests/simulation.rs`) run thousands of whole
+//!   clusters per CI run, deterministically, with faults.
+//! - [`linearizability`]: a checker for client histories against a key-value model,
+//!   used by the simulator and by the end-to-end tests.
+//!
+//! Storage, the state machine, the transport and the server join as their issues land.
+
+pub mod raft;

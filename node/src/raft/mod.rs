@@ -1,0 +1,3 @@
+//! The consensus core.
+pub mod message;
+pub mod types;

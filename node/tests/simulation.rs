@@ -1,0 +1,1 @@
+//! Deterministic whole-cluster simulation (filled in with the core).

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command (README "Tests"). Installs what a fresh machine lacks, then
+# runs formatting, lint, unit tests and the deterministic simulator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "simulator: ${SIM_SEEDS:=2000} seeds from ${SIM_SEED_START:=0} (profile sim: release with debug assertions)"
+SIM_SEEDS=$SIM_SEEDS SIM_SEED_START=$SIM_SEED_START \
+  cargo test --profile sim --locked -p kuberaft-node --test simulation -- --nocapture
+
+echo
+echo "all tests passed"
