@@ -10,4 +10,5 @@
 //!
 //! Storage, the state machine, the transport and the server join as their issues land.
 
+pub mod linearizability;
 pub mod raft;
