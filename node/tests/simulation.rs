@@ -480,6 +480,14 @@ impl Sim {
             assert!(event.at >= self.now);
             self.now = event.at;
             self.steps += 1;
+            assert!(
+                self.steps < 3_000_000 && self.events.len() < 200_000,
+                "runaway simulation: {} steps, {} events queued at {}ms ({})",
+                self.steps,
+                self.events.len(),
+                self.now,
+                self.describe_cluster()
+            );
             self.handle(event.kind);
             if !self.healed && self.steps >= self.params.min_steps && self.now >= self.params.min_chaos_ms {
                 self.heal();
@@ -696,6 +704,7 @@ impl Sim {
             node.received.insert((meta.index, meta.term), data);
         }
         let epoch = node.epoch;
+        trace!(self, "n{} -> n{to} {} t{} {}", message.from, message.body.kind(), message.term, brief(&message.body));
         self.with_core(to, epoch, |core| core.step(message));
     }
 
@@ -1371,6 +1380,42 @@ impl Sim {
                 panic!("linearizability check inconclusive on key {key:?}: {reason}")
             }
         }
+    }
+}
+
+/// The interesting fields of a message, for the trace.
+fn brief(body: &MessageBody) -> String {
+    match body {
+        MessageBody::VoteRequest {
+            last_log_index,
+            last_log_term,
+            ..
+        } => format!("last {last_log_index}/{last_log_term}"),
+        MessageBody::VoteResponse { granted, .. } => format!("granted {granted}"),
+        MessageBody::AppendRequest {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
+            "prev {prev_log_index}/{prev_log_term} entries {} commit {leader_commit}",
+            entries.len()
+        ),
+        MessageBody::AppendResponse {
+            index,
+            rejected,
+            hint_index,
+            hint_term,
+        } => format!("index {index} rejected {rejected} hint {hint_index}/{hint_term}"),
+        MessageBody::Heartbeat { leader_commit, read_seq } => format!("commit {leader_commit} read {read_seq}"),
+        MessageBody::HeartbeatResponse {
+            read_seq,
+            last_log_index,
+        } => format!("read {read_seq} last {last_log_index}"),
+        MessageBody::InstallSnapshot { meta } => format!("snapshot {}/{}", meta.index, meta.term),
+        MessageBody::ReadIndexRequest { id } => format!("id {id}"),
+        MessageBody::ReadIndexResponse { id, index } => format!("id {id} index {index:?}"),
+        MessageBody::TimeoutNow => String::new(),
     }
 }
 

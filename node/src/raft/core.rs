@@ -144,6 +144,15 @@ pub enum ReadFailure {
     TooManyReads,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Campaign {
+    /// Ask whether we could win, without raising the term.
+    PreVote,
+    Election,
+    /// Told to by the leader (`TimeoutNow`): skip the pre-vote, override leases.
+    Transfer,
+}
+
 /// What the caller must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -263,6 +272,8 @@ pub struct RaftCore {
     unpersisted_entries: Vec<Entry>,
     unpersisted_snapshot: Option<SnapshotMeta>,
     broadcast_pending: bool,
+    /// A held message waits for a persistence not issued yet: issue one.
+    persist_next: bool,
     commands: Vec<Command>,
     rng: ChaCha8Rng,
 }
@@ -361,6 +372,7 @@ impl RaftCore {
             unpersisted_entries: Vec::new(),
             unpersisted_snapshot: None,
             broadcast_pending: false,
+            persist_next: false,
             commands: Vec::new(),
             rng,
             cfg,
@@ -455,7 +467,11 @@ impl RaftCore {
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() {
-            self.campaign(false);
+            self.campaign(if self.cfg.pre_vote {
+                Campaign::PreVote
+            } else {
+                Campaign::Election
+            });
         }
     }
 
@@ -563,7 +579,7 @@ impl RaftCore {
             }
             MessageBody::TimeoutNow => {
                 if self.is_promotable() {
-                    self.campaign(true);
+                    self.campaign(Campaign::Transfer);
                 }
             }
             MessageBody::ReadIndexRequest { id } => self.handle_read_index_request(m.from, id),
@@ -713,13 +729,15 @@ impl RaftCore {
             self.persist_queue.pop_front();
             self.durable_index = self.durable_index.max(last);
         }
-        while let Some(held) = self.held.front() {
-            if held.seq > seq {
-                break;
+        let mut still_held = VecDeque::with_capacity(self.held.len());
+        for held in std::mem::take(&mut self.held) {
+            if held.seq <= seq {
+                self.commands.push(Command::Send(held.message));
+            } else {
+                still_held.push_back(held);
             }
-            let held = self.held.pop_front().expect("front exists");
-            self.commands.push(Command::Send(held.message));
         }
+        self.held = still_held;
         if self.role == Role::Leader {
             if let Some(pr) = self.progress.get_mut(&self.id) {
                 pr.update_match(self.durable_index.min(self.log.last_index()));
@@ -810,8 +828,9 @@ impl RaftCore {
         self.election_elapsed = 0;
     }
 
-    fn campaign(&mut self, leadership_transfer: bool) {
-        let pre_vote = self.cfg.pre_vote && !leadership_transfer;
+    fn campaign(&mut self, kind: Campaign) {
+        let pre_vote = kind == Campaign::PreVote;
+        let leadership_transfer = kind == Campaign::Transfer;
         if pre_vote {
             self.role = Role::PreCandidate;
             self.set_leader(0);
@@ -828,7 +847,7 @@ impl RaftCore {
         self.votes.insert(self.id, true);
         if self.vote_won() {
             if pre_vote {
-                self.campaign(false);
+                self.campaign(Campaign::Election);
             } else {
                 self.become_leader();
             }
@@ -1287,10 +1306,11 @@ impl RaftCore {
         let can_vote = self.vote == from
             || (self.vote == 0 && self.leader == 0)
             || (pre_vote && term > self.term);
-        let grant = can_vote
-            && self.log.is_up_to_date(last_index, last_term)
-            && !self.membership().is_learner(self.id)
-            && !(pre_vote && self.in_lease());
+        // A node that sees itself as a learner still answers: the candidate's log may
+        // already hold its promotion, and only the candidate's configuration decides
+        // whose votes count (learners' never do). Refusing would let a cluster whose
+        // leader died right after a promotion wait forever for that learner's vote.
+        let grant = can_vote && self.log.is_up_to_date(last_index, last_term) && !(pre_vote && self.in_lease());
         if grant && !pre_vote {
             assert!(self.vote == 0 || self.vote == from, "voting twice in term {}", self.term);
             self.vote = from;
@@ -1325,7 +1345,7 @@ impl RaftCore {
         self.votes.entry(from).or_insert(granted);
         if self.vote_won() {
             if self.role == Role::PreCandidate {
-                self.campaign(false);
+                self.campaign(Campaign::Election);
             } else {
                 self.become_leader();
             }
@@ -1595,6 +1615,7 @@ impl RaftCore {
         };
         let term_vote_changed = hard_state.term != self.last_persisted_hard_state.term
             || hard_state.vote != self.last_persisted_hard_state.vote;
+        let force = force || std::mem::take(&mut self.persist_next);
         if !force && !term_vote_changed && self.unpersisted_entries.is_empty() && self.unpersisted_snapshot.is_none() {
             return;
         }
@@ -1643,6 +1664,11 @@ impl RaftCore {
         if gate <= self.persist_seq_done {
             self.commands.push(Command::Send(message));
         } else {
+            if gate > self.persist_seq_issued {
+                // Waits for the next persistence: make sure there is one, even if what
+                // it was to carry got superseded (truncated, replaced by a snapshot).
+                self.persist_next = true;
+            }
             self.held.push_back(HeldMessage { seq: gate, message });
         }
     }
