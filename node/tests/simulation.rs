@@ -299,8 +299,9 @@ struct Oracle {
     leaders: HashMap<Term, NodeId>,
     /// (index, term) -> (payload, term of the previous entry).
     seen: HashMap<(Index, Term), (EntryPayload, Option<Term>)>,
-    /// The committed log, index 1 at position 0.
-    committed: Vec<(Term, EntryPayload)>,
+    /// The committed log, index 1 at position 0: (entry term, payload, the term of
+    /// the leader that committed it).
+    committed: Vec<(Term, EntryPayload, Term)>,
 }
 
 #[derive(Clone, Debug)]
@@ -1264,7 +1265,7 @@ impl Sim {
     fn record_committed(&mut self, index: Index, term: Term, payload: &EntryPayload, by: NodeId) {
         let position = (index - 1) as usize;
         match self.oracle.committed.get(position) {
-            Some((t, p)) => {
+            Some((t, p, _)) => {
                 assert!(
                     *t == term && p == payload,
                     "State Machine Safety: n{by} applies {index}/{term} but {index}/{t} was committed"
@@ -1277,11 +1278,18 @@ impl Sim {
                     "n{by} committed {index} while the cluster knows only {} committed entries",
                     self.oracle.committed.len()
                 );
-                self.oracle.committed.push((term, payload.clone()));
-                // Leader Completeness, as commit advances: every leader of this or a
-                // later term holds the entry.
+                // The first node to apply an entry is the leader that committed it (it
+                // applies before any follower can learn the new commit index).
+                let commit_term = self.nodes[&by].core.as_ref().map_or(term, |c| c.term());
+                self.oracle.committed.push((term, payload.clone(), commit_term));
+                // Leader Completeness, as commit advances: every leader of a later term
+                // than the one that committed it holds the entry.
                 for node in self.nodes.values() {
-                    if let Some(core) = node.core.as_ref().filter(|c| c.role() == Role::Leader && c.term() >= term) {
+                    if let Some(core) = node
+                        .core
+                        .as_ref()
+                        .filter(|c| c.role() == Role::Leader && c.term() > commit_term)
+                    {
                         if index > core.log().base_index() {
                             assert_eq!(
                                 core.log().term(index),
@@ -1298,7 +1306,7 @@ impl Sim {
     }
 
     fn check_snapshot(&self, meta: &SnapshotMeta) {
-        if let Some((term, _)) = self.oracle.committed.get((meta.index - 1) as usize) {
+        if let Some((term, _, _)) = self.oracle.committed.get((meta.index - 1) as usize) {
             assert_eq!(*term, meta.term, "snapshot {}/{} disagrees with the committed log", meta.index, meta.term);
         }
     }
@@ -1330,9 +1338,11 @@ impl Sim {
             trace!(self, "n{id} leads term {}", status.term);
             let core = self.nodes[&id].core.as_ref().expect("alive");
             let base = core.log().base_index();
-            for (i, (term, _)) in self.oracle.committed.iter().enumerate() {
+            for (i, (term, _, commit_term)) in self.oracle.committed.iter().enumerate() {
                 let index = i as Index + 1;
-                if index > base {
+                // Entries committed in earlier terms (a leader of an old term may be
+                // elected late, after a later term committed something).
+                if index > base && *commit_term < status.term {
                     assert_eq!(
                         core.log().term(index),
                         Some(*term),

@@ -497,7 +497,12 @@ impl RaftCore {
                         return;
                     }
                     if !pre_vote {
+                        // Figure 2 resets the election timer only for a granted vote or a
+                        // leader's append: a candidate that we will refuse (stale log)
+                        // must not keep us from campaigning ourselves.
+                        let elapsed = self.election_elapsed;
                         self.become_follower(m.term, 0);
+                        self.election_elapsed = elapsed;
                     }
                 }
                 MessageBody::VoteResponse { pre_vote: true, granted: true } => {
@@ -518,14 +523,10 @@ impl RaftCore {
                     // were ignored under the lease) learns it here and steps down.
                     self.send(m.from, self.append_rejection(0, 0));
                 }
-                MessageBody::VoteRequest { pre_vote: true, .. } => {
-                    self.send(
-                        m.from,
-                        MessageBody::VoteResponse {
-                            pre_vote: true,
-                            granted: false,
-                        },
-                    );
+                MessageBody::VoteRequest { pre_vote, .. } => {
+                    // "Reply false if term < currentTerm": the answer carries our term,
+                    // which is how a stale candidate learns it.
+                    self.send(m.from, MessageBody::VoteResponse { pre_vote, granted: false });
                 }
                 _ => {}
             }
