@@ -531,10 +531,7 @@ impl<'a> KeyHistory<'a> {
         }
         optional.sort_by_key(|op| op.call);
         let known_model: Vec<ModelOp> = known.iter().map(|op| compile(op, &mut interner)).collect();
-        let optional_model: Vec<ModelOp> = optional
-            .iter()
-            .map(|op| compile(op, &mut interner))
-            .collect();
+        let optional_model: Vec<ModelOp> = optional.iter().map(|op| compile(op, &mut interner)).collect();
         let mut last_with_effect: HashMap<ModelOp, usize> = HashMap::new();
         let optional_twin = optional_model
             .iter()
@@ -576,10 +573,7 @@ impl<'a> KeyHistory<'a> {
             match cursor {
                 Cursor::List(node) => {
                     if node == self.events.tail || self.events.is_return[node] {
-                        cursor = Cursor::Optional {
-                            from: 0,
-                            limit: node,
-                        };
+                        cursor = Cursor::Optional { from: 0, limit: node };
                         continue;
                     }
                     let op = self.events.op[node];
@@ -659,9 +653,9 @@ impl<'a> KeyHistory<'a> {
                     // Dead end: every candidate was tried from this configuration.
                     let depth = n_known - remaining;
                     let optional_placed = frames.len() - depth;
-                    let deeper = deepest.as_ref().is_none_or(|d| {
-                        (depth, d.optional_placed) > (d.known_placed, optional_placed)
-                    });
+                    let deeper = deepest
+                        .as_ref()
+                        .is_none_or(|d| (depth, d.optional_placed) > (d.known_placed, optional_placed));
                     if deeper {
                         deepest = Some(self.dead_end(&frames, state, limit, &optional_bits, depth));
                     }
@@ -792,12 +786,7 @@ impl<'a> KeyHistory<'a> {
                 Placed::Known(i) => (self.known[i], ""),
                 Placed::Optional(i) => (self.optional[i], " (assumed to take effect here)"),
             };
-            let _ = writeln!(
-                s,
-                "  {:>4}. {op}{note}  => {}",
-                step + 1,
-                self.show_state(after)
-            );
+            let _ = writeln!(s, "  {:>4}. {op}{note}  => {}", step + 1, self.show_state(after));
         }
         let state = self.show_state(dead.state);
         let _ = writeln!(s, "After that prefix the key is {state}.");
@@ -832,10 +821,7 @@ impl<'a> KeyHistory<'a> {
             )
             .collect();
         if !others.is_empty() {
-            let _ = writeln!(
-                s,
-                "Other operations that could have come next there (all tried):"
-            );
+            let _ = writeln!(s, "Other operations that could have come next there (all tried):");
         }
         for line in others.iter().take(MAX_CANDIDATE_LINES) {
             let _ = writeln!(s, "  - {line}");
@@ -851,9 +837,7 @@ fn compile<'a>(op: &'a Operation, interner: &mut Interner<'a>) -> ModelOp {
     match (&op.input, &op.output) {
         (KvInput::Put { value, .. }, _) => ModelOp::Put(interner.id(value)),
         (KvInput::Delete { .. }, _) => ModelOp::Delete,
-        (KvInput::Get { .. }, KvOutput::Get(seen)) => {
-            ModelOp::Get(interner.id_opt(seen.as_deref()))
-        }
+        (KvInput::Get { .. }, KvOutput::Get(seen)) => ModelOp::Get(interner.id_opt(seen.as_deref())),
         (KvInput::Get { .. }, _) => unreachable!("reads with an unknown outcome are dropped"),
         (KvInput::Cas { expected, new, .. }, output) => ModelOp::Cas {
             expected: interner.id_opt(expected.as_deref()),
@@ -1013,10 +997,7 @@ mod tests {
 
     fn assert_linearizable(ops: &[Operation]) {
         let result = check_kv_history(ops);
-        assert!(
-            result.is_linearizable(),
-            "expected linearizable, got: {result}"
-        );
+        assert!(result.is_linearizable(), "expected linearizable, got: {result}");
     }
 
     /// Asserts a violation on `key` and returns the explanation.
@@ -1109,8 +1090,7 @@ mod tests {
 
     #[test]
     fn read_of_a_value_before_its_put_was_called_is_a_violation() {
-        let explanation =
-            assert_violation(&[get(1, 0, 1, "x", Some("a")), put(2, 2, 3, "x", "a")], "x");
+        let explanation = assert_violation(&[get(1, 0, 1, "x", Some("a")), put(2, 2, 3, "x", "a")], "x");
         assert!(explanation.contains("empty"), "{explanation}");
     }
 
@@ -1167,18 +1147,12 @@ mod tests {
         );
         // Success claimed although the key held something else.
         assert_violation(
-            &[
-                put(1, 0, 1, "x", "z"),
-                cas(2, 2, 3, "x", Some("a"), "b", true),
-            ],
+            &[put(1, 0, 1, "x", "z"), cas(2, 2, 3, "x", Some("a"), "b", true)],
             "x",
         );
         // Failure claimed although the key held exactly the expected value.
         assert_violation(
-            &[
-                put(1, 0, 1, "x", "a"),
-                cas(2, 2, 3, "x", Some("a"), "b", false),
-            ],
+            &[put(1, 0, 1, "x", "a"), cas(2, 2, 3, "x", Some("a"), "b", false)],
             "x",
         );
         // Concurrent with a put, a Cas may see the value before or after it.

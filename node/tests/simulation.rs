@@ -26,10 +26,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kuberaft_node::linearizability::{check_kv_history_with_budget, CheckResult, KvInput, KvOutput, Operation};
+use kuberaft_node::linearizability::{
+    check_kv_history_with_budget, CheckResult, KvInput, KvOutput, Operation,
+};
 use kuberaft_node::raft::{
-    Command, ConfChange, Config, DurableState, Entry, EntryPayload, Error, HardState, Index, Message, MessageBody,
-    NodeId, RaftCore, Role, SnapshotMeta, Term, Timing,
+    Command, ConfChange, Config, DurableState, Entry, EntryPayload, Error, HardState, Index, Message,
+    MessageBody, NodeId, RaftCore, Role, SnapshotMeta, Term, Timing,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -53,8 +55,15 @@ struct KvState {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ClientCommand {
-    Put { key: u8, value: u64 },
-    Cas { key: u8, expected: Option<u64>, new: u64 },
+    Put {
+        key: u8,
+        value: u64,
+    },
+    Cas {
+        key: u8,
+        expected: Option<u64>,
+        new: u64,
+    },
 }
 
 fn encode(op_id: u64, command: ClientCommand) -> Bytes {
@@ -99,7 +108,11 @@ fn decode(data: &[u8]) -> (u64, ClientCommand) {
 impl KvState {
     /// Applies one committed entry; returns the op id and whether a CAS succeeded.
     fn apply(&mut self, entry: &Entry) -> Option<(u64, bool)> {
-        assert_eq!(entry.index, self.applied + 1, "entries are applied in order, without gaps");
+        assert_eq!(
+            entry.index,
+            self.applied + 1,
+            "entries are applied in order, without gaps"
+        );
         self.applied = entry.index;
         let EntryPayload::Normal(data) = &entry.payload else {
             return None;
@@ -158,8 +171,17 @@ impl Disk {
                 self.entries.clear();
             } else {
                 self.entries.truncate((first.index - front) as usize);
-                if let Some(back) = self.entries.back() {
-                    assert_eq!(back.index + 1, first.index, "a write would leave a gap in the log");
+                let back = self.entries.back().map_or(0, |e| e.index);
+                let snapshot = self.snapshot.as_ref().map_or(0, |(m, _)| m.index);
+                if back + 1 < first.index {
+                    // Only a snapshot may cover the hole (entries applied before they
+                    // were durable, then a restart from that snapshot).
+                    assert!(
+                        first.index <= snapshot + 1,
+                        "a write at {} would leave a gap after {back} (snapshot {snapshot})",
+                        first.index
+                    );
+                    self.entries.clear();
                 }
             }
         }
@@ -182,7 +204,11 @@ impl Disk {
         let base = snapshot.as_ref().map_or(0, |m| m.index);
         let entries: Vec<Entry> = self.entries.iter().filter(|e| e.index > base).cloned().collect();
         if let Some(first) = entries.first() {
-            assert_eq!(first.index, base + 1, "durable log does not continue the snapshot");
+            assert_eq!(
+                first.index,
+                base + 1,
+                "durable log does not continue the snapshot"
+            );
         }
         let last = entries.last().map_or(base, |e| e.index);
         assert!(
@@ -240,9 +266,18 @@ impl SimNode {
 
 #[derive(Clone, Debug)]
 enum ClientOp {
-    Get { key: u8 },
-    Put { key: u8, value: u64 },
-    Cas { key: u8, expected: Option<u64>, new: u64 },
+    Get {
+        key: u8,
+    },
+    Put {
+        key: u8,
+        value: u64,
+    },
+    Cas {
+        key: u8,
+        expected: Option<u64>,
+        new: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -257,14 +292,35 @@ struct Client {
 
 #[derive(Debug)]
 enum EventKind {
-    Tick { node: NodeId, epoch: u64 },
-    Deliver { message: Message, snapshot: Option<Arc<KvState>> },
-    PersistDone { node: NodeId, epoch: u64, seq: u64 },
-    SnapshotFailed { node: NodeId, epoch: u64, to: NodeId },
-    ClientStart { client: usize },
-    ClientTimeout { client: usize, op_id: u64 },
+    Tick {
+        node: NodeId,
+        epoch: u64,
+    },
+    Deliver {
+        message: Message,
+        snapshot: Option<Arc<KvState>>,
+    },
+    PersistDone {
+        node: NodeId,
+        epoch: u64,
+        seq: u64,
+    },
+    SnapshotFailed {
+        node: NodeId,
+        epoch: u64,
+        to: NodeId,
+    },
+    ClientStart {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        op_id: u64,
+    },
     Chaos,
-    Restart { node: NodeId },
+    Restart {
+        node: NodeId,
+    },
     Heal,
 }
 
@@ -526,7 +582,9 @@ impl Sim {
             EventKind::Chaos => {
                 if !self.healed {
                     self.chaos();
-                    let next = self.rng.gen_range(self.params.chaos_every_ms / 2..=self.params.chaos_every_ms * 2);
+                    let next = self
+                        .rng
+                        .gen_range(self.params.chaos_every_ms / 2..=self.params.chaos_every_ms * 2);
                     self.schedule(next, EventKind::Chaos);
                 }
             }
@@ -626,11 +684,19 @@ impl Sim {
             }
             Command::BuildSnapshot(meta) => {
                 let node = self.nodes.get_mut(&id).expect("node exists");
-                assert_eq!(node.kv.applied, meta.index, "snapshot asked for at the applied index");
+                assert_eq!(
+                    node.kv.applied, meta.index,
+                    "snapshot asked for at the applied index"
+                );
                 let data = Arc::new(node.kv.clone());
                 node.snapshot = Some((meta.clone(), data.clone()));
                 // Written to its own volume with fsync and rename: durable at once here.
-                if node.disk.snapshot.as_ref().is_none_or(|(m, _)| m.index < meta.index) {
+                if node
+                    .disk
+                    .snapshot
+                    .as_ref()
+                    .is_none_or(|(m, _)| m.index < meta.index)
+                {
                     node.disk.snapshot = Some((meta.clone(), data));
                 }
                 trace!(self, "n{id} built snapshot at {}/{}", meta.index, meta.term);
@@ -659,7 +725,10 @@ impl Sim {
         let (from, to) = (message.from, message.to);
         let snapshot = if let MessageBody::InstallSnapshot { meta } = &message.body {
             let node = &self.nodes[&from];
-            let (held, data) = node.snapshot.as_ref().expect("leader sends only a snapshot it has");
+            let (held, data) = node
+                .snapshot
+                .as_ref()
+                .expect("leader sends only a snapshot it has");
             assert_eq!(held, meta, "leader sends its latest snapshot");
             Some(data.clone())
         } else {
@@ -670,11 +739,22 @@ impl Sim {
             if snapshot.is_some() {
                 // The transport's stream fails, and it tells the core.
                 let epoch = self.epoch(from);
-                self.schedule(50, EventKind::SnapshotFailed { node: from, epoch, to });
+                self.schedule(
+                    50,
+                    EventKind::SnapshotFailed {
+                        node: from,
+                        epoch,
+                        to,
+                    },
+                );
             }
             return;
         }
-        let copies = if self.rng.gen_range(0..100) < self.duplicate_percent { 2 } else { 1 };
+        let copies = if self.rng.gen_range(0..100) < self.duplicate_percent {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = self.rng.gen_range(1..=self.params.delay_max_ms);
             if self.rng.gen_range(0..50) == 0 {
@@ -705,7 +785,14 @@ impl Sim {
             node.received.insert((meta.index, meta.term), data);
         }
         let epoch = node.epoch;
-        trace!(self, "n{} -> n{to} {} t{} {}", message.from, message.body.kind(), message.term, brief(&message.body));
+        trace!(
+            self,
+            "n{} -> n{to} {} t{} {}",
+            message.from,
+            message.body.kind(),
+            message.term,
+            brief(&message.body)
+        );
         self.with_core(to, epoch, |core| core.step(message));
     }
 
@@ -778,7 +865,11 @@ impl Sim {
             let KvInput::Get { key } = &self.history[slot].input else {
                 panic!("read id names a write");
             };
-            let value = self.nodes[&id].kv.values.get(&key[0]).map(|v| v.to_le_bytes().to_vec());
+            let value = self.nodes[&id]
+                .kv
+                .values
+                .get(&key[0])
+                .map(|v| v.to_le_bytes().to_vec());
             self.finish_op(client, slot, KvOutput::Get(value));
         }
     }
@@ -786,10 +877,11 @@ impl Sim {
     // ----- clients -----
 
     fn find_op(&self, op_id: u64) -> Option<(usize, usize)> {
-        self.clients
-            .iter()
-            .enumerate()
-            .find_map(|(i, c)| c.current.filter(|(id, _, _)| *id == op_id).map(|(_, _, slot)| (i, slot)))
+        self.clients.iter().enumerate().find_map(|(i, c)| {
+            c.current
+                .filter(|(id, _, _)| *id == op_id)
+                .map(|(_, _, slot)| (i, slot))
+        })
     }
 
     fn pick_node(&mut self, hint: Option<NodeId>) -> Option<NodeId> {
@@ -833,7 +925,14 @@ impl Sim {
                 let expected = if self.rng.gen_range(0..4) == 0 {
                     None
                 } else {
-                    Some(self.nodes[&node].kv.values.get(&key).copied().unwrap_or(self.next_value - 1))
+                    Some(
+                        self.nodes[&node]
+                            .kv
+                            .values
+                            .get(&key)
+                            .copied()
+                            .unwrap_or(self.next_value - 1),
+                    )
                 };
                 ClientOp::Cas {
                     key,
@@ -885,7 +984,12 @@ impl Sim {
             }
             outcome = Some(result);
         }
-        trace!(self, "client {client} op {op_id} {:?} -> n{node}: {:?}", op, outcome);
+        trace!(
+            self,
+            "client {client} op {op_id} {:?} -> n{node}: {:?}",
+            op,
+            outcome
+        );
         if let Some(Err(e)) = outcome {
             // Refused on the spot: it never happened.
             self.history.truncate(slot);
@@ -907,7 +1011,12 @@ impl Sim {
         self.history[slot].ret = Some(self.now);
         let (_, node, _) = self.clients[client].current.take().expect("op in progress");
         self.clients[client].leader_hint = Some(node);
-        trace!(self, "client {client} done: {:?} -> {:?}", self.history[slot].input, output);
+        trace!(
+            self,
+            "client {client} done: {:?} -> {:?}",
+            self.history[slot].input,
+            output
+        );
         self.history[slot].output = output;
         if self.healed && !matches!(self.history[slot].input, KvInput::Get { .. }) {
             self.clients[client].writes_after_heal += 1;
@@ -938,9 +1047,7 @@ impl Sim {
         let is_read = matches!(self.history[slot].input, KvInput::Get { .. });
         if is_read || took_effect == Some(false) {
             // Mark as a no-op: never happened. (Removing would shift later slots.)
-            self.history[slot].input = KvInput::Get {
-                key: vec![u8::MAX],
-            };
+            self.history[slot].input = KvInput::Get { key: vec![u8::MAX] };
             self.history[slot].output = KvOutput::Unknown;
         }
         self.clients[client].current = None;
@@ -1005,7 +1112,12 @@ impl Sim {
             45..=54 => {
                 self.loss_percent = [0, 1, 5, 15, 30][self.rng.gen_range(0..5)];
                 self.duplicate_percent = self.rng.gen_range(0..5);
-                trace!(self, "network loss {}% duplication {}%", self.loss_percent, self.duplicate_percent);
+                trace!(
+                    self,
+                    "network loss {}% duplication {}%",
+                    self.loss_percent,
+                    self.duplicate_percent
+                );
             }
             55..=74 => self.membership_change(),
             75..=87 => {
@@ -1093,7 +1205,12 @@ impl Sim {
         }
         let durable = node.disk.durable_state();
         let core = RaftCore::restore(cfg, durable).expect("restore");
-        node.kv = node.disk.snapshot.as_ref().map(|(_, d)| (**d).clone()).unwrap_or_default();
+        node.kv = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map(|(_, d)| (**d).clone())
+            .unwrap_or_default();
         node.snapshot = node.disk.snapshot.clone();
         node.last_commit = 0;
         node.last_role = Role::Follower;
@@ -1107,7 +1224,12 @@ impl Sim {
     fn current_leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
-            .filter_map(|n| n.core.as_ref().filter(|c| c.role() == Role::Leader).map(|c| (c.term(), n.id)))
+            .filter_map(|n| {
+                n.core
+                    .as_ref()
+                    .filter(|c| c.role() == Role::Leader)
+                    .map(|c| (c.term(), n.id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -1116,7 +1238,12 @@ impl Sim {
         let Some(leader) = self.current_leader() else {
             return;
         };
-        let membership = self.nodes[&leader].core.as_ref().expect("alive").membership().clone();
+        let membership = self.nodes[&leader]
+            .core
+            .as_ref()
+            .expect("alive")
+            .membership()
+            .clone();
         let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
         let members: Vec<NodeId> = membership.members().collect();
         let change = match self.rng.gen_range(0..4) {
@@ -1128,7 +1255,9 @@ impl Sim {
                     ConfChange::AddLearner(id)
                 }
             }
-            2 if !learners.is_empty() => ConfChange::Promote(*learners.choose(&mut self.rng).expect("not empty")),
+            2 if !learners.is_empty() => {
+                ConfChange::Promote(*learners.choose(&mut self.rng).expect("not empty"))
+            }
             _ if membership.voters.len() > 2 || !learners.is_empty() => {
                 ConfChange::Remove(*members.choose(&mut self.rng).expect("not empty"))
             }
@@ -1225,7 +1354,12 @@ impl Sim {
                     );
                 }
                 None => {
-                    let _ = write!(out, "n{}: down{}; ", node.id, if node.removed { " (removed)" } else { "" });
+                    let _ = write!(
+                        out,
+                        "n{}: down{}; ",
+                        node.id,
+                        if node.removed { " (removed)" } else { "" }
+                    );
                 }
             }
         }
@@ -1307,7 +1441,11 @@ impl Sim {
 
     fn check_snapshot(&self, meta: &SnapshotMeta) {
         if let Some((term, _, _)) = self.oracle.committed.get((meta.index - 1) as usize) {
-            assert_eq!(*term, meta.term, "snapshot {}/{} disagrees with the committed log", meta.index, meta.term);
+            assert_eq!(
+                *term, meta.term,
+                "snapshot {}/{} disagrees with the committed log",
+                meta.index, meta.term
+            );
         }
     }
 
@@ -1320,7 +1458,11 @@ impl Sim {
         // Election Safety.
         if status.role == Role::Leader {
             let prev = *self.oracle.leaders.entry(status.term).or_insert(id);
-            assert_eq!(prev, id, "Election Safety: n{prev} and n{id} both lead term {}", status.term);
+            assert_eq!(
+                prev, id,
+                "Election Safety: n{prev} and n{id} both lead term {}",
+                status.term
+            );
         }
         // Monotonic commit, and commit within the log.
         assert!(
@@ -1417,7 +1559,10 @@ fn brief(body: &MessageBody) -> String {
             hint_index,
             hint_term,
         } => format!("index {index} rejected {rejected} hint {hint_index}/{hint_term}"),
-        MessageBody::Heartbeat { leader_commit, read_seq } => format!("commit {leader_commit} read {read_seq}"),
+        MessageBody::Heartbeat {
+            leader_commit,
+            read_seq,
+        } => format!("commit {leader_commit} read {read_seq}"),
         MessageBody::HeartbeatResponse {
             read_seq,
             last_log_index,

@@ -20,8 +20,8 @@ use super::log::RaftLog;
 use super::message::{Message, MessageBody};
 use super::progress::{Progress, ReplicationState};
 use super::types::{
-    ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term,
-    Timing, TimingError,
+    ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta,
+    Term, Timing, TimingError,
 };
 
 /// Static settings of one node's core. Every bound is stated here.
@@ -82,7 +82,9 @@ impl Config {
         }
         self.timing.validate()?;
         if self.max_inflight_msgs == 0 || self.max_inflight_bytes == 0 {
-            return Err(Error::InvalidConfig("the in-flight window must allow one append".into()));
+            return Err(Error::InvalidConfig(
+                "the in-flight window must allow one append".into(),
+            ));
         }
         if self.max_batch_entries == 0 || self.max_batch_bytes == 0 {
             return Err(Error::InvalidConfig("a batch must allow one entry".into()));
@@ -91,7 +93,9 @@ impl Config {
             return Err(Error::InvalidConfig("queues must allow one request".into()));
         }
         if self.promote_min_match_percent > 100 {
-            return Err(Error::InvalidConfig("promote_min_match_percent is at most 100".into()));
+            return Err(Error::InvalidConfig(
+                "promote_min_match_percent is at most 100".into(),
+            ));
         }
         Ok(())
     }
@@ -176,12 +180,22 @@ pub enum Command {
     /// `snapshot_built` when done.
     BuildSnapshot(SnapshotMeta),
     /// Log entries up to `through` may be dropped from the WAL.
-    CompactLog { through: Index },
+    CompactLog {
+        through: Index,
+    },
     /// A linearizable read may be served once the state machine has applied `index`.
-    ReadReady { id: u64, index: Index },
-    ReadFailed { id: u64, reason: ReadFailure },
+    ReadReady {
+        id: u64,
+        index: Index,
+    },
+    ReadFailed {
+        id: u64,
+        reason: ReadFailure,
+    },
     /// A leadership transfer did not finish within an election timeout.
-    TransferAborted { target: NodeId },
+    TransferAborted {
+        target: NodeId,
+    },
 }
 
 /// What a node finds on disk when it starts.
@@ -287,7 +301,9 @@ impl RaftCore {
         voters.sort_unstable();
         voters.dedup();
         if voters.is_empty() || voters.contains(&0) {
-            return Err(Error::InvalidConfig("initial voters must be non-zero and non-empty".into()));
+            return Err(Error::InvalidConfig(
+                "initial voters must be non-zero and non-empty".into(),
+            ));
         }
         let entries: Vec<Entry> = voters
             .iter()
@@ -412,7 +428,11 @@ impl RaftCore {
     }
 
     pub fn membership(&self) -> &Membership {
-        &self.conf_history.last().expect("membership history is never empty").1
+        &self
+            .conf_history
+            .last()
+            .expect("membership history is never empty")
+            .1
     }
 
     pub fn log(&self) -> &RaftLog {
@@ -505,7 +525,10 @@ impl RaftCore {
                         self.election_elapsed = elapsed;
                     }
                 }
-                MessageBody::VoteResponse { pre_vote: true, granted: true } => {
+                MessageBody::VoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {
                     // Granted pre-votes carry the term we would campaign in.
                 }
                 MessageBody::AppendRequest { .. }
@@ -526,7 +549,13 @@ impl RaftCore {
                 MessageBody::VoteRequest { pre_vote, .. } => {
                     // "Reply false if term < currentTerm": the answer carries our term,
                     // which is how a stale candidate learns it.
-                    self.send(m.from, MessageBody::VoteResponse { pre_vote, granted: false });
+                    self.send(
+                        m.from,
+                        MessageBody::VoteResponse {
+                            pre_vote,
+                            granted: false,
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -562,7 +591,10 @@ impl RaftCore {
                     self.handle_append_response(m.from, index, rejected, hint_index, hint_term);
                 }
             }
-            MessageBody::Heartbeat { leader_commit, read_seq } => {
+            MessageBody::Heartbeat {
+                leader_commit,
+                read_seq,
+            } => {
                 self.ensure_follower_of(m.from);
                 self.handle_heartbeat(m.from, leader_commit, read_seq);
             }
@@ -707,7 +739,10 @@ impl RaftCore {
             self.commands.push(Command::TransferAborted { target: current });
         }
         self.transfer = Some((target, 0));
-        let caught_up = self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index());
+        let caught_up = self
+            .progress
+            .get(&target)
+            .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send(target, MessageBody::TimeoutNow);
         } else {
@@ -718,7 +753,10 @@ impl RaftCore {
 
     /// The caller made everything up to persistence `seq` durable.
     pub fn persisted(&mut self, seq: u64) {
-        assert!(seq <= self.persist_seq_issued, "persisted({seq}) was never issued");
+        assert!(
+            seq <= self.persist_seq_issued,
+            "persisted({seq}) was never issued"
+        );
         if seq <= self.persist_seq_done {
             return;
         }
@@ -755,7 +793,12 @@ impl RaftCore {
         if meta.index <= self.snapshot.index {
             return;
         }
-        assert!(meta.index <= self.applied, "snapshot {} is past applied {}", meta.index, self.applied);
+        assert!(
+            meta.index <= self.applied,
+            "snapshot {} is past applied {}",
+            meta.index,
+            self.applied
+        );
         self.snapshot = meta;
         let through = self.snapshot.index.saturating_sub(self.cfg.log_tail_entries);
         if through > self.log.base_index() {
@@ -784,8 +827,13 @@ impl RaftCore {
 
     // ----- roles -----
 
+    /// May this node start an election? A voter of its latest configuration may, and
+    /// so may a voter of the committed one: a leader that appended its own removal and
+    /// lost leadership before committing it can hold the only up-to-date log, and must
+    /// be able to win (votes are still counted in the latest configuration, which it
+    /// is not part of) to finish the change.
     fn is_promotable(&self) -> bool {
-        self.membership().is_voter(self.id)
+        self.membership().is_voter(self.id) || self.membership_at(self.log.commit()).is_voter(self.id)
     }
 
     fn become_follower(&mut self, term: Term, leader: NodeId) {
@@ -855,7 +903,13 @@ impl RaftCore {
             return;
         }
         let term = if pre_vote { self.term + 1 } else { self.term };
-        let voters: Vec<NodeId> = self.membership().voters.iter().copied().filter(|&v| v != self.id).collect();
+        let voters: Vec<NodeId> = self
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.id)
+            .collect();
         for voter in voters {
             self.send_with_term(
                 voter,
@@ -1022,19 +1076,35 @@ impl RaftCore {
     }
 
     fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
         for peer in peers {
             self.maybe_send_append(peer, true);
         }
     }
 
     fn broadcast_heartbeat(&mut self, read_seq: u64) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
         for peer in peers {
             let pr = &self.progress[&peer];
             // Never tell a follower to commit past what it is known to hold.
             let leader_commit = self.log.commit().min(pr.match_index);
-            self.send(peer, MessageBody::Heartbeat { leader_commit, read_seq });
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    leader_commit,
+                    read_seq,
+                },
+            );
         }
     }
 
@@ -1102,7 +1172,14 @@ impl RaftCore {
         true
     }
 
-    fn handle_append_response(&mut self, from: NodeId, index: Index, rejected: bool, hint_index: Index, hint_term: Term) {
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        rejected: bool,
+        hint_index: Index,
+        hint_term: Term,
+    ) {
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
@@ -1123,11 +1200,16 @@ impl RaftCore {
             }
             return;
         }
-        assert!(index <= last_index, "follower {from:#x} claims entry {index} the leader never had");
+        assert!(
+            index <= last_index,
+            "follower {from:#x} claims entry {index} the leader never had"
+        );
         let advanced = pr.update_match(index);
         pr.inflight.free_to(index);
         match pr.state {
-            ReplicationState::Probe if advanced || pr.match_index + 1 == pr.next_index => pr.become_replicate(),
+            ReplicationState::Probe if advanced || pr.match_index + 1 == pr.next_index => {
+                pr.become_replicate()
+            }
             ReplicationState::Snapshot { index: snap } if pr.match_index >= snap => pr.become_probe(),
             _ => {}
         }
@@ -1150,11 +1232,20 @@ impl RaftCore {
         };
         pr.recent_active = true;
         pr.probe_sent = false;
+        let patience = (self.timing.election_ticks / self.timing.heartbeat_ticks).max(3);
         match pr.state {
             ReplicationState::Snapshot { index } if last_log_index >= index => pr.become_probe(),
+            ReplicationState::Snapshot { .. } => {
+                // The transport normally reports the outcome (`snapshot_failed`, or the
+                // follower's answer). If neither comes for ten election timeouts (the
+                // follower restarted mid-transfer, say), send it again.
+                pr.stalled_heartbeats += 1;
+                if pr.stalled_heartbeats >= patience * 10 {
+                    pr.become_probe();
+                }
+            }
             ReplicationState::Replicate if pr.match_index < last_index => {
                 pr.stalled_heartbeats += 1;
-                let patience = (self.timing.election_ticks / self.timing.heartbeat_ticks).max(3);
                 if pr.stalled_heartbeats >= patience {
                     // Appends were lost: start again from what is known to match.
                     pr.become_probe();
@@ -1166,7 +1257,11 @@ impl RaftCore {
             pr.read_seq_acked = read_seq;
             self.advance_reads();
         }
-        if self.progress.get(&from).is_some_and(|p| p.match_index < last_index) {
+        if self
+            .progress
+            .get(&from)
+            .is_some_and(|p| p.match_index < last_index)
+        {
             self.maybe_send_append(from, false);
         }
     }
@@ -1303,17 +1398,28 @@ impl RaftCore {
 
     // ----- followers and candidates -----
 
-    fn handle_vote_request(&mut self, from: NodeId, term: Term, pre_vote: bool, last_index: Index, last_term: Term) {
-        let can_vote = self.vote == from
-            || (self.vote == 0 && self.leader == 0)
-            || (pre_vote && term > self.term);
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        last_index: Index,
+        last_term: Term,
+    ) {
+        let can_vote =
+            self.vote == from || (self.vote == 0 && self.leader == 0) || (pre_vote && term > self.term);
         // A node that sees itself as a learner still answers: the candidate's log may
         // already hold its promotion, and only the candidate's configuration decides
         // whose votes count (learners' never do). Refusing would let a cluster whose
         // leader died right after a promotion wait forever for that learner's vote.
-        let grant = can_vote && self.log.is_up_to_date(last_index, last_term) && !(pre_vote && self.in_lease());
+        let grant =
+            can_vote && self.log.is_up_to_date(last_index, last_term) && !(pre_vote && self.in_lease());
         if grant && !pre_vote {
-            assert!(self.vote == 0 || self.vote == from, "voting twice in term {}", self.term);
+            assert!(
+                self.vote == 0 || self.vote == from,
+                "voting twice in term {}",
+                self.term
+            );
             self.vote = from;
             self.mark_term_vote_changed();
             self.election_elapsed = 0;
@@ -1411,13 +1517,20 @@ impl RaftCore {
             return;
         }
         for (i, entry) in entries.iter().enumerate() {
-            assert_eq!(entry.index, prev_log_index + 1 + i as Index, "append entries are contiguous");
+            assert_eq!(
+                entry.index,
+                prev_log_index + 1 + i as Index,
+                "append entries are contiguous"
+            );
         }
         let last_new = prev_log_index + entries.len() as Index;
         if let Some(pos) = self.log.find_conflict(&entries) {
             let first = entries[pos].index;
             if first <= self.log.last_index() {
-                assert!(first > self.log.commit(), "leader {from:#x} conflicts with committed entry {first}");
+                assert!(
+                    first > self.log.commit(),
+                    "leader {from:#x} conflicts with committed entry {first}"
+                );
                 self.truncate_log_from(first);
             }
             let new = &entries[pos..];
@@ -1565,14 +1678,22 @@ impl RaftCore {
     }
 
     fn timing_at(&self, index: Index) -> Option<Timing> {
-        self.timing_history.iter().rev().find(|(i, _)| *i <= index).map(|(_, t)| *t)
+        self.timing_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, t)| *t)
     }
 
     /// Hands out committed entries not yet applied, and asks for a snapshot when
     /// enough have been applied since the last one.
     fn emit_apply(&mut self) {
         let commit = self.log.commit();
-        assert!(self.applied <= commit, "applied {} is past commit {commit}", self.applied);
+        assert!(
+            self.applied <= commit,
+            "applied {} is past commit {commit}",
+            self.applied
+        );
         while self.applied < commit {
             let entries = self.log.slice(
                 self.applied + 1,
@@ -1585,7 +1706,8 @@ impl RaftCore {
             for entry in &entries {
                 if let EntryPayload::Timing(timing) = entry.payload {
                     self.timing_history.push((entry.index, timing));
-                    self.set_timing(timing).expect("timing entries are validated when proposed");
+                    self.set_timing(timing)
+                        .expect("timing entries are validated when proposed");
                 }
             }
             self.commands.push(Command::Apply(entries));
@@ -1617,7 +1739,11 @@ impl RaftCore {
         let term_vote_changed = hard_state.term != self.last_persisted_hard_state.term
             || hard_state.vote != self.last_persisted_hard_state.vote;
         let force = force || std::mem::take(&mut self.persist_next);
-        if !force && !term_vote_changed && self.unpersisted_entries.is_empty() && self.unpersisted_snapshot.is_none() {
+        if !force
+            && !term_vote_changed
+            && self.unpersisted_entries.is_empty()
+            && self.unpersisted_snapshot.is_none()
+        {
             return;
         }
         self.persist_seq_issued += 1;
@@ -1641,7 +1767,15 @@ impl RaftCore {
         // Anything we say carries our term and, for votes, our vote: both must be
         // durable first.
         let gate = self.term_vote_seq;
-        self.send_after(gate, Message { from: self.id, to, term, body });
+        self.send_after(
+            gate,
+            Message {
+                from: self.id,
+                to,
+                term,
+                body,
+            },
+        );
     }
 
     /// Sends a message that acknowledges log content: it waits for every persistence

@@ -75,7 +75,11 @@ impl RaftLog {
     /// Entries in `[lo, hi)`, stopping early at `max_entries` or once `max_bytes` is
     /// reached (but always at least one entry when the range is not empty).
     pub fn slice(&self, lo: Index, hi: Index, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
-        assert!(lo > self.base_index, "slice({lo}) below the compaction point {}", self.base_index);
+        assert!(
+            lo > self.base_index,
+            "slice({lo}) below the compaction point {}",
+            self.base_index
+        );
         let hi = hi.min(self.last_index() + 1);
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -137,7 +141,11 @@ impl RaftLog {
     }
 
     pub fn set_commit(&mut self, index: Index) {
-        assert!(index >= self.commit, "commit index went back from {} to {index}", self.commit);
+        assert!(
+            index >= self.commit,
+            "commit index went back from {} to {index}",
+            self.commit
+        );
         assert!(
             index <= self.last_index(),
             "commit index {index} is past the last entry {}",

@@ -16,6 +16,6 @@ pub mod types;
 pub use self::core::{Command, Config, DurableState, Error, RaftCore, ReadFailure, Role, Status};
 pub use self::message::{Message, MessageBody};
 pub use self::types::{
-    ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term,
-    Timing, TimingError,
+    ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta,
+    Term, Timing, TimingError,
 };

@@ -89,6 +89,7 @@ impl Progress {
         self.state = ReplicationState::Snapshot { index };
         self.probe_sent = false;
         self.inflight.clear();
+        self.stalled_heartbeats = 0;
     }
 
     /// A successful append response up to `index`. Returns whether it was news.
@@ -139,7 +140,10 @@ pub struct Inflight {
 
 impl Inflight {
     pub fn new(max_msgs: usize, max_bytes: usize) -> Self {
-        assert!(max_msgs > 0 && max_bytes > 0, "the in-flight window must allow one append");
+        assert!(
+            max_msgs > 0 && max_bytes > 0,
+            "the in-flight window must allow one append"
+        );
         Inflight {
             queue: VecDeque::new(),
             bytes: 0,
