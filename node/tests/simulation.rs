@@ -143,6 +143,8 @@ struct Disk {
     snapshot: Option<(SnapshotMeta, Arc<KvState>)>,
     /// Contiguous; may start below the snapshot (the kept tail).
     entries: VecDeque<Entry>,
+    /// The last entry dropped by compaction: the log continues from it.
+    compacted: Option<(Index, Term)>,
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +184,7 @@ impl Disk {
                         first.index
                     );
                     self.entries.clear();
+                    self.compacted = self.snapshot.as_ref().map(|(m, _)| (m.index, m.term));
                 }
             }
         }
@@ -190,19 +193,35 @@ impl Disk {
 
     fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Arc<KvState>) {
         self.entries.clear();
+        self.compacted = Some((meta.index, meta.term));
         self.snapshot = Some((meta.clone(), data));
     }
 
     fn compact(&mut self, through: Index) {
         while self.entries.front().is_some_and(|e| e.index <= through) {
-            self.entries.pop_front();
+            let dropped = self.entries.pop_front().expect("front");
+            self.compacted = Some((dropped.index, dropped.term));
         }
     }
 
     fn durable_state(&self) -> DurableState {
         let snapshot = self.snapshot.as_ref().map(|(m, _)| m.clone());
         let base = snapshot.as_ref().map_or(0, |m| m.index);
-        let entries: Vec<Entry> = self.entries.iter().filter(|e| e.index > base).cloned().collect();
+        // Entries continue the snapshot only if the log agrees with it at its index
+        // (the storage layer applies the same rule): a snapshot built from entries
+        // applied before they were durable can be newer than a stale log suffix.
+        let agrees = match &snapshot {
+            None => true,
+            Some(meta) => {
+                self.entry(meta.index).is_some_and(|e| e.term == meta.term)
+                    || self.compacted == Some((meta.index, meta.term))
+            }
+        };
+        let entries: Vec<Entry> = if agrees {
+            self.entries.iter().filter(|e| e.index > base).cloned().collect()
+        } else {
+            Vec::new()
+        };
         if let Some(first) = entries.first() {
             assert_eq!(
                 first.index,
@@ -213,8 +232,11 @@ impl Disk {
         let last = entries.last().map_or(base, |e| e.index);
         assert!(
             self.hard_state.commit <= last.max(base),
-            "durable commit {} is past the durable log ({last})",
-            self.hard_state.commit
+            "durable commit {} is past the durable log ({last}); snapshot {:?}, compacted {:?}, entries {:?}",
+            self.hard_state.commit,
+            self.snapshot.as_ref().map(|(m, _)| (m.index, m.term)),
+            self.compacted,
+            self.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>()
         );
         DurableState {
             hard_state: self.hard_state,
@@ -375,6 +397,8 @@ struct Params {
     max_inflight_msgs: usize,
     pre_vote: bool,
     check_quorum: bool,
+    /// One message in this many is followed by a crash of its receiver.
+    crash_after_message_odds: u32,
 }
 
 struct Sim {
@@ -430,6 +454,7 @@ impl Sim {
             max_inflight_msgs: rng.gen_range(1..8),
             pre_vote: rng.gen_range(0..10) < 8,
             check_quorum: rng.gen_range(0..10) < 8,
+            crash_after_message_odds: rng.gen_range(500..3000),
         };
         let timing = Timing {
             heartbeat_ticks: 2,
@@ -647,7 +672,13 @@ impl Sim {
                 hard_state,
             } => {
                 self.check_log_matching(id, &entries);
-                let delay = self.rng.gen_range(1..=4);
+                // Mostly a fast disk, sometimes a slow fsync (which widens the window in
+                // which a crash loses what was not yet durable).
+                let delay = if self.rng.gen_range(0..10) == 0 {
+                    self.rng.gen_range(10..60)
+                } else {
+                    self.rng.gen_range(1..=4)
+                };
                 let node = self.nodes.get_mut(&id).expect("node exists");
                 let at = (self.now + delay).max(node.last_persist_done_at);
                 node.last_persist_done_at = at;
@@ -794,6 +825,12 @@ impl Sim {
             brief(&message.body)
         );
         self.with_core(to, epoch, |core| core.step(message));
+        // Crashes strike at any point, not only on the chaos schedule: right after a
+        // node handled a message (voted, appended, ...) is where lost writes hurt.
+        if !self.healed && self.rng.gen_range(0..self.params.crash_after_message_odds) == 0 {
+            self.faults += 1;
+            self.crash(to);
+        }
     }
 
     fn persist_done(&mut self, id: NodeId, epoch: u64, seq: u64) {
@@ -1076,8 +1113,24 @@ impl Sim {
             .collect();
         let members: Vec<NodeId> = self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect();
         match self.rng.gen_range(0..100) {
-            0..=19 => {
-                if let Some(&victim) = alive.choose(&mut self.rng) {
+            0..=4 => {
+                if let Some(leader) = self.current_leader() {
+                    self.crash(leader);
+                }
+            }
+            5..=19 => {
+                // Half the time, crash a node with writes in flight: the interesting case.
+                let writing: Vec<NodeId> = alive
+                    .iter()
+                    .copied()
+                    .filter(|id| !self.nodes[id].pending.is_empty())
+                    .collect();
+                let victim = if !writing.is_empty() && self.rng.gen_range(0..2) == 0 {
+                    writing.choose(&mut self.rng).copied()
+                } else {
+                    alive.choose(&mut self.rng).copied()
+                };
+                if let Some(victim) = victim {
                     self.crash(victim);
                 }
             }
@@ -1191,7 +1244,11 @@ impl Sim {
             }
         }
         if !self.healed {
-            let after = self.rng.gen_range(50..2000);
+            let after = if self.rng.gen_range(0..3) == 0 {
+                self.rng.gen_range(5..40)
+            } else {
+                self.rng.gen_range(50..2000)
+            };
             self.schedule(after, EventKind::Restart { node: id });
         }
     }

@@ -259,6 +259,7 @@ pub struct RaftCore {
 
     election_elapsed: u32,
     heartbeat_elapsed: u32,
+    campaign_kind: Campaign,
     randomized_election_ticks: u32,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
@@ -369,6 +370,7 @@ impl RaftCore {
             applied: snapshot.index,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            campaign_kind: Campaign::Election,
             randomized_election_ticks: timing.election_ticks,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -492,6 +494,12 @@ impl RaftCore {
             } else {
                 Campaign::Election
             });
+        } else if matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.heartbeat_elapsed += 1;
+            if self.heartbeat_elapsed >= self.timing.heartbeat_ticks {
+                self.heartbeat_elapsed = 0;
+                self.request_votes();
+            }
         }
     }
 
@@ -890,8 +898,10 @@ impl RaftCore {
             self.mark_term_vote_changed();
             self.set_leader(0);
         }
+        self.campaign_kind = kind;
         self.votes.clear();
         self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
         self.reset_randomized_timeout();
         self.votes.insert(self.id, true);
         if self.vote_won() {
@@ -902,13 +912,22 @@ impl RaftCore {
             }
             return;
         }
+        self.request_votes();
+    }
+
+    /// Asks every voter that has not answered yet (requests and answers get lost; the
+    /// paper has servers retry RPCs that go unanswered).
+    fn request_votes(&mut self) {
+        let kind = self.campaign_kind;
+        let pre_vote = kind == Campaign::PreVote;
+        let leadership_transfer = kind == Campaign::Transfer;
         let term = if pre_vote { self.term + 1 } else { self.term };
         let voters: Vec<NodeId> = self
             .membership()
             .voters
             .iter()
             .copied()
-            .filter(|&v| v != self.id)
+            .filter(|&v| v != self.id && !self.votes.contains_key(&v))
             .collect();
         for voter in voters {
             self.send_with_term(
