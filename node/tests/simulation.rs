@@ -141,10 +141,10 @@ impl KvState {
 struct Disk {
     hard_state: HardState,
     snapshot: Option<(SnapshotMeta, Arc<KvState>)>,
-    /// Contiguous; may start below the snapshot (the kept tail).
-    entries: VecDeque<Entry>,
-    /// The last entry dropped by compaction: the log continues from it.
-    compacted: Option<(Index, Term)>,
+    /// Every durable entry. Compaction is only logical here (memory is cheap in a
+    /// simulation), which keeps the model of the WAL simple: a write replaces
+    /// everything from its first index on.
+    entries: BTreeMap<Index, Entry>,
 }
 
 #[derive(Clone, Debug)]
@@ -156,87 +156,50 @@ struct PendingPersist {
 }
 
 impl Disk {
-    fn entry(&self, index: Index) -> Option<&Entry> {
-        let first = self.entries.front()?.index;
-        if index < first {
-            return None;
-        }
-        self.entries.get((index - first) as usize)
-    }
-
     fn write_entries(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else {
             return;
         };
-        if let Some(front) = self.entries.front().map(|e| e.index) {
-            if first.index <= front {
-                self.entries.clear();
-            } else {
-                self.entries.truncate((first.index - front) as usize);
-                let back = self.entries.back().map_or(0, |e| e.index);
-                let snapshot = self.snapshot.as_ref().map_or(0, |(m, _)| m.index);
-                if back + 1 < first.index {
-                    // Only a snapshot may cover the hole (entries applied before they
-                    // were durable, then a restart from that snapshot).
-                    assert!(
-                        first.index <= snapshot + 1,
-                        "a write at {} would leave a gap after {back} (snapshot {snapshot})",
-                        first.index
-                    );
-                    self.entries.clear();
-                    self.compacted = self.snapshot.as_ref().map(|(m, _)| (m.index, m.term));
-                }
-            }
+        let _ = self.entries.split_off(&first.index);
+        for entry in entries {
+            self.entries.insert(entry.index, entry.clone());
         }
-        self.entries.extend(entries.iter().cloned());
     }
 
     fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Arc<KvState>) {
+        // An installed snapshot replaces the whole log.
         self.entries.clear();
-        self.compacted = Some((meta.index, meta.term));
         self.snapshot = Some((meta.clone(), data));
     }
 
-    fn compact(&mut self, through: Index) {
-        while self.entries.front().is_some_and(|e| e.index <= through) {
-            let dropped = self.entries.pop_front().expect("front");
-            self.compacted = Some((dropped.index, dropped.term));
-        }
-    }
-
+    /// What a restart finds: the snapshot, then the durable entries that continue it.
     fn durable_state(&self) -> DurableState {
         let snapshot = self.snapshot.as_ref().map(|(m, _)| m.clone());
         let base = snapshot.as_ref().map_or(0, |m| m.index);
-        // Entries continue the snapshot only if the log agrees with it at its index
-        // (the storage layer applies the same rule): a snapshot built from entries
-        // applied before they were durable can be newer than a stale log suffix.
+        // The entries continue the snapshot unless the log holds a different entry at
+        // its index (a snapshot built from entries applied before they were durable can
+        // be newer than a stale suffix; the storage layer applies the same rule).
         let agrees = match &snapshot {
             None => true,
-            Some(meta) => {
-                self.entry(meta.index).is_some_and(|e| e.term == meta.term)
-                    || self.compacted == Some((meta.index, meta.term))
+            Some(meta) => self.entries.get(&meta.index).is_none_or(|e| e.term == meta.term),
+        };
+        let mut entries = Vec::new();
+        if agrees {
+            let mut next = base + 1;
+            while let Some(entry) = self.entries.get(&next) {
+                entries.push(entry.clone());
+                next += 1;
             }
-        };
-        let entries: Vec<Entry> = if agrees {
-            self.entries.iter().filter(|e| e.index > base).cloned().collect()
-        } else {
-            Vec::new()
-        };
-        if let Some(first) = entries.first() {
-            assert_eq!(
-                first.index,
-                base + 1,
-                "durable log does not continue the snapshot"
+            assert!(
+                self.entries.range(next..).next().is_none(),
+                "durable log has a hole at {next} after the snapshot at {base}"
             );
         }
         let last = entries.last().map_or(base, |e| e.index);
         assert!(
-            self.hard_state.commit <= last.max(base),
-            "durable commit {} is past the durable log ({last}); snapshot {:?}, compacted {:?}, entries {:?}",
-            self.hard_state.commit,
-            self.snapshot.as_ref().map(|(m, _)| (m.index, m.term)),
-            self.compacted,
-            self.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>()
+            self.hard_state.commit <= last,
+            "durable commit {} is past the durable log ({last})",
+            self.hard_state.commit
         );
         DurableState {
             hard_state: self.hard_state,
@@ -249,7 +212,7 @@ impl Disk {
         if self.snapshot.as_ref().is_some_and(|(m, _)| m.index >= index) {
             return true;
         }
-        self.entry(index).is_some_and(|e| e.term == term)
+        self.entries.get(&index).is_some_and(|e| e.term == term)
     }
 }
 
@@ -734,8 +697,9 @@ impl Sim {
                 node.core.as_mut().expect("alive").snapshot_built(meta);
             }
             Command::CompactLog { through } => {
-                let node = self.nodes.get_mut(&id).expect("node exists");
-                node.disk.compact(through);
+                // Logical only on the simulated disk (see `Disk`).
+                let snapshot = self.nodes[&id].disk.snapshot.as_ref().map_or(0, |(m, _)| m.index);
+                assert!(through <= snapshot, "compaction past the durable snapshot");
             }
             Command::ReadReady { id: op_id, index } => {
                 let node = self.nodes.get_mut(&id).expect("node exists");
@@ -827,7 +791,14 @@ impl Sim {
         self.with_core(to, epoch, |core| core.step(message));
         // Crashes strike at any point, not only on the chaos schedule: right after a
         // node handled a message (voted, appended, ...) is where lost writes hurt.
-        if !self.healed && self.rng.gen_range(0..self.params.crash_after_message_odds) == 0 {
+        // Most of all right after it changed what it must make durable.
+        let writing = self.nodes.get(&to).is_some_and(|n| !n.pending.is_empty());
+        let odds = if writing {
+            self.params.crash_after_message_odds / 10
+        } else {
+            self.params.crash_after_message_odds
+        };
+        if !self.healed && self.rng.gen_range(0..odds) == 0 {
             self.faults += 1;
             self.crash(to);
         }
@@ -1113,12 +1084,12 @@ impl Sim {
             .collect();
         let members: Vec<NodeId> = self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect();
         match self.rng.gen_range(0..100) {
-            0..=4 => {
+            0..=9 => {
                 if let Some(leader) = self.current_leader() {
                     self.crash(leader);
                 }
             }
-            5..=19 => {
+            10..=19 => {
                 // Half the time, crash a node with writes in flight: the interesting case.
                 let writing: Vec<NodeId> = alive
                     .iter()
