@@ -306,6 +306,10 @@ enum EventKind {
     Restart {
         node: NodeId,
     },
+    Crash {
+        node: NodeId,
+        epoch: u64,
+    },
     Heal,
 }
 
@@ -413,7 +417,11 @@ impl Sim {
             min_chaos_ms: rng.gen_range(3_000..6_000),
             snapshot_entries: [0, 8, 30, 200][rng.gen_range(0..4)],
             log_tail_entries: rng.gen_range(0..10),
-            max_batch_entries: rng.gen_range(1..16),
+            max_batch_entries: if rng.gen_range(0..2) == 0 {
+                rng.gen_range(1..4)
+            } else {
+                rng.gen_range(4..64)
+            },
             max_inflight_msgs: rng.gen_range(1..8),
             pre_vote: rng.gen_range(0..10) < 8,
             check_quorum: rng.gen_range(0..10) < 8,
@@ -577,6 +585,12 @@ impl Sim {
                 }
             }
             EventKind::Restart { node } => self.restart(node),
+            EventKind::Crash { node, epoch } => {
+                if !self.healed && self.nodes[&node].epoch == epoch && self.nodes[&node].alive() {
+                    self.faults += 1;
+                    self.crash(node);
+                }
+            }
             EventKind::Heal => {
                 self.blocked.clear();
                 trace!(self, "partition healed");
@@ -989,6 +1003,13 @@ impl Sim {
             let result = core.propose(data);
             if let Ok((index, term)) = result {
                 node_ref.proposals.insert(index, (op_id, term));
+                // A leader lost right after appending leaves a suffix of its term on
+                // a minority: the raw material of the paper's Figure 8.
+                if !self.healed && self.rng.gen_range(0..30) == 0 {
+                    let epoch = node_ref.epoch;
+                    let delay = self.rng.gen_range(0..3);
+                    self.schedule(delay, EventKind::Crash { node, epoch });
+                }
             }
             outcome = Some(result);
         }
@@ -1537,6 +1558,12 @@ impl Sim {
                 "n{id} committed {commit}/{term} but only {holders} of {:?} have it on disk",
                 status.membership.voters
             );
+        }
+        // A leader that just committed is the one whose loss tests that what it
+        // committed survives (Figure 8 of the paper needs exactly that).
+        if commit_advanced && status.role == Role::Leader && !self.healed && self.rng.gen_range(0..40) == 0 {
+            let epoch = self.nodes[&id].epoch;
+            self.schedule(0, EventKind::Crash { node: id, epoch });
         }
         let node = self.nodes.get_mut(&id).expect("exists");
         node.last_commit = status.commit;

@@ -785,6 +785,9 @@ impl RaftCore {
             }
         }
         self.held = still_held;
+        if self.role == Role::Candidate && self.term_vote_seq <= seq && self.vote_won() {
+            self.become_leader();
+        }
         if self.role == Role::Leader {
             if let Some(pr) = self.progress.get_mut(&self.id) {
                 pr.update_match(self.durable_index.min(self.log.last_index()));
@@ -908,7 +911,9 @@ impl RaftCore {
             if pre_vote {
                 self.campaign(Campaign::Election);
             } else {
-                self.become_leader();
+                // The only voter: lead once the new term is durable (`persisted`), so a
+                // crash before that can never make it lead the same term twice.
+                self.persist_next = true;
             }
             return;
         }
@@ -966,6 +971,10 @@ impl RaftCore {
     fn become_leader(&mut self) {
         assert_eq!(self.role, Role::Candidate);
         assert_eq!(self.vote, self.id, "a leader voted for itself");
+        assert!(
+            self.term_vote_seq <= self.persist_seq_done,
+            "leading a term that is not durable"
+        );
         self.role = Role::Leader;
         self.set_leader(self.id);
         self.election_elapsed = 0;
