@@ -11,3 +11,4 @@
 //! Storage, the state machine, the transport and the server join as their issues land.
 
 pub mod raft;
+pub mod storage;

@@ -1,0 +1,1 @@
+//! Start-up checks across the WAL and the snapshot store.
