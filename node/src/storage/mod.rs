@@ -39,7 +39,11 @@ pub use codec::Record;
 pub use fs::{FaultControl, FaultFs, StdFs, WalFile, WalFs};
 pub use log::{LogStore, MemLogStore, PersistRequest};
 
+pub use dump::{dump_wal, DumpSummary};
+pub use recovery::{check_membership, recover, Recovered};
+pub use snapshot::{SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use wal::{Wal, WalConfig, WalLogStore};
+pub use writer::{Ack, CommitMode, FsyncHistogram, WalWriter, WriterConfig};
 
 /// Every storage failure. Corruption and identity errors name the file (and offset)
 /// so that an operator can look at exactly that spot with `wal dump`.
@@ -119,6 +123,26 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    /// A copy for each caller of a failed group commit (`std::io::Error` is not
+    /// `Clone`, so an I/O error is rebuilt from its errno or kind and message).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::Fatal(inner) => Error::Fatal(inner.clone()),
+            Error::WriterStopped => Error::WriterStopped,
+            // The rest are refusals of a single request, never shared by a group;
+            // keep their text.
+            other => Error::Config(other.to_string()),
         }
     }
 
