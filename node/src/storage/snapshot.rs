@@ -101,7 +101,7 @@ impl SnapshotStore {
                 files.push((index, term, path));
             }
         }
-        files.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        files.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
         Ok(files.into_iter().map(|(_, _, path)| path).collect())
     }
 
