@@ -12,3 +12,4 @@
 
 pub mod linearizability;
 pub mod raft;
+pub mod storage;
