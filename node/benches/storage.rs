@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kuberaft_node::raft::types::{Entry, EntryPayload, Membership, SnapshotMeta};
 use kuberaft_node::storage::{
-    CommitMode, LogStore, PersistRequest, SnapshotStore, WalConfig, WalLogStore, WalWriter,
-    WriterConfig,
+    CommitMode, LogStore, PersistRequest, SnapshotStore, WalConfig, WalLogStore, WalWriter, WriterConfig,
 };
 
 const ENTRY_BYTES: usize = 256;
@@ -42,11 +41,7 @@ fn base_dir() -> PathBuf {
 /// Appends of 256 bytes, each followed by fdatasync: the ceiling for any WAL.
 fn raw_fdatasync_rate(dir: &Path, secs: Duration) -> f64 {
     let path = dir.join("raw-fdatasync");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
+    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
     let buf = [0x5au8; ENTRY_BYTES];
     let start = Instant::now();
     let mut count = 0u64;

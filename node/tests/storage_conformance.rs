@@ -63,10 +63,7 @@ fn normal(term: u64, index: u64) -> Entry {
     Entry {
         term,
         index,
-        payload: EntryPayload::Normal(Bytes::from(format!(
-            "cmd-{term}-{index}-{}",
-            "x".repeat(40)
-        ))),
+        payload: EntryPayload::Normal(Bytes::from(format!("cmd-{term}-{index}-{}", "x".repeat(40)))),
     }
 }
 
@@ -120,10 +117,7 @@ fn appended_entries_read_back_in_order_within_the_byte_limit<H: Harness>(h: &mut
         assert_eq!(s.last_index(), 200);
         assert_eq!(s.last_term(), 1);
         assert_eq!(all(s), entries);
-        assert_eq!(
-            s.entries(10, 20, u64::MAX).unwrap(),
-            entries[9..19].to_vec()
-        );
+        assert_eq!(s.entries(10, 20, u64::MAX).unwrap(), entries[9..19].to_vec());
         let one = entries[9].size_bytes() as u64;
         assert_eq!(s.entries(10, 20, one * 3).unwrap().len(), 3);
         assert_eq!(s.entries(10, 20, 0).unwrap().len(), 1, "at least one entry");
@@ -163,10 +157,7 @@ fn a_gap_or_a_broken_batch_is_refused_and_changes_nothing<H: Harness>(h: &mut H)
     ));
     let mut broken = run(2, 11..=12);
     broken[1].index = 14;
-    assert!(matches!(
-        store.append(&broken),
-        Err(Error::NotConsecutive { .. })
-    ));
+    assert!(matches!(store.append(&broken), Err(Error::NotConsecutive { .. })));
     assert!(matches!(
         store.append(&run(1, 11..=11)),
         Err(Error::NotConsecutive { .. })

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kuberaft_node::raft::types::{Entry, EntryPayload, HardState, Membership, SnapshotMeta};
 use kuberaft_node::storage::{
-    Error, FaultFs, LogStore, MemLogStore, PersistRequest, WalConfig, WalLogStore, WalWriter,
-    WriterConfig,
+    Error, FaultFs, LogStore, MemLogStore, PersistRequest, WalConfig, WalLogStore, WalWriter, WriterConfig,
 };
 
 fn config() -> WalConfig {
@@ -165,21 +164,14 @@ fn a_crash_at_every_write_offset_recovers_a_prefix_holding_every_acknowledged_en
     let (fs, control) = FaultFs::new();
     assert_eq!(replay(dir.path(), fs, &batches), batches.len());
     let total = control.bytes_written();
-    assert!(
-        total > 3 * 4096,
-        "the workload should span several segments"
-    );
+    assert!(total > 3 * 4096, "the workload should span several segments");
 
     for crash_at in 0..=total {
         let dir = scratch_dir();
         let (fs, control) = FaultFs::new();
         control.crash_at_byte(crash_at);
         let acked = replay(dir.path(), fs, &batches);
-        let acked_records = if acked == 0 {
-            0
-        } else {
-            records_through[acked - 1]
-        };
+        let acked_records = if acked == 0 { 0 } else { records_through[acked - 1] };
 
         let (fs, _) = FaultFs::new();
         let store = WalLogStore::open_with_fs(dir.path(), config(), Arc::new(fs))
@@ -239,9 +231,7 @@ fn a_full_disk_fails_the_sync_keeps_the_store_readable_and_recovers_when_space_i
         control.space_back();
         store.sync().unwrap();
         for i in next..=130 {
-            store
-                .persist(PersistRequest::Entries(vec![entry(1, i)]))
-                .unwrap();
+            store.persist(PersistRequest::Entries(vec![entry(1, i)])).unwrap();
         }
         store.sync().unwrap();
         drop(store);

@@ -6,12 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use kuberaft_node::raft::types::{
-    ConfChange, Entry, EntryPayload, HardState, Membership, SnapshotMeta,
-};
-use kuberaft_node::storage::{
-    dump_wal, recover, Error, LogStore, SnapshotStore, WalConfig, WalLogStore,
-};
+use kuberaft_node::raft::types::{ConfChange, Entry, EntryPayload, HardState, Membership, SnapshotMeta};
+use kuberaft_node::storage::{dump_wal, recover, Error, LogStore, SnapshotStore, WalConfig, WalLogStore};
 
 const CLUSTER: u64 = 0xabc;
 
@@ -133,8 +129,7 @@ fn a_zero_filled_tail_is_treated_as_torn() {
 }
 
 #[test]
-fn a_flipped_bit_in_the_middle_of_a_segment_stops_start_up_naming_file_and_offset_and_changes_nothing(
-) {
+fn a_flipped_bit_in_the_middle_of_a_segment_stops_start_up_naming_file_and_offset_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write_wal(dir.path(), 300);
     let victim = segments(dir.path())[1].clone();
@@ -270,10 +265,7 @@ fn a_node_that_was_removed_from_the_cluster_refuses_to_start() {
         store.sync().unwrap();
     }
     let err = recover(wal.path(), snaps.path(), config(), 2).unwrap_err();
-    assert!(
-        matches!(err, Error::MemberRemoved { node_id: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::MemberRemoved { node_id: 1, .. }), "{err}");
     assert!(err.to_string().contains("removed"), "{err}");
 }
 
@@ -370,10 +362,7 @@ fn wal_dump_prints_segments_records_hard_state_and_corruption() {
         text.contains("entry (") && text.contains("index=120 term=2 normal 100 bytes"),
         "{text}"
     );
-    assert!(
-        text.contains("hard state: term=2 vote=1 commit=3"),
-        "{text}"
-    );
+    assert!(text.contains("hard state: term=2 vote=1 commit=3"), "{text}");
     assert!(text.contains("problems: 0"), "{text}");
 
     let victim = segments(dir.path())[1].clone();

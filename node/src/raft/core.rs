@@ -890,7 +890,6 @@ impl RaftCore {
 
     fn campaign(&mut self, kind: Campaign) {
         let pre_vote = kind == Campaign::PreVote;
-        let leadership_transfer = kind == Campaign::Transfer;
         if pre_vote {
             self.role = Role::PreCandidate;
             self.set_leader(0);
@@ -1470,7 +1469,7 @@ impl RaftCore {
 
     fn handle_vote_response(&mut self, from: NodeId, term: Term, pre_vote: bool, granted: bool) {
         let expected = match self.role {
-            Role::PreCandidate => pre_vote && term == self.term + 1 || pre_vote && !granted,
+            Role::PreCandidate => pre_vote && (term == self.term + 1 || !granted),
             Role::Candidate => !pre_vote && term == self.term,
             _ => false,
         };

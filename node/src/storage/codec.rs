@@ -20,8 +20,7 @@ use std::collections::BTreeSet;
 use bytes::{BufMut, Bytes};
 
 use crate::raft::types::{
-    ConfChange, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term,
-    Timing,
+    ConfChange, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta, Term, Timing,
 };
 
 /// Bytes before a record body: crc (4), body length (4), type (1).
@@ -103,9 +102,7 @@ impl Record {
             Record::Entry(entry) => encode_entry(entry, out),
             Record::HardState(hs) => encode_hard_state(hs, out),
             Record::Truncate { from } => out.put_u64_le(*from),
-            Record::Snapshot(meta) | Record::SegmentSnapshot(meta) => {
-                encode_snapshot_meta(meta, out)
-            }
+            Record::Snapshot(meta) | Record::SegmentSnapshot(meta) => encode_snapshot_meta(meta, out),
             Record::Compact { upto } => out.put_u64_le(*upto),
         }
     }
@@ -145,9 +142,7 @@ impl Record {
             record_type::TRUNCATE_V1 => Record::Truncate { from: r.u64()? },
             record_type::SNAPSHOT_V1 => Record::Snapshot(decode_snapshot_meta(&mut r)?),
             record_type::COMPACT_V1 => Record::Compact { upto: r.u64()? },
-            record_type::SEGMENT_SNAPSHOT_V1 => {
-                Record::SegmentSnapshot(decode_snapshot_meta(&mut r)?)
-            }
+            record_type::SEGMENT_SNAPSHOT_V1 => Record::SegmentSnapshot(decode_snapshot_meta(&mut r)?),
             other => {
                 return Err(DecodeError(format!(
                     "unknown record type {other:#04x} (written by a newer version?)"
@@ -283,21 +278,13 @@ fn decode_entry(r: &mut Reader<'_>, whole: &Bytes) -> Result<Entry, DecodeError>
                 CONF_ADD_VOTER => ConfChange::AddVoter(id),
                 CONF_PROMOTE => ConfChange::Promote(id),
                 CONF_REMOVE => ConfChange::Remove(id),
-                other => {
-                    return Err(DecodeError(format!(
-                        "unknown membership change kind {other}"
-                    )))
-                }
+                other => return Err(DecodeError(format!("unknown membership change kind {other}"))),
             })
         }
         PAYLOAD_TIMING => EntryPayload::Timing(decode_timing(r)?),
         other => return Err(DecodeError(format!("unknown entry payload kind {other}"))),
     };
-    Ok(Entry {
-        term,
-        index,
-        payload,
-    })
+    Ok(Entry { term, index, payload })
 }
 
 /// Decodes a single entry from a standalone buffer (used by tests and tools).
@@ -455,9 +442,7 @@ impl SegmentHeader {
             )));
         }
         if version != SEGMENT_VERSION {
-            return Err(DecodeError(format!(
-                "unsupported segment version {version}"
-            )));
+            return Err(DecodeError(format!("unsupported segment version {version}")));
         }
         Ok(header)
     }
@@ -556,10 +541,7 @@ mod tests {
             timing: Some(Timing::default()),
         };
         records.push(Record::Snapshot(meta.clone()));
-        records.push(Record::SegmentSnapshot(SnapshotMeta {
-            timing: None,
-            ..meta
-        }));
+        records.push(Record::SegmentSnapshot(SnapshotMeta { timing: None, ..meta }));
         records.push(Record::Snapshot(SnapshotMeta::default()));
         records
     }

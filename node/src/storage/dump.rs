@@ -88,9 +88,7 @@ pub fn dump_wal(dir: &Path, list_records: bool, out: &mut dyn Write) -> Result<D
                     h.first_index,
                     h.prev_term
                 ));
-                let continues = log
-                    .as_ref()
-                    .is_some_and(|l| l.last_index() + 1 == h.first_index);
+                let continues = log.as_ref().is_some_and(|l| l.last_index() + 1 == h.first_index);
                 if !continues {
                     if log.is_some() {
                         let reason = "segment does not continue the log before it".to_string();

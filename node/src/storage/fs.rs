@@ -82,10 +82,7 @@ impl WalFs for StdFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(Box::new(StdFile(file)))
     }
 
@@ -275,10 +272,7 @@ impl WalFs for FaultFs {
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         self.check_alive()?;
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(Box::new(FaultFile {
             file,
             control: self.control.clone(),

@@ -33,9 +33,7 @@ impl PersistRequest {
     /// An estimate of the bytes this request writes, used to bound group commits.
     pub fn size_bytes(&self) -> usize {
         match self {
-            PersistRequest::Entries(entries) => {
-                entries.iter().map(|e| e.size_bytes() + 16).sum::<usize>()
-            }
+            PersistRequest::Entries(entries) => entries.iter().map(|e| e.size_bytes() + 16).sum::<usize>(),
             PersistRequest::HardState(_) => 40,
             PersistRequest::Snapshot(meta) => {
                 40 + 8 * (meta.membership.voters.len() + meta.membership.learners.len())
@@ -192,8 +190,7 @@ impl MemLogStore {
                         snapshot_index: self.snapshot.index,
                     });
                 }
-                let effective =
-                    (*upto).min(self.snapshot.index.saturating_sub(self.retain_tail_entries));
+                let effective = (*upto).min(self.snapshot.index.saturating_sub(self.retain_tail_entries));
                 if effective <= self.base_index {
                     return Ok(Vec::new());
                 }
@@ -297,8 +294,7 @@ impl MemLogStore {
             }
             Record::Truncate { from } => {
                 let from = *from;
-                if from <= self.base_index || from <= self.snapshot.index || from > self.last() + 1
-                {
+                if from <= self.base_index || from <= self.snapshot.index || from > self.last() + 1 {
                     return Err(format!(
                         "truncation from {from} outside the log ({}..={}, snapshot at {})",
                         self.base_index + 1,

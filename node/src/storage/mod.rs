@@ -101,11 +101,7 @@ pub enum Error {
     #[error("snapshot at index {got} is older than the current snapshot at index {current}")]
     SnapshotOlder { current: Index, got: Index },
     #[error("{what} of {len} bytes is above the limit of {max} bytes")]
-    TooLarge {
-        what: &'static str,
-        len: u64,
-        max: u64,
-    },
+    TooLarge { what: &'static str, len: u64, max: u64 },
     #[error("invalid configuration: {0}")]
     Config(String),
     /// An fsync failed earlier. After a failed fsync the kernel may have dropped the

@@ -183,10 +183,7 @@ impl SnapshotStore {
             reason,
         };
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let file_len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let mut input = BufReader::with_capacity(IO_BUFFER_BYTES, file);
         let mut fixed = [0u8; 24];
         input
@@ -200,10 +197,7 @@ impl SnapshotStore {
         let cluster_id = r.u64().expect("fixed size");
         let meta_len = r.u32().expect("fixed size") as usize;
         if meta_len > META_BYTES_MAX || (24 + meta_len) as u64 + 4 + TRAILER_BYTES > file_len {
-            return Err(corrupt(
-                20,
-                format!("metadata length {meta_len} does not fit"),
-            ));
+            return Err(corrupt(20, format!("metadata length {meta_len} does not fit")));
         }
         let mut meta_bytes = vec![0u8; meta_len + 4];
         input
@@ -215,10 +209,7 @@ impl SnapshotStore {
             return Err(corrupt(0, "snapshot header checksum mismatch".into()));
         }
         if version != VERSION {
-            return Err(corrupt(
-                8,
-                format!("unsupported snapshot version {version}"),
-            ));
+            return Err(corrupt(8, format!("unsupported snapshot version {version}")));
         }
         if cluster_id != self.cluster_id {
             return Err(Error::ClusterIdMismatch {
@@ -373,9 +364,7 @@ impl Read for SnapshotReader {
             }
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
+        let want = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
         let n = self.input.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(

@@ -21,8 +21,7 @@ use bytes::Bytes;
 
 use crate::raft::types::{Entry, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 use crate::storage::codec::{
-    FrameHeader, Record, SegmentHeader, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX,
-    SEGMENT_HEADER_BYTES,
+    FrameHeader, Record, SegmentHeader, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::fs::{StdFs, WalFile, WalFs};
 use crate::storage::log::{LogStore, MemLogStore, PersistRequest};
@@ -284,10 +283,7 @@ pub(crate) fn scan_segment(
                 Some(header),
                 ScanEnd::Incomplete {
                     offset,
-                    reason: format!(
-                        "record cut short: {n} of {} body bytes present",
-                        frame.body_len
-                    ),
+                    reason: format!("record cut short: {n} of {} body bytes present", frame.body_len),
                 },
             ));
         }
@@ -680,13 +676,8 @@ impl Wal {
             return Ok(());
         }
         let len = self.pending.len() as u64;
-        if self.file_len + len > self.config.segment_bytes_max
-            && self.file_len > self.segment_base_len
-        {
-            let checkpoint = self
-                .pending_start
-                .clone()
-                .expect("pending records have a start");
+        if self.file_len + len > self.config.segment_bytes_max && self.file_len > self.segment_base_len {
+            let checkpoint = self.pending_start.clone().expect("pending records have a start");
             // The records written so far must be durable before the next segment
             // exists, or a crash could leave a later segment after a hole.
             self.sync_file()?;

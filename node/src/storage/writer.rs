@@ -85,8 +85,7 @@ impl FsyncStats {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
-        self.submissions
-            .fetch_add(submissions as u64, Ordering::Relaxed);
+        self.submissions.fetch_add(submissions as u64, Ordering::Relaxed);
     }
 }
 
@@ -148,10 +147,7 @@ pub type Ack = oneshot::Receiver<Result<u64>>;
 impl WalWriter {
     /// Starts the writer task on the current tokio runtime. The join handle returns
     /// the store after the last handle is dropped.
-    pub fn spawn(
-        store: WalLogStore,
-        config: WriterConfig,
-    ) -> Result<(WalWriter, JoinHandle<WalLogStore>)> {
+    pub fn spawn(store: WalLogStore, config: WriterConfig) -> Result<(WalWriter, JoinHandle<WalLogStore>)> {
         if config.channel_capacity == 0 || config.channel_capacity > 1 << 20 {
             return Err(Error::Config(format!(
                 "channel_capacity {} must be between 1 and 2^20",
@@ -302,12 +298,10 @@ async fn run(
             continue;
         }
 
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|s| (s.requests, s.reply)).unzip();
+        let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|s| (s.requests, s.reply)).unzip();
         let count = replies.len();
         let taken = store.take().expect("the store is back after every group");
-        let outcome = match tokio::task::spawn_blocking(move || commit_group(taken, requests)).await
-        {
+        let outcome = match tokio::task::spawn_blocking(move || commit_group(taken, requests)).await {
             Ok(outcome) => outcome,
             Err(join_error) => panic!("WAL commit thread failed: {join_error}"),
         };
@@ -316,8 +310,7 @@ async fn run(
             Ok(()) => {
                 stats.record(outcome.elapsed, count);
                 durable_tx.send_replace(first_seq + count as u64 - 1);
-                for (i, (reply, accepted)) in replies.into_iter().zip(outcome.accepted).enumerate()
-                {
+                for (i, (reply, accepted)) in replies.into_iter().zip(outcome.accepted).enumerate() {
                     let _ = reply.send(accepted.map(|()| first_seq + i as u64));
                 }
             }
