@@ -1158,7 +1158,8 @@ impl RaftCore {
         } else {
             Vec::new()
         };
-        if entries.is_empty() && !send_if_empty {
+        // A probe goes out even when empty: its answer is how the logs' agreement is found.
+        if entries.is_empty() && !send_if_empty && state != ReplicationState::Probe {
             return false;
         }
         let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
@@ -1213,11 +1214,7 @@ impl RaftCore {
         };
         pr.recent_active = true;
         if rejected {
-            let probe_at = if hint_term == 0 && hint_index == 0 {
-                index.saturating_sub(1)
-            } else {
-                self.log.find_conflict_by_term(hint_index, hint_term).0
-            };
+            let probe_at = self.log.find_conflict_by_term(hint_index, hint_term).0;
             let pr = self.progress.get_mut(&from).expect("exists");
             if pr.decrease_next(index, probe_at) {
                 if pr.state == ReplicationState::Replicate {

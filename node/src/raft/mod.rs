@@ -13,6 +13,9 @@ pub mod message;
 pub mod progress;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use self::core::{Command, Config, DurableState, Error, RaftCore, ReadFailure, Role, Status};
 pub use self::message::{Message, MessageBody};
 pub use self::types::{
