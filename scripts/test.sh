@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README "Tests"). Installs what a fresh machine lacks, then
-# runs formatting, lint, unit tests and the deterministic simulator.
+# runs formatting, lint, unit and integration tests and the deterministic simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +8,12 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain"
 cargo --version
-rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "installing missing component $component"
+    rustup component add "$component"
+  fi
+done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -5,10 +5,12 @@
 //!   callers feed it ticks, messages and requests and execute the commands it returns.
 //!   This is what lets the simulator (`tests/simulation.rs`) run thousands of whole
 //!   clusters per CI run, deterministically, with faults.
+//! - [`storage`]: the durable side: a segmented write-ahead log with group commit, the
+//!   snapshot store, crash recovery and `raft-node wal dump`.
 //! - [`linearizability`]: a checker for client histories against a key-value model,
 //!   used by the simulator and by the end-to-end tests.
 //!
-//! Storage, the state machine, the transport and the server join as their issues land.
+//! The state machine, the transport and the server join as their issues land.
 
 pub mod linearizability;
 pub mod raft;
