@@ -12,6 +12,7 @@
 //!
 //! The state machine, the transport and the server join as their issues land.
 
+pub mod kv;
 pub mod linearizability;
 pub mod raft;
 pub mod storage;
