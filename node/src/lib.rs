@@ -15,4 +15,5 @@
 pub mod kv;
 pub mod linearizability;
 pub mod raft;
+pub mod runtime;
 pub mod storage;

@@ -3,7 +3,15 @@
 
 use std::path::Path;
 
-const FORBIDDEN: &[&str] = &["tokio", "std::net", "std::fs", "Instant", "SystemTime", "std::thread", "std::env"];
+const FORBIDDEN: &[&str] = &[
+    "tokio",
+    "std::net",
+    "std::fs",
+    "Instant",
+    "SystemTime",
+    "std::thread",
+    "std::env",
+];
 
 #[test]
 fn the_raft_core_imports_no_runtime_socket_file_or_clock() {
@@ -28,5 +36,9 @@ fn the_raft_core_imports_no_runtime_socket_file_or_clock() {
         }
         checked += 1;
     }
-    assert!(checked >= 5, "expected the core's source files in {}", dir.display());
+    assert!(
+        checked >= 5,
+        "expected the core's source files in {}",
+        dir.display()
+    );
 }

@@ -50,8 +50,15 @@ pub enum KvCommand {
 /// What a write did, for the client that asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvResult {
-    Put { revision: i64, prev: Option<KeyValue> },
-    DeleteRange { revision: i64, deleted: i64, prev: Vec<KeyValue> },
+    Put {
+        revision: i64,
+        prev: Option<KeyValue>,
+    },
+    DeleteRange {
+        revision: i64,
+        deleted: i64,
+        prev: Vec<KeyValue>,
+    },
 }
 
 impl KvResult {
@@ -211,7 +218,11 @@ impl KvStore {
 
     /// Records that a log entry without a state-machine effect was applied.
     pub fn skip(&mut self, index: Index) {
-        assert!(index > self.applied, "entry {index} applied twice (applied {})", self.applied);
+        assert!(
+            index > self.applied,
+            "entry {index} applied twice (applied {})",
+            self.applied
+        );
         self.applied = index;
     }
 
@@ -279,7 +290,14 @@ impl KvStore {
 
     /// Reads `[key, range_end)` at the current revision, at most `limit` keys (0:
     /// all).
-    pub fn range(&self, key: &[u8], range_end: &[u8], limit: usize, count_only: bool, keys_only: bool) -> RangeResult {
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        limit: usize,
+        count_only: bool,
+        keys_only: bool,
+    ) -> RangeResult {
         let mut kvs = Vec::new();
         let mut count = 0i64;
         for kv in self.scan(key, range_end) {
@@ -337,7 +355,7 @@ impl KvStore {
         let applied = h.get_u64_le();
         let count = h.get_u64_le();
         let mut map = OrdMap::new();
-        let mut read_field = |input: &mut dyn Read| -> Result<Bytes, CodecError> {
+        let read_field = |input: &mut dyn Read| -> Result<Bytes, CodecError> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len).map_err(io)?;
             let len = u32::from_le_bytes(len) as u64;
@@ -364,7 +382,11 @@ impl KvStore {
             };
             map.insert(key, kv);
         }
-        Ok(KvStore { map, revision, applied })
+        Ok(KvStore {
+            map,
+            revision,
+            applied,
+        })
     }
 }
 
@@ -388,7 +410,10 @@ mod tests {
         assert_eq!(store.apply(2, &put("b", "1")).revision(), 2);
         let result = store.apply(3, &put("a", "2"));
         match result {
-            KvResult::Put { revision: 3, prev: Some(prev) } => assert_eq!(prev.value, Bytes::from("1")),
+            KvResult::Put {
+                revision: 3,
+                prev: Some(prev),
+            } => assert_eq!(prev.value, Bytes::from("1")),
             other => panic!("{other:?}"),
         }
         let a = &store.range(b"a", b"", 0, false, false).kvs[0];
@@ -402,7 +427,10 @@ mod tests {
             store.apply(i as Index + 1, &put(key, "v"));
         }
         let keys = |r: RangeResult| r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
-        assert_eq!(keys(store.range(b"ab", b"", 0, false, false)), vec![Bytes::from("ab")]);
+        assert_eq!(
+            keys(store.range(b"ab", b"", 0, false, false)),
+            vec![Bytes::from("ab")]
+        );
         assert_eq!(keys(store.range(b"a", b"b", 0, false, false)).len(), 3);
         assert_eq!(keys(store.range(b"b", &[0], 0, false, false)).len(), 2);
         let limited = store.range(b"a", &[0], 2, false, false);
@@ -425,7 +453,14 @@ mod tests {
                 prev_kv: false,
             },
         );
-        assert_eq!(nothing, KvResult::DeleteRange { revision: 2, deleted: 0, prev: vec![] });
+        assert_eq!(
+            nothing,
+            KvResult::DeleteRange {
+                revision: 2,
+                deleted: 0,
+                prev: vec![]
+            }
+        );
         let both = store.apply(
             4,
             &KvCommand::DeleteRange {
@@ -454,8 +489,14 @@ mod tests {
         ] {
             assert_eq!(KvCommand::decode(command.encode()).unwrap(), command);
         }
-        assert_eq!(KvCommand::decode(Bytes::from_static(&[9])), Err(CodecError::UnknownType(9)));
-        assert_eq!(KvCommand::decode(Bytes::from_static(&[1, 5, 0])), Err(CodecError::Truncated));
+        assert_eq!(
+            KvCommand::decode(Bytes::from_static(&[9])),
+            Err(CodecError::UnknownType(9))
+        );
+        assert_eq!(
+            KvCommand::decode(Bytes::from_static(&[1, 5, 0])),
+            Err(CodecError::Truncated)
+        );
         assert_eq!(
             KvCommand::decode(Bytes::from_static(&[1, 255, 255, 255, 255])),
             Err(CodecError::TooLarge(u32::MAX as u64))

@@ -818,6 +818,12 @@ impl RaftCore {
         }
     }
 
+    /// The runtime could not build the snapshot asked for; the next one will be asked
+    /// for after `snapshot_entries` more entries are applied.
+    pub fn snapshot_build_failed(&mut self) {
+        self.snapshot_in_progress = false;
+    }
+
     /// The transport could not deliver a snapshot to `to`: probe it again later.
     pub fn snapshot_failed(&mut self, to: NodeId) {
         if let Some(pr) = self.progress.get_mut(&to) {

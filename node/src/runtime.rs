@@ -1,0 +1,655 @@
+//! The task that owns the consensus core and executes what it asks for.
+//!
+//! One tokio task owns the [`RaftCore`]. Every input reaches it through a bounded
+//! channel: peer messages, client requests, ticks, persistence acknowledgements and
+//! snapshot events. After each input it takes the core's commands and hands them to
+//! the tasks that do the I/O:
+//!
+//! - the WAL writer (group commit, `storage::WalWriter`): `Persist` and `CompactLog`;
+//!   a small waiter task turns its acknowledgements back into `persisted(seq)`;
+//! - the transport ([`Outbox`]): `Send`, one bounded queue per peer;
+//! - the apply task: `Apply`, `RestoreSnapshot`, `BuildSnapshot`. It owns the state
+//!   machine, answers client writes once their entry is applied, and publishes the
+//!   applied store through a `watch` (an O(1) clone of a persistent map), so readers
+//!   never take a lock across an await and snapshots are written while writes go on.
+//!
+//! Role, term, leader, membership and timing are published through a `watch` too.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::kv::{KvCommand, KvResult, KvStore};
+use crate::raft::{
+    Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, NodeId, RaftCore, ReadFailure,
+    Status, Term,
+};
+use crate::storage::{self, LogStore, PersistRequest, SnapshotStore, WalConfig, WalWriter, WriterConfig};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub raft: RaftConfig,
+    pub cluster_id: u64,
+    pub wal_dir: PathBuf,
+    pub snapshot_dir: PathBuf,
+    /// Length of one core tick.
+    pub tick: Duration,
+    /// `Some(voters)`: a member of a brand-new cluster (used only when the WAL is
+    /// empty). `None`: join an existing cluster, or restart.
+    pub bootstrap: Option<Vec<NodeId>>,
+    pub keep_snapshots: usize,
+    pub writer: WriterConfig,
+    /// Capacity of the channels into the core task.
+    pub inbound_capacity: usize,
+    pub request_capacity: usize,
+    pub apply_capacity: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(raft: RaftConfig, cluster_id: u64, wal_dir: PathBuf, snapshot_dir: PathBuf) -> Self {
+        RuntimeConfig {
+            raft,
+            cluster_id,
+            wal_dir,
+            snapshot_dir,
+            tick: Duration::from_millis(10),
+            bootstrap: None,
+            keep_snapshots: 3,
+            writer: WriterConfig::default(),
+            inbound_capacity: 4096,
+            request_capacity: 4096,
+            apply_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    #[error(transparent)]
+    Raft(#[from] crate::raft::Error),
+    #[error("not the leader (leader: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("the entry was overwritten by a new leader before it committed; it did not take effect")]
+    ProposalDropped,
+    #[error("the node is shutting down")]
+    Stopped,
+    #[error("snapshot state: {0}")]
+    Snapshot(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the runtime sends messages to peers. The gRPC transport implements it; tests
+/// use an in-memory one. Must never block: a full queue drops the message (Raft
+/// retries) and the transport reports the peer unreachable through `Inbox`.
+pub trait Outbox: Send + Sync + 'static {
+    fn send(&self, message: Message);
+}
+
+/// Requests from clients and admin tools.
+enum Request {
+    Propose {
+        command: KvCommand,
+        reply: oneshot::Sender<Result<KvResult>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<Index>>,
+    },
+    TransferLeadership {
+        target: NodeId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Inputs from the transport and from the runtime's own helper tasks.
+pub enum Input {
+    Message(Message),
+    /// The transport could not deliver a snapshot to this peer.
+    SnapshotFailed(NodeId),
+    /// The transport lost its stream to this peer.
+    Unreachable(NodeId),
+    Persisted(u64),
+    SnapshotBuilt(crate::raft::SnapshotMeta),
+    SnapshotBuildFailed,
+    Fatal(String),
+}
+
+enum ApplyJob {
+    Register {
+        index: Index,
+        term: Term,
+        reply: oneshot::Sender<Result<KvResult>>,
+    },
+    Entries(Vec<crate::raft::Entry>),
+    Restore(crate::raft::SnapshotMeta),
+    Snapshot(crate::raft::SnapshotMeta),
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+    inbox: mpsc::Sender<Input>,
+    status: watch::Receiver<Status>,
+    store: watch::Receiver<KvStore>,
+    snapshots: SnapshotStore,
+    writer: WalWriter,
+}
+
+impl NodeHandle {
+    /// Replicates a write and waits until it is applied here.
+    pub async fn propose(&self, command: KvCommand) -> Result<KvResult> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Propose { command, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// A linearizable read: the returned store has applied everything committed
+    /// before the read began.
+    pub async fn read_linearizable(&self) -> Result<KvStore> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ReadIndex { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        let index = answer.await.map_err(|_| Error::Stopped)??;
+        let mut store = self.store.clone();
+        let applied = store
+            .wait_for(|s| s.applied() >= index)
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(applied.clone())
+    }
+
+    /// A serializable read: whatever this member has applied.
+    pub fn read_local(&self) -> KvStore {
+        self.store.borrow().clone()
+    }
+
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::TransferLeadership { target, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Where the transport delivers peer messages and reports link trouble.
+    pub fn inbox(&self) -> mpsc::Sender<Input> {
+        self.inbox.clone()
+    }
+
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    pub fn fsync_histogram(&self) -> storage::FsyncHistogram {
+        self.writer.fsync_histogram()
+    }
+}
+
+/// Recovers the node from its directories and starts its tasks. The returned handle
+/// is the node's only API; the join handle ends when the core task stops.
+pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(NodeHandle, JoinHandle<()>)> {
+    let id = config.raft.id;
+    let wal_config = WalConfig::new(config.cluster_id, id);
+    let recovered = storage::recover(
+        &config.wal_dir,
+        &config.snapshot_dir,
+        wal_config,
+        config.keep_snapshots,
+    )?;
+    let store = &recovered.store;
+    let snapshot_meta = store.snapshot_meta();
+    let empty =
+        store.last_index() == 0 && store.hard_state() == Default::default() && snapshot_meta.index == 0;
+    let core = if empty {
+        match &config.bootstrap {
+            Some(voters) => RaftCore::bootstrap(config.raft.clone(), voters)?,
+            None => RaftCore::join(config.raft.clone())?,
+        }
+    } else {
+        let first = snapshot_meta.index + 1;
+        let last = store.last_index();
+        let entries = if last >= first {
+            store.entries(first, last + 1, u64::MAX)?
+        } else {
+            Vec::new()
+        };
+        RaftCore::restore(
+            config.raft.clone(),
+            DurableState {
+                hard_state: store.hard_state(),
+                snapshot: (snapshot_meta.index > 0).then_some(snapshot_meta.clone()),
+                entries,
+            },
+        )?
+    };
+    let kv = match &recovered.snapshot {
+        Some(info) if info.meta.index == snapshot_meta.index && snapshot_meta.index > 0 => {
+            let mut reader = recovered.snapshots.open_reader(info)?;
+            KvStore::read_snapshot(&mut reader).map_err(|e| Error::Snapshot(e.to_string()))?
+        }
+        _ => KvStore::default(),
+    };
+    let snapshots = recovered.snapshots.clone();
+    let (writer, _writer_task) = WalWriter::spawn(recovered.store, config.writer.clone())?;
+
+    let (inbox_tx, inbox_rx) = mpsc::channel(config.inbound_capacity);
+    let (request_tx, request_rx) = mpsc::channel(config.request_capacity);
+    let (apply_tx, apply_rx) = mpsc::channel(config.apply_capacity);
+    let (status_tx, status_rx) = watch::channel(core.status());
+    let (store_tx, store_rx) = watch::channel(kv.clone());
+    let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
+
+    tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
+    tokio::spawn(apply_loop(
+        kv,
+        apply_rx,
+        store_tx,
+        snapshots.clone(),
+        inbox_tx.clone(),
+    ));
+
+    let handle = NodeHandle {
+        requests: request_tx,
+        inbox: inbox_tx,
+        status: status_rx,
+        store: store_rx,
+        snapshots: snapshots.clone(),
+        writer: writer.clone(),
+    };
+    let task = CoreTask {
+        core,
+        outbox,
+        writer,
+        persist_tx,
+        apply_tx,
+        status_tx,
+        pending_reads: HashMap::new(),
+        next_read_id: 1,
+        snapshot_records: Vec::new(),
+    };
+    let join = tokio::spawn(task.run(config.tick, inbox_rx, request_rx));
+    Ok((handle, join))
+}
+
+struct CoreTask {
+    core: RaftCore,
+    outbox: Arc<dyn Outbox>,
+    writer: WalWriter,
+    persist_tx: mpsc::Sender<(Option<u64>, storage::Ack)>,
+    apply_tx: mpsc::Sender<ApplyJob>,
+    status_tx: watch::Sender<Status>,
+    pending_reads: HashMap<u64, oneshot::Sender<Result<Index>>>,
+    next_read_id: u64,
+    /// Snapshots built since the last `execute`, to record in the WAL.
+    snapshot_records: Vec<crate::raft::SnapshotMeta>,
+}
+
+/// Inputs handled per wake-up before the commands are executed, so bursts of
+/// proposals and messages share one round of persistence and sending.
+const INPUT_BATCH_MAX: usize = 256;
+
+impl CoreTask {
+    async fn run(
+        mut self,
+        tick: Duration,
+        mut inbox: mpsc::Receiver<Input>,
+        mut requests: mpsc::Receiver<Request>,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Flush what bootstrap or restore asked for (first persistence, re-apply).
+        if !self.execute().await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                input = inbox.recv() => {
+                    let Some(input) = input else { return };
+                    if !self.handle_input(input) {
+                        return;
+                    }
+                    for _ in 1..INPUT_BATCH_MAX {
+                        match inbox.try_recv() {
+                            Ok(input) => {
+                                if !self.handle_input(input) {
+                                    return;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                request = requests.recv() => {
+                    let Some(request) = request else { return };
+                    self.handle_request(request).await;
+                    for _ in 1..INPUT_BATCH_MAX {
+                        match requests.try_recv() {
+                            Ok(request) => self.handle_request(request).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.core.tick(),
+            }
+            if !self.execute().await {
+                return;
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) -> bool {
+        match input {
+            Input::Message(m) => self.core.step(m),
+            Input::SnapshotFailed(peer) => self.core.snapshot_failed(peer),
+            Input::Unreachable(peer) => self.core.report_unreachable(peer),
+            Input::Persisted(seq) => self.core.persisted(seq),
+            Input::SnapshotBuilt(meta) => {
+                // The WAL learns that the log may start after the snapshot, before the
+                // compaction the core asks for next (both go out in `execute`, in order).
+                self.snapshot_records.push(meta.clone());
+                self.core.snapshot_built(meta);
+            }
+            Input::SnapshotBuildFailed => self.core.snapshot_build_failed(),
+            Input::Fatal(reason) => {
+                tracing::error!(%reason, "stopping the node");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Propose { command, reply } => match self.core.propose(command.encode()) {
+                Ok((index, term)) => {
+                    if self
+                        .apply_tx
+                        .send(ApplyJob::Register { index, term, reply })
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!("apply task stopped");
+                    }
+                }
+                Err(crate::raft::Error::NotLeader { leader_hint }) => {
+                    let _ = reply.send(Err(Error::NotLeader { leader_hint }));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Request::ReadIndex { reply } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                self.pending_reads.insert(id, reply);
+                self.core.read_index(id);
+            }
+            Request::TransferLeadership { target, reply } => {
+                let _ = reply.send(self.core.transfer_leadership(target).map_err(Error::from));
+            }
+        }
+    }
+
+    /// Executes the core's commands in order. Returns false when the node must stop.
+    async fn execute(&mut self) -> bool {
+        for meta in std::mem::take(&mut self.snapshot_records) {
+            match self.writer.enqueue(vec![PersistRequest::Snapshot(meta)]).await {
+                Ok(ack) => {
+                    if self.persist_tx.send((None, ack)).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the WAL refused a snapshot record; stopping");
+                    return false;
+                }
+            }
+        }
+        loop {
+            let commands = self.core.take_commands();
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands {
+                match command {
+                    Command::Persist {
+                        seq,
+                        snapshot,
+                        entries,
+                        hard_state,
+                    } => {
+                        let mut requests = Vec::with_capacity(3);
+                        if let Some(meta) = snapshot {
+                            requests.push(PersistRequest::Snapshot(meta));
+                        }
+                        if !entries.is_empty() {
+                            requests.push(PersistRequest::Entries(entries));
+                        }
+                        if let Some(hs) = hard_state {
+                            requests.push(PersistRequest::HardState(hs));
+                        }
+                        match self.writer.enqueue(requests).await {
+                            Ok(ack) => {
+                                if self.persist_tx.send((Some(seq), ack)).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the WAL refused a write; stopping");
+                                return false;
+                            }
+                        }
+                    }
+                    Command::Send(message) => self.outbox.send(message),
+                    Command::Apply(entries) => {
+                        if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Command::RestoreSnapshot(meta) => {
+                        if self.apply_tx.send(ApplyJob::Restore(meta)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Command::BuildSnapshot(meta) => {
+                        if self.apply_tx.send(ApplyJob::Snapshot(meta)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Command::CompactLog { through } => {
+                        match self.writer.enqueue(vec![PersistRequest::Compact(through)]).await {
+                            Ok(ack) => {
+                                let _ = self.persist_tx.send((None, ack)).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "log compaction not queued"),
+                        }
+                    }
+                    Command::ReadReady { id, index } => {
+                        if let Some(reply) = self.pending_reads.remove(&id) {
+                            let _ = reply.send(Ok(index));
+                        }
+                    }
+                    Command::ReadFailed { id, reason } => {
+                        if let Some(reply) = self.pending_reads.remove(&id) {
+                            let error = match reason {
+                                ReadFailure::NotLeader { leader_hint } => Error::NotLeader { leader_hint },
+                                ReadFailure::TooManyReads => Error::Raft(crate::raft::Error::TooManyReads),
+                            };
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                    Command::TransferAborted { target } => {
+                        tracing::warn!(target, "leadership transfer aborted after an election timeout");
+                    }
+                }
+            }
+        }
+        let status = self.core.status();
+        self.status_tx.send_if_modified(|current| {
+            if *current != status {
+                *current = status;
+                true
+            } else {
+                false
+            }
+        });
+        true
+    }
+}
+
+/// Turns WAL acknowledgements (in submission order) into `persisted(seq)` inputs.
+async fn wait_for_persistence(
+    mut acks: mpsc::Receiver<(Option<u64>, storage::Ack)>,
+    inbox: mpsc::Sender<Input>,
+) {
+    while let Some((seq, ack)) = acks.recv().await {
+        match ack.await {
+            Ok(Ok(_)) => {
+                if let Some(seq) = seq {
+                    if inbox.send(Input::Persisted(seq)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                // Never pretend durability after a failed write or fsync.
+                let _ = inbox.send(Input::Fatal(format!("WAL write failed: {e}"))).await;
+                return;
+            }
+            Err(_) => {
+                let _ = inbox.send(Input::Fatal("WAL writer stopped".into())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Applies committed entries to the state machine and answers the clients.
+async fn apply_loop(
+    mut kv: KvStore,
+    mut jobs: mpsc::Receiver<ApplyJob>,
+    published: watch::Sender<KvStore>,
+    snapshots: SnapshotStore,
+    inbox: mpsc::Sender<Input>,
+) {
+    let mut waiting: HashMap<Index, (Term, oneshot::Sender<Result<KvResult>>)> = HashMap::new();
+    while let Some(job) = jobs.recv().await {
+        match job {
+            ApplyJob::Register { index, term, reply } => {
+                if index <= kv.applied() {
+                    // Overtaken (a snapshot jumped past it): the outcome is unknown here.
+                    let _ = reply.send(Err(Error::ProposalDropped));
+                } else {
+                    waiting.insert(index, (term, reply));
+                }
+            }
+            ApplyJob::Entries(entries) => {
+                for entry in entries {
+                    if entry.index <= kv.applied() {
+                        continue; // re-delivered after a snapshot restore
+                    }
+                    let result = match &entry.payload {
+                        EntryPayload::Normal(data) => match KvCommand::decode(Bytes::clone(data)) {
+                            Ok(command) => Some(kv.apply(entry.index, &command)),
+                            Err(e) => {
+                                // Every member skips it the same way: deterministic.
+                                tracing::error!(index = entry.index, error = %e, "undecodable entry skipped");
+                                kv.skip(entry.index);
+                                None
+                            }
+                        },
+                        _ => {
+                            kv.skip(entry.index);
+                            None
+                        }
+                    };
+                    if let Some((term, reply)) = waiting.remove(&entry.index) {
+                        let answer = match result {
+                            Some(result) if term == entry.term => Ok(result),
+                            _ => Err(Error::ProposalDropped),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                published.send_replace(kv.clone());
+            }
+            ApplyJob::Restore(meta) => {
+                let loaded = snapshots
+                    .latest()
+                    .map_err(|e| e.to_string())
+                    .and_then(|info| {
+                        info.filter(|i| i.meta.index == meta.index)
+                            .ok_or_else(|| "missing".to_string())
+                    })
+                    .and_then(|info| snapshots.open_reader(&info).map_err(|e| e.to_string()))
+                    .and_then(|mut reader| KvStore::read_snapshot(&mut reader).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(store) => {
+                        kv = store;
+                        for (index, (_, reply)) in std::mem::take(&mut waiting) {
+                            if index <= kv.applied() {
+                                let _ = reply.send(Err(Error::ProposalDropped));
+                            } else {
+                                waiting.insert(index, (0, reply));
+                            }
+                        }
+                        published.send_replace(kv.clone());
+                    }
+                    Err(e) => {
+                        let _ = inbox
+                            .send(Input::Fatal(format!("cannot load snapshot {}: {e}", meta.index)))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            ApplyJob::Snapshot(meta) => {
+                assert_eq!(
+                    kv.applied(),
+                    meta.index,
+                    "snapshot asked for at the applied index"
+                );
+                let frozen = kv.clone();
+                let snapshots = snapshots.clone();
+                let inbox = inbox.clone();
+                tokio::task::spawn_blocking(move || {
+                    let written = snapshots.create(&meta).and_then(|mut writer| {
+                        frozen
+                            .write_snapshot(&mut writer)
+                            .map_err(|e| storage::Error::io("write snapshot", snapshots.dir(), e))?;
+                        writer.finish()
+                    });
+                    match written {
+                        Ok(_) => {
+                            let _ = inbox.blocking_send(Input::SnapshotBuilt(meta));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "snapshot failed; will retry at the next one");
+                            let _ = inbox.blocking_send(Input::SnapshotBuildFailed);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
