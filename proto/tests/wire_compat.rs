@@ -9,7 +9,7 @@
 
 use kuberaft_proto::etcdserverpb::{
     alarm_request::AlarmAction, compare, range_request, request_op, response_op, watch_create_request,
-    watch_request, AlarmMember, AlarmRequest, AlarmType, Compare, CompactionRequest, DeleteRangeRequest,
+    watch_request, AlarmMember, AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest,
     HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseTimeToLiveResponse,
     Member, MemberAddRequest, MemberListResponse, MoveLeaderRequest, PutRequest, PutResponse, RangeRequest,
     RangeResponse, RequestOp, ResponseHeader, ResponseOp, SnapshotResponse, StatusResponse, TxnRequest,
@@ -194,7 +194,9 @@ fn range_response_header_kvs_more_count() {
     };
     assert_wire(
         &resp,
-        &[0x0a, 0x02, 0x10, 0x01, 0x12, 0x03, 0x0a, 0x01, b'x', 0x18, 0x01, 0x20, 0x09],
+        &[
+            0x0a, 0x02, 0x10, 0x01, 0x12, 0x03, 0x0a, 0x01, b'x', 0x18, 0x01, 0x20, 0x09,
+        ],
     );
 }
 
@@ -251,14 +253,26 @@ fn compare_enums_oneof_and_range_end_64() {
         v.extend_from_slice(&[0x82, 0x04, 0x01, b'z']);
         v
     };
-    assert_wire(&base(CompareTarget::Version, TargetUnion::Version(5)), &expect(0, &[0x20, 0x05]));
-    assert_wire(&base(CompareTarget::Create, TargetUnion::CreateRevision(6)), &expect(1, &[0x28, 0x06]));
-    assert_wire(&base(CompareTarget::Mod, TargetUnion::ModRevision(7)), &expect(2, &[0x30, 0x07]));
+    assert_wire(
+        &base(CompareTarget::Version, TargetUnion::Version(5)),
+        &expect(0, &[0x20, 0x05]),
+    );
+    assert_wire(
+        &base(CompareTarget::Create, TargetUnion::CreateRevision(6)),
+        &expect(1, &[0x28, 0x06]),
+    );
+    assert_wire(
+        &base(CompareTarget::Mod, TargetUnion::ModRevision(7)),
+        &expect(2, &[0x30, 0x07]),
+    );
     assert_wire(
         &base(CompareTarget::Value, TargetUnion::Value(b"v".to_vec())),
         &expect(3, &[0x3a, 0x01, b'v']),
     );
-    assert_wire(&base(CompareTarget::Lease, TargetUnion::Lease(8)), &expect(4, &[0x40, 0x08]));
+    assert_wire(
+        &base(CompareTarget::Lease, TargetUnion::Lease(8)),
+        &expect(4, &[0x40, 0x08]),
+    );
     // Field 0 of the oneof (VERSION) with value 0 must still be sent: a oneof member is
     // always encoded, even at its default, so "version == 0" (key absent) survives.
     let absent = Compare {
@@ -283,7 +297,9 @@ fn txn_request_and_response_ops() {
                 request: Some(request_op::Request::RequestRange(RangeRequest::default())),
             },
             RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest::default())),
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest::default(),
+                )),
             },
             RequestOp {
                 request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
@@ -388,7 +404,9 @@ fn watch_create_request_fields_1_to_8() {
     );
     assert_wire(
         &WatchRequest {
-            request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                WatchProgressRequest {},
+            )),
         },
         &[0x1a, 0x00],
     );
@@ -613,7 +631,10 @@ fn service_names_in_descriptor() {
         "/kuberaft.admin.v1.Admin/TransferLeader",
         "/kuberaft.admin.v1.Admin/WatchEvents",
     ] {
-        assert!(services.iter().any(|s| s == expected), "missing {expected} in {services:?}");
+        assert!(
+            services.iter().any(|s| s == expected),
+            "missing {expected} in {services:?}"
+        );
     }
 }
 
