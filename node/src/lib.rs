@@ -12,8 +12,12 @@
 //!
 //! The state machine, the transport and the server join as their issues land.
 
+pub mod api;
 pub mod kv;
 pub mod linearizability;
+pub mod metrics;
 pub mod raft;
 pub mod runtime;
+pub mod server;
 pub mod storage;
+pub mod transport;

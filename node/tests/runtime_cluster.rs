@@ -262,16 +262,18 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
     // The others elect a new leader and serve writes.
     let mut new = old;
     for _ in 0..400 {
-        let registry = cluster.registry.lock().unwrap();
-        if let Some((&id, _)) = registry
-            .nodes
-            .iter()
-            .find(|(id, h)| **id != old && h.status().borrow().role == Role::Leader)
-        {
+        let found = {
+            let registry = cluster.registry.lock().unwrap();
+            registry
+                .nodes
+                .iter()
+                .find(|(id, h)| **id != old && h.status().borrow().role == Role::Leader)
+                .map(|(id, _)| *id)
+        };
+        if let Some(id) = found {
             new = id;
             break;
         }
-        drop(registry);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_ne!(new, old, "the majority elected a new leader");

@@ -1,24 +1,28 @@
 //! `raft-node`: the kuberaft member process.
 //!
-//! Today it carries the offline tools that work on a member's directories; serving
-//! (the etcd-style flags of DESIGN.md) joins when the runtime lands.
-//!
+//!     raft-node --name n1 --initial-cluster n1=http://127.0.0.1:2380,... [etcd-style flags]
 //!     raft-node wal dump --wal-dir DIR [--records]
+//!
+//! Every flag also reads from an environment variable (`KUBERAFT_NAME`, ...).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kuberaft_node::server::{self, ServeArgs};
 
 #[derive(Parser)]
 #[command(
     name = "raft-node",
     version,
-    about = "kuberaft member process and its offline tools"
+    about = "kuberaft member: a Raft node speaking the etcd v3 API"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -44,12 +48,25 @@ enum WalCommand {
     },
 }
 
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBERAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Wal {
+        Some(Command::Wal {
             command: WalCommand::Dump { wal_dir, records },
-        } => {
+        }) => {
             if !wal_dir.is_dir() {
                 eprintln!("raft-node: --wal-dir {}: not a directory", wal_dir.display());
                 return ExitCode::from(2);
@@ -62,6 +79,27 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("raft-node: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        None => {
+            init_logging(cli.serve.log_json);
+            if let Err(e) = cli.serve.plan() {
+                eprintln!("raft-node: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("raft-node: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(server::serve(cli.serve)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("raft-node: {e:#}");
+                    ExitCode::from(1)
                 }
             }
         }

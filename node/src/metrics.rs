@@ -1,0 +1,122 @@
+//! HTTP endpoints for probes and Prometheus: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! `/healthz` answers while the process serves at all. `/readyz` answers 200 once
+//! the member knows a leader and has applied everything it knows to be committed, so
+//! a Kubernetes Service only routes to members that can answer reads.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::raft::Role;
+use crate::runtime::NodeHandle;
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(node): State<NodeHandle>) -> (StatusCode, String) {
+    let status = node.status().borrow().clone();
+    if status.leader.is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no leader\n".into());
+    }
+    if status.applied < status.commit {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("applying: {} of {}\n", status.applied, status.commit),
+        );
+    }
+    (StatusCode::OK, "ok\n".into())
+}
+
+async fn metrics(State(node): State<NodeHandle>) -> String {
+    let status = node.status().borrow().clone();
+    let mut out = String::new();
+    let role = match status.role {
+        Role::Follower => 0,
+        Role::PreCandidate => 1,
+        Role::Candidate => 2,
+        Role::Leader => 3,
+    };
+    let gauges = [
+        (
+            "kuberaft_role",
+            "0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+            role as u64,
+        ),
+        ("kuberaft_term", "current Raft term", status.term),
+        (
+            "kuberaft_commit_index",
+            "highest log index known committed",
+            status.commit,
+        ),
+        (
+            "kuberaft_applied_index",
+            "highest log index applied",
+            status.applied,
+        ),
+        (
+            "kuberaft_last_log_index",
+            "last index in the log",
+            status.last_index,
+        ),
+        (
+            "kuberaft_has_leader",
+            "1 when a leader is known",
+            u64::from(status.leader.is_some()),
+        ),
+        (
+            "kuberaft_voters",
+            "voters in the configuration",
+            status.membership.voters.len() as u64,
+        ),
+        (
+            "kuberaft_learners",
+            "learners in the configuration",
+            status.membership.learners.len() as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let fsync = node.fsync_histogram();
+    let _ = writeln!(
+        out,
+        "# HELP kuberaft_wal_fsync_seconds WAL fdatasync latency\n# TYPE kuberaft_wal_fsync_seconds summary"
+    );
+    for q in [0.5, 0.99] {
+        let _ = writeln!(
+            out,
+            "kuberaft_wal_fsync_seconds{{quantile=\"{q}\"}} {}",
+            fsync.quantile_us(q) as f64 / 1e6
+        );
+    }
+    out
+}
+
+/// Starts the HTTP listener; it stops when `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    node: NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    }))
+}

@@ -1,0 +1,445 @@
+//! The `raft-node` server: flags (named like etcd's), start-up checks, and the
+//! listeners for clients, peers and metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::KvService;
+use crate::raft::{Config as RaftConfig, NodeId, Role, Status, Timing};
+use crate::runtime::{self, NodeHandle, RuntimeConfig};
+use crate::transport::{GrpcTransport, PeerService, TransportConfig};
+
+/// Length of one core tick; heartbeat and election timeouts are multiples of it.
+pub const TICK_MS: u64 = 10;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "KUBERAFT_NAME", default_value = "default")]
+    pub name: String,
+    /// Default parent of --wal-dir and --snapshot-dir.
+    #[arg(long, env = "KUBERAFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Write-ahead log directory (default: DATA_DIR/wal).
+    #[arg(long, env = "KUBERAFT_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Snapshot directory (default: DATA_DIR/snap).
+    #[arg(long, env = "KUBERAFT_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "KUBERAFT_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    #[arg(long, env = "KUBERAFT_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    #[arg(
+        long,
+        env = "KUBERAFT_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    #[arg(long, env = "KUBERAFT_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Every initial member as name=peer-url, comma separated.
+    #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to form a cluster, `existing` to join one (after MemberAdd).
+    #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    #[arg(
+        long,
+        env = "KUBERAFT_INITIAL_CLUSTER_TOKEN",
+        default_value = "kuberaft-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "KUBERAFT_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Milliseconds without a leader before an election.
+    #[arg(long, env = "KUBERAFT_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots.
+    #[arg(long, env = "KUBERAFT_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    #[arg(
+        long,
+        env = "KUBERAFT_LISTEN_METRICS_URLS",
+        default_value = "http://127.0.0.1:2381"
+    )]
+    pub listen_metrics_urls: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "KUBERAFT_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+/// A flag combination that cannot work, named so the user knows what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn flag_error(flag: &'static str, reason: impl Into<String>) -> FlagError {
+    FlagError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// FNV-1a: stable member and cluster ids from names, like etcd derives them.
+pub fn stable_id(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.as_bytes().iter().chain(std::iter::once(&0u8)) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash.max(1)
+}
+
+fn listen_addr(flag: &'static str, urls: &str) -> Result<SocketAddr, FlagError> {
+    let first = urls.split(',').next().unwrap_or_default().trim();
+    let rest = first.strip_prefix("http://").ok_or_else(|| {
+        flag_error(
+            flag,
+            format!("{first:?} must be an http:// URL (TLS arrives with the security issue)"),
+        )
+    })?;
+    rest.trim_end_matches('/')
+        .parse()
+        .map_err(|e| flag_error(flag, format!("{first:?} is not host:port with a numeric IP: {e}")))
+}
+
+/// What the flags describe, checked.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub members: BTreeMap<NodeId, (String, String)>,
+    pub wal_dir: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub advertise_client_urls: Vec<String>,
+    pub timing: Timing,
+    pub bootstrap: bool,
+}
+
+impl ServeArgs {
+    pub fn plan(&self) -> Result<Plan, FlagError> {
+        if self.name.is_empty() {
+            return Err(flag_error("name", "must not be empty"));
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.kuberaft", self.name)));
+        let wal_dir = self.wal_dir.clone().unwrap_or_else(|| data_dir.join("wal"));
+        let snapshot_dir = self.snapshot_dir.clone().unwrap_or_else(|| data_dir.join("snap"));
+        if wal_dir == snapshot_dir {
+            return Err(flag_error("snapshot-dir", "must differ from --wal-dir"));
+        }
+        let client_addr = listen_addr("listen-client-urls", &self.listen_client_urls)?;
+        let peer_addr = listen_addr("listen-peer-urls", &self.listen_peer_urls)?;
+        let metrics_addr = listen_addr("listen-metrics-urls", &self.listen_metrics_urls)?;
+        if client_addr == peer_addr || client_addr == metrics_addr || peer_addr == metrics_addr {
+            return Err(flag_error(
+                "listen-peer-urls",
+                "client, peer and metrics addresses must differ",
+            ));
+        }
+        if self.heartbeat_interval < TICK_MS || !self.heartbeat_interval.is_multiple_of(TICK_MS) {
+            return Err(flag_error(
+                "heartbeat-interval",
+                format!(
+                    "{} ms must be a multiple of {TICK_MS} ms",
+                    self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.election_timeout < 3 * self.heartbeat_interval {
+            return Err(flag_error(
+                "election-timeout",
+                format!(
+                    "{} ms must be at least 3x --heartbeat-interval ({} ms)",
+                    self.election_timeout, self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.election_timeout > 50_000 {
+            return Err(flag_error("election-timeout", "must be at most 50000 ms"));
+        }
+        let timing = Timing {
+            heartbeat_ticks: (self.heartbeat_interval / TICK_MS) as u32,
+            election_ticks: (self.election_timeout / TICK_MS) as u32,
+        };
+        let bootstrap = match self.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => {
+                return Err(flag_error(
+                    "initial-cluster-state",
+                    format!("{other:?} is neither new nor existing"),
+                ))
+            }
+        };
+        let advertise_peer = self
+            .initial_advertise_peer_urls
+            .clone()
+            .unwrap_or_else(|| self.listen_peer_urls.clone());
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, advertise_peer));
+        let mut members = BTreeMap::new();
+        for item in initial.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, url) = item
+                .split_once('=')
+                .ok_or_else(|| flag_error("initial-cluster", format!("{item:?} is not name=url")))?;
+            if !url.starts_with("http://") {
+                return Err(flag_error(
+                    "initial-cluster",
+                    format!("{url:?} must be an http:// URL"),
+                ));
+            }
+            let id = stable_id(&[&self.initial_cluster_token, name]);
+            if members.insert(id, (name.to_string(), url.to_string())).is_some() {
+                return Err(flag_error("initial-cluster", format!("{name:?} appears twice")));
+            }
+        }
+        let id = stable_id(&[&self.initial_cluster_token, &self.name]);
+        if !members.contains_key(&id) {
+            return Err(flag_error(
+                "initial-cluster",
+                format!("does not list this member ({:?})", self.name),
+            ));
+        }
+        let mut names: Vec<&str> = members.values().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        let mut parts = vec![self.initial_cluster_token.as_str()];
+        parts.extend(names);
+        let cluster_id = stable_id(&parts);
+        let advertise_client_urls = self
+            .advertise_client_urls
+            .clone()
+            .unwrap_or_else(|| self.listen_client_urls.clone())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Plan {
+            id,
+            cluster_id,
+            members,
+            wal_dir,
+            snapshot_dir,
+            client_addr,
+            peer_addr,
+            metrics_addr,
+            advertise_client_urls,
+            timing,
+            bootstrap,
+        })
+    }
+}
+
+/// Runs a member until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    std::fs::create_dir_all(&plan.wal_dir)?;
+    std::fs::create_dir_all(&plan.snapshot_dir)?;
+    let mut raft = RaftConfig::new(plan.id);
+    raft.timing = plan.timing;
+    raft.snapshot_entries = args.snapshot_count;
+    raft.log_tail_entries = (args.snapshot_count / 10).clamp(100, 5_000);
+    raft.seed = plan.id ^ std::process::id() as u64;
+    let mut config = RuntimeConfig::new(
+        raft,
+        plan.cluster_id,
+        plan.wal_dir.clone(),
+        plan.snapshot_dir.clone(),
+    );
+    config.tick = Duration::from_millis(TICK_MS);
+    config.bootstrap = plan.bootstrap.then(|| plan.members.keys().copied().collect());
+
+    let mut transport_config =
+        TransportConfig::new(plan.id, args.initial_cluster_token.clone(), plan.cluster_id);
+    transport_config.client_urls = plan.advertise_client_urls.clone();
+    let directory = transport_config.directory.clone();
+    directory
+        .lock()
+        .expect("not poisoned")
+        .insert(plan.id, plan.advertise_client_urls.clone());
+    let peer_urls: HashMap<NodeId, String> = plan
+        .members
+        .iter()
+        .filter(|(id, _)| **id != plan.id)
+        .map(|(id, (_, url))| (*id, url.clone()))
+        .collect();
+    let transport = GrpcTransport::new(transport_config.clone(), peer_urls);
+    let (node, core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
+    transport.attach(node.inbox(), node.snapshots().clone());
+    tracing::info!(
+        name = %args.name,
+        id = format_args!("{:#x}", plan.id),
+        cluster = format_args!("{:#x}", plan.cluster_id),
+        client = %plan.client_addr,
+        peer = %plan.peer_addr,
+        "member starting"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let peer_service = PeerService::new(transport_config, node.inbox(), node.snapshots().clone());
+    let peer_server = {
+        let mut stop = shutdown_rx.clone();
+        let addr = plan.peer_addr;
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer_service.into_server())
+                .serve_with_shutdown(addr, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<kuberaft_proto::etcdserverpb::kv_server::KvServer<KvService>>()
+        .await;
+    let kv = KvService::new(node.clone(), plan.id, plan.cluster_id, directory);
+    let client_server = {
+        let mut stop = shutdown_rx.clone();
+        let addr = plan.client_addr;
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .concurrency_limit_per_connection(256)
+                .add_service(health_service)
+                .add_service(kv.into_server())
+                .serve_with_shutdown(addr, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let metrics_server = crate::metrics::serve(plan.metrics_addr, node.clone(), shutdown_rx.clone()).await?;
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = terminate.recv() => tracing::info!("terminating"),
+        result = core_task => tracing::error!(?result, "the core stopped"),
+    }
+    hand_over_leadership(&node).await;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = peer_server.await;
+        let _ = client_server.await;
+        let _ = metrics_server.await;
+    })
+    .await;
+    Ok(())
+}
+
+/// On a graceful stop, a leader hands leadership to the most up-to-date voter so the
+/// cluster does not wait an election timeout.
+async fn hand_over_leadership(node: &NodeHandle) {
+    let status: Status = node.status().borrow().clone();
+    if status.role != Role::Leader {
+        return;
+    }
+    let Some(target) = status.membership.voters.iter().copied().find(|&v| v != status.id) else {
+        return;
+    };
+    if node.transfer_leadership(target).await.is_ok() {
+        let mut watch = node.status();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(status.timing.election_ticks as u64 * TICK_MS),
+            watch.wait_for(|s| s.role != Role::Leader),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Plan, FlagError> {
+        let mut argv = vec!["raft-node"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).serve.plan()
+    }
+
+    #[test]
+    fn a_three_member_cluster_plan_has_stable_distinct_ids() {
+        let cluster =
+            "--initial-cluster=a=http://127.0.0.1:2380,b=http://127.0.0.1:2390,c=http://127.0.0.1:2400";
+        let a = parse(&["--name=a", cluster]).unwrap();
+        let b = parse(&[
+            "--name=b",
+            cluster,
+            "--listen-client-urls=http://127.0.0.1:2389",
+            "--listen-peer-urls=http://127.0.0.1:2390",
+            "--listen-metrics-urls=http://127.0.0.1:2391",
+        ])
+        .unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.members.len(), 3);
+        assert_eq!(
+            a.timing,
+            Timing {
+                heartbeat_ticks: 10,
+                election_ticks: 100
+            }
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_named_in_the_error() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--election-timeout=200"], "--election-timeout"),
+            (&["--heartbeat-interval=15"], "--heartbeat-interval"),
+            (&["--initial-cluster-state=maybe"], "--initial-cluster-state"),
+            (
+                &["--name=x", "--initial-cluster=y=http://127.0.0.1:1"],
+                "--initial-cluster",
+            ),
+            (&["--initial-cluster=default=127.0.0.1:1"], "--initial-cluster"),
+            (
+                &["--listen-client-urls=https://127.0.0.1:1"],
+                "--listen-client-urls",
+            ),
+            (
+                &["--listen-peer-urls=http://127.0.0.1:2379"],
+                "--listen-peer-urls",
+            ),
+            (&["--wal-dir=/tmp/x", "--snapshot-dir=/tmp/x"], "--snapshot-dir"),
+        ];
+        for (args, flag) in cases {
+            let error = parse(args)
+                .expect_err(&format!("{args:?} must be refused"))
+                .to_string();
+            assert!(error.starts_with(flag), "{args:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! The gRPC transport between members (`kuberaft.raft.v1.Peer`).
+//!
+//! Each member opens one long-lived stream to every peer and sends it batches of
+//! messages; messages in the other direction travel on the stream that peer opened.
+//! A per-peer task owns the connection and a bounded queue: when the queue is full
+//! the message is dropped (Raft retries) rather than blocking the core. A broken
+//! stream is reported to the core (`report_unreachable`, so pipelined appends are
+//! resent) and reopened with exponential back-off and jitter, capped below the
+//! election timeout.
+//!
+//! Snapshots travel on their own call (`InstallSnapshot`), in chunks; the receiver
+//! writes them to its snapshot store, checks the checksum, and only then is the
+//! `InstallSnapshot` message handed to the core.
+//!
+//! Every stream starts with a `Hello`: a peer of another cluster (token or id) or a
+//! message for another member is refused with FAILED_PRECONDITION and changes nothing.
+
+pub mod convert;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kuberaft_proto::raft as pb;
+use kuberaft_proto::raft::peer_client::PeerClient;
+use kuberaft_proto::raft::peer_server::{Peer, PeerServer};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::runtime::{Input, Outbox};
+use crate::storage::SnapshotStore;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Settings shared by both directions.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub id: NodeId,
+    pub cluster_token: String,
+    pub cluster_id: u64,
+    /// Messages queued per peer before new ones are dropped.
+    pub queue_capacity: usize,
+    /// Messages per envelope.
+    pub batch_messages_max: usize,
+    /// Largest decoded envelope accepted from a peer.
+    pub envelope_bytes_max: usize,
+    /// Back-off toward an unreachable peer: starts here, doubles, never above `max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Snapshot data per chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// This member's advertised client URLs, told to every peer in the hello.
+    pub client_urls: Vec<String>,
+    /// Client URLs peers told us, by member id.
+    pub directory: Directory,
+}
+
+/// The client URLs of the members, as they announced them.
+pub type Directory = Arc<Mutex<HashMap<NodeId, Vec<String>>>>;
+
+impl TransportConfig {
+    pub fn new(id: NodeId, cluster_token: String, cluster_id: u64) -> Self {
+        TransportConfig {
+            id,
+            cluster_token,
+            cluster_id,
+            queue_capacity: 4096,
+            batch_messages_max: 64,
+            envelope_bytes_max: 64 << 20,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(400),
+            snapshot_chunk_bytes: 1 << 20,
+            client_urls: Vec::new(),
+            directory: Directory::default(),
+        }
+    }
+
+    fn hello(&self, to: NodeId) -> pb::Hello {
+        pb::Hello {
+            cluster_token: self.cluster_token.clone(),
+            cluster_id: self.cluster_id,
+            from_id: self.id,
+            to_id: to,
+            protocol_version: PROTOCOL_VERSION,
+            client_urls: self.client_urls.clone(),
+        }
+    }
+
+    /// Why a peer's hello is refused, if it is.
+    fn check_hello(&self, hello: &pb::Hello) -> Result<(), Status> {
+        if hello.cluster_token != self.cluster_token {
+            return Err(Status::failed_precondition(format!(
+                "cluster token mismatch: peer {:#x} has {:?}, this member has {:?}",
+                hello.from_id, hello.cluster_token, self.cluster_token
+            )));
+        }
+        if hello.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: peer {:#x} belongs to cluster {:#x}, this member to {:#x}",
+                hello.from_id, hello.cluster_id, self.cluster_id
+            )));
+        }
+        if hello.to_id != self.id {
+            return Err(Status::failed_precondition(format!(
+                "this member is {:#x}, not {:#x}",
+                self.id, hello.to_id
+            )));
+        }
+        if hello.from_id == 0 || hello.from_id == self.id {
+            return Err(Status::invalid_argument("hello from an invalid member id"));
+        }
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "peer speaks protocol version {}, this member {PROTOCOL_VERSION}",
+                hello.protocol_version
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The sending side: one queue and one task per peer.
+pub struct GrpcTransport {
+    config: TransportConfig,
+    peers: Mutex<HashMap<NodeId, mpsc::Sender<Message>>>,
+    urls: Mutex<HashMap<NodeId, String>>,
+    inbox: Mutex<Option<mpsc::Sender<Input>>>,
+    snapshots: Mutex<Option<SnapshotStore>>,
+}
+
+impl GrpcTransport {
+    pub fn new(config: TransportConfig, peer_urls: HashMap<NodeId, String>) -> Arc<Self> {
+        Arc::new(GrpcTransport {
+            config,
+            peers: Mutex::new(HashMap::new()),
+            urls: Mutex::new(peer_urls),
+            inbox: Mutex::new(None),
+            snapshots: Mutex::new(None),
+        })
+    }
+
+    /// Connects the transport to the node it serves (known only once it started).
+    pub fn attach(&self, inbox: mpsc::Sender<Input>, snapshots: SnapshotStore) {
+        *self.inbox.lock().expect("not poisoned") = Some(inbox);
+        *self.snapshots.lock().expect("not poisoned") = Some(snapshots);
+    }
+
+    /// Learns (or changes) the address of a member.
+    pub fn set_peer_url(&self, id: NodeId, url: String) {
+        self.urls.lock().expect("not poisoned").insert(id, url);
+        self.peers.lock().expect("not poisoned").remove(&id);
+    }
+
+    fn queue_for(self: &Arc<Self>, to: NodeId) -> Option<mpsc::Sender<Message>> {
+        let mut peers = self.peers.lock().expect("not poisoned");
+        if let Some(tx) = peers.get(&to) {
+            if !tx.is_closed() {
+                return Some(tx.clone());
+            }
+        }
+        let url = self.urls.lock().expect("not poisoned").get(&to).cloned()?;
+        let inbox = self.inbox.lock().expect("not poisoned").clone()?;
+        let snapshots = self.snapshots.lock().expect("not poisoned").clone()?;
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity);
+        peers.insert(to, tx.clone());
+        let task = PeerTask {
+            config: self.config.clone(),
+            to,
+            url,
+            inbox,
+            snapshots,
+        };
+        tokio::spawn(task.run(rx));
+        Some(tx)
+    }
+}
+
+impl Outbox for Arc<GrpcTransport> {
+    fn send(&self, message: Message) {
+        let to = message.to;
+        match self.queue_for(to) {
+            Some(queue) => {
+                if queue.try_send(message).is_err() {
+                    tracing::debug!(to, "peer queue full: message dropped");
+                }
+            }
+            None => tracing::debug!(to, "no address for peer: message dropped"),
+        }
+    }
+}
+
+struct PeerTask {
+    config: TransportConfig,
+    to: NodeId,
+    url: String,
+    inbox: mpsc::Sender<Input>,
+    snapshots: SnapshotStore,
+}
+
+impl PeerTask {
+    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            match self.connect_and_send(&mut queue).await {
+                Ok(()) => return, // queue closed: the node stopped
+                Err(e) => {
+                    tracing::debug!(to = self.to, error = %e, "peer stream ended");
+                    let _ = self.inbox.try_send(Input::Unreachable(self.to));
+                }
+            }
+            // Drop what queued up meanwhile: it is stale, and Raft resends.
+            while queue.try_recv().is_ok() {}
+            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+    }
+
+    async fn connect_and_send(&self, queue: &mut mpsc::Receiver<Message>) -> Result<(), String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .map_err(|e| format!("bad peer url {}: {e}", self.url))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = PeerClient::new(channel.clone())
+            .max_decoding_message_size(self.config.envelope_bytes_max)
+            .max_encoding_message_size(self.config.envelope_bytes_max);
+        let (tx, rx) = mpsc::channel::<pb::PeerEnvelope>(16);
+        tx.send(pb::PeerEnvelope {
+            content: Some(pb::peer_envelope::Content::Hello(self.config.hello(self.to))),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let response = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut replies = response.into_inner();
+        // The peer answers with its hello; anything else on this stream is ignored.
+        let mut batch = Vec::with_capacity(self.config.batch_messages_max);
+        loop {
+            tokio::select! {
+                message = queue.recv() => {
+                    let Some(message) = message else { return Ok(()) };
+                    batch.push(message);
+                    while batch.len() < self.config.batch_messages_max {
+                        match queue.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut plain = Vec::with_capacity(batch.len());
+                    for message in batch.drain(..) {
+                        if let MessageBody::InstallSnapshot { meta } = &message.body {
+                            // Data first, then the announcement on the stream.
+                            match self.send_snapshot(&mut client, meta).await {
+                                Ok(()) => plain.push(convert::message_to_pb(&message)),
+                                Err(e) => {
+                                    tracing::warn!(to = self.to, error = %e, "snapshot transfer failed");
+                                    let _ = self.inbox.try_send(Input::SnapshotFailed(self.to));
+                                }
+                            }
+                        } else {
+                            plain.push(convert::message_to_pb(&message));
+                        }
+                    }
+                    if plain.is_empty() {
+                        continue;
+                    }
+                    let envelope = pb::PeerEnvelope {
+                        content: Some(pb::peer_envelope::Content::Batch(pb::MessageBatch { messages: plain })),
+                        ..Default::default()
+                    };
+                    tx.send(envelope).await.map_err(|_| "stream closed".to_string())?;
+                }
+                reply = replies.next() => {
+                    match reply {
+                        Some(Ok(_)) => {}
+                        Some(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
+                        None => return Err("peer closed the stream".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_snapshot(
+        &self,
+        client: &mut PeerClient<tonic::transport::Channel>,
+        meta: &crate::raft::SnapshotMeta,
+    ) -> Result<(), String> {
+        let info = self
+            .snapshots
+            .latest()
+            .map_err(|e| e.to_string())?
+            .filter(|i| &i.meta == meta)
+            .ok_or_else(|| format!("snapshot {} is no longer held", meta.index))?;
+        let mut reader = self.snapshots.open_reader(&info).map_err(|e| e.to_string())?;
+        let total = info.data_bytes;
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let hello = self.config.hello(self.to);
+        let meta_pb = convert::snapshot_meta_to_pb(meta);
+        let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(4);
+        let reading = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut offset = 0u64;
+            let mut crc = 0u32;
+            let mut first = true;
+            loop {
+                let mut data = vec![0u8; chunk_bytes];
+                let mut filled = 0;
+                while filled < data.len() {
+                    let n = reader.read(&mut data[filled..]).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                data.truncate(filled);
+                crc = crc32c::crc32c_append(crc, &data);
+                let last = offset + filled as u64 >= total;
+                let chunk = pb::SnapshotChunk {
+                    hello: first.then(|| hello.clone()),
+                    meta: first.then(|| meta_pb.clone()),
+                    offset,
+                    data: data.into(),
+                    total_size: total,
+                    last,
+                    crc32c: if last { crc } else { 0 },
+                };
+                first = false;
+                offset += filled as u64;
+                if tx.blocking_send(chunk).is_err() {
+                    return Err("receiver went away".into());
+                }
+                if last {
+                    return Ok(());
+                }
+            }
+        });
+        let ack = client
+            .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        reading.await.map_err(|e| e.to_string())??;
+        if ack.complete {
+            Ok(())
+        } else {
+            Err(format!("peer refused the snapshot: {}", ack.error))
+        }
+    }
+}
+
+/// The receiving side, served on the peer port.
+#[derive(Clone)]
+pub struct PeerService {
+    config: TransportConfig,
+    inbox: mpsc::Sender<Input>,
+    snapshots: SnapshotStore,
+}
+
+impl PeerService {
+    pub fn new(config: TransportConfig, inbox: mpsc::Sender<Input>, snapshots: SnapshotStore) -> Self {
+        PeerService {
+            config,
+            inbox,
+            snapshots,
+        }
+    }
+
+    pub fn into_server(self) -> PeerServer<PeerService> {
+        let max = self.config.envelope_bytes_max;
+        PeerServer::new(self)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+}
+
+type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<pb::PeerEnvelope, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type StreamStream = EnvelopeStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::PeerEnvelope>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let first = incoming
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before hello"))?;
+        let Some(pb::peer_envelope::Content::Hello(hello)) = first.content else {
+            return Err(Status::invalid_argument("the first envelope must be a hello"));
+        };
+        self.config.check_hello(&hello)?;
+        let from = hello.from_id;
+        self.config
+            .directory
+            .lock()
+            .expect("not poisoned")
+            .insert(from, hello.client_urls.clone());
+        let me = self.config.id;
+        let inbox = self.inbox.clone();
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            loop {
+                let envelope = match incoming.message().await {
+                    Ok(Some(envelope)) => envelope,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(from, %status, "peer stream broke");
+                        return;
+                    }
+                };
+                let messages = match envelope.content {
+                    Some(pb::peer_envelope::Content::Batch(batch)) => batch.messages,
+                    _ => {
+                        tracing::warn!(from, "unexpected envelope on a peer stream: ignored");
+                        continue;
+                    }
+                };
+                for message in messages {
+                    let message = match convert::message_from_pb(message) {
+                        Ok(m) if m.from == from && m.to == me => m,
+                        Ok(m) => {
+                            tracing::warn!(
+                                from,
+                                claimed = m.from,
+                                to = m.to,
+                                "misaddressed peer message dropped"
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(from, error = %e, "malformed peer message dropped");
+                            continue;
+                        }
+                    };
+                    if let MessageBody::InstallSnapshot { meta } = &message.body {
+                        let held = snapshots.latest().ok().flatten().is_some_and(|i| &i.meta == meta);
+                        if !held {
+                            tracing::warn!(
+                                from,
+                                index = meta.index,
+                                "snapshot announced before its data: dropped"
+                            );
+                            continue;
+                        }
+                    }
+                    if inbox.send(Input::Message(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let reply = pb::PeerEnvelope {
+            content: Some(pb::peer_envelope::Content::Hello(self.config.hello(from))),
+            ..Default::default()
+        };
+        // Keep the response stream open (and idle) for as long as the peer does.
+        let stream = tokio_stream::once(Ok(reply)).chain(tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no snapshot chunk"))?;
+        let hello = first
+            .hello
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("the first chunk must carry a hello"))?;
+        self.config.check_hello(hello)?;
+        let meta = convert::snapshot_meta_from_pb(
+            first
+                .meta
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("the first chunk must carry the metadata"))?,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if first.offset != 0 {
+            return Ok(Response::new(pb::SnapshotAck {
+                received_offset: 0,
+                complete: false,
+                error: "transfers start at offset 0".into(),
+                term: 0,
+            }));
+        }
+        let snapshots = self.snapshots.clone();
+        let (tx, mut rx) = mpsc::channel::<pb::SnapshotChunk>(4);
+        let writing = tokio::task::spawn_blocking(move || -> Result<(u64, u32, bool, u32), String> {
+            let mut writer = snapshots.create(&meta).map_err(|e| e.to_string())?;
+            let mut received = 0u64;
+            let mut crc = 0u32;
+            let mut expected_crc = 0u32;
+            let mut complete = false;
+            while let Some(chunk) = rx.blocking_recv() {
+                if chunk.offset != received {
+                    return Err(format!(
+                        "chunk at {} while {} bytes were received",
+                        chunk.offset, received
+                    ));
+                }
+                writer.write_all(&chunk.data).map_err(|e| e.to_string())?;
+                crc = crc32c::crc32c_append(crc, &chunk.data);
+                received += chunk.data.len() as u64;
+                if chunk.last {
+                    expected_crc = chunk.crc32c;
+                    complete = true;
+                    break;
+                }
+            }
+            if complete && crc == expected_crc {
+                writer.finish().map_err(|e| e.to_string())?;
+            }
+            Ok((received, crc, complete, expected_crc))
+        });
+        tx.send(first)
+            .await
+            .map_err(|_| Status::internal("snapshot writer stopped"))?;
+        while let Some(chunk) = chunks.message().await? {
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let (received, crc, complete, expected) = writing
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::internal)?;
+        let error = if !complete {
+            "the transfer ended before the last chunk".to_string()
+        } else if crc != expected {
+            format!("checksum mismatch: computed {crc:#010x}, sender said {expected:#010x}")
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::SnapshotAck {
+            received_offset: received,
+            complete: error.is_empty(),
+            error,
+            term: 0,
+        }))
+    }
+}
