@@ -15,6 +15,19 @@ for component in rustfmt clippy; do
   fi
 done
 
+step "system packages (etcdctl for the client tests, protoc for the etcd-client crate)"
+missing=()
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+etcdctl version | head -1
+protoc --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

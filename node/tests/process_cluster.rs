@@ -1,0 +1,556 @@
+//! Real `raft-node` processes on 127.0.0.1 with real gRPC, real files and fsync,
+//! driven by etcdctl (Debian `etcd-client`) and the `etcd-client` crate.
+//!
+//! Every load and fault loop here is bounded in count and time, and every process
+//! this test starts is ended by its PID when the test ends (also on failure).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    metrics: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+struct ProcCluster {
+    members: Vec<Member>,
+    token: String,
+    _base: tempfile::TempDir,
+}
+
+impl ProcCluster {
+    fn start(size: usize, extra: &[&str]) -> ProcCluster {
+        let base = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+                dir: base.path().join(format!("m{i}")),
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let mut cluster = ProcCluster {
+            members,
+            token: format!("test-{}", std::process::id()),
+            _base: base,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let token = self.token.clone();
+        let m = &mut self.members[i];
+        std::fs::create_dir_all(&m.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("log.txt"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.dir.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg(format!("--initial-cluster-token={token}"))
+            .args(&m.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    /// kill -9.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// A metric of member `i`, from its /metrics endpoint.
+    fn metric(&self, i: usize, name: &str) -> Option<u64> {
+        let body = http_get(self.members[i].metrics, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn wait_for_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            for &i in among {
+                if self.metric(i, "kuberaft_role") == Some(3) {
+                    return i;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no leader among {among:?} within 20 s");
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.members[i].dir.join("log.txt")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_some() {
+                let _ = Command::new("kill")
+                    .arg("-CONT")
+                    .arg(self.members[i].child.as_ref().unwrap().id().to_string())
+                    .status();
+            }
+            self.kill(i);
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=5s")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("etcdctl is required (Debian package etcd-client; scripts/test.sh installs it): {e}")
+        });
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+async fn client(endpoints: &[String]) -> Client {
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(1));
+    Client::connect(endpoints, Some(options)).await.unwrap()
+}
+
+/// Reads `key` serializably from one member, waiting up to `within` for it to appear.
+async fn value_on(endpoint: &str, key: &str, within: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut c = client(&[endpoint.to_string()]).await;
+    loop {
+        if let Ok(response) = c.get(key, Some(GetOptions::new().with_serializable())).await {
+            if let Some(kv) = response.kvs().first() {
+                return Some(kv.value().to_vec());
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn etcdctl_put_get_and_del_work_against_every_member() {
+    let cluster = ProcCluster::start(3, &[]);
+    cluster.wait_for_leader(&[0, 1, 2]);
+    for i in 0..3 {
+        let endpoint = cluster.endpoint(i);
+        let key = format!("key-{i}");
+        let (ok, out) = etcdctl(&endpoint, &["put", &key, "hello"]);
+        assert!(ok && out.trim() == "OK", "put on m{i}: {out}\n{}", cluster.log(i));
+        for j in 0..3 {
+            let (ok, out) = etcdctl(&cluster.endpoint(j), &["get", &key]);
+            assert!(ok, "{out}");
+            assert_eq!(out, format!("{key}\nhello\n"), "get on m{j} after a put on m{i}");
+        }
+    }
+    let (ok, out) = etcdctl(&cluster.endpoint(1), &["get", "key-", "--prefix", "--keys-only"]);
+    assert!(ok);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        vec!["key-0", "key-1", "key-2"]
+    );
+    let (ok, out) = etcdctl(&cluster.endpoint(2), &["del", "key-0"]);
+    assert!(ok && out.trim() == "1", "{out}");
+    let (ok, out) = etcdctl(&cluster.endpoint(0), &["get", "key-0"]);
+    assert!(ok && out.is_empty(), "deleted key still there: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = ProcCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let endpoints = cluster.endpoints();
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let endpoints = endpoints.clone();
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut c = client(&endpoints).await;
+            let mut n = 0u32;
+            let mut failures = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                let key = format!("w{w}-{n}");
+                n += 1;
+                match c.put(key.clone(), key.clone(), None).await {
+                    Ok(_) => {
+                        acknowledged.lock().unwrap().insert(key);
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kill = acknowledged.lock().unwrap().len();
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = tokio::task::spawn_blocking({
+        let survivors = survivors.clone();
+        let metrics: Vec<u16> = cluster.members.iter().map(|m| m.metrics).collect();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                for &i in &survivors {
+                    if http_get(metrics[i], "/metrics").is_some_and(|b| b.contains("kuberaft_role 3")) {
+                        return Some(i);
+                    }
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(new_leader.is_some(), "no new leader after the kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > before_kill,
+        "writes continued after the kill ({before_kill} before, {} in all)",
+        acknowledged.len()
+    );
+    cluster.spawn(leader);
+    for i in 0..3 {
+        let endpoint = cluster.endpoint(i);
+        // Wait for the member to catch up on the last key, then check every key.
+        let mut c = client(&[endpoint.clone()]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut missing: Vec<String> = acknowledged.iter().cloned().collect();
+        while !missing.is_empty() && Instant::now() < deadline {
+            let mut still = Vec::new();
+            for key in missing {
+                match c
+                    .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+                    .await
+                {
+                    Ok(r) if r.kvs().first().is_some_and(|kv| kv.value() == key.as_bytes()) => {}
+                    _ => still.push(key),
+                }
+            }
+            missing = still;
+            if !missing.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "m{i} lacks {} acknowledged writes, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            cluster.log(i)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_more_than_snapshot_count_entries_returns_through_a_snapshot() {
+    let mut cluster = ProcCluster::start(3, &["--snapshot-count=100"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let live: Vec<String> = (0..3)
+        .filter(|&i| i != follower)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let mut c = client(&live).await;
+    for n in 0..1200 {
+        c.put(format!("k{n:04}"), "v", None).await.unwrap();
+    }
+    cluster.spawn(follower);
+    let value = value_on(&cluster.endpoint(follower), "k1199", Duration::from_secs(30)).await;
+    assert_eq!(value.as_deref(), Some(&b"v"[..]), "{}", cluster.log(follower));
+    assert_eq!(
+        value_on(&cluster.endpoint(follower), "k0000", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(&b"v"[..])
+    );
+    let snapshots = std::fs::read_dir(cluster.members[follower].dir.join("snap"))
+        .unwrap()
+        .count();
+    assert!(snapshots > 0, "the follower holds a snapshot");
+    // It was brought back by a snapshot: the leader's log no longer held index 10.
+    let log = cluster.log(follower);
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_serve_with_two_down_and_a_cut_off_minority_cannot_commit() {
+    let mut cluster = ProcCluster::start(5, &["--heartbeat-interval=50", "--election-timeout=500"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2, 3, 4]);
+    let down: Vec<usize> = (0..5).filter(|&i| i != leader).take(2).collect();
+    for &i in &down {
+        cluster.kill(i);
+    }
+    let live: Vec<String> = (0..5)
+        .filter(|i| !down.contains(i))
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let mut c = client(&live).await;
+    c.put("with-two-down", "yes", None)
+        .await
+        .expect("3 of 5 is a quorum");
+    // Now the leader and one follower are the minority: the other two live members
+    // are stopped (SIGSTOP), as if partitioned away.
+    let others: Vec<usize> = (0..5).filter(|&i| i != leader && !down.contains(&i)).collect();
+    let stopped = others[0];
+    cluster.signal(stopped, "STOP");
+    for &i in &down {
+        cluster.spawn(i);
+        cluster.signal(i, "STOP");
+    }
+    let mut minority = client(&[cluster.endpoint(leader)]).await;
+    let commit_before = cluster.metric(leader, "kuberaft_commit_index").unwrap();
+    let attempt = tokio::time::timeout(Duration::from_secs(3), minority.put("minority", "no", None)).await;
+    assert!(
+        !matches!(attempt, Ok(Ok(_))),
+        "a minority must not acknowledge a write"
+    );
+    assert_eq!(
+        cluster.metric(leader, "kuberaft_commit_index").unwrap(),
+        commit_before,
+        "a minority must not commit"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.metric(leader, "kuberaft_role") == Some(3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        cluster.metric(leader, "kuberaft_role"),
+        Some(3),
+        "the stale leader stepped down (CheckQuorum)"
+    );
+    cluster.signal(stopped, "CONT");
+    for &i in &down {
+        cluster.signal(i, "CONT");
+    }
+    cluster.wait_for_leader(&[0, 1, 2, 3, 4]);
+    let mut c = client(&cluster.endpoints()).await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.put("healed", "yes", None).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the healed cluster serves writes");
+    // The timed-out write's outcome is unknown, as with etcd: once healed, the old
+    // leader's uncommitted entry may or may not be committed by the next leader.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let mut c = client(&[cluster.endpoint(leader)]).await;
+    // Over the request size limit.
+    let big = vec![b'x'; 2 << 20];
+    let error = c
+        .put("big", big, None)
+        .await
+        .expect_err("an oversized put must fail")
+        .to_string();
+    assert!(
+        error.contains("too large") || error.contains("message length"),
+        "{error}"
+    );
+    let r = c.get("big", None).await.unwrap();
+    assert!(r.kvs().is_empty(), "nothing was written");
+    // An empty key.
+    let error = c.put("", "v", None).await.expect_err("empty key").to_string();
+    assert!(error.contains("key is not provided"), "{error}");
+
+    // A peer of another cluster (token) is refused at hello.
+    use kuberaft_proto::raft as pb;
+    let url = format!("http://127.0.0.1:{}", cluster.members[0].peer);
+    let mut peer = pb::peer_client::PeerClient::connect(url.clone()).await.unwrap();
+    let hello = pb::PeerEnvelope {
+        content: Some(pb::peer_envelope::Content::Hello(pb::Hello {
+            cluster_token: "another-cluster".into(),
+            cluster_id: 1,
+            from_id: 42,
+            to_id: 1,
+            protocol_version: 1,
+            client_urls: vec![],
+        })),
+        ..Default::default()
+    };
+    let refused = peer
+        .stream(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("must be refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("cluster token mismatch"),
+        "{}",
+        refused.message()
+    );
+
+    // A well-introduced peer sending malformed messages: they are dropped, the
+    // member stays up and the cluster keeps serving.
+    use kuberaft_node::server::stable_id;
+    let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+    let mut parts = vec![cluster.token.as_str()];
+    parts.extend(names.iter().copied());
+    let cluster_id = stable_id(&parts);
+    let hello = pb::PeerEnvelope {
+        content: Some(pb::peer_envelope::Content::Hello(pb::Hello {
+            cluster_token: cluster.token.clone(),
+            cluster_id,
+            from_id: stable_id(&[&cluster.token, "m1"]),
+            to_id: stable_id(&[&cluster.token, "m0"]),
+            protocol_version: 1,
+            client_urls: vec![],
+        })),
+        ..Default::default()
+    };
+    let garbage = pb::PeerEnvelope {
+        content: Some(pb::peer_envelope::Content::Batch(pb::MessageBatch {
+            messages: vec![
+                pb::Message {
+                    from: stable_id(&[&cluster.token, "m1"]),
+                    to: stable_id(&[&cluster.token, "m0"]),
+                    term: 999,
+                    body: None,
+                },
+                pb::Message {
+                    from: stable_id(&[&cluster.token, "m1"]),
+                    to: stable_id(&[&cluster.token, "m0"]),
+                    term: 999,
+                    body: Some(pb::message::Body::AppendRequest(pb::AppendRequest {
+                        prev_log_index: 0,
+                        prev_log_term: 0,
+                        entries: vec![pb::Entry {
+                            term: 999,
+                            index: 1,
+                            payload: None,
+                        }],
+                        leader_commit: 0,
+                    })),
+                },
+            ],
+        })),
+        ..Default::default()
+    };
+    let mut peer = pb::peer_client::PeerClient::connect(url).await.unwrap();
+    let accepted = peer.stream(tokio_stream::iter(vec![hello, garbage])).await;
+    assert!(accepted.is_ok(), "a correct hello is accepted: {accepted:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        cluster.log(0).contains("malformed peer message dropped"),
+        "{}",
+        cluster.log(0)
+    );
+    assert!(
+        cluster.metric(0, "kuberaft_term").unwrap() < 999,
+        "the garbage term was not adopted"
+    );
+    c.put("still", "serving", None).await.unwrap();
+    assert_eq!(
+        value_on(&cluster.endpoint(leader), "still", Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&b"serving"[..])
+    );
+}
