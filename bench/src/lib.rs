@@ -1,4 +1,5 @@
-//! kuberaft-bench: the load generator and the side-by-side comparison with etcd.
+//! kuberaft-bench: the load generator (`raft-bench`) and, with the benchmark issue,
+//! the side-by-side comparison with etcd.
 //!
-//! Not yet written: the consensus core's own micro-benchmark lives in
-//! `node/benches/core.rs`; this crate is filled in by the benchmark issue.
+//! `raft-bench` is built on the `etcd-client` crate, so the very same code drives
+//! kuberaft and etcd.

@@ -1,0 +1,228 @@
+//! `raft-bench`: a load generator for any etcd v3 endpoint (kuberaft or etcd).
+//!
+//!     raft-bench --endpoints 127.0.0.1:2379,127.0.0.1:22379 --workload put --clients 1,16,64 --duration 10s
+//!
+//! Workloads: `put` (8-byte keys, 256-byte values, as in etcd's performance page),
+//! `get` (linearizable), `get-serializable`, `mixed` (90% linearizable gets, 10%
+//! puts). Reports ops/s and p50/p99/p99.9 latency per client count, as a table and,
+//! with `--json FILE`, as JSON.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug)]
+#[command(name = "raft-bench", about = "load generator for etcd v3 endpoints")]
+struct Args {
+    /// Comma-separated host:port list.
+    #[arg(long)]
+    endpoints: String,
+    /// put | get | get-serializable | mixed
+    #[arg(long, default_value = "put")]
+    workload: String,
+    /// Comma-separated numbers of concurrent clients to run, one after the other.
+    #[arg(long, default_value = "1,16,64")]
+    clients: String,
+    /// gRPC connections shared by the clients (round robin).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Length of each run, e.g. 10s or 500ms.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop each run after this many operations (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Distinct keys the workload touches.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// A label for the results (e.g. kuberaft or etcd).
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(60 * n)),
+        _ => Err(format!("unknown unit in {s:?}")),
+    }
+}
+
+struct RunResult {
+    clients: usize,
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    histogram: Histogram<u64>,
+}
+
+fn key_of(n: u64) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<RunResult> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let value = vec![b'v'; args.value_bytes];
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for c in 0..clients {
+        let mut client = pool[c % pool.len()].clone();
+        let stop = stop.clone();
+        let issued = issued.clone();
+        let value = value.clone();
+        let workload = args.workload.clone();
+        let keys = args.keys;
+        let count = args.count;
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut errors = 0u64;
+            let mut n = c as u64;
+            while !stop.load(Ordering::Relaxed) {
+                let seq = issued.fetch_add(1, Ordering::Relaxed);
+                if count > 0 && seq >= count {
+                    break;
+                }
+                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let key = key_of(n % keys);
+                let op_started = Instant::now();
+                let write = match workload.as_str() {
+                    "put" => true,
+                    "mixed" => n % 10 == 0,
+                    _ => false,
+                };
+                let result = if write {
+                    client.put(key, value.clone(), None).await.map(|_| ())
+                } else if workload == "get-serializable" {
+                    client.get(key, Some(GetOptions::new().with_serializable())).await.map(|_| ())
+                } else {
+                    client.get(key, None).await.map(|_| ())
+                };
+                match result {
+                    Ok(()) => {
+                        let micros = op_started.elapsed().as_micros().max(1) as u64;
+                        histogram.saturating_record(micros);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let deadline = tokio::time::sleep(args.duration);
+    tokio::pin!(deadline);
+    let stopper = stop.clone();
+    let count_limit = args.count;
+    let issued_check = issued.clone();
+    tokio::select! {
+        _ = &mut deadline => {}
+        _ = async move {
+            while count_limit == 0 || issued_check.load(Ordering::Relaxed) < count_limit {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } => {}
+    }
+    stopper.store(true, Ordering::Relaxed);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await?;
+        histogram.add(&h)?;
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RunResult {
+        clients,
+        ops: histogram.len(),
+        errors,
+        seconds,
+        histogram,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !["put", "get", "get-serializable", "mixed"].contains(&args.workload.as_str()) {
+        bail!("--workload {:?}: expected put, get, get-serializable or mixed", args.workload);
+    }
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let endpoints: Vec<String> = args.endpoints.split(',').map(|s| s.trim().to_string()).collect();
+    let client_counts: Vec<usize> = args
+        .clients
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().with_context(|| format!("--clients: {s:?} is not a number")))
+        .collect::<anyhow::Result<_>>()?;
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(10))
+        .with_connect_timeout(Duration::from_secs(3));
+    let mut pool = Vec::new();
+    for _ in 0..args.connections {
+        pool.push(
+            Client::connect(&endpoints, Some(options.clone()))
+                .await
+                .with_context(|| format!("cannot connect to {endpoints:?}"))?,
+        );
+    }
+    if args.workload != "put" {
+        // Reads need keys to find.
+        let mut client = pool[0].clone();
+        for n in 0..args.keys.min(10_000) {
+            client.put(key_of(n), vec![b'v'; args.value_bytes], None).await?;
+        }
+    }
+    println!(
+        "{:<10} {:<17} {:>7} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "label", "workload", "clients", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    let mut rows = Vec::new();
+    for &clients in &client_counts {
+        let r = run(&args, &pool, clients).await?;
+        let ms = |q: f64| r.histogram.value_at_quantile(q) as f64 / 1000.0;
+        let ops_per_second = r.ops as f64 / r.seconds;
+        println!(
+            "{:<10} {:<17} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            args.label,
+            args.workload,
+            r.clients,
+            ops_per_second,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            r.errors
+        );
+        rows.push(serde_json::json!({
+            "label": args.label,
+            "workload": args.workload,
+            "clients": r.clients,
+            "connections": args.connections,
+            "ops": r.ops,
+            "errors": r.errors,
+            "seconds": r.seconds,
+            "ops_per_second": ops_per_second,
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "p999_ms": ms(0.999),
+        }));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
