@@ -7,6 +7,16 @@
 //! of the last write); membership changes, leadership transfers and timing changes in
 //! the middle of all that; and clients doing puts, gets and compare-and-sets.
 //!
+//! Some faults are aimed at the moments where consensus bugs hide: a node whose term
+//! or vote changed crashes before that is durable and is back quickly (it must not
+//! vote twice in a term); bridge partitions, where two sides that cannot hear each
+//! other compete for one node's vote; and periods of leader churn, where each new
+//! leader is cut off from the majority (with in-flight messages lost) right after it
+//! is elected or commits, so that suffixes of several terms end up on different
+//! minorities and later leaders replicate older terms' entries in small batches (the
+//! paper's Figure 8). Short election timeouts in some clusters make for more
+//! elections.
+//!
 //! After every step the Raft safety properties are checked (Election Safety, Log
 //! Matching, Leader Completeness, State Machine Safety, monotonic commit, and that
 //! every committed entry was durable on a quorum). After the faults stop, a leader
@@ -41,8 +51,6 @@ use rand_chacha::ChaCha8Rng;
 type Time = u64;
 
 const TICK_MS: Time = 10;
-static DIAG: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-fn diag(i: usize) { DIAG[i].fetch_add(1, AtomicOrdering::Relaxed); }
 const KEYS: u8 = 3;
 const CLIENT_TIMEOUT_MS: Time = 1_500;
 
@@ -216,7 +224,8 @@ impl Disk {
     fn recover(&mut self) -> DurableState {
         let state = self.durable_state();
         if let Some((meta, _)) = &self.snapshot {
-            if state.entries.is_empty() && self.entries.get(&meta.index).is_some_and(|e| e.term != meta.term) {
+            if state.entries.is_empty() && self.entries.get(&meta.index).is_some_and(|e| e.term != meta.term)
+            {
                 self.entries.clear();
             }
         }
@@ -446,7 +455,7 @@ impl Sim {
             delay_max_ms: rng.gen_range(2..12),
             chaos_every_ms: rng.gen_range(80..300),
             min_steps: 2_000,
-            min_chaos_ms: rng.gen_range(6_000..15_000),
+            min_chaos_ms: rng.gen_range(8_000..20_000),
             snapshot_entries: [0, 8, 30, 200][rng.gen_range(0..4)],
             log_tail_entries: rng.gen_range(0..10),
             // Small batches most of the time: a leader that replicates an older
@@ -501,7 +510,7 @@ impl Sim {
             trace: tracing.then(Vec::new),
             timing,
         };
-        let voters: Vec<NodeId> = (1..=nodes as NodeId).collect();
+        let voters: Vec<NodeId> = (1..=sim.params.nodes as NodeId).collect();
         for &id in &voters {
             let core = RaftCore::bootstrap(sim.node_config(id, 0), &voters).expect("bootstrap");
             sim.add_node(id, core);
@@ -1171,7 +1180,7 @@ impl Sim {
             .map(|n| n.id)
             .collect();
         let members: Vec<NodeId> = self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect();
-        match self.rng.gen_range(0..125) {
+        match self.rng.gen_range(0..140) {
             0..=9 => {
                 if let Some(leader) = self.current_leader() {
                     self.crash(leader);
@@ -1389,8 +1398,11 @@ impl Sim {
         if node.alive() || node.removed {
             return;
         }
-        trace!(self, "n{id} restarting from disk: {:?}", self.nodes[&id].disk.hard_state);
-        if std::env::var("SIM_DISK").is_ok() { let d = &self.nodes[&id].disk; trace!(self, "DISK snap {:?} entries {:?}", d.snapshot.as_ref().map(|(m,_)| (m.index, m.term)), d.entries.values().map(|e| (e.index, e.term)).collect::<Vec<_>>()); }
+        trace!(
+            self,
+            "n{id} restarting from disk: {:?}",
+            self.nodes[&id].disk.hard_state
+        );
         let node = self.nodes.get_mut(&id).expect("exists");
         let durable = node.disk.recover();
         let core = RaftCore::restore(cfg, durable).expect("restore");
@@ -1683,12 +1695,6 @@ impl Sim {
                 }
             }
         }
-        if became_leader { diag(1); }
-        if commit_advanced && status.role == Role::Leader && core.log().term(status.commit) != Some(status.term) { diag(0); trace!(self, "DIAG earlier-term commit {}", status.commit);
-            let lt = core.log().term(status.commit);
-            let conflict = self.nodes.values().any(|n| n.core.as_ref().is_some_and(|c| c.log().term(status.commit).is_some_and(|t| Some(t) != lt && Some(t) > lt)) || n.disk.entries.get(&status.commit).is_some_and(|e| Some(e.term) != lt && Some(e.term) > lt));
-            if conflict { diag(2); }
-        }
         // Durability: what a leader commits is on the disk of a quorum of its voters.
         if commit_advanced && status.role == Role::Leader {
             let commit = status.commit;
@@ -1714,10 +1720,15 @@ impl Sim {
         // Leaders cut off from the majority just as they are elected or commit: what
         // they appended then stays on a minority, for a later leader to finish (or not).
         if (became_leader || commit_advanced) && status.role == Role::Leader && !self.healed {
-            if self.now < self.churn_until && self.rng.gen_range(0..2) == 0 {
-                // A little later, so that some of its messages get through.
+            if self.now < self.churn_until && (commit_advanced || self.rng.gen_range(0..2) == 0) {
+                // At once after a commit (its next appends are lost with it); a
+                // little after an election, so that some of its messages get through.
                 let epoch = self.nodes[&id].epoch;
-                let delay = self.rng.gen_range(0..8);
+                let delay = if commit_advanced {
+                    0
+                } else {
+                    self.rng.gen_range(0..8)
+                };
                 self.schedule(delay, EventKind::Isolate { node: id, epoch });
             } else if self.rng.gen_range(0..self.params.isolate_leader_odds) == 0 {
                 self.isolate_leader(id);
@@ -1873,7 +1884,6 @@ fn simulated_clusters_stay_safe_and_live_under_faults() {
     });
     std::panic::set_hook(default_hook);
     let failures = failures.into_inner().unwrap();
-    println!("DIAG {:?}", DIAG.iter().map(|d| d.load(AtomicOrdering::Relaxed)).collect::<Vec<_>>());
     println!(
         "simulated {seeds} seeds from {start}: {} steps, {} committed entries, {} client ops, {:.1}s",
         total_steps.load(AtomicOrdering::Relaxed),
