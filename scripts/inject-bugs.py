@@ -6,7 +6,10 @@ this script applies it to a scratch copy of the source tree, runs the simulator 
 range of seeds and reports the seeds that failed (so: how many seeds the simulator
 needed to catch the bug). The working tree is never modified.
 
-    python3 scripts/inject-bugs.py [--seeds 2000]
+CI runs seeds 0..2000, so the report also gives how many of those catch each bug;
+`--require N` fails the run unless every mutation is caught by at least N of them.
+
+    python3 scripts/inject-bugs.py [--seeds 2000] [--only NAME] [--require N]
 """
 import argparse
 import os
@@ -50,6 +53,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=2000)
     parser.add_argument("--only", default=None)
+    parser.add_argument("--ci-seeds", type=int, default=2000,
+                        help="the seed range CI runs (0..N), reported separately")
+    parser.add_argument("--require", type=int, default=0,
+                        help="fail unless each mutation is caught by >= N seeds of the CI range")
     args = parser.parse_args()
     target = os.path.join(ROOT, "target")
     results = {}
@@ -86,11 +93,17 @@ def main():
                 continue
             seeds = [int(s) for s in found.group(3).split(",") if s.strip()]
             results[name] = seeds
-            print(f"{name}: caught by {found.group(1)} of {found.group(2)} seeds; "
+            in_ci = sum(1 for s in seeds if s < args.ci_seeds)
+            print(f"{name}: caught by {found.group(1)} of {found.group(2)} seeds "
+                  f"({in_ci} of the first {min(args.ci_seeds, args.seeds)}); "
                   f"first failing seed {min(seeds)} (so {min(seeds) + 1} seeds needed)\n"
                   f"  first failure: {first.group(2)[:200] if first else '?'}")
     if any(v is None for v in results.values()):
         sys.exit(1)
+    weak = [name for name, seeds in results.items()
+            if sum(1 for s in seeds if s < args.ci_seeds) < args.require]
+    if weak:
+        sys.exit(f"caught by fewer than {args.require} of the first {args.ci_seeds} seeds: {weak}")
 
 
 if __name__ == "__main__":

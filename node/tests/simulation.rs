@@ -7,6 +7,16 @@
 //! of the last write); membership changes, leadership transfers and timing changes in
 //! the middle of all that; and clients doing puts, gets and compare-and-sets.
 //!
+//! Some faults are aimed at the moments where consensus bugs hide: a node whose term
+//! or vote changed crashes before that is durable and is back quickly (it must not
+//! vote twice in a term); bridge partitions, where two sides that cannot hear each
+//! other compete for one node's vote; and periods of leader churn, where each new
+//! leader is cut off from the majority (with in-flight messages lost) right after it
+//! is elected or commits, so that suffixes of several terms end up on different
+//! minorities and later leaders replicate older terms' entries in small batches (the
+//! paper's Figure 8). Short election timeouts in some clusters make for more
+//! elections.
+//!
 //! After every step the Raft safety properties are checked (Election Safety, Log
 //! Matching, Leader Completeness, State Machine Safety, monotonic commit, and that
 //! every committed entry was durable on a quorum). After the faults stop, a leader
@@ -208,6 +218,20 @@ impl Disk {
         }
     }
 
+    /// Recovery at restart: what `durable_state` finds, and a stale suffix that does
+    /// not continue the snapshot is discarded for good (left in place, it would come
+    /// back to contradict the snapshot once later writes continue the log past it).
+    fn recover(&mut self) -> DurableState {
+        let state = self.durable_state();
+        if let Some((meta, _)) = &self.snapshot {
+            if state.entries.is_empty() && self.entries.get(&meta.index).is_some_and(|e| e.term != meta.term)
+            {
+                self.entries.clear();
+            }
+        }
+        state
+    }
+
     fn holds(&self, index: Index, term: Term) -> bool {
         if self.snapshot.as_ref().is_some_and(|(m, _)| m.index >= index) {
             return true;
@@ -311,6 +335,11 @@ enum EventKind {
         epoch: u64,
     },
     Heal,
+    /// Cut a leader off from the majority (if it is still that incarnation).
+    Isolate {
+        node: NodeId,
+        epoch: u64,
+    },
 }
 
 struct Event {
@@ -366,6 +395,15 @@ struct Params {
     check_quorum: bool,
     /// One message in this many is followed by a crash of its receiver.
     crash_after_message_odds: u32,
+    /// A node whose term or vote changed on a message crashes before that change is
+    /// durable one time in this many.
+    crash_after_vote_odds: u32,
+    /// Percent of crashes followed by a quick restart (a process restarted by its
+    /// supervisor rather than a machine that stays down).
+    fast_restart_percent: u32,
+    /// At a leadership event (elected, appended, committed) the leader is cut off
+    /// from the majority (alone or with a minority) one time in this many.
+    isolate_leader_odds: u32,
 }
 
 struct Sim {
@@ -388,6 +426,9 @@ struct Sim {
     steps: u64,
     healed: bool,
     heal_at: Time,
+    /// Until then, leaders are lost soon after they are elected or commit (leader
+    /// churn: a flapping network around whoever leads).
+    churn_until: Time,
     faults: u64,
     trace: Option<Vec<String>>,
     timing: Timing,
@@ -414,22 +455,35 @@ impl Sim {
             delay_max_ms: rng.gen_range(2..12),
             chaos_every_ms: rng.gen_range(80..300),
             min_steps: 2_000,
-            min_chaos_ms: rng.gen_range(3_000..6_000),
+            min_chaos_ms: rng.gen_range(8_000..20_000),
             snapshot_entries: [0, 8, 30, 200][rng.gen_range(0..4)],
             log_tail_entries: rng.gen_range(0..10),
-            max_batch_entries: if rng.gen_range(0..2) == 0 {
-                rng.gen_range(1..4)
-            } else {
-                rng.gen_range(4..64)
+            // Small batches most of the time: a leader that replicates an older
+            // term's suffix over several appends is what exposes commit rules.
+            max_batch_entries: match rng.gen_range(0..3) {
+                0 => 1,
+                1 => rng.gen_range(2..4),
+                _ => rng.gen_range(4..64),
             },
             max_inflight_msgs: rng.gen_range(1..8),
             pre_vote: rng.gen_range(0..10) < 8,
             check_quorum: rng.gen_range(0..10) < 8,
             crash_after_message_odds: rng.gen_range(500..3000),
+            crash_after_vote_odds: rng.gen_range(3..15),
+            fast_restart_percent: rng.gen_range(20..70),
+            isolate_leader_odds: rng.gen_range(3..30),
         };
-        let timing = Timing {
-            heartbeat_ticks: 2,
-            election_ticks: 10,
+        // Short election timeouts in some clusters: more elections, more often split.
+        let timing = if rng.gen_range(0..2) == 0 {
+            Timing {
+                heartbeat_ticks: 2,
+                election_ticks: 10,
+            }
+        } else {
+            Timing {
+                heartbeat_ticks: 1,
+                election_ticks: rng.gen_range(4..=8),
+            }
         };
         let mut sim = Sim {
             seed,
@@ -451,11 +505,12 @@ impl Sim {
             steps: 0,
             healed: false,
             heal_at: 0,
+            churn_until: 0,
             faults: 0,
             trace: tracing.then(Vec::new),
             timing,
         };
-        let voters: Vec<NodeId> = (1..=nodes as NodeId).collect();
+        let voters: Vec<NodeId> = (1..=sim.params.nodes as NodeId).collect();
         for &id in &voters {
             let core = RaftCore::bootstrap(sim.node_config(id, 0), &voters).expect("bootstrap");
             sim.add_node(id, core);
@@ -472,7 +527,7 @@ impl Sim {
         }
         let first_chaos = sim.params.chaos_every_ms;
         sim.schedule(first_chaos, EventKind::Chaos);
-        trace!(sim, "start: {:?}", sim.params);
+        trace!(sim, "start: {:?} {:?}", sim.params, sim.timing);
         sim
     }
 
@@ -589,6 +644,11 @@ impl Sim {
                 if !self.healed && self.nodes[&node].epoch == epoch && self.nodes[&node].alive() {
                     self.faults += 1;
                     self.crash(node);
+                }
+            }
+            EventKind::Isolate { node, epoch } => {
+                if !self.healed && self.nodes[&node].epoch == epoch && self.nodes[&node].alive() {
+                    self.isolate_leader(node);
                 }
             }
             EventKind::Heal => {
@@ -802,11 +862,24 @@ impl Sim {
             message.term,
             brief(&message.body)
         );
+        let hard_state = |node: &SimNode| node.core.as_ref().map(|c| (c.term(), c.status().vote));
+        let before = hard_state(node);
         self.with_core(to, epoch, |core| core.step(message));
         // Crashes strike at any point, not only on the chaos schedule: right after a
         // node handled a message (voted, appended, ...) is where lost writes hurt.
-        // Most of all right after it changed what it must make durable.
-        let writing = self.nodes.get(&to).is_some_and(|n| !n.pending.is_empty());
+        // Most of all right after it changed what it must make durable, and above all
+        // its term or vote (a voter that forgets its vote can vote twice).
+        let Some(node) = self.nodes.get(&to) else {
+            return;
+        };
+        let writing = !node.pending.is_empty();
+        let voted = writing && hard_state(node) != before;
+        if !self.healed && voted && self.rng.gen_range(0..self.params.crash_after_vote_odds) == 0 {
+            self.faults += 1;
+            trace!(self, "n{to} crashes with its term or vote in flight");
+            self.crash_and_restart(to, true);
+            return;
+        }
         let odds = if writing {
             self.params.crash_after_message_odds / 10
         } else {
@@ -1009,6 +1082,9 @@ impl Sim {
                     let epoch = node_ref.epoch;
                     let delay = self.rng.gen_range(0..3);
                     self.schedule(delay, EventKind::Crash { node, epoch });
+                } else if !self.healed && self.rng.gen_range(0..self.params.isolate_leader_odds * 3) == 0 {
+                    // Or cut off from the majority, keeping that suffix.
+                    self.isolate_leader(node);
                 }
             }
             outcome = Some(result);
@@ -1104,7 +1180,7 @@ impl Sim {
             .map(|n| n.id)
             .collect();
         let members: Vec<NodeId> = self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect();
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..140) {
             0..=9 => {
                 if let Some(leader) = self.current_leader() {
                     self.crash(leader);
@@ -1124,6 +1200,31 @@ impl Sim {
                 };
                 if let Some(victim) = victim {
                     self.crash(victim);
+                }
+            }
+            20..=27 if members.len() >= 3 => {
+                // A bridge: two sides that cannot hear each other, and one node that
+                // hears both (candidates on either side compete for its vote).
+                let mut shuffled = members.clone();
+                shuffled.shuffle(&mut self.rng);
+                let bridge = shuffled.pop().expect("not empty");
+                let cut = self.rng.gen_range(1..shuffled.len());
+                let (left, right) = shuffled.split_at(cut);
+                self.blocked.clear();
+                for &a in left {
+                    for &b in right {
+                        self.blocked.insert((a, b));
+                        self.blocked.insert((b, a));
+                    }
+                }
+                trace!(self, "bridge partition {left:?} | n{bridge} | {right:?}");
+                let heal = self.rng.gen_range(100..1500);
+                self.schedule(heal, EventKind::Heal);
+                // Force an election through the bridge now and then.
+                if self.rng.gen_range(0..2) == 0 {
+                    if let Some(leader) = self.current_leader() {
+                        self.crash(leader);
+                    }
                 }
             }
             20..=34 => {
@@ -1184,6 +1285,11 @@ impl Sim {
                     }
                 }
             }
+            100.. => {
+                let until = self.now + self.rng.gen_range(500..2_000);
+                self.churn_until = self.churn_until.max(until);
+                trace!(self, "leader churn until {}ms", self.churn_until);
+            }
             88..=92 => {
                 if let Some(leader) = self.current_leader() {
                     let heartbeat_ticks = self.rng.gen_range(1..=3);
@@ -1205,6 +1311,12 @@ impl Sim {
     }
 
     fn crash(&mut self, id: NodeId) {
+        let fast = self.rng.gen_range(0..100) < self.params.fast_restart_percent;
+        self.crash_and_restart(id, fast);
+    }
+
+    /// Crashes `id`; it restarts on its own (soon when `fast`) unless faults stopped.
+    fn crash_and_restart(&mut self, id: NodeId, fast: bool) {
         let node = self.nodes.get_mut(&id).expect("exists");
         // The WAL writes records in order: a crash can leave a prefix of the write in
         // progress (snapshot, then some of its entries; the hard state comes last).
@@ -1236,13 +1348,47 @@ impl Sim {
             }
         }
         if !self.healed {
-            let after = if self.rng.gen_range(0..3) == 0 {
+            let after = if fast {
                 self.rng.gen_range(5..40)
             } else {
                 self.rng.gen_range(50..2000)
             };
             self.schedule(after, EventKind::Restart { node: id });
         }
+    }
+
+    /// Cuts `leader` (and possibly a minority of the members with it) off from the
+    /// rest for a short while. Messages already in flight across the cut are lost
+    /// too: the leader's latest appends stay on its side.
+    fn isolate_leader(&mut self, leader: NodeId) {
+        let mut others: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| !n.removed && n.id != leader)
+            .map(|n| n.id)
+            .collect();
+        others.shuffle(&mut self.rng);
+        // At most a minority of the members on the leader's side.
+        let companions = self.rng.gen_range(0..=others.len() / 2);
+        let (with, without) = others.split_at(companions.min(others.len()));
+        let side: Vec<NodeId> = std::iter::once(leader).chain(with.iter().copied()).collect();
+        for &a in &side {
+            for &b in without {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+            }
+        }
+        self.faults += 1;
+        trace!(self, "leader n{leader} isolated: {side:?} | {without:?}");
+        let heal = if self.now < self.churn_until {
+            // Long enough for the rest to elect a leader, often.
+            self.rng.gen_range(50..500)
+        } else if self.rng.gen_range(0..2) == 0 {
+            self.rng.gen_range(20..200)
+        } else {
+            self.rng.gen_range(200..1000)
+        };
+        self.schedule(heal, EventKind::Heal);
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -1252,7 +1398,13 @@ impl Sim {
         if node.alive() || node.removed {
             return;
         }
-        let durable = node.disk.durable_state();
+        trace!(
+            self,
+            "n{id} restarting from disk: {:?}",
+            self.nodes[&id].disk.hard_state
+        );
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let durable = node.disk.recover();
         let core = RaftCore::restore(cfg, durable).expect("restore");
         node.kv = node
             .disk
@@ -1564,6 +1716,23 @@ impl Sim {
         if commit_advanced && status.role == Role::Leader && !self.healed && self.rng.gen_range(0..40) == 0 {
             let epoch = self.nodes[&id].epoch;
             self.schedule(0, EventKind::Crash { node: id, epoch });
+        }
+        // Leaders cut off from the majority just as they are elected or commit: what
+        // they appended then stays on a minority, for a later leader to finish (or not).
+        if (became_leader || commit_advanced) && status.role == Role::Leader && !self.healed {
+            if self.now < self.churn_until && (commit_advanced || self.rng.gen_range(0..2) == 0) {
+                // At once after a commit (its next appends are lost with it); a
+                // little after an election, so that some of its messages get through.
+                let epoch = self.nodes[&id].epoch;
+                let delay = if commit_advanced {
+                    0
+                } else {
+                    self.rng.gen_range(0..8)
+                };
+                self.schedule(delay, EventKind::Isolate { node: id, epoch });
+            } else if self.rng.gen_range(0..self.params.isolate_leader_odds) == 0 {
+                self.isolate_leader(id);
+            }
         }
         let node = self.nodes.get_mut(&id).expect("exists");
         node.last_commit = status.commit;
