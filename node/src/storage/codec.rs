@@ -85,6 +85,11 @@ impl Record {
         }
     }
 
+    /// True for the type byte of a record this version can decode.
+    pub fn is_known_type(type_byte: u8) -> bool {
+        (record_type::ENTRY_V1..=record_type::SEGMENT_SNAPSHOT_V1).contains(&type_byte)
+    }
+
     /// A short name for logs and `wal dump`.
     pub fn kind(&self) -> &'static str {
         match self {

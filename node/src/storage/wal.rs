@@ -8,7 +8,8 @@
 //!
 //! Recovery reads every segment before it changes anything. A partial record at the
 //! end of the last segment (a torn tail: the crash hit in the middle of a write) is
-//! cut off with a warning; anything else that does not check out — a bad checksum, a
+//! cut off with a warning, unless a valid record follows it (then it is damage in the
+//! middle of the log); anything else that does not check out — a bad checksum, a
 //! gap in the indexes, a missing segment, a partial record in an older segment — stops
 //! the open with [`Error::Corrupt`] naming the file and byte offset, and nothing on
 //! disk is touched.
@@ -23,7 +24,7 @@ use crate::raft::types::{Entry, HardState, Index, Membership, NodeId, SnapshotMe
 use crate::storage::codec::{
     FrameHeader, Record, SegmentHeader, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
-use crate::storage::fs::{StdFs, WalFile, WalFs};
+use crate::storage::fs::{create_dir_durable, StdFs, WalFile, WalFs};
 use crate::storage::log::{LogStore, MemLogStore, PersistRequest};
 use crate::storage::{Error, Result};
 
@@ -389,8 +390,7 @@ impl Wal {
     /// the module documentation for what recovery accepts, repairs and refuses.
     pub fn open(dir: &Path, config: WalConfig, fs: Arc<dyn WalFs>) -> Result<(Wal, MemLogStore)> {
         config.validate()?;
-        fs.create_dir_all(dir)
-            .map_err(|e| Error::io("create directory", dir, e))?;
+        create_dir_durable(fs.as_ref(), dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut segments = list_segments(fs.as_ref(), dir)?;
         let tail = config.retain_tail_entries;
         if segments.is_empty() {
@@ -491,6 +491,38 @@ impl Wal {
             }
         }
 
+        // Segments are only removed once a snapshot covers all of their entries, so a
+        // log that starts later than its snapshot lost its first segments.
+        if let Some(log) = &log {
+            let first = &segments[0];
+            let base = first.first_index - 1;
+            if log.snapshot_meta().index < base {
+                return Err(Error::Corrupt {
+                    path: first.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "the oldest segment continues the log after index {base}, but the newest snapshot in the WAL is at index {}: the segments before it are missing",
+                        log.snapshot_meta().index
+                    ),
+                });
+            }
+        }
+        // A torn write leaves a prefix of its bytes. A valid record after the cut
+        // means the bytes at the cut are damage in the middle of the log (e.g. a
+        // corrupted length field), and cutting there would drop acknowledged entries.
+        if let Some((offset, reason)) = &torn {
+            let last = segments.last().expect("at least one segment");
+            if let Some(found) = find_record_after(fs.as_ref(), &last.path, *offset)? {
+                return Err(Error::Corrupt {
+                    path: last.path.clone(),
+                    offset: *offset,
+                    reason: format!(
+                        "{reason}, but a valid record follows at byte offset {found}: this is damage inside the log, not a torn tail"
+                    ),
+                });
+            }
+        }
+
         // Phase 2: the only repairs recovery makes on its own.
         if torn_header {
             let segment = segments.pop().expect("at least one segment");
@@ -522,9 +554,18 @@ impl Wal {
                 "cutting off the torn tail of the WAL (a write that a crash interrupted)"
             );
             file.truncate(offset)
-                .and_then(|_| file.sync_data())
                 .map_err(|e| Error::io("cut torn tail of", &last.path, e))?;
         }
+        // The previous process may have died with the end of the log only in the page
+        // cache (its fdatasync never ran or never returned), and a new segment's
+        // directory entry may not be durable yet. From now on what was loaded counts as
+        // durable (a follower reports it as its log, a vote read back is binding), so
+        // make it so before anyone relies on it. Older segments were fsynced before the
+        // segment after them was created.
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync", &last.path, e))?;
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             fs,
@@ -767,6 +808,36 @@ impl Wal {
     pub fn config(&self) -> &WalConfig {
         &self.config
     }
+}
+
+/// The offset of the first valid record frame that starts after `offset` in `path`,
+/// if any. Used only when a scan ended early, so reading the rest of one segment
+/// into memory is acceptable.
+fn find_record_after(fs: &dyn WalFs, path: &Path, offset: u64) -> Result<Option<u64>> {
+    let mut bytes = Vec::new();
+    fs.open_read(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("read", path, e))?;
+    let start = (offset as usize + 1).min(bytes.len());
+    for at in start..bytes.len().saturating_sub(FRAME_HEADER_BYTES) {
+        let frame_bytes: &[u8; FRAME_HEADER_BYTES] = bytes[at..at + FRAME_HEADER_BYTES]
+            .try_into()
+            .expect("frame header length");
+        let frame = FrameHeader::parse(frame_bytes);
+        let body_start = at + FRAME_HEADER_BYTES;
+        if frame.body_len == 0
+            || frame.body_len > RECORD_BODY_BYTES_MAX
+            || frame.body_len > bytes.len() - body_start
+            || !Record::is_known_type(frame.record_type)
+        {
+            continue;
+        }
+        let body = &bytes[body_start..body_start + frame.body_len];
+        if frame.computed_crc(frame_bytes, body) == frame.crc {
+            return Ok(Some(at as u64));
+        }
+    }
+    Ok(None)
 }
 
 fn check_identity(config: &WalConfig, path: &Path, header: &SegmentHeader) -> Result<()> {
