@@ -436,3 +436,47 @@ fn missing_oldest_segments_not_covered_by_a_snapshot_stop_start_up() {
     }
     assert_eq!(directory_contents(dir.path()), before);
 }
+
+#[test]
+fn records_that_straddle_the_recovery_read_chunks_or_exceed_them_recover_intact() {
+    // Recovery reads 4 MiB at a time; entries of odd sizes cross every chunk boundary
+    // and one entry is larger than a whole chunk.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(CLUSTER, 1);
+    config.segment_bytes_max = 64 << 20;
+    let sizes = (1..=700u64).map(|i| {
+        if i == 350 {
+            6 << 20
+        } else {
+            9_000 + (i * 7919) % 20_000
+        }
+    });
+    let written: Vec<Entry> = sizes
+        .enumerate()
+        .map(|(i, len)| Entry {
+            term: 1,
+            index: i as u64 + 1,
+            payload: EntryPayload::Normal(Bytes::from(
+                (0..len)
+                    .map(|b| (b as u8).wrapping_mul(i as u8 | 1))
+                    .collect::<Vec<u8>>(),
+            )),
+        })
+        .collect();
+    {
+        let mut store = WalLogStore::open(dir.path(), config.clone()).unwrap();
+        for chunk in written.chunks(50) {
+            store.append(chunk).unwrap();
+            store.sync().unwrap();
+        }
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    assert!(std::fs::metadata(&last).unwrap().len() > 12 << 20);
+    // A torn tail after the last chunk boundary is still cut off.
+    let mut file = OpenOptions::new().append(true).open(&last).unwrap();
+    file.write_all(&[0x11, 0x22, 0x33, 0x44, 60, 0, 0, 0, 1, 9, 9, 9])
+        .unwrap();
+    drop(file);
+    let store = WalLogStore::open(dir.path(), config).unwrap();
+    assert_eq!(store.all_entries(), written);
+}
