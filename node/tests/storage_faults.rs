@@ -288,3 +288,40 @@ async fn a_full_disk_fails_the_group_and_later_groups_succeed_once_space_is_back
         (1..=3).map(|i| entry(1, i)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn reopening_fsyncs_the_log_it_loaded_because_a_dead_process_may_have_left_it_in_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, _control) = FaultFs::new();
+    let mut store = WalLogStore::open_with_fs(dir.path(), config(), Arc::new(fs)).unwrap();
+    for request in run(1, 1..=10) {
+        store.persist(request).unwrap();
+    }
+    // Written but never fsynced: the process dies here, the machine does not.
+    let (_log, mut wal) = store.into_parts();
+    wal.write_pending().unwrap();
+    drop(wal);
+
+    let (fs, control) = FaultFs::new();
+    let store = WalLogStore::open_with_fs(dir.path(), config(), Arc::new(fs)).unwrap();
+    assert_eq!(store.last_index(), 10);
+    assert!(control.syncs() >= 1, "the recovered tail was not fsynced");
+    assert!(control.synced_dirs().iter().any(|d| d == dir.path()));
+}
+
+#[test]
+fn creating_a_wal_directory_fsyncs_the_parent_of_every_directory_it_created() {
+    let root = tempfile::tempdir().unwrap();
+    let wal_dir = root.path().join("data").join("wal");
+    let (fs, control) = FaultFs::new();
+    let store = WalLogStore::open_with_fs(&wal_dir, config(), Arc::new(fs)).unwrap();
+    drop(store);
+    let synced = control.synced_dirs();
+    for parent in [root.path().join("data"), root.path().to_path_buf()] {
+        assert!(
+            synced.contains(&parent),
+            "{} not fsynced: {synced:?}",
+            parent.display()
+        );
+    }
+}

@@ -377,3 +377,106 @@ fn wal_dump_prints_segments_records_hard_state_and_corruption() {
     );
     assert!(text.contains(&victim.display().to_string()), "{text}");
 }
+
+/// Offsets of the record frames of a segment (after its 64-byte header).
+fn frame_offsets(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = 64;
+    while at + 9 <= bytes.len() {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 9 + len;
+    }
+    offsets
+}
+
+#[test]
+fn a_record_cut_short_with_valid_records_after_it_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    write_wal(dir.path(), 20);
+    let last = segments(dir.path()).pop().unwrap();
+    let offsets = frame_offsets(&last);
+    assert!(offsets.len() >= 4, "{offsets:?}");
+    // A damaged length field in the middle of the last segment makes that record
+    // look like it runs past the end of the file, like a torn write would.
+    let victim = offsets[offsets.len() / 2];
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[victim + 4..victim + 8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    std::fs::write(&last, bytes).unwrap();
+    let before = directory_contents(dir.path());
+
+    let err = WalLogStore::open(dir.path(), config()).unwrap_err();
+    match &err {
+        Error::Corrupt { path, offset, reason } => {
+            assert_eq!(path, &last);
+            assert_eq!(*offset, victim as u64);
+            assert!(reason.contains("not a torn tail"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(directory_contents(dir.path()), before);
+}
+
+#[test]
+fn missing_oldest_segments_not_covered_by_a_snapshot_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write_wal(dir.path(), 300);
+    let all = segments(dir.path());
+    assert!(all.len() > 2);
+    std::fs::remove_file(&all[0]).unwrap();
+    let before = directory_contents(dir.path());
+    let err = WalLogStore::open(dir.path(), config()).unwrap_err();
+    match &err {
+        Error::Corrupt { path, reason, .. } => {
+            assert_eq!(path, &all[1]);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(directory_contents(dir.path()), before);
+}
+
+#[test]
+fn records_that_straddle_the_recovery_read_chunks_or_exceed_them_recover_intact() {
+    // Recovery reads 4 MiB at a time; entries of odd sizes cross every chunk boundary
+    // and one entry is larger than a whole chunk.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(CLUSTER, 1);
+    config.segment_bytes_max = 64 << 20;
+    let sizes = (1..=700u64).map(|i| {
+        if i == 350 {
+            6 << 20
+        } else {
+            9_000 + (i * 7919) % 20_000
+        }
+    });
+    let written: Vec<Entry> = sizes
+        .enumerate()
+        .map(|(i, len)| Entry {
+            term: 1,
+            index: i as u64 + 1,
+            payload: EntryPayload::Normal(Bytes::from(
+                (0..len)
+                    .map(|b| (b as u8).wrapping_mul(i as u8 | 1))
+                    .collect::<Vec<u8>>(),
+            )),
+        })
+        .collect();
+    {
+        let mut store = WalLogStore::open(dir.path(), config.clone()).unwrap();
+        for chunk in written.chunks(50) {
+            store.append(chunk).unwrap();
+            store.sync().unwrap();
+        }
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    assert!(std::fs::metadata(&last).unwrap().len() > 12 << 20);
+    // A torn tail after the last chunk boundary is still cut off.
+    let mut file = OpenOptions::new().append(true).open(&last).unwrap();
+    file.write_all(&[0x11, 0x22, 0x33, 0x44, 60, 0, 0, 0, 1, 9, 9, 9])
+        .unwrap();
+    drop(file);
+    let store = WalLogStore::open(dir.path(), config).unwrap();
+    assert_eq!(store.all_entries(), written);
+}

@@ -85,6 +85,11 @@ impl Record {
         }
     }
 
+    /// True for the type byte of a record this version can decode.
+    pub fn is_known_type(type_byte: u8) -> bool {
+        (record_type::ENTRY_V1..=record_type::SEGMENT_SNAPSHOT_V1).contains(&type_byte)
+    }
+
     /// A short name for logs and `wal dump`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -132,10 +137,23 @@ impl Record {
     /// Decodes a body whose frame CRC has already been checked. `body` is a `Bytes`
     /// so that entry payloads share its buffer instead of being copied.
     pub fn decode_body(record_type: u8, body: Bytes) -> Result<Record, DecodeError> {
-        let mut r = Reader::new(&body);
+        let len = body.len();
+        Record::decode_body_in(record_type, &body, 0..len)
+    }
+
+    /// [`Record::decode_body`] for a body at `range` of a larger buffer (a chunk read
+    /// by recovery): an entry payload becomes one slice of `buf`, with no
+    /// intermediate `Bytes` for the body.
+    pub fn decode_body_in(
+        record_type: u8,
+        buf: &Bytes,
+        range: std::ops::Range<usize>,
+    ) -> Result<Record, DecodeError> {
+        let base = range.start;
+        let mut r = Reader::new(&buf[range]);
         let record = match record_type {
             record_type::ENTRY_V1 => {
-                let entry = decode_entry(&mut r, &body)?;
+                let entry = decode_entry(&mut r, buf, base)?;
                 Record::Entry(entry)
             }
             record_type::HARD_STATE_V1 => Record::HardState(decode_hard_state(&mut r)?),
@@ -258,8 +276,8 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     }
 }
 
-/// `whole` is the buffer `r` reads from, so a `Normal` payload can be a slice of it.
-fn decode_entry(r: &mut Reader<'_>, whole: &Bytes) -> Result<Entry, DecodeError> {
+/// `r` reads `whole` from byte `base` on, so a `Normal` payload can be a slice of it.
+fn decode_entry(r: &mut Reader<'_>, whole: &Bytes, base: usize) -> Result<Entry, DecodeError> {
     let term = r.u64()?;
     let index = r.u64()?;
     let payload = match r.u8()? {
@@ -268,7 +286,7 @@ fn decode_entry(r: &mut Reader<'_>, whole: &Bytes) -> Result<Entry, DecodeError>
             let len = r.u32()? as usize;
             let start = r.position();
             r.take(len)?;
-            EntryPayload::Normal(whole.slice(start..start + len))
+            EntryPayload::Normal(whole.slice(base + start..base + start + len))
         }
         PAYLOAD_CONF_CHANGE => {
             let kind = r.u8()?;
@@ -290,7 +308,7 @@ fn decode_entry(r: &mut Reader<'_>, whole: &Bytes) -> Result<Entry, DecodeError>
 /// Decodes a single entry from a standalone buffer (used by tests and tools).
 pub fn decode_entry_bytes(buf: Bytes) -> Result<Entry, DecodeError> {
     let mut r = Reader::new(&buf);
-    let entry = decode_entry(&mut r, &buf)?;
+    let entry = decode_entry(&mut r, &buf, 0)?;
     r.finish()?;
     Ok(entry)
 }

@@ -105,6 +105,35 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, and fsyncs the parent of every directory it
+/// created. Without that a crash could forget a new directory together with every
+/// file in it, although each file and the directory's own entries were fsynced: a
+/// node would come back with an empty WAL after it had acknowledged writes.
+pub(crate) fn create_dir_durable(fs: &dyn WalFs, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            break;
+        }
+        missing.push(path);
+        current = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)?;
+    // Deepest first: each directory's entry is made durable in its parent.
+    for created in missing {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        fs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct FaultState {
     /// Bytes written through this layer so far, over all files.
@@ -119,6 +148,8 @@ struct FaultState {
     /// The next `sync_data` fails with this errno.
     fail_next_sync: Option<i32>,
     syncs: u64,
+    /// Every directory fsynced, in order.
+    synced_dirs: Vec<PathBuf>,
 }
 
 /// Steers a [`FaultFs`] from a test while the WAL uses it.
@@ -134,8 +165,14 @@ impl FaultControl {
         self.state().bytes_written
     }
 
+    /// Successful fdatasync calls on files.
     pub fn syncs(&self) -> u64 {
         self.state().syncs
+    }
+
+    /// Every directory fsynced so far, in order.
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        self.state().synced_dirs.clone()
     }
 
     /// Crash when the total bytes written reach `offset`.
@@ -293,7 +330,9 @@ impl WalFs for FaultFs {
         std::fs::remove_file(path)
     }
 
-    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        self.check_alive()
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check_alive()?;
+        self.control.state().synced_dirs.push(dir.to_path_buf());
+        Ok(())
     }
 }

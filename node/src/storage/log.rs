@@ -260,29 +260,54 @@ impl MemLogStore {
     /// gap, a term going back); for planned records it cannot happen.
     pub fn apply_record(&mut self, record: &Record) -> Result<(), String> {
         match record {
-            Record::Entry(entry) => {
-                let last = self.last();
-                if entry.index != last + 1 {
-                    return Err(format!(
-                        "gap in the log: expected entry {}, found entry {}",
-                        last + 1,
-                        entry.index
-                    ));
-                }
-                let last_term = self.term_of(last).unwrap_or(0);
-                if entry.term < last_term {
-                    return Err(format!(
-                        "entry {} has term {} below the previous term {}",
-                        entry.index, entry.term, last_term
-                    ));
-                }
-                if let EntryPayload::ConfChange(change) = &entry.payload {
-                    if entry.index > self.snapshot.index {
-                        self.push_conf_change(entry.index, change);
-                    }
-                }
-                self.entries.push_back(entry.clone());
+            Record::Entry(entry) => self.append_entry(entry.clone()),
+            other => self.apply_other(other),
+        }
+    }
+
+    /// [`MemLogStore::apply_record`] for a record the caller no longer needs: an entry
+    /// moves into the log without a clone (replay of a large WAL).
+    pub fn apply_record_owned(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Entry(entry) => self.append_entry(entry),
+            other => self.apply_other(&other),
+        }
+    }
+
+    /// Makes room for `additional` more entries at once, so that a long replay does
+    /// not copy the entry queue each time it doubles.
+    pub fn reserve_entries(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
+    fn append_entry(&mut self, entry: Entry) -> Result<(), String> {
+        let last = self.last();
+        if entry.index != last + 1 {
+            return Err(format!(
+                "gap in the log: expected entry {}, found entry {}",
+                last + 1,
+                entry.index
+            ));
+        }
+        let last_term = self.term_of(last).unwrap_or(0);
+        if entry.term < last_term {
+            return Err(format!(
+                "entry {} has term {} below the previous term {}",
+                entry.index, entry.term, last_term
+            ));
+        }
+        if let EntryPayload::ConfChange(change) = &entry.payload {
+            if entry.index > self.snapshot.index {
+                self.push_conf_change(entry.index, change);
             }
+        }
+        self.entries.push_back(entry);
+        Ok(())
+    }
+
+    fn apply_other(&mut self, record: &Record) -> Result<(), String> {
+        match record {
+            Record::Entry(entry) => return self.append_entry(entry.clone()),
             Record::HardState(hs) => {
                 if hs.term < self.hard_state.term {
                     return Err(format!(

@@ -20,7 +20,7 @@ use bytes::BufMut;
 
 use crate::raft::types::{Index, SnapshotMeta, Term};
 use crate::storage::codec::{decode_snapshot_meta, encode_snapshot_meta, Reader};
-use crate::storage::fs::sync_dir;
+use crate::storage::fs::{create_dir_durable, sync_dir, StdFs};
 use crate::storage::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"KRSNAP01";
@@ -73,7 +73,7 @@ impl SnapshotStore {
                 "the snapshot store must keep at least one snapshot".into(),
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        create_dir_durable(&StdFs, dir).map_err(|e| Error::io("create directory", dir, e))?;
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
             let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
             if path.extension().is_some_and(|ext| ext == "tmp") {

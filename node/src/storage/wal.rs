@@ -8,22 +8,23 @@
 //!
 //! Recovery reads every segment before it changes anything. A partial record at the
 //! end of the last segment (a torn tail: the crash hit in the middle of a write) is
-//! cut off with a warning; anything else that does not check out — a bad checksum, a
+//! cut off with a warning, unless a valid record follows it (then it is damage in the
+//! middle of the log); anything else that does not check out — a bad checksum, a
 //! gap in the indexes, a missing segment, a partial record in an older segment — stops
 //! the open with [`Error::Corrupt`] naming the file and byte offset, and nothing on
 //! disk is touched.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::raft::types::{Entry, HardState, Index, Membership, NodeId, SnapshotMeta, Term};
 use crate::storage::codec::{
     FrameHeader, Record, SegmentHeader, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
-use crate::storage::fs::{StdFs, WalFile, WalFs};
+use crate::storage::fs::{create_dir_durable, StdFs, WalFile, WalFs};
 use crate::storage::log::{LogStore, MemLogStore, PersistRequest};
 use crate::storage::{Error, Result};
 
@@ -131,23 +132,10 @@ pub(crate) enum ScanEnd {
     Corrupt { offset: u64, reason: String },
 }
 
-/// Bytes read for one segment scan: large enough that recovery runs at sequential
-/// read speed.
-const SCAN_BUFFER_BYTES: usize = 1 << 20;
-
-/// Reads up to `buf.len()` bytes; fewer only at the end of the file.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
+/// Bytes read at a time by a segment scan. Records are sliced out of these chunks
+/// (an entry's payload shares its chunk), so recovery makes one allocation per chunk
+/// instead of one per record, and reads at sequential read speed.
+const SCAN_CHUNK_BYTES: usize = 4 << 20;
 
 fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
     let mut buf = [0u8; 8192];
@@ -159,6 +147,68 @@ fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
         if buf[..n].iter().any(|b| *b != 0) {
             return Ok(false);
         }
+    }
+}
+
+/// Reads a file in large chunks and hands out the unconsumed bytes as one `Bytes`.
+struct ChunkReader<R> {
+    reader: R,
+    /// Bytes of the file not yet read into a chunk.
+    unread: u64,
+    /// Bytes read but not yet consumed, starting at the scan's offset.
+    chunk: Bytes,
+    eof: bool,
+}
+
+impl<R: Read> ChunkReader<R> {
+    fn new(reader: R, file_len: u64) -> Self {
+        ChunkReader {
+            reader,
+            unread: file_len,
+            chunk: Bytes::new(),
+            eof: false,
+        }
+    }
+
+    /// Makes at least `need` unconsumed bytes available unless the file ends first;
+    /// returns how many are available.
+    fn fill(&mut self, need: usize) -> io::Result<usize> {
+        if self.chunk.len() >= need || self.eof {
+            return Ok(self.chunk.len());
+        }
+        // The leftover (less than one record) moves to the start of a new chunk; the
+        // old chunk stays alive only through the records sliced from it.
+        let want = need.max(SCAN_CHUNK_BYTES.min(self.chunk.len() + self.unread as usize));
+        let mut buf = Vec::with_capacity(want);
+        buf.extend_from_slice(&self.chunk);
+        while buf.len() < want {
+            // `read_to_end` on a `Take` reads straight into the spare capacity: no
+            // zeroing, no per-record allocation.
+            let limit = (want - buf.len()) as u64;
+            match (&mut self.reader).take(limit).read_to_end(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.unread = self.unread.saturating_sub(n as u64),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.chunk = Bytes::from(buf);
+        Ok(self.chunk.len())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.chunk.advance(n);
+    }
+
+    /// True when every byte from here to the end of the file is zero.
+    fn rest_is_zero(&mut self) -> io::Result<bool> {
+        if self.chunk.iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        rest_is_zero(&mut self.reader)
     }
 }
 
@@ -190,11 +240,11 @@ pub(crate) fn scan_segment(
     visit: &mut dyn FnMut(ScanItem) -> Result<(), VisitError>,
 ) -> Result<(Option<SegmentHeader>, ScanEnd)> {
     let file = fs.open_read(path).map_err(|e| Error::io("open", path, e))?;
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let file_len = fs.file_len(path).map_err(|e| Error::io("stat", path, e))?;
+    let mut reader = ChunkReader::new(file, file_len);
     let read_err = |e| Error::io("read", path, e);
 
-    let mut header_bytes = [0u8; SEGMENT_HEADER_BYTES];
-    let n = read_full(&mut reader, &mut header_bytes).map_err(read_err)?;
+    let n = reader.fill(SEGMENT_HEADER_BYTES).map_err(read_err)?;
     if n < SEGMENT_HEADER_BYTES {
         return Ok((
             None,
@@ -204,7 +254,10 @@ pub(crate) fn scan_segment(
             },
         ));
     }
-    let header = match SegmentHeader::decode(&header_bytes) {
+    let header_bytes: &[u8; SEGMENT_HEADER_BYTES] = reader.chunk[..SEGMENT_HEADER_BYTES]
+        .try_into()
+        .expect("header length");
+    let header = match SegmentHeader::decode(header_bytes) {
         Ok(header) => header,
         Err(err) => {
             return Ok((
@@ -216,6 +269,7 @@ pub(crate) fn scan_segment(
             ))
         }
     };
+    reader.consume(SEGMENT_HEADER_BYTES);
 
     match visit(ScanItem::Header(header)) {
         Ok(()) => {}
@@ -227,13 +281,12 @@ pub(crate) fn scan_segment(
 
     let mut offset = SEGMENT_HEADER_BYTES as u64;
     loop {
-        let mut frame_bytes = [0u8; FRAME_HEADER_BYTES];
-        let n = read_full(&mut reader, &mut frame_bytes).map_err(read_err)?;
+        let n = reader.fill(FRAME_HEADER_BYTES).map_err(read_err)?;
         if n == 0 {
             return Ok((Some(header), ScanEnd::Clean { len: offset }));
         }
         if n < FRAME_HEADER_BYTES {
-            let end = if frame_bytes[..n].iter().all(|b| *b == 0) {
+            let end = if reader.chunk.iter().all(|b| *b == 0) {
                 "zero-filled tail"
             } else {
                 "record header cut short"
@@ -246,11 +299,14 @@ pub(crate) fn scan_segment(
                 },
             ));
         }
+        let frame_bytes: [u8; FRAME_HEADER_BYTES] = reader.chunk[..FRAME_HEADER_BYTES]
+            .try_into()
+            .expect("frame header length");
         if frame_bytes.iter().all(|b| *b == 0) {
             // Some file systems show zeros where a crash lost the data after the
             // size was extended. Zeros up to the end are a torn tail; zeros followed
             // by data are not.
-            let end = if rest_is_zero(&mut reader).map_err(read_err)? {
+            let end = if reader.rest_is_zero().map_err(read_err)? {
                 ScanEnd::Incomplete {
                     offset,
                     reason: "zero-filled tail".into(),
@@ -276,18 +332,23 @@ pub(crate) fn scan_segment(
                 },
             ));
         }
-        let mut body = vec![0u8; frame.body_len];
-        let n = read_full(&mut reader, &mut body).map_err(read_err)?;
-        if n < frame.body_len {
+        let framed_len = FRAME_HEADER_BYTES + frame.body_len;
+        let n = reader.fill(framed_len).map_err(read_err)?;
+        if n < framed_len {
             return Ok((
                 Some(header),
                 ScanEnd::Incomplete {
                     offset,
-                    reason: format!("record cut short: {n} of {} body bytes present", frame.body_len),
+                    reason: format!(
+                        "record cut short: {} of {} body bytes present",
+                        n - FRAME_HEADER_BYTES,
+                        frame.body_len
+                    ),
                 },
             ));
         }
-        let computed = frame.computed_crc(&frame_bytes, &body);
+        let body = FRAME_HEADER_BYTES..framed_len;
+        let computed = frame.computed_crc(&frame_bytes, &reader.chunk[body.clone()]);
         if computed != frame.crc {
             return Ok((
                 Some(header),
@@ -300,7 +361,9 @@ pub(crate) fn scan_segment(
                 },
             ));
         }
-        let record = match Record::decode_body(frame.record_type, Bytes::from(body)) {
+        let decoded = Record::decode_body_in(frame.record_type, &reader.chunk, body);
+        reader.consume(framed_len);
+        let record = match decoded {
             Ok(record) => record,
             Err(err) => {
                 return Ok((
@@ -312,7 +375,6 @@ pub(crate) fn scan_segment(
                 ))
             }
         };
-        let framed_len = FRAME_HEADER_BYTES + frame.body_len;
         match visit(ScanItem::Record {
             offset,
             framed_len,
@@ -389,8 +451,7 @@ impl Wal {
     /// the module documentation for what recovery accepts, repairs and refuses.
     pub fn open(dir: &Path, config: WalConfig, fs: Arc<dyn WalFs>) -> Result<(Wal, MemLogStore)> {
         config.validate()?;
-        fs.create_dir_all(dir)
-            .map_err(|e| Error::io("create directory", dir, e))?;
+        create_dir_durable(fs.as_ref(), dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut segments = list_segments(fs.as_ref(), dir)?;
         let tail = config.retain_tail_entries;
         if segments.is_empty() {
@@ -406,6 +467,15 @@ impl Wal {
         let mut torn: Option<(u64, String)> = None;
         let mut torn_header = false;
         let count = segments.len();
+        // Sizes for one reservation of the entry queue after the first segment.
+        let mut total_bytes = 0u64;
+        for segment in &segments {
+            total_bytes += fs
+                .file_len(&segment.path)
+                .map_err(|e| Error::io("stat", &segment.path, e))?;
+        }
+        let mut scanned_bytes = 0u64;
+        let mut reserved = false;
         for (i, segment) in segments.iter().enumerate() {
             let is_last = i + 1 == count;
             let corrupt = |offset: u64, reason: String| Error::Corrupt {
@@ -462,11 +532,20 @@ impl Wal {
                 ScanItem::Record { record, .. } => log
                     .as_mut()
                     .expect("the header comes first")
-                    .apply_record(&record)
+                    .apply_record_owned(record)
                     .map_err(VisitError::Corrupt),
             })?;
             match end {
-                ScanEnd::Clean { len } => lens.push(len),
+                ScanEnd::Clean { len } => {
+                    lens.push(len);
+                    scanned_bytes += len;
+                    if let Some(log) = log.as_mut().filter(|log| !reserved && !log.is_empty()) {
+                        // Later segments hold about as many entries per byte.
+                        let expected = log.len() as u128 * total_bytes as u128 / scanned_bytes.max(1) as u128;
+                        log.reserve_entries((expected as usize).saturating_sub(log.len()));
+                        reserved = true;
+                    }
+                }
                 ScanEnd::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
                 ScanEnd::Incomplete { offset, reason } => {
                     if !is_last {
@@ -488,6 +567,38 @@ impl Wal {
                         torn = Some((offset, reason));
                     }
                 }
+            }
+        }
+
+        // Segments are only removed once a snapshot covers all of their entries, so a
+        // log that starts later than its snapshot lost its first segments.
+        if let Some(log) = &log {
+            let first = &segments[0];
+            let base = first.first_index - 1;
+            if log.snapshot_meta().index < base {
+                return Err(Error::Corrupt {
+                    path: first.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "the oldest segment continues the log after index {base}, but the newest snapshot in the WAL is at index {}: the segments before it are missing",
+                        log.snapshot_meta().index
+                    ),
+                });
+            }
+        }
+        // A torn write leaves a prefix of its bytes. A valid record after the cut
+        // means the bytes at the cut are damage in the middle of the log (e.g. a
+        // corrupted length field), and cutting there would drop acknowledged entries.
+        if let Some((offset, reason)) = &torn {
+            let last = segments.last().expect("at least one segment");
+            if let Some(found) = find_record_after(fs.as_ref(), &last.path, *offset)? {
+                return Err(Error::Corrupt {
+                    path: last.path.clone(),
+                    offset: *offset,
+                    reason: format!(
+                        "{reason}, but a valid record follows at byte offset {found}: this is damage inside the log, not a torn tail"
+                    ),
+                });
             }
         }
 
@@ -522,9 +633,18 @@ impl Wal {
                 "cutting off the torn tail of the WAL (a write that a crash interrupted)"
             );
             file.truncate(offset)
-                .and_then(|_| file.sync_data())
                 .map_err(|e| Error::io("cut torn tail of", &last.path, e))?;
         }
+        // The previous process may have died with the end of the log only in the page
+        // cache (its fdatasync never ran or never returned), and a new segment's
+        // directory entry may not be durable yet. From now on what was loaded counts as
+        // durable (a follower reports it as its log, a vote read back is binding), so
+        // make it so before anyone relies on it. Older segments were fsynced before the
+        // segment after them was created.
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync", &last.path, e))?;
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             fs,
@@ -767,6 +887,36 @@ impl Wal {
     pub fn config(&self) -> &WalConfig {
         &self.config
     }
+}
+
+/// The offset of the first valid record frame that starts after `offset` in `path`,
+/// if any. Used only when a scan ended early, so reading the rest of one segment
+/// into memory is acceptable.
+fn find_record_after(fs: &dyn WalFs, path: &Path, offset: u64) -> Result<Option<u64>> {
+    let mut bytes = Vec::new();
+    fs.open_read(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("read", path, e))?;
+    let start = (offset as usize + 1).min(bytes.len());
+    for at in start..bytes.len().saturating_sub(FRAME_HEADER_BYTES) {
+        let frame_bytes: &[u8; FRAME_HEADER_BYTES] = bytes[at..at + FRAME_HEADER_BYTES]
+            .try_into()
+            .expect("frame header length");
+        let frame = FrameHeader::parse(frame_bytes);
+        let body_start = at + FRAME_HEADER_BYTES;
+        if frame.body_len == 0
+            || frame.body_len > RECORD_BODY_BYTES_MAX
+            || frame.body_len > bytes.len() - body_start
+            || !Record::is_known_type(frame.record_type)
+        {
+            continue;
+        }
+        let body = &bytes[body_start..body_start + frame.body_len];
+        if frame.computed_crc(frame_bytes, body) == frame.crc {
+            return Ok(Some(at as u64));
+        }
+    }
+    Ok(None)
 }
 
 fn check_identity(config: &WalConfig, path: &Path, header: &SegmentHeader) -> Result<()> {
