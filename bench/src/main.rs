@@ -52,7 +52,9 @@ struct Args {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 10s"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -96,7 +98,9 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
                 if count > 0 && seq >= count {
                     break;
                 }
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let key = key_of(n % keys);
                 let op_started = Instant::now();
                 let write = match workload.as_str() {
@@ -107,7 +111,10 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
                 let result = if write {
                     client.put(key, value.clone(), None).await.map(|_| ())
                 } else if workload == "get-serializable" {
-                    client.get(key, Some(GetOptions::new().with_serializable())).await.map(|_| ())
+                    client
+                        .get(key, Some(GetOptions::new().with_serializable()))
+                        .await
+                        .map(|_| ())
                 } else {
                     client.get(key, None).await.map(|_| ())
                 };
@@ -157,7 +164,10 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !["put", "get", "get-serializable", "mixed"].contains(&args.workload.as_str()) {
-        bail!("--workload {:?}: expected put, get, get-serializable or mixed", args.workload);
+        bail!(
+            "--workload {:?}: expected put, get, get-serializable or mixed",
+            args.workload
+        );
     }
     if args.connections == 0 {
         bail!("--connections must be at least 1");
@@ -166,7 +176,11 @@ async fn main() -> anyhow::Result<()> {
     let client_counts: Vec<usize> = args
         .clients
         .split(',')
-        .map(|s| s.trim().parse::<usize>().with_context(|| format!("--clients: {s:?} is not a number")))
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--clients: {s:?} is not a number"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let options = ConnectOptions::new()
         .with_timeout(Duration::from_secs(10))

@@ -313,7 +313,7 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     for i in 0..3 {
         let endpoint = cluster.endpoint(i);
         // Wait for the member to catch up on the last key, then check every key.
-        let mut c = client(&[endpoint.clone()]).await;
+        let mut c = client(std::slice::from_ref(&endpoint)).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut missing: Vec<String> = acknowledged.iter().cloned().collect();
         while !missing.is_empty() && Instant::now() < deadline {
