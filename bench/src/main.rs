@@ -105,7 +105,7 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
                 let op_started = Instant::now();
                 let write = match workload.as_str() {
                     "put" => true,
-                    "mixed" => n % 10 == 0,
+                    "mixed" => n.is_multiple_of(10),
                     _ => false,
                 };
                 let result = if write {
