@@ -99,6 +99,7 @@ fn raft_messages_round_trip() {
             from_id: 1,
             to_id: 2,
             protocol_version: 1,
+            client_urls: vec!["http://127.0.0.1:2379".into()],
         })),
         ..Default::default()
     });
