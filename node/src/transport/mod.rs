@@ -54,6 +54,9 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Snapshot data per chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Batches whose encoding reaches this size are sent zstd-compressed (0: never).
+    pub compress_threshold_bytes: usize,
+    pub zstd_level: i32,
     /// This member's advertised client URLs, told to every peer in the hello.
     pub client_urls: Vec<String>,
     /// Client URLs peers told us, by member id.
@@ -75,6 +78,8 @@ impl TransportConfig {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(400),
             snapshot_chunk_bytes: 1 << 20,
+            compress_threshold_bytes: 64 << 10,
+            zstd_level: 1,
             client_urls: Vec::new(),
             directory: Directory::default(),
         }
@@ -273,10 +278,7 @@ impl PeerTask {
                     if plain.is_empty() {
                         continue;
                     }
-                    let envelope = pb::PeerEnvelope {
-                        content: Some(pb::peer_envelope::Content::Batch(pb::MessageBatch { messages: plain })),
-                        ..Default::default()
-                    };
+                    let envelope = encode_batch(plain, self.config.compress_threshold_bytes, self.config.zstd_level);
                     tx.send(envelope).await.map_err(|_| "stream closed".to_string())?;
                 }
                 reply = replies.next() => {
@@ -408,6 +410,7 @@ impl Peer for PeerService {
             .expect("not poisoned")
             .insert(from, hello.client_urls.clone());
         let me = self.config.id;
+        let envelope_bytes_max = self.config.envelope_bytes_max;
         let inbox = self.inbox.clone();
         let snapshots = self.snapshots.clone();
         tokio::spawn(async move {
@@ -420,10 +423,10 @@ impl Peer for PeerService {
                         return;
                     }
                 };
-                let messages = match envelope.content {
-                    Some(pb::peer_envelope::Content::Batch(batch)) => batch.messages,
-                    _ => {
-                        tracing::warn!(from, "unexpected envelope on a peer stream: ignored");
+                let messages = match decode_envelope(envelope, envelope_bytes_max) {
+                    Ok(messages) => messages,
+                    Err(reason) => {
+                        tracing::warn!(from, %reason, "bad envelope on a peer stream: ignored");
                         continue;
                     }
                 };
@@ -554,5 +557,109 @@ impl Peer for PeerService {
             error,
             term: 0,
         }))
+    }
+}
+
+/// Wraps a batch for the wire, compressed when it is large.
+pub fn encode_batch(messages: Vec<pb::Message>, threshold_bytes: usize, level: i32) -> pb::PeerEnvelope {
+    use prost::Message as _;
+    let batch = pb::MessageBatch { messages };
+    let size = batch.encoded_len();
+    if threshold_bytes > 0 && size >= threshold_bytes {
+        let plain = batch.encode_to_vec();
+        match zstd::bulk::compress(&plain, level) {
+            Ok(compressed) if compressed.len() < plain.len() => {
+                return pb::PeerEnvelope {
+                    content: Some(pb::peer_envelope::Content::Compressed(compressed.into())),
+                    compression: pb::Compression::Zstd as i32,
+                    uncompressed_size: size as u64,
+                };
+            }
+            Ok(_) => {} // incompressible: send as is
+            Err(e) => tracing::warn!(error = %e, "compression failed; sending uncompressed"),
+        }
+    }
+    pb::PeerEnvelope {
+        content: Some(pb::peer_envelope::Content::Batch(batch)),
+        ..Default::default()
+    }
+}
+
+/// Unwraps a batch from the wire; refuses a batch that would inflate past `max_bytes`
+/// before inflating it.
+pub fn decode_envelope(envelope: pb::PeerEnvelope, max_bytes: usize) -> Result<Vec<pb::Message>, String> {
+    use prost::Message as _;
+    match envelope.content {
+        Some(pb::peer_envelope::Content::Batch(batch)) => Ok(batch.messages),
+        Some(pb::peer_envelope::Content::Compressed(data)) => {
+            if envelope.compression != pb::Compression::Zstd as i32 {
+                return Err(format!("unknown compression {}", envelope.compression));
+            }
+            let size = envelope.uncompressed_size as usize;
+            if size > max_bytes {
+                return Err(format!("batch of {size} bytes is over the limit of {max_bytes}"));
+            }
+            let plain = zstd::bulk::decompress(&data, size).map_err(|e| format!("cannot decompress: {e}"))?;
+            pb::MessageBatch::decode(plain.as_slice())
+                .map(|batch| batch.messages)
+                .map_err(|e| format!("cannot decode batch: {e}"))
+        }
+        Some(pb::peer_envelope::Content::Hello(_)) => Err("a second hello".into()),
+        None => Err("empty envelope".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryPayload};
+
+    fn batch(entries: usize) -> Vec<pb::Message> {
+        let message = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::AppendRequest {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: (1..=entries as u64)
+                    .map(|index| Entry {
+                        term: 3,
+                        index,
+                        payload: EntryPayload::Normal(bytes::Bytes::from(vec![b'a'; 256])),
+                    })
+                    .collect(),
+                leader_commit: 0,
+            },
+        };
+        vec![convert::message_to_pb(&message)]
+    }
+
+    #[test]
+    fn large_batches_are_compressed_and_come_back_intact() {
+        let messages = batch(1000);
+        let envelope = encode_batch(messages.clone(), 64 << 10, 1);
+        assert_eq!(envelope.compression, pb::Compression::Zstd as i32);
+        let Some(pb::peer_envelope::Content::Compressed(data)) = &envelope.content else {
+            panic!("expected a compressed envelope");
+        };
+        assert!(data.len() * 10 < envelope.uncompressed_size as usize, "repetitive data compresses well");
+        assert_eq!(decode_envelope(envelope, 64 << 20).unwrap(), messages);
+    }
+
+    #[test]
+    fn small_batches_go_as_they_are() {
+        let envelope = encode_batch(batch(2), 64 << 10, 1);
+        assert!(matches!(envelope.content, Some(pb::peer_envelope::Content::Batch(_))));
+    }
+
+    #[test]
+    fn a_batch_that_would_inflate_past_the_limit_is_refused_before_inflating() {
+        let envelope = encode_batch(batch(1000), 1024, 1);
+        let error = decode_envelope(envelope, 4096).unwrap_err();
+        assert!(error.contains("over the limit"), "{error}");
+        let mut lying = encode_batch(batch(1000), 1024, 1);
+        lying.uncompressed_size = 100; // claims less than it holds
+        assert!(decode_envelope(lying, 64 << 20).is_err());
     }
 }
