@@ -14,8 +14,10 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::sync::atomic::Ordering;
+
 use crate::raft::Role;
-use crate::runtime::NodeHandle;
+use crate::runtime::{NodeHandle, APPEND_BATCH_BUCKETS};
 
 async fn healthz() -> &'static str {
     "ok\n"
@@ -84,6 +86,69 @@ async fn metrics(State(node): State<NodeHandle>) -> String {
     ];
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let counters = node.counters();
+    let totals = [
+        (
+            "kuberaft_proposals_total",
+            "client writes accepted by this leader",
+            &counters.proposals,
+        ),
+        (
+            "kuberaft_proposals_refused_total",
+            "client writes refused (busy, transfer)",
+            &counters.proposals_refused,
+        ),
+        (
+            "kuberaft_snapshots_built_total",
+            "snapshots taken by this member",
+            &counters.snapshots_built,
+        ),
+        (
+            "kuberaft_snapshots_installed_total",
+            "snapshots received from a leader",
+            &counters.snapshots_installed,
+        ),
+    ];
+    for (name, help, value) in totals {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kuberaft_append_batch_entries entries per append sent\n# TYPE kuberaft_append_batch_entries histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bucket) in counters.append_batch_entries.iter().enumerate() {
+        cumulative += bucket.load(Ordering::Relaxed);
+        let le = if i + 1 == APPEND_BATCH_BUCKETS {
+            "+Inf".to_string()
+        } else {
+            (1u64 << i).to_string()
+        };
+        let _ = writeln!(
+            out,
+            "kuberaft_append_batch_entries_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(out, "kuberaft_append_batch_entries_count {cumulative}");
+    let peers = node.peers();
+    if !peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP kuberaft_peer_lag_entries entries a member is behind the leader's log\n# TYPE kuberaft_peer_lag_entries gauge"
+        );
+        for peer in &peers {
+            let _ = writeln!(
+                out,
+                "kuberaft_peer_lag_entries{{peer=\"{:x}\"}} {}",
+                peer.id,
+                status.last_index.saturating_sub(peer.match_index)
+            );
+        }
     }
     let fsync = node.fsync_histogram();
     let _ = writeln!(

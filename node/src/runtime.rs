@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::kv::{KvCommand, KvResult, KvStore};
 use crate::raft::{
-    Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, NodeId, RaftCore, ReadFailure,
-    Status, Term,
+    Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody, NodeId,
+    PeerStatus, RaftCore, ReadFailure, Status, Term,
 };
 use crate::storage::{self, LogStore, PersistRequest, SnapshotStore, WalConfig, WalWriter, WriterConfig};
 
@@ -133,12 +134,35 @@ enum ApplyJob {
     Snapshot(crate::raft::SnapshotMeta),
 }
 
+/// Counters for `/metrics`, bumped by the runtime's tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub proposals: AtomicU64,
+    pub proposals_refused: AtomicU64,
+    pub snapshots_built: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    /// Appends sent, by entry count: bucket `i` counts appends of up to 2^i entries
+    /// (the last bucket: more).
+    pub append_batch_entries: [AtomicU64; APPEND_BATCH_BUCKETS],
+}
+
+pub const APPEND_BATCH_BUCKETS: usize = 10;
+
+impl Counters {
+    fn record_append(&self, entries: usize) {
+        let bucket = (usize::BITS - entries.saturating_sub(1).leading_zeros()) as usize;
+        self.append_batch_entries[bucket.min(APPEND_BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A running node. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
     requests: mpsc::Sender<Request>,
     inbox: mpsc::Sender<Input>,
     status: watch::Receiver<Status>,
+    peers: watch::Receiver<Vec<PeerStatus>>,
+    counters: Arc<Counters>,
     store: watch::Receiver<KvStore>,
     snapshots: SnapshotStore,
     writer: WalWriter,
@@ -188,6 +212,15 @@ impl NodeHandle {
 
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// The leader's view of every other member (empty on followers).
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers.borrow().clone()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Where the transport delivers peer messages and reports link trouble.
@@ -255,6 +288,8 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let (request_tx, request_rx) = mpsc::channel(config.request_capacity);
     let (apply_tx, apply_rx) = mpsc::channel(config.apply_capacity);
     let (status_tx, status_rx) = watch::channel(core.status());
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let counters = Arc::new(Counters::default());
     let (store_tx, store_rx) = watch::channel(kv.clone());
     let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
 
@@ -265,12 +300,15 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         store_tx,
         snapshots.clone(),
         inbox_tx.clone(),
+        counters.clone(),
     ));
 
     let handle = NodeHandle {
         requests: request_tx,
         inbox: inbox_tx,
         status: status_rx,
+        peers: peers_rx,
+        counters: counters.clone(),
         store: store_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
@@ -282,6 +320,8 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         persist_tx,
         apply_tx,
         status_tx,
+        peers_tx,
+        counters,
         pending_reads: HashMap::new(),
         next_read_id: 1,
         snapshot_records: Vec::new(),
@@ -297,6 +337,8 @@ struct CoreTask {
     persist_tx: mpsc::Sender<(Option<u64>, storage::Ack)>,
     apply_tx: mpsc::Sender<ApplyJob>,
     status_tx: watch::Sender<Status>,
+    peers_tx: watch::Sender<Vec<PeerStatus>>,
+    counters: Arc<Counters>,
     pending_reads: HashMap<u64, oneshot::Sender<Result<Index>>>,
     next_read_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
@@ -382,6 +424,7 @@ impl CoreTask {
         match request {
             Request::Propose { command, reply } => match self.core.propose(command.encode()) {
                 Ok((index, term)) => {
+                    self.counters.proposals.fetch_add(1, Ordering::Relaxed);
                     if self
                         .apply_tx
                         .send(ApplyJob::Register { index, term, reply })
@@ -395,6 +438,7 @@ impl CoreTask {
                     let _ = reply.send(Err(Error::NotLeader { leader_hint }));
                 }
                 Err(e) => {
+                    self.counters.proposals_refused.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(e.into()));
                 }
             },
@@ -460,7 +504,14 @@ impl CoreTask {
                             }
                         }
                     }
-                    Command::Send(message) => self.outbox.send(message),
+                    Command::Send(message) => {
+                        if let MessageBody::AppendRequest { entries, .. } = &message.body {
+                            if !entries.is_empty() {
+                                self.counters.record_append(entries.len());
+                            }
+                        }
+                        self.outbox.send(message)
+                    }
                     Command::Apply(entries) => {
                         if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
                             return false;
@@ -504,6 +555,15 @@ impl CoreTask {
                 }
             }
         }
+        let peers = self.core.peers();
+        self.peers_tx.send_if_modified(|current| {
+            if *current != peers {
+                *current = peers;
+                true
+            } else {
+                false
+            }
+        });
         let status = self.core.status();
         self.status_tx.send_if_modified(|current| {
             if *current != status {
@@ -551,6 +611,7 @@ async fn apply_loop(
     published: watch::Sender<KvStore>,
     snapshots: SnapshotStore,
     inbox: mpsc::Sender<Input>,
+    counters: Arc<Counters>,
 ) {
     let mut waiting: HashMap<Index, (Term, oneshot::Sender<Result<KvResult>>)> = HashMap::new();
     while let Some(job) = jobs.recv().await {
@@ -605,6 +666,7 @@ async fn apply_loop(
                     .and_then(|mut reader| KvStore::read_snapshot(&mut reader).map_err(|e| e.to_string()));
                 match loaded {
                     Ok(store) => {
+                        counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
                         kv = store;
                         for (index, (_, reply)) in std::mem::take(&mut waiting) {
                             if index <= kv.applied() {
@@ -632,6 +694,7 @@ async fn apply_loop(
                 let frozen = kv.clone();
                 let snapshots = snapshots.clone();
                 let inbox = inbox.clone();
+                let counters = counters.clone();
                 tokio::task::spawn_blocking(move || {
                     let written = snapshots.create(&meta).and_then(|mut writer| {
                         frozen
@@ -641,6 +704,7 @@ async fn apply_loop(
                     });
                     match written {
                         Ok(_) => {
+                            counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
                             let _ = inbox.blocking_send(Input::SnapshotBuilt(meta));
                         }
                         Err(e) => {

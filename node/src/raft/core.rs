@@ -223,6 +223,17 @@ pub struct Status {
     pub timing: Timing,
 }
 
+/// A leader's view of one member's replication, for status pages and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ReplicationState,
+    pub inflight: usize,
+    pub recent_active: bool,
+}
+
 #[derive(Clone, Debug)]
 struct PendingRead {
     id: u64,
@@ -467,6 +478,22 @@ impl RaftCore {
             membership: self.membership().clone(),
             timing: self.timing,
         }
+    }
+
+    /// Replication progress of every other member (empty unless leader).
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.progress
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, p)| PeerStatus {
+                id: *id,
+                match_index: p.match_index,
+                next_index: p.next_index,
+                state: p.state,
+                inflight: p.inflight.len(),
+                recent_active: p.recent_active,
+            })
+            .collect()
     }
 
     /// Hands out what the inputs so far asked for, in execution order.

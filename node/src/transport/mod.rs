@@ -643,14 +643,20 @@ mod tests {
         let Some(pb::peer_envelope::Content::Compressed(data)) = &envelope.content else {
             panic!("expected a compressed envelope");
         };
-        assert!(data.len() * 10 < envelope.uncompressed_size as usize, "repetitive data compresses well");
+        assert!(
+            data.len() * 10 < envelope.uncompressed_size as usize,
+            "repetitive data compresses well"
+        );
         assert_eq!(decode_envelope(envelope, 64 << 20).unwrap(), messages);
     }
 
     #[test]
     fn small_batches_go_as_they_are() {
         let envelope = encode_batch(batch(2), 64 << 10, 1);
-        assert!(matches!(envelope.content, Some(pb::peer_envelope::Content::Batch(_))));
+        assert!(matches!(
+            envelope.content,
+            Some(pb::peer_envelope::Content::Batch(_))
+        ));
     }
 
     #[test]
