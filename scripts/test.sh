@@ -41,5 +41,8 @@ step "simulator: ${SIM_SEEDS:=2000} seeds from ${SIM_SEED_START:=0} (profile sim
 SIM_SEEDS=$SIM_SEEDS SIM_SEED_START=$SIM_SEED_START \
   cargo test --profile sim --locked -p kuberaft-node --test simulation -- --nocapture
 
+step "the simulator catches three injected consensus bugs (each at least 5 times in the CI seed range)"
+python3 scripts/inject-bugs.py --seeds "$SIM_SEEDS" --require 5
+
 echo
 echo "all tests passed"
