@@ -1,11 +1,13 @@
 //! HTTP endpoints for probes and Prometheus: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! `/healthz` answers while the process serves at all. `/readyz` answers 200 once
-//! the member knows a leader and has applied everything it knows to be committed, so
-//! a Kubernetes Service only routes to members that can answer reads.
+//! the member knows a leader and has applied up to the commit index it learned when
+//! it first saw one (so a restarted member is not routed to before it caught up, and
+//! a busy one does not flap while applying lags commit by a few entries).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,21 +25,31 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(node): State<NodeHandle>) -> (StatusCode, String) {
-    let status = node.status().borrow().clone();
+/// What the probes need: the node, and the commit index it learned when it first
+/// saw a leader (it is ready once it has applied that far).
+#[derive(Clone)]
+struct Probe {
+    node: NodeHandle,
+    catch_up_to: Arc<OnceLock<u64>>,
+}
+
+async fn readyz(State(probe): State<Probe>) -> (StatusCode, String) {
+    let status = probe.node.status().borrow().clone();
     if status.leader.is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no leader\n".into());
     }
-    if status.applied < status.commit {
+    let target = *probe.catch_up_to.get_or_init(|| status.commit);
+    if status.applied < target {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("applying: {} of {}\n", status.applied, status.commit),
+            format!("catching up: applied {} of {target}\n", status.applied),
         );
     }
     (StatusCode::OK, "ok\n".into())
 }
 
-async fn metrics(State(node): State<NodeHandle>) -> String {
+async fn metrics(State(probe): State<Probe>) -> String {
+    let node = &probe.node;
     let status = node.status().borrow().clone();
     let mut out = String::new();
     let role = match status.role {
@@ -175,7 +187,10 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(node);
+        .with_state(Probe {
+            node,
+            catch_up_to: Arc::new(OnceLock::new()),
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -232,6 +232,13 @@ impl NodeHandle {
         &self.snapshots
     }
 
+    /// Waits until everything handed to the WAL so far is durable (used on a graceful
+    /// stop, so in-flight writes finish before the process exits).
+    pub async fn flush(&self) -> Result<()> {
+        self.writer.submit(Vec::new()).await?;
+        Ok(())
+    }
+
     pub fn fsync_histogram(&self) -> storage::FsyncHistogram {
         self.writer.fsync_histogram()
     }

@@ -343,6 +343,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     hand_over_leadership(&node).await;
     let _ = shutdown_tx.send(true);
+    if let Err(e) = node.flush().await {
+        tracing::warn!(error = %e, "could not flush the WAL on the way out");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = peer_server.await;
         let _ = client_server.await;

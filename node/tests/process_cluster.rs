@@ -554,3 +554,48 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         Some(&b"serving"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_leadership_over_and_exits_cleanly() {
+    let mut cluster = ProcCluster::start(3, &["--election-timeout=3000", "--heartbeat-interval=100"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let mut c = client(&cluster.endpoints()).await;
+    for n in 0..50 {
+        c.put(format!("before-{n}"), "x", None).await.unwrap();
+    }
+    let term = cluster.metric(leader, "kuberaft_term").unwrap();
+    cluster.signal(leader, "TERM");
+    let mut child = cluster.members[leader].child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the member did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        cluster.log(leader)
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_for_leader(&others);
+    // A transfer (TimeoutNow) elects the target in the very next term; an election
+    // after a timeout would usually take more (pre-votes, split votes).
+    assert_eq!(cluster.metric(new_leader, "kuberaft_term").unwrap(), term + 1);
+    assert!(
+        cluster.log(leader).contains("terminating"),
+        "{}",
+        cluster.log(leader)
+    );
+    for n in [0, 49] {
+        let value = value_on(
+            &cluster.endpoint(new_leader),
+            &format!("before-{n}"),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(value.as_deref(), Some(&b"x"[..]));
+    }
+}
