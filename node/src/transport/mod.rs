@@ -292,71 +292,175 @@ impl PeerTask {
         }
     }
 
+    /// Streams the snapshot, resuming where the receiver stopped if a transfer is
+    /// interrupted (a few attempts, then the core is told it failed).
     async fn send_snapshot(
         &self,
         client: &mut PeerClient<tonic::transport::Channel>,
         meta: &crate::raft::SnapshotMeta,
     ) -> Result<(), String> {
+        let mut start = 0u64;
+        let mut last_error = String::new();
+        for attempt in 0..SNAPSHOT_ATTEMPTS {
+            match self.stream_snapshot(client, meta, start).await {
+                Ok(ack) if ack.complete => return Ok(()),
+                Ok(ack) if ack.error.starts_with(RESUME_PREFIX) => {
+                    tracing::info!(
+                        to = self.to,
+                        offset = ack.received_offset,
+                        "resuming snapshot transfer"
+                    );
+                    start = ack.received_offset;
+                }
+                Ok(ack) => return Err(format!("peer refused the snapshot: {}", ack.error)),
+                Err(e) => {
+                    last_error = e;
+                    // Ask again from the start; the receiver answers with what it holds.
+                    start = 0;
+                    tokio::time::sleep(self.config.backoff_initial * (attempt + 1)).await;
+                }
+            }
+        }
+        Err(format!(
+            "gave up after {SNAPSHOT_ATTEMPTS} attempts: {last_error}"
+        ))
+    }
+
+    async fn stream_snapshot(
+        &self,
+        client: &mut PeerClient<tonic::transport::Channel>,
+        meta: &crate::raft::SnapshotMeta,
+        start: u64,
+    ) -> Result<pb::SnapshotAck, String> {
         let info = self
             .snapshots
             .latest()
             .map_err(|e| e.to_string())?
             .filter(|i| &i.meta == meta)
             .ok_or_else(|| format!("snapshot {} is no longer held", meta.index))?;
-        let mut reader = self.snapshots.open_reader(&info).map_err(|e| e.to_string())?;
-        let total = info.data_bytes;
-        let chunk_bytes = self.config.snapshot_chunk_bytes;
-        let hello = self.config.hello(self.to);
-        let meta_pb = convert::snapshot_meta_to_pb(meta);
+        let reader = self.snapshots.open_reader(&info).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(4);
-        let reading = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut offset = 0u64;
-            let mut crc = 0u32;
-            let mut first = true;
-            loop {
-                let mut data = vec![0u8; chunk_bytes];
-                let mut filled = 0;
-                while filled < data.len() {
-                    let n = reader.read(&mut data[filled..]).map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                data.truncate(filled);
-                crc = crc32c::crc32c_append(crc, &data);
-                let last = offset + filled as u64 >= total;
-                let chunk = pb::SnapshotChunk {
-                    hello: first.then(|| hello.clone()),
-                    meta: first.then(|| meta_pb.clone()),
-                    offset,
-                    data: data.into(),
-                    total_size: total,
-                    last,
-                    crc32c: if last { crc } else { 0 },
-                };
-                first = false;
-                offset += filled as u64;
-                if tx.blocking_send(chunk).is_err() {
-                    return Err("receiver went away".into());
-                }
-                if last {
-                    return Ok(());
-                }
-            }
+        let reading = tokio::task::spawn_blocking({
+            let hello = self.config.hello(self.to);
+            let meta = convert::snapshot_meta_to_pb(meta);
+            let chunk_bytes = self.config.snapshot_chunk_bytes;
+            let total = info.data_bytes;
+            move || send_chunks(reader, tx, hello, meta, total, start, chunk_bytes)
         });
         let ack = client
             .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(|s| format!("{}: {}", s.code(), s.message()))?
             .into_inner();
-        reading.await.map_err(|e| e.to_string())??;
-        if ack.complete {
-            Ok(())
-        } else {
-            Err(format!("peer refused the snapshot: {}", ack.error))
+        // The receiver may answer early (to ask for a resume); the reader then stops.
+        let _ = reading.await;
+        Ok(ack)
+    }
+}
+
+/// Attempts at one snapshot transfer (each resuming the last) before giving up.
+const SNAPSHOT_ATTEMPTS: u32 = 4;
+/// How a receiver asks the sender to continue from the offset it holds.
+const RESUME_PREFIX: &str = "resume";
+
+/// Reads `reader` from `start` (hashing what it skips, since the checksum covers all
+/// of the data) and sends it in chunks; the first chunk carries hello and metadata.
+fn send_chunks(
+    mut reader: crate::storage::SnapshotReader,
+    tx: mpsc::Sender<pb::SnapshotChunk>,
+    hello: pb::Hello,
+    meta: pb::SnapshotMeta,
+    total: u64,
+    start: u64,
+    chunk_bytes: usize,
+) -> Result<(), String> {
+    let mut crc = 0u32;
+    let mut skipped = 0u64;
+    let mut buffer = vec![0u8; chunk_bytes.max(1)];
+    while skipped < start {
+        let want = ((start - skipped) as usize).min(buffer.len());
+        reader
+            .read_exact(&mut buffer[..want])
+            .map_err(|e| e.to_string())?;
+        crc = crc32c::crc32c_append(crc, &buffer[..want]);
+        skipped += want as u64;
+    }
+    let mut offset = start;
+    let mut first = true;
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() && offset + (filled as u64) < total {
+            let n = reader.read(&mut buffer[filled..]).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let data = &buffer[..filled];
+        crc = crc32c::crc32c_append(crc, data);
+        let last = offset + filled as u64 >= total;
+        let chunk = pb::SnapshotChunk {
+            hello: first.then(|| hello.clone()),
+            meta: first.then(|| meta.clone()),
+            offset,
+            data: data.to_vec().into(),
+            total_size: total,
+            last,
+            crc32c: if last { crc } else { 0 },
+        };
+        first = false;
+        offset += filled as u64;
+        if tx.blocking_send(chunk).is_err() {
+            return Err("the receiver stopped reading".into());
+        }
+        if last {
+            return Ok(());
         }
     }
+}
+
+/// A transfer in progress on the receiving side.
+struct Partial {
+    meta: crate::raft::SnapshotMeta,
+    writer: crate::storage::SnapshotWriter,
+    received: u64,
+    crc: u32,
+}
+
+enum Received {
+    Complete { received: u64 },
+    Interrupted(Partial),
+    Failed(String),
+}
+
+fn receive_chunks(mut partial: Partial, mut rx: mpsc::Receiver<pb::SnapshotChunk>) -> Received {
+    while let Some(chunk) = rx.blocking_recv() {
+        if chunk.offset != partial.received {
+            return Received::Failed(format!(
+                "chunk at {} while {} bytes were received",
+                chunk.offset, partial.received
+            ));
+        }
+        if let Err(e) = partial.writer.write_all(&chunk.data) {
+            return Received::Failed(format!("cannot write the snapshot: {e}"));
+        }
+        partial.crc = crc32c::crc32c_append(partial.crc, &chunk.data);
+        partial.received += chunk.data.len() as u64;
+        if chunk.last {
+            if partial.crc != chunk.crc32c {
+                return Received::Failed(format!(
+                    "checksum mismatch: computed {:#010x}, sender said {:#010x}",
+                    partial.crc, chunk.crc32c
+                ));
+            }
+            let received = partial.received;
+            return match partial.writer.finish() {
+                Ok(_) => Received::Complete { received },
+                Err(e) => Received::Failed(format!("cannot store the snapshot: {e}")),
+            };
+        }
+    }
+    Received::Interrupted(partial)
 }
 
 /// The receiving side, served on the peer port.
@@ -365,6 +469,8 @@ pub struct PeerService {
     config: TransportConfig,
     inbox: mpsc::Sender<Input>,
     snapshots: SnapshotStore,
+    /// Interrupted snapshot transfers, one per sender, to resume.
+    partials: Arc<Mutex<HashMap<NodeId, Partial>>>,
 }
 
 impl PeerService {
@@ -373,6 +479,7 @@ impl PeerService {
             config,
             inbox,
             snapshots,
+            partials: Arc::default(),
         }
     }
 
@@ -487,6 +594,7 @@ impl Peer for PeerService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("the first chunk must carry a hello"))?;
         self.config.check_hello(hello)?;
+        let from = hello.from_id;
         let meta = convert::snapshot_meta_from_pb(
             first
                 .meta
@@ -494,69 +602,87 @@ impl Peer for PeerService {
                 .ok_or_else(|| Status::invalid_argument("the first chunk must carry the metadata"))?,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if first.offset != 0 {
+        // What an earlier, interrupted transfer of the same snapshot left here.
+        let partial = {
+            let mut partials = self.partials.lock().expect("not poisoned");
+            match partials.remove(&from) {
+                Some(p) if p.meta == meta => Some(p),
+                _ => None,
+            }
+        };
+        let held = partial.as_ref().map_or(0, |p| p.received);
+        if first.offset != held {
+            if let Some(p) = partial {
+                self.partials.lock().expect("not poisoned").insert(from, p);
+            }
             return Ok(Response::new(pb::SnapshotAck {
-                received_offset: 0,
+                received_offset: held,
                 complete: false,
-                error: "transfers start at offset 0".into(),
+                error: format!("{RESUME_PREFIX} from offset {held}"),
                 term: 0,
             }));
         }
-        let snapshots = self.snapshots.clone();
-        let (tx, mut rx) = mpsc::channel::<pb::SnapshotChunk>(4);
-        let writing = tokio::task::spawn_blocking(move || -> Result<(u64, u32, bool, u32), String> {
-            let mut writer = snapshots.create(&meta).map_err(|e| e.to_string())?;
-            let mut received = 0u64;
-            let mut crc = 0u32;
-            let mut expected_crc = 0u32;
-            let mut complete = false;
-            while let Some(chunk) = rx.blocking_recv() {
-                if chunk.offset != received {
-                    return Err(format!(
-                        "chunk at {} while {} bytes were received",
-                        chunk.offset, received
-                    ));
-                }
-                writer.write_all(&chunk.data).map_err(|e| e.to_string())?;
-                crc = crc32c::crc32c_append(crc, &chunk.data);
-                received += chunk.data.len() as u64;
-                if chunk.last {
-                    expected_crc = chunk.crc32c;
-                    complete = true;
-                    break;
+        let partial = match partial {
+            Some(p) => p,
+            None => {
+                let writer = self
+                    .snapshots
+                    .create(&meta)
+                    .map_err(|e| Status::internal(format!("cannot store the snapshot: {e}")))?;
+                Partial {
+                    meta: meta.clone(),
+                    writer,
+                    received: 0,
+                    crc: 0,
                 }
             }
-            if complete && crc == expected_crc {
-                writer.finish().map_err(|e| e.to_string())?;
-            }
-            Ok((received, crc, complete, expected_crc))
-        });
+        };
+        let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(4);
+        let writing = tokio::task::spawn_blocking(move || receive_chunks(partial, rx));
         tx.send(first)
             .await
             .map_err(|_| Status::internal("snapshot writer stopped"))?;
-        while let Some(chunk) = chunks.message().await? {
-            if tx.send(chunk).await.is_err() {
-                break;
+        loop {
+            match chunks.message().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(from, %status, "snapshot transfer interrupted; keeping what arrived");
+                    break;
+                }
             }
         }
         drop(tx);
-        let (received, crc, complete, expected) = writing
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(Status::internal)?;
-        let error = if !complete {
-            "the transfer ended before the last chunk".to_string()
-        } else if crc != expected {
-            format!("checksum mismatch: computed {crc:#010x}, sender said {expected:#010x}")
-        } else {
-            String::new()
+        let outcome = writing.await.map_err(|e| Status::internal(e.to_string()))?;
+        let ack = match outcome {
+            Received::Complete { received } => pb::SnapshotAck {
+                received_offset: received,
+                complete: true,
+                error: String::new(),
+                term: 0,
+            },
+            Received::Interrupted(partial) => {
+                let received = partial.received;
+                self.partials.lock().expect("not poisoned").insert(from, partial);
+                pb::SnapshotAck {
+                    received_offset: received,
+                    complete: false,
+                    error: format!("{RESUME_PREFIX} from offset {received}"),
+                    term: 0,
+                }
+            }
+            Received::Failed(reason) => pb::SnapshotAck {
+                received_offset: 0,
+                complete: false,
+                error: reason,
+                term: 0,
+            },
         };
-        Ok(Response::new(pb::SnapshotAck {
-            received_offset: received,
-            complete: error.is_empty(),
-            error,
-            term: 0,
-        }))
+        Ok(Response::new(ack))
     }
 }
 
