@@ -429,7 +429,7 @@ struct Partial {
 
 enum Received {
     Complete { received: u64 },
-    Interrupted(Partial),
+    Interrupted(Box<Partial>),
     Failed(String),
 }
 
@@ -460,7 +460,7 @@ fn receive_chunks(mut partial: Partial, mut rx: mpsc::Receiver<pb::SnapshotChunk
             };
         }
     }
-    Received::Interrupted(partial)
+    Received::Interrupted(Box::new(partial))
 }
 
 /// The receiving side, served on the peer port.
@@ -667,7 +667,7 @@ impl Peer for PeerService {
             },
             Received::Interrupted(partial) => {
                 let received = partial.received;
-                self.partials.lock().expect("not poisoned").insert(from, partial);
+                self.partials.lock().expect("not poisoned").insert(from, *partial);
                 pb::SnapshotAck {
                     received_offset: received,
                     complete: false,
