@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "KUBERAFT_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Batches to a peer at least this large are zstd-compressed (0: never).
+    #[arg(long, env = "KUBERAFT_PEER_COMPRESSION_THRESHOLD_BYTES", default_value_t = 64 * 1024)]
+    pub peer_compression_threshold_bytes: usize,
 }
 
 /// A flag combination that cannot work, named so the user knows what to change.
@@ -275,6 +278,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut transport_config =
         TransportConfig::new(plan.id, args.initial_cluster_token.clone(), plan.cluster_id);
     transport_config.client_urls = plan.advertise_client_urls.clone();
+    transport_config.compress_threshold_bytes = args.peer_compression_threshold_bytes;
+    // Reconnect attempts back off, but never past half an election timeout.
+    transport_config.backoff_max = Duration::from_millis((args.election_timeout / 2).clamp(20, 400));
     let directory = transport_config.directory.clone();
     directory
         .lock()
