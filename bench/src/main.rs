@@ -6,6 +6,11 @@
 //! `get` (linearizable), `get-serializable`, `mixed` (90% linearizable gets, 10%
 //! puts). Reports ops/s and p50/p99/p99.9 latency per client count, as a table and,
 //! with `--json FILE`, as JSON.
+//!
+//! `--workload failover --kill-pid PID` measures unavailability instead: writers run
+//! steadily, the process PID (the leader) is killed with SIGKILL after `--kill-after`,
+//! and the time from the kill to the first acknowledged write *issued after it* is
+//! reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +53,72 @@ struct Args {
     /// A label for the results (e.g. kuberaft or etcd).
     #[arg(long, default_value = "target")]
     label: String,
+    /// failover: the process to kill (the leader).
+    #[arg(long)]
+    kill_pid: Option<u32>,
+    /// failover: how long writes run before the kill.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    kill_after: Duration,
+}
+
+/// Time from SIGKILL of the leader to the first acknowledged write issued after it.
+async fn failover(args: &Args, pool: &[Client]) -> anyhow::Result<f64> {
+    let pid = args.kill_pid.context("--workload failover needs --kill-pid")?;
+    let origin = Instant::now();
+    let killed_at_us = Arc::new(AtomicU64::new(u64::MAX));
+    let recovered_at_us = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let writers = 4.max(pool.len());
+    for w in 0..writers {
+        let mut client = pool[w % pool.len()].clone();
+        let (killed_at_us, recovered_at_us, stop) =
+            (killed_at_us.clone(), recovered_at_us.clone(), stop.clone());
+        let value = vec![b'f'; args.value_bytes];
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let issued_us = origin.elapsed().as_micros() as u64;
+                let ok = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.put(format!("failover-{w}-{n}"), value.clone(), None),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                if ok && issued_us > killed_at_us.load(Ordering::Relaxed) {
+                    recovered_at_us.fetch_min(origin.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                }
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(args.kill_after).await;
+    let status = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()?;
+    // Only once the signal was delivered: a write issued before it says nothing.
+    killed_at_us.store(origin.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if !status.success() {
+        bail!("kill -9 {pid} failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let recovered = recovered_at_us.load(Ordering::Relaxed);
+    if recovered == u64::MAX {
+        bail!("no write was acknowledged within 60 s of the kill");
+    }
+    Ok((recovered - killed_at_us.load(Ordering::Relaxed)) as f64 / 1000.0)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -163,9 +234,9 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !["put", "get", "get-serializable", "mixed"].contains(&args.workload.as_str()) {
+    if !["put", "get", "get-serializable", "mixed", "failover"].contains(&args.workload.as_str()) {
         bail!(
-            "--workload {:?}: expected put, get, get-serializable or mixed",
+            "--workload {:?}: expected put, get, get-serializable, mixed or failover",
             args.workload
         );
     }
@@ -192,6 +263,19 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to {endpoints:?}"))?,
         );
+    }
+    if args.workload == "failover" {
+        let ms = failover(&args, &pool).await?;
+        println!(
+            "{} failover: {ms:.1} ms from kill -9 of the leader to the first acknowledged write",
+            args.label
+        );
+        if let Some(path) = &args.json {
+            let row = serde_json::json!({"label": args.label, "workload": "failover", "failover_ms": ms});
+            std::fs::write(path, serde_json::to_string_pretty(&row)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(());
     }
     if args.workload != "put" {
         // Reads need keys to find.

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of kuberaft and etcd on this machine.
+
+Starts a 3-member kuberaft cluster and a 3-member etcd cluster (Debian etcd-server,
+3.4) on 127.0.0.1, both with fsync on and their data on the same disk, and drives
+both with the same load generator (raft-bench, built on the etcd-client crate):
+
+- every workload (put, linearizable get, serializable get, 90/10 mix) at every
+  client count, alternating systems (A B, then B A, ...) for several rounds;
+- failover: kill -9 of the leader under a steady write load, time until the first
+  acknowledged write, N trials per system (etcd with its defaults, 100 ms / 1000 ms,
+  kuberaft with the same fixed timing);
+- ablation: kuberaft with pipelining and batching off (one entry per append, one
+  append in flight, one fsync per WAL write) against the default, at 64 clients.
+
+Writes bench/RESULTS.md (environment, versions, settings, medians, kuberaft/etcd
+ratios) and bench/results.png (throughput and p99 latency against clients).
+
+    python3 bench/compare.py            # the full run (about 15 minutes)
+    python3 bench/compare.py --quick    # a smoke run (about a minute)
+
+Every process it starts is stopped by its PID when it ends.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+RAFT_NODE = os.path.join(TARGET, "release", "raft-node")
+RAFT_BENCH = os.path.join(TARGET, "release", "raft-bench")
+
+
+def log(*parts):
+    print("[compare]", *parts, flush=True)
+
+
+def ensure_tools():
+    if not shutil.which("etcd") or not shutil.which("etcdctl"):
+        log("installing Debian etcd-server and etcd-client")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "etcd-server", "etcd-client"], check=True)
+    log("building raft-node and raft-bench (release)")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kuberaft-node", "-p", "kuberaft-bench"],
+                   cwd=ROOT, check=True)
+
+
+class Cluster:
+    """Three members of one system; `kind` is 'kuberaft' or 'etcd'."""
+
+    def __init__(self, kind, base_port, workdir, extra=None, name=None):
+        self.kind = kind
+        self.name = name or kind
+        self.base = base_port
+        self.dir = os.path.join(workdir, self.name)
+        self.extra = extra or []
+        self.procs = {}
+        os.makedirs(self.dir, exist_ok=True)
+
+    def ports(self, i):
+        base = self.base + 10 * i
+        return base, base + 1, base + 2  # client, peer, metrics
+
+    def endpoints(self):
+        return [f"127.0.0.1:{self.ports(i)[0]}" for i in range(3)]
+
+    def initial_cluster(self):
+        return ",".join(f"{self.name}{i}=http://127.0.0.1:{self.ports(i)[1]}" for i in range(3))
+
+    def command(self, i):
+        client, peer, metrics = self.ports(i)
+        member = f"{self.name}{i}"
+        common = [
+            f"--name={member}",
+            f"--listen-client-urls=http://127.0.0.1:{client}",
+            f"--advertise-client-urls=http://127.0.0.1:{client}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster={self.initial_cluster()}",
+            "--initial-cluster-state=new",
+            f"--initial-cluster-token={self.name}-bench",
+        ]
+        if self.kind == "etcd":
+            return ["etcd", f"--data-dir={os.path.join(self.dir, member)}",
+                    f"--listen-metrics-urls=http://127.0.0.1:{metrics}"] + common + self.extra
+        return [RAFT_NODE, f"--data-dir={os.path.join(self.dir, member)}",
+                f"--listen-metrics-urls=http://127.0.0.1:{metrics}"] + common + self.extra
+
+    def start(self, i=None):
+        for j in ([i] if i is not None else range(3)):
+            out = open(os.path.join(self.dir, f"member{j}.log"), "ab")
+            self.procs[j] = subprocess.Popen(self.command(j), stdout=out, stderr=out)
+        self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            ok = subprocess.run(
+                ["etcdctl", f"--endpoints={','.join(self.endpoints())}", "--command-timeout=2s",
+                 "put", "__ready", "x"],
+                env=dict(os.environ, ETCDCTL_API="3"), capture_output=True)
+            if ok.returncode == 0 and self.leader() is not None:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready; see {self.dir}")
+
+    def leader(self):
+        """Index of the leader, or None."""
+        if self.kind == "kuberaft":
+            for i in range(3):
+                if i not in self.procs or self.procs[i].poll() is not None:
+                    continue
+                try:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{self.ports(i)[2]}/metrics", timeout=1).read()
+                except OSError:
+                    continue
+                if b"kuberaft_role 3\n" in body:
+                    return i
+            return None
+        for i in range(3):
+            if i not in self.procs or self.procs[i].poll() is not None:
+                continue
+            r = subprocess.run(["etcdctl", f"--endpoints={self.endpoints()[i]}", "--command-timeout=2s",
+                                "endpoint", "status", "-w", "json"],
+                               env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, text=True)
+            if r.returncode != 0:
+                continue
+            status = json.loads(r.stdout)[0]["Status"]
+            if status["header"]["member_id"] == status["leader"]:
+                return i
+        return None
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = {}
+
+
+def bench(cluster, workload, clients, duration, out_dir, tag):
+    path = os.path.join(out_dir, f"{tag}.json")
+    cmd = [RAFT_BENCH, f"--endpoints={','.join(cluster.endpoints())}", f"--workload={workload}",
+           f"--clients={','.join(str(c) for c in clients)}", f"--duration={duration}s",
+           "--connections=8", f"--label={cluster.name}", f"--json={path}", "--keys=10000"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.load(open(path))
+
+
+def failover_trial(cluster, out_dir, tag):
+    leader = cluster.leader()
+    if leader is None:
+        cluster.wait_ready()
+        leader = cluster.leader()
+    pid = cluster.procs[leader].pid
+    path = os.path.join(out_dir, f"{tag}.json")
+    subprocess.run([RAFT_BENCH, f"--endpoints={','.join(cluster.endpoints())}", "--workload=failover",
+                    f"--kill-pid={pid}", "--kill-after=2s", "--connections=4",
+                    f"--label={cluster.name}", f"--json={path}"], check=True, capture_output=True)
+    cluster.procs[leader].wait()
+    cluster.start(leader)  # the killed member comes back before the next trial
+    return json.load(open(path))["failover_ms"]
+
+
+def environment():
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "etcd": first_line(["etcd", "--version"]),
+        "raft-node": first_line([RAFT_NODE, "--version"]),
+        "disk (df of the data directory)": subprocess.run(["df", "-h", tempfile.gettempdir()], capture_output=True,
+                                                          text=True).stdout.strip().splitlines()[-1],
+    }
+
+
+def median_rows(rows):
+    """{(system, workload, clients): {metric: median}} over rounds."""
+    grouped = {}
+    for r in rows:
+        grouped.setdefault((r["label"], r["workload"], r["clients"]), []).append(r)
+    return {k: {m: statistics.median(x[m] for x in v) for m in ("ops_per_second", "p50_ms", "p99_ms", "p999_ms")}
+            for k, v in grouped.items()}
+
+
+def chart(medians, clients, workloads, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, len(workloads), figsize=(4 * len(workloads), 7), squeeze=False)
+    for col, workload in enumerate(workloads):
+        for system, style in (("kuberaft", "o-"), ("etcd", "s--")):
+            xs = [c for c in clients if (system, workload, c) in medians]
+            axes[0][col].plot(xs, [medians[(system, workload, c)]["ops_per_second"] for c in xs], style, label=system)
+            axes[1][col].plot(xs, [medians[(system, workload, c)]["p99_ms"] for c in xs], style, label=system)
+        axes[0][col].set_title(workload)
+        axes[0][col].set_ylabel("ops/s")
+        axes[1][col].set_ylabel("p99 latency (ms)")
+        for row in (0, 1):
+            axes[row][col].set_xscale("log", base=2)
+            axes[row][col].set_xlabel("clients")
+            axes[row][col].legend()
+            axes[row][col].grid(True, alpha=0.3)
+    fig.suptitle("kuberaft vs etcd 3.4, 3 members on 127.0.0.1, fsync on (medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per point")
+    parser.add_argument("--clients", default="1,16,64,256")
+    parser.add_argument("--failover-trials", type=int, default=10)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.clients, args.failover_trials = 1, 1, "1,16", 1
+    clients = [int(c) for c in args.clients.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    workloads = ["put", "get", "get-serializable", "mixed"]
+    ensure_tools()
+    work = tempfile.mkdtemp(prefix="kuberaft-compare-")
+    raw = os.path.join(work, "raw")
+    os.makedirs(raw)
+    timing = ["--heartbeat-interval=100", "--election-timeout=1000"]
+    kuberaft = Cluster("kuberaft", 41000, work, timing)
+    etcd = Cluster("etcd", 42000, work, timing)
+    ablated = Cluster("kuberaft", 43000, work, timing + ["--max-inflight-appends=1", "--max-append-entries=1",
+                                                         "--wal-fsync-per-write"], name="ablated")
+    clusters = [kuberaft, etcd]
+    rows, failovers, ablation = [], {"kuberaft": [], "etcd": []}, []
+    try:
+        for c in clusters:
+            log("starting", c.name)
+            c.start()
+        for rnd in range(args.rounds):
+            order = clusters if rnd % 2 == 0 else list(reversed(clusters))
+            for workload in workloads:
+                for c in order:
+                    log(f"round {rnd + 1}/{args.rounds}: {workload} on {c.name}")
+                    rows += bench(c, workload, clients, args.duration, raw, f"{c.name}-{workload}-{rnd}")
+        for trial in range(args.failover_trials):
+            for c in clusters:
+                ms = failover_trial(c, raw, f"failover-{c.name}-{trial}")
+                log(f"failover trial {trial + 1}: {c.name} {ms:.0f} ms")
+                failovers[c.name].append(ms)
+        for c in clusters:
+            c.stop()
+        log("ablation: pipelining and batching off")
+        try:
+            ablated.start()
+            for rnd in range(args.rounds):
+                ablation += bench(ablated, "put", [64], args.duration, raw, f"ablated-{rnd}")
+        except (subprocess.CalledProcessError, RuntimeError) as e:
+            log(f"ablation not run: {e}")
+        finally:
+            ablated.stop()
+        kuberaft.start()
+        for rnd in range(args.rounds):
+            ablation += [dict(r, label="kuberaft-default") for r in
+                         bench(kuberaft, "put", [64], args.duration, raw, f"default-{rnd}")]
+    finally:
+        for c in clusters + [ablated]:
+            c.stop()
+    medians = median_rows(rows)
+    write_report(args, clients, workloads, medians, failovers, ablation, environment())
+    chart(medians, clients, workloads, os.path.join(args.out, "results.png"))
+    log("wrote", os.path.join(args.out, "RESULTS.md"), "and results.png; raw data in", raw)
+
+
+def write_report(args, clients, workloads, medians, failovers, ablation, env):
+    lines = ["# kuberaft vs etcd: results", "",
+             f"Generated by `python3 bench/compare.py{' --quick' if args.quick else ''}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Medians of {args.rounds} round(s), "
+             f"{args.duration} s per point, systems alternated every workload.", "",
+             "## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    lines += ["", "## Settings", "",
+              "- 3 members each on 127.0.0.1, data under the same temporary directory, fsync on for both "
+              "(etcd defaults; kuberaft group commit with fdatasync).",
+              "- Heartbeat 100 ms, election timeout 1000 ms for both (etcd's defaults).",
+              "- Load: raft-bench (etcd-client crate), 8 gRPC connections, 8-byte keys over 10,000 keys, "
+              "256-byte values; get = linearizable, get-serializable = serializable, mixed = 90% get / 10% put.",
+              "", "## Throughput and latency", "",
+              "| workload | clients | kuberaft ops/s | etcd ops/s | ratio | kuberaft p99 ms | etcd p99 ms | p99 ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+    for w in workloads:
+        for c in clients:
+            k, e = medians.get(("kuberaft", w, c)), medians.get(("etcd", w, c))
+            if not k or not e:
+                continue
+            lines.append(f"| {w} | {c} | {k['ops_per_second']:.0f} | {e['ops_per_second']:.0f} | "
+                         f"{k['ops_per_second'] / e['ops_per_second']:.2f} | {k['p99_ms']:.2f} | {e['p99_ms']:.2f} | "
+                         f"{k['p99_ms'] / e['p99_ms']:.2f} |")
+    lines += ["", "## Failover (kill -9 of the leader under a steady write load)", "",
+              "| system | trials | median ms | min ms | max ms |", "|---|---|---|---|---|"]
+    for name, values in failovers.items():
+        if values:
+            lines.append(f"| {name} (100 ms / 1000 ms) | {len(values)} | {statistics.median(values):.0f} | "
+                         f"{min(values):.0f} | {max(values):.0f} |")
+    lines.append("| kuberaft, adaptive timing | - | not measured: the adaptive rule arrives with the operator "
+                 "(issue 7) | | |")
+    lines += ["", "## Ablation: pipelining and batching off (put, 64 clients)", ""]
+    abl = {}
+    for r in ablation:
+        abl.setdefault(r["label"], []).append(r["ops_per_second"])
+    if "ablated" in abl and "kuberaft-default" in abl:
+        a, d = statistics.median(abl["ablated"]), statistics.median(abl["kuberaft-default"])
+        lines += [f"- default: {d:.0f} ops/s; one entry per append, one append in flight, one fsync per WAL "
+                  f"write: {a:.0f} ops/s; ratio {d / a:.1f}x."]
+    else:
+        lines += ["- not measured in this run (see the log)."]
+    lines += ["", "![throughput and p99 latency against clients](results.png)", ""]
+    with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
