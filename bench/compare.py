@@ -67,6 +67,7 @@ class Cluster:
         os.makedirs(self.dir, exist_ok=True)
 
     def ports(self, i):
+        # Below the kernel's ephemeral range, so that no outgoing connection holds them.
         base = self.base + 10 * i
         return base, base + 1, base + 2  # client, peer, metrics
 
@@ -258,9 +259,9 @@ def main():
     raw = os.path.join(work, "raw")
     os.makedirs(raw)
     timing = ["--heartbeat-interval=100", "--election-timeout=1000"]
-    kuberaft = Cluster("kuberaft", 41000, work, timing)
-    etcd = Cluster("etcd", 42000, work, timing)
-    ablated = Cluster("kuberaft", 43000, work, timing + ["--max-inflight-appends=1", "--max-append-entries=1",
+    kuberaft = Cluster("kuberaft", 24000, work, timing)
+    etcd = Cluster("etcd", 25000, work, timing)
+    ablated = Cluster("kuberaft", 26000, work, timing + ["--max-inflight-appends=1", "--max-append-entries=1",
                                                          "--wal-fsync-per-write"], name="ablated")
     clusters = [kuberaft, etcd]
     rows, failovers, ablation = [], {"kuberaft": [], "etcd": []}, []
