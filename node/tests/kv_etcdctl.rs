@@ -484,3 +484,60 @@ async fn get_options_prev_kv_and_txns_work_through_etcdctl_and_the_etcd_client_c
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restored_from_a_snapshot_serves_the_same_history_and_compaction() {
+    let mut cluster = ProcCluster::start(3, &["--snapshot-count=100"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let live: Vec<String> = (0..3)
+        .filter(|&i| i != follower)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(1));
+    let mut client = Client::connect(&live, Some(options)).await.unwrap();
+    // Revision n holds h = v{n}; the compaction lands in the middle, so the snapshots
+    // taken after it carry both the compacted revision and the history above it.
+    for n in 1..=600 {
+        client.put("h", format!("v{n}"), None).await.unwrap();
+    }
+    client.compact(300, None).await.unwrap();
+    for n in 601..=1200 {
+        client.put("h", format!("v{n}"), None).await.unwrap();
+    }
+    cluster.spawn(follower);
+    let e = cluster.endpoint(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = etcdctl(&e, &["get", "h", "--consistency=s", "-w", "fields"]);
+        if field(&out, "Value").as_deref() == Some("v1200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower never caught up: {out}\n{}",
+            cluster.log(follower)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cluster
+            .metric(follower, "kuberaft_snapshots_installed_total")
+            .unwrap_or(0)
+            > 0,
+        "the follower came back through a snapshot from the leader"
+    );
+    for revision in [300, 301, 777, 1200] {
+        let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", &format!("--rev={revision}")]);
+        assert!(ok && out == format!("h\nv{revision}\n"), "rev {revision}: {out}");
+    }
+    let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", "--rev=299"]);
+    assert!(!ok, "{out}");
+    assert_eq!(
+        error_line(&out),
+        "Error: etcdserver: mvcc: required revision has been compacted"
+    );
+}
