@@ -483,6 +483,15 @@ async fn get_options_prev_kv_and_txns_work_through_etcdctl_and_the_etcd_client_c
         err.to_string().contains("required revision has been compacted"),
         "{err}"
     );
+
+    // A put may keep the current value; the key must exist.
+    let (ok, out) = etcdctl(&e, &["put", "--ignore-value", "p/c"]);
+    assert!(ok && out.trim() == "OK", "{out}");
+    let c = client.get("p/c", None).await.unwrap();
+    assert_eq!((c.kvs()[0].value(), c.kvs()[0].version()), (&b"3"[..], 2));
+    let (ok, out) = etcdctl(&e, &["put", "--ignore-value", "p/missing"]);
+    assert!(!ok, "{out}");
+    assert_eq!(error_line(&out), "Error: etcdserver: key not found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,33 @@ impl Kv for KvService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
         put_checks(&r)?;
+        if r.ignore_value || r.ignore_lease {
+            // A put that keeps the current value or lease needs the key to exist when
+            // it is applied: that check is a txn's, so it travels as a one-put txn.
+            let command = KvCommand::Txn(Txn {
+                compares: Vec::new(),
+                success: vec![put_op(&r)],
+                failure: Vec::new(),
+            });
+            return match self.node.propose(command).await {
+                Ok(KvResult::Txn {
+                    revision, responses, ..
+                }) => match responses.into_iter().next() {
+                    Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
+                        header: self.header(revision),
+                        prev_kv: prev.as_ref().map(kv_to_pb),
+                    })),
+                    other => Err(Status::internal(format!("unexpected result {other:?}"))),
+                },
+                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let mut leader = self.leader_client(leader_hint).await?;
+                    leader.put(r).await
+                }
+                Err(e) => Err(to_status(e)),
+            };
+        }
         let command = KvCommand::Put {
             key: Bytes::from(r.key.clone()),
             value: Bytes::from(r.value.clone()),
@@ -305,6 +332,7 @@ fn kv_status(error: KvError) -> Status {
         KvError::DuplicateKey | KvError::TooManyOps | KvError::TooDeep => {
             Status::invalid_argument(error.to_string())
         }
+        KvError::KeyNotFound => Status::not_found(error.to_string()),
     }
 }
 
@@ -355,15 +383,27 @@ fn put_checks(r: &pb::PutRequest) -> Result<(), Status> {
         return Err(empty_key());
     }
     check_size("put", r.key.len() + r.value.len())?;
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
     if r.lease != 0 {
         return Err(Status::not_found("etcdserver: requested lease not found"));
     }
-    if r.ignore_value || r.ignore_lease {
-        return Err(Status::unimplemented(
-            "ignore_value and ignore_lease arrive with the etcd API issue",
-        ));
-    }
     Ok(())
+}
+
+fn put_op(r: &pb::PutRequest) -> TxnOp {
+    TxnOp::Put {
+        key: Bytes::from(r.key.clone()),
+        value: Bytes::from(r.value.clone()),
+        lease: 0,
+        prev_kv: r.prev_kv,
+        ignore_value: r.ignore_value,
+        ignore_lease: r.ignore_lease,
+    }
 }
 
 /// Translates a client's txn, refusing what a plain request would refuse.
@@ -428,12 +468,7 @@ fn txn_from_pb(r: &pb::TxnRequest, depth: usize) -> Result<Txn, Status> {
                 Some(Op::RequestRange(r)) => Ok(TxnOp::Range(range_query(r)?)),
                 Some(Op::RequestPut(r)) => {
                     put_checks(r)?;
-                    Ok(TxnOp::Put {
-                        key: Bytes::from(r.key.clone()),
-                        value: Bytes::from(r.value.clone()),
-                        lease: 0,
-                        prev_kv: r.prev_kv,
-                    })
+                    Ok(put_op(r))
                 }
                 Some(Op::RequestDeleteRange(r)) => {
                     if r.key.is_empty() {

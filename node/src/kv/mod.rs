@@ -112,6 +112,8 @@ pub enum KvError {
     TooManyOps,
     #[error("etcdserver: txn request is nested too deeply")]
     TooDeep,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -1094,6 +1096,8 @@ mod tests {
                 value: Bytes::from("v"),
                 lease: 0,
                 prev_kv: false,
+                ignore_value: false,
+                ignore_lease: true,
             }],
         };
         for command in [KvCommand::Compact { revision: 42 }, KvCommand::Txn(txn)] {

@@ -55,6 +55,10 @@ pub enum TxnOp {
         value: Bytes,
         lease: i64,
         prev_kv: bool,
+        /// Keep the key's current value (`value` must be empty); the key must exist.
+        ignore_value: bool,
+        /// Keep the key's current lease (`lease` must be 0); the key must exist.
+        ignore_lease: bool,
     },
     DeleteRange {
         key: Bytes,
@@ -259,12 +263,14 @@ fn encode_op(op: &TxnOp, out: &mut BytesMut) {
             value,
             lease,
             prev_kv,
+            ignore_value,
+            ignore_lease,
         } => {
             out.put_u8(OP_PUT);
             put_field(out, key);
             put_field(out, value);
             out.put_i64_le(*lease);
-            out.put_u8(u8::from(*prev_kv));
+            out.put_u8(u8::from(*prev_kv) | u8::from(*ignore_value) << 1 | u8::from(*ignore_lease) << 2);
         }
         TxnOp::DeleteRange {
             key,
@@ -328,12 +334,21 @@ fn decode_branch(buf: &mut Bytes, depth: usize) -> Result<Vec<TxnOp>, CodecError
     let mut ops = Vec::with_capacity(count);
     for _ in 0..count {
         let op = match get_u8(buf)? {
-            OP_PUT => TxnOp::Put {
-                key: get_field(buf)?,
-                value: get_field(buf)?,
-                lease: get_i64(buf)?,
-                prev_kv: get_bool(buf)?,
-            },
+            OP_PUT => {
+                let (key, value, lease) = (get_field(buf)?, get_field(buf)?, get_i64(buf)?);
+                let flags = get_u8(buf)?;
+                if flags > 0b111 {
+                    return Err(CodecError::UnknownType(flags));
+                }
+                TxnOp::Put {
+                    key,
+                    value,
+                    lease,
+                    prev_kv: flags & 1 != 0,
+                    ignore_value: flags & 2 != 0,
+                    ignore_lease: flags & 4 != 0,
+                }
+            }
             OP_DELETE_RANGE => TxnOp::DeleteRange {
                 key: get_field(buf)?,
                 range_end: get_field(buf)?,
@@ -430,6 +445,8 @@ impl KvStore {
         kvs.into_iter().all(|kv| compare_kv(c, kv))
     }
 
+    /// What etcd checks before a txn runs, on the state before it: the revisions of
+    /// the reads, and that a put keeping a value or lease has one to keep.
     fn check_txn_reads(&self, txn: &Txn) -> Result<(), KvError> {
         let branch = if self.compares_hold(txn) {
             &txn.success
@@ -442,7 +459,19 @@ impl KvStore {
                     self.check_read_revision(q.revision)?;
                 }
                 TxnOp::Txn(inner) => self.check_txn_reads(inner)?,
-                TxnOp::Put { .. } | TxnOp::DeleteRange { .. } => {}
+                TxnOp::Put {
+                    key,
+                    ignore_value,
+                    ignore_lease,
+                    ..
+                } => {
+                    if (*ignore_value || *ignore_lease)
+                        && self.scan_at(key, &[], self.revision).next().is_none()
+                    {
+                        return Err(KvError::KeyNotFound);
+                    }
+                }
+                TxnOp::DeleteRange { .. } => {}
             }
         }
         Ok(())
@@ -469,8 +498,14 @@ impl KvStore {
                     value,
                     lease,
                     prev_kv,
+                    ignore_value,
+                    ignore_lease,
                 } => {
-                    let prev = self.write_put(pending, key, value, *lease);
+                    let current = self.scan_at(key, &[], i64::MAX).next().cloned();
+                    let kept = |keep: bool| if keep { current.as_ref() } else { None };
+                    let value = kept(*ignore_value).map_or(value, |kv| &kv.value).clone();
+                    let lease = kept(*ignore_lease).map_or(*lease, |kv| kv.lease);
+                    let prev = self.write_put(pending, key, &value, lease);
                     *changed = true;
                     OpResult::Put {
                         prev: if *prev_kv { prev } else { None },
@@ -542,6 +577,8 @@ mod tests {
             value: b(value),
             lease: 0,
             prev_kv: true,
+            ignore_value: false,
+            ignore_lease: false,
         }
     }
 
@@ -852,5 +889,38 @@ mod tests {
             panic!()
         };
         assert!(matches!(&responses[0], OpResult::Range(r) if r.kvs[0].value == b("v1")));
+    }
+
+    #[test]
+    fn a_put_that_ignores_the_value_keeps_it_and_needs_the_key_to_exist() {
+        let mut s = Store::new();
+        let keep_value = |key: &str| TxnOp::Put {
+            key: b(key),
+            value: Bytes::new(),
+            lease: 0,
+            prev_kv: false,
+            ignore_value: true,
+            ignore_lease: true,
+        };
+        assert!(matches!(
+            s.txn(vec![], vec![keep_value("k1")], vec![]),
+            KvResult::Txn { revision: 4, .. }
+        ));
+        let k1 = &s.kv.range(b"k1", b"", 0, false, false).kvs[0];
+        assert_eq!((k1.value.clone(), k1.version, k1.mod_revision), (b("v1b"), 3, 4));
+        assert_eq!(
+            s.txn(vec![], vec![put("k2", "x"), keep_value("missing")], vec![]),
+            KvResult::Failed {
+                revision: 4,
+                error: KvError::KeyNotFound
+            }
+        );
+        assert_eq!(s.value("k2"), Some(b("v2")));
+        let command = KvCommand::Txn(Txn {
+            compares: vec![],
+            success: vec![keep_value("k1")],
+            failure: vec![],
+        });
+        assert_eq!(KvCommand::decode(command.encode()).unwrap(), command);
     }
 }
