@@ -1119,4 +1119,173 @@ mod tests {
             Err(CodecError::TooMany("txn operation count"))
         );
     }
+
+    #[test]
+    fn a_sort_target_without_an_order_sorts_ascending_and_filters_apply_at_past_revisions() {
+        let store = store_with_history();
+        let query = RangeQuery {
+            sort_target: SortTarget::Mod,
+            revision: 3,
+            ..RangeQuery::new("a", vec![0])
+        };
+        let keys: Vec<_> = store
+            .query(&query)
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec![Bytes::from("b"), Bytes::from("a")]);
+        let filtered = RangeQuery {
+            min_mod_revision: 3,
+            ..query
+        };
+        assert_eq!(store.query(&filtered).unwrap().count, 1);
+    }
+
+    /// The store against a model that keeps a full copy of the key space per revision:
+    /// random puts, deletes, txns and compactions, then every readable revision is
+    /// compared, and a snapshot must answer the same.
+    #[test]
+    fn history_matches_a_copy_per_revision_model_under_random_commands() {
+        use std::collections::BTreeMap;
+
+        use rand::{Rng, SeedableRng};
+
+        for seed in 0..20u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut store = KvStore::default();
+            let mut model: Vec<BTreeMap<Bytes, KeyValue>> = vec![BTreeMap::new()];
+            let key = |rng: &mut rand_chacha::ChaCha8Rng| Bytes::from(format!("k{}", rng.gen_range(0..8)));
+            for index in 1..=300 {
+                let revision = store.revision() + 1;
+                let mut next = model.last().unwrap().clone();
+                let model_put = |next: &mut BTreeMap<Bytes, KeyValue>, key: &Bytes, value: &Bytes| {
+                    let prev = next.get(key).cloned();
+                    next.insert(
+                        key.clone(),
+                        KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+                            mod_revision: revision,
+                            version: prev.as_ref().map_or(1, |p| p.version + 1),
+                            lease: 0,
+                        },
+                    );
+                };
+                let command = match rng.gen_range(0..10) {
+                    0..=4 => {
+                        let (k, v) = (key(&mut rng), Bytes::from(format!("v{index}")));
+                        model_put(&mut next, &k, &v);
+                        KvCommand::Put {
+                            key: k,
+                            value: v,
+                            lease: 0,
+                            prev_kv: false,
+                        }
+                    }
+                    5 | 6 => {
+                        let (a, b) = (key(&mut rng), key(&mut rng));
+                        let (start, end) = if a <= b { (a, b) } else { (b, a) };
+                        next.retain(|k, _| !in_range(k, &start, &end));
+                        KvCommand::DeleteRange {
+                            key: start,
+                            range_end: end,
+                            prev_kv: false,
+                        }
+                    }
+                    7 | 8 => {
+                        // Distinct keys: puts on the first ones, a delete on the last.
+                        let mut keys: Vec<Bytes> = (0..3).map(|_| key(&mut rng)).collect();
+                        keys.sort();
+                        keys.dedup();
+                        let doomed = keys.pop().unwrap();
+                        let mut success: Vec<TxnOp> = keys
+                            .iter()
+                            .map(|k| {
+                                let v = Bytes::from(format!("t{index}"));
+                                model_put(&mut next, k, &v);
+                                TxnOp::Put {
+                                    key: k.clone(),
+                                    value: v,
+                                    lease: 0,
+                                    prev_kv: false,
+                                    ignore_value: false,
+                                    ignore_lease: false,
+                                }
+                            })
+                            .collect();
+                        next.remove(&doomed);
+                        success.push(TxnOp::DeleteRange {
+                            key: doomed,
+                            range_end: Bytes::new(),
+                            prev_kv: false,
+                        });
+                        KvCommand::Txn(Txn {
+                            compares: vec![],
+                            success,
+                            failure: vec![],
+                        })
+                    }
+                    _ => {
+                        let revision = rng.gen_range(store.compacted() + 1..=store.revision() + 1);
+                        KvCommand::Compact { revision }
+                    }
+                };
+                let compacted_before = store.compacted();
+                let result = store.apply(index, &command);
+                if let KvCommand::Compact { revision } = command {
+                    let expected = if revision > store.revision() {
+                        KvResult::Failed {
+                            revision: store.revision(),
+                            error: KvError::FutureRevision,
+                        }
+                    } else {
+                        KvResult::Compact {
+                            revision: store.revision(),
+                        }
+                    };
+                    assert_eq!(result, expected, "seed {seed}, compacted {compacted_before}");
+                    continue;
+                }
+                if store.revision() == revision {
+                    model.push(next);
+                } else {
+                    assert_eq!(&next, model.last().unwrap(), "seed {seed}: nothing changed");
+                }
+            }
+            assert_eq!(model.len() as i64, store.revision() + 1);
+            assert!(store.compacted() > 0, "seed {seed} never compacted");
+            let mut buf = Vec::new();
+            store.write_snapshot(&mut buf).unwrap();
+            let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
+            for s in [&store, &restored] {
+                // Revision 0 asks for the current one.
+                for (revision, expected) in model
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .chain([(0, model.last().unwrap())])
+                {
+                    let revision = revision as i64;
+                    let query = RangeQuery {
+                        revision,
+                        ..RangeQuery::new("k", vec![0])
+                    };
+                    match s.query(&query) {
+                        Ok(result) => {
+                            assert!(revision == 0 || revision >= s.compacted());
+                            let expected: Vec<KeyValue> = expected.values().cloned().collect();
+                            assert_eq!(result.kvs, expected, "seed {seed}, revision {revision}");
+                        }
+                        Err(e) => {
+                            assert_eq!(e, KvError::Compacted);
+                            assert!(revision < s.compacted(), "seed {seed}, revision {revision}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
