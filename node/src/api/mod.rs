@@ -1,8 +1,9 @@
 //! The client API: etcd v3 gRPC services, wire compatible with etcd 3.4+ clients.
 //!
-//! Today: KV `Put`, `Range` and `DeleteRange`, enough for `etcdctl put/get/del` and
-//! any etcd client library's basic use. `Txn` and `Compact`, Watch, Lease, Cluster
-//! and Maintenance arrive with the etcd API issue and answer UNIMPLEMENTED until then.
+//! Today: the KV service (`Put`, `Range` at any revision not compacted, `DeleteRange`,
+//! `Txn` and `Compact`), enough for `etcdctl put/get/del/txn/compaction` and any etcd
+//! client library's KV use. Watch, Lease, Cluster and Maintenance arrive with the
+//! etcd API issue and answer UNIMPLEMENTED until then.
 //!
 //! Any member accepts any request. Writes on a follower are forwarded to the leader
 //! (whose client URLs the transport learned in the peers' hello); linearizable reads
@@ -19,7 +20,10 @@ use kuberaft_proto::etcdserverpb::kv_server::Kv;
 use kuberaft_proto::mvccpb;
 use tonic::{Request, Response, Status};
 
-use crate::kv::{KeyValue, KvCommand, KvResult, KvStore};
+use crate::kv::{
+    Compare, CompareResult, CompareTarget, KeyValue, KvCommand, KvError, KvResult, KvStore, OpResult,
+    RangeQuery, RangeResult, SortOrder, SortTarget, Txn, TxnOp, TXN_DEPTH_MAX, TXN_OPS_MAX,
+};
 use crate::raft::NodeId;
 use crate::runtime::{self, NodeHandle};
 use crate::transport::Directory;
@@ -125,95 +129,45 @@ fn check_size(what: &str, bytes: usize) -> Result<(), Status> {
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
-        }
-        if r.limit < 0 {
-            return Err(Status::invalid_argument("etcdserver: limit must not be negative"));
-        }
+        let query = range_query(&r)?;
         let store = if r.serializable {
             self.node.read_local()
         } else {
             self.linearizable_store().await?
         };
-        if r.revision > store.revision() {
-            return Err(Status::out_of_range(
-                "etcdserver: mvcc: required revision is a future revision",
-            ));
-        }
-        if r.revision > 0 && r.revision < store.revision() {
-            return Err(Status::unimplemented(
-                "reads at a past revision are not served yet (history arrives with the MVCC issue)",
-            ));
-        }
-        let filtered = r.min_mod_revision > 0
-            || r.max_mod_revision > 0
-            || r.min_create_revision > 0
-            || r.max_create_revision > 0;
-        let sorted = r.sort_order != pb::range_request::SortOrder::None as i32;
-        // Sorting and filtering need every key first; the limit applies after.
-        let direct_limit = if filtered || sorted { 0 } else { r.limit as usize };
-        let result = store.range(
-            &r.key,
-            &r.range_end,
-            direct_limit,
-            r.count_only && !filtered,
-            r.keys_only,
-        );
-        let mut kvs = result.kvs;
-        let mut count = result.count;
-        if filtered {
-            kvs.retain(|kv| {
-                (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
-                    && (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
-                    && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
-                    && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
-            });
-            count = kvs.len() as i64;
-        }
-        if sorted {
-            use pb::range_request::{SortOrder, SortTarget};
-            let target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
-            kvs.sort_by(|a, b| match target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version).then(a.key.cmp(&b.key)),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Value => a.value.cmp(&b.value).then(a.key.cmp(&b.key)),
-            });
-            if r.sort_order == SortOrder::Descend as i32 {
-                kvs.reverse();
-            }
-        }
-        let mut more = result.more;
-        if r.limit > 0 && kvs.len() > r.limit as usize {
-            kvs.truncate(r.limit as usize);
-            more = true;
-        }
-        if r.count_only {
-            kvs.clear();
-        }
-        Ok(Response::new(pb::RangeResponse {
-            header: self.header(result.revision),
-            kvs: kvs.iter().map(kv_to_pb).collect(),
-            more,
-            count,
-        }))
+        let result = store.query(&query).map_err(kv_status)?;
+        Ok(Response::new(self.range_response(result)))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
-        }
-        check_size("put", r.key.len() + r.value.len())?;
-        if r.lease != 0 {
-            return Err(Status::not_found("etcdserver: requested lease not found"));
-        }
+        put_checks(&r)?;
         if r.ignore_value || r.ignore_lease {
-            return Err(Status::unimplemented(
-                "ignore_value and ignore_lease arrive with the etcd API issue",
-            ));
+            // A put that keeps the current value or lease needs the key to exist when
+            // it is applied: that check is a txn's, so it travels as a one-put txn.
+            let command = KvCommand::Txn(Txn {
+                compares: Vec::new(),
+                success: vec![put_op(&r)],
+                failure: Vec::new(),
+            });
+            return match self.node.propose(command).await {
+                Ok(KvResult::Txn {
+                    revision, responses, ..
+                }) => match responses.into_iter().next() {
+                    Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
+                        header: self.header(revision),
+                        prev_kv: prev.as_ref().map(kv_to_pb),
+                    })),
+                    other => Err(Status::internal(format!("unexpected result {other:?}"))),
+                },
+                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let mut leader = self.leader_client(leader_hint).await?;
+                    leader.put(r).await
+                }
+                Err(e) => Err(to_status(e)),
+            };
         }
         let command = KvCommand::Put {
             key: Bytes::from(r.key.clone()),
@@ -241,7 +195,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let r = request.into_inner();
         if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+            return Err(empty_key());
         }
         check_size("delete", r.key.len() + r.range_end.len())?;
         let command = KvCommand::DeleteRange {
@@ -268,14 +222,272 @@ impl Kv for KvService {
         }
     }
 
-    async fn txn(&self, _request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        Err(Status::unimplemented("Txn arrives with the etcd API issue"))
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = request.into_inner();
+        let txn = txn_from_pb(&r, 0)?;
+        txn.check().map_err(kv_status)?;
+        if !txn.writes() {
+            // Like etcd, a txn that only reads is served as a linearizable read.
+            let store = self.linearizable_store().await?;
+            return self.txn_response(store.evaluate_read_only_txn(&txn));
+        }
+        let command = KvCommand::Txn(txn);
+        check_size("txn", command.encode().len())?;
+        match self.node.propose(command).await {
+            Ok(result) => self.txn_response(result),
+            Err(runtime::Error::NotLeader { leader_hint }) => {
+                let mut leader = self.leader_client(leader_hint).await?;
+                leader.txn(r).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
     }
 
     async fn compact(
         &self,
-        _request: Request<pb::CompactionRequest>,
+        request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        Err(Status::unimplemented("Compact arrives with the etcd API issue"))
+        let r = request.into_inner();
+        // `physical` asks etcd to answer only once the compaction reached its backend;
+        // here compaction is applied in memory with the log entry, so the answer comes
+        // after that in either case: physical is treated as logical.
+        let command = KvCommand::Compact { revision: r.revision };
+        match self.node.propose(command).await {
+            Ok(KvResult::Compact { revision }) => Ok(Response::new(pb::CompactionResponse {
+                header: self.header(revision),
+            })),
+            Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(runtime::Error::NotLeader { leader_hint }) => {
+                let mut leader = self.leader_client(leader_hint).await?;
+                leader.compact(r).await
+            }
+            Err(e) => Err(to_status(e)),
+        }
     }
+}
+
+impl KvService {
+    fn range_response(&self, result: RangeResult) -> pb::RangeResponse {
+        pb::RangeResponse {
+            header: self.header(result.revision),
+            kvs: result.kvs.iter().map(kv_to_pb).collect(),
+            more: result.more,
+            count: result.count,
+        }
+    }
+
+    fn txn_response(&self, result: KvResult) -> Result<Response<pb::TxnResponse>, Status> {
+        match result {
+            KvResult::Txn {
+                revision,
+                succeeded,
+                responses,
+            } => Ok(Response::new(
+                self.txn_response_pb(revision, succeeded, responses),
+            )),
+            KvResult::Failed { error, .. } => Err(kv_status(error)),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    fn txn_response_pb(&self, revision: i64, succeeded: bool, responses: Vec<OpResult>) -> pb::TxnResponse {
+        use pb::response_op::Response as Op;
+        let responses = responses
+            .into_iter()
+            .map(|response| {
+                let response = match response {
+                    OpResult::Range(result) => Op::ResponseRange(self.range_response(result)),
+                    OpResult::Put { prev } => Op::ResponsePut(pb::PutResponse {
+                        header: self.header(revision),
+                        prev_kv: prev.as_ref().map(kv_to_pb),
+                    }),
+                    OpResult::DeleteRange { deleted, prev } => {
+                        Op::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header: self.header(revision),
+                            deleted,
+                            prev_kvs: prev.iter().map(kv_to_pb).collect(),
+                        })
+                    }
+                    OpResult::Txn { succeeded, responses } => {
+                        Op::ResponseTxn(self.txn_response_pb(revision, succeeded, responses))
+                    }
+                };
+                pb::ResponseOp {
+                    response: Some(response),
+                }
+            })
+            .collect();
+        pb::TxnResponse {
+            header: self.header(revision),
+            succeeded,
+            responses,
+        }
+    }
+}
+
+fn kv_status(error: KvError) -> Status {
+    match error {
+        KvError::Compacted | KvError::FutureRevision => Status::out_of_range(error.to_string()),
+        KvError::DuplicateKey | KvError::TooManyOps | KvError::TooDeep => {
+            Status::invalid_argument(error.to_string())
+        }
+        KvError::KeyNotFound => Status::not_found(error.to_string()),
+    }
+}
+
+fn empty_key() -> Status {
+    Status::invalid_argument("etcdserver: key is not provided")
+}
+
+fn range_query(r: &pb::RangeRequest) -> Result<RangeQuery, Status> {
+    use pb::range_request::{SortOrder as Order, SortTarget as Target};
+    if r.key.is_empty() {
+        return Err(empty_key());
+    }
+    if r.limit < 0 {
+        return Err(Status::invalid_argument("etcdserver: limit must not be negative"));
+    }
+    let sort_order = match Order::try_from(r.sort_order) {
+        Ok(Order::None) => SortOrder::None,
+        Ok(Order::Ascend) => SortOrder::Ascend,
+        Ok(Order::Descend) => SortOrder::Descend,
+        Err(_) => return Err(Status::invalid_argument("etcdserver: invalid sort option")),
+    };
+    let sort_target = match Target::try_from(r.sort_target) {
+        Ok(Target::Key) => SortTarget::Key,
+        Ok(Target::Version) => SortTarget::Version,
+        Ok(Target::Create) => SortTarget::Create,
+        Ok(Target::Mod) => SortTarget::Mod,
+        Ok(Target::Value) => SortTarget::Value,
+        Err(_) => return Err(Status::invalid_argument("etcdserver: invalid sort option")),
+    };
+    Ok(RangeQuery {
+        key: Bytes::from(r.key.clone()),
+        range_end: Bytes::from(r.range_end.clone()),
+        revision: r.revision,
+        limit: r.limit,
+        sort_order,
+        sort_target,
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    })
+}
+
+fn put_checks(r: &pb::PutRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(empty_key());
+    }
+    check_size("put", r.key.len() + r.value.len())?;
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
+    if r.lease != 0 {
+        return Err(Status::not_found("etcdserver: requested lease not found"));
+    }
+    Ok(())
+}
+
+fn put_op(r: &pb::PutRequest) -> TxnOp {
+    TxnOp::Put {
+        key: Bytes::from(r.key.clone()),
+        value: Bytes::from(r.value.clone()),
+        lease: 0,
+        prev_kv: r.prev_kv,
+        ignore_value: r.ignore_value,
+        ignore_lease: r.ignore_lease,
+    }
+}
+
+/// Translates a client's txn, refusing what a plain request would refuse.
+fn txn_from_pb(r: &pb::TxnRequest, depth: usize) -> Result<Txn, Status> {
+    use pb::compare::{CompareResult as Result_, CompareTarget as Target, TargetUnion};
+    if depth >= TXN_DEPTH_MAX {
+        return Err(kv_status(KvError::TooDeep));
+    }
+    if r.compare.len() > TXN_OPS_MAX || r.success.len() > TXN_OPS_MAX || r.failure.len() > TXN_OPS_MAX {
+        return Err(kv_status(KvError::TooManyOps));
+    }
+    let mut compares = Vec::with_capacity(r.compare.len());
+    for c in &r.compare {
+        if c.key.is_empty() {
+            return Err(empty_key());
+        }
+        let result = match Result_::try_from(c.result) {
+            Ok(Result_::Equal) => CompareResult::Equal,
+            Ok(Result_::Greater) => CompareResult::Greater,
+            Ok(Result_::Less) => CompareResult::Less,
+            Ok(Result_::NotEqual) => CompareResult::NotEqual,
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown compare result")),
+        };
+        // The target names the field; a union of another kind (or none) compares
+        // against that field's zero.
+        let number =
+            |want: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(want).unwrap_or(0);
+        let target = match Target::try_from(c.target) {
+            Ok(Target::Version) => CompareTarget::Version(number(|u| match u {
+                TargetUnion::Version(n) => Some(*n),
+                _ => None,
+            })),
+            Ok(Target::Create) => CompareTarget::Create(number(|u| match u {
+                TargetUnion::CreateRevision(n) => Some(*n),
+                _ => None,
+            })),
+            Ok(Target::Mod) => CompareTarget::Mod(number(|u| match u {
+                TargetUnion::ModRevision(n) => Some(*n),
+                _ => None,
+            })),
+            Ok(Target::Lease) => CompareTarget::Lease(number(|u| match u {
+                TargetUnion::Lease(n) => Some(*n),
+                _ => None,
+            })),
+            Ok(Target::Value) => CompareTarget::Value(match &c.target_union {
+                Some(TargetUnion::Value(v)) => Bytes::from(v.clone()),
+                _ => Bytes::new(),
+            }),
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown compare target")),
+        };
+        compares.push(Compare {
+            key: Bytes::from(c.key.clone()),
+            range_end: Bytes::from(c.range_end.clone()),
+            result,
+            target,
+        });
+    }
+    let branch = |ops: &[pb::RequestOp]| -> Result<Vec<TxnOp>, Status> {
+        use pb::request_op::Request as Op;
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Op::RequestRange(r)) => Ok(TxnOp::Range(range_query(r)?)),
+                Some(Op::RequestPut(r)) => {
+                    put_checks(r)?;
+                    Ok(put_op(r))
+                }
+                Some(Op::RequestDeleteRange(r)) => {
+                    if r.key.is_empty() {
+                        return Err(empty_key());
+                    }
+                    Ok(TxnOp::DeleteRange {
+                        key: Bytes::from(r.key.clone()),
+                        range_end: Bytes::from(r.range_end.clone()),
+                        prev_kv: r.prev_kv,
+                    })
+                }
+                Some(Op::RequestTxn(r)) => Ok(TxnOp::Txn(txn_from_pb(r, depth + 1)?)),
+                None => Err(Status::invalid_argument("etcdserver: request op is empty")),
+            })
+            .collect()
+    };
+    Ok(Txn {
+        compares,
+        success: branch(&r.success)?,
+        failure: branch(&r.failure)?,
+    })
 }

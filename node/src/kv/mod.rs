@@ -1,24 +1,32 @@
 //! The replicated state machine: a multi-version key-value store.
 //!
 //! Every applied write bumps one global revision, as in etcd; each key carries its
-//! create revision, mod revision and version. The map is a persistent (structurally
-//! shared) ordered map, so taking a snapshot is an O(1) clone that the snapshot task
-//! serialises while writes continue.
+//! create revision, mod revision and version. The store keeps every version of every
+//! key (deletes leave a tombstone) until a compaction drops what lies below the
+//! compacted revision, so a read may ask for any revision between the compacted one
+//! and the current one. The history is a persistent (structurally shared) ordered map
+//! of persistent per-key version lists, so taking a snapshot or serving a read is an
+//! O(1) clone that the snapshot task serialises while writes continue.
 //!
 //! Commands reach the store through the Raft log in the encoding of [`KvCommand`];
 //! the log format is ours and does not change when the client API does.
 //!
-//! History for reads at old revisions, Txn, leases and watches arrive with the etcd
-//! API issue; today the store keeps the latest version of each key.
+//! Layout: this file holds the store, the commands and their codec; `txn.rs` holds
+//! transactions (compares, operations, their validation and their codec).
+//! Leases and watches arrive with the etcd API issue.
+
+mod txn;
 
 use std::io::{Read, Write};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use imbl::OrdMap;
+use imbl::{OrdMap, Vector};
 
 use crate::raft::types::Index;
 
-/// One key's current version, as etcd reports it.
+pub use txn::{Compare, CompareResult, CompareTarget, OpResult, Txn, TxnOp, TXN_DEPTH_MAX, TXN_OPS_MAX};
+
+/// One version of a key, as etcd reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: Bytes,
@@ -45,9 +53,13 @@ pub enum KvCommand {
         range_end: Bytes,
         prev_kv: bool,
     },
+    /// Drops the history below `revision` (see [`KvStore::compact`]).
+    Compact { revision: i64 },
+    /// Compares, then one branch of operations, all at one new revision.
+    Txn(Txn),
 }
 
-/// What a write did, for the client that asked.
+/// What a command did, for the client that asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvResult {
     Put {
@@ -59,14 +71,49 @@ pub enum KvResult {
         deleted: i64,
         prev: Vec<KeyValue>,
     },
+    Compact {
+        revision: i64,
+    },
+    Txn {
+        revision: i64,
+        succeeded: bool,
+        responses: Vec<OpResult>,
+    },
+    /// The command was refused and changed nothing (every member refuses it alike).
+    Failed {
+        revision: i64,
+        error: KvError,
+    },
 }
 
 impl KvResult {
+    /// The store's revision after the command.
     pub fn revision(&self) -> i64 {
         match self {
-            KvResult::Put { revision, .. } | KvResult::DeleteRange { revision, .. } => *revision,
+            KvResult::Put { revision, .. }
+            | KvResult::DeleteRange { revision, .. }
+            | KvResult::Compact { revision }
+            | KvResult::Txn { revision, .. }
+            | KvResult::Failed { revision, .. } => *revision,
         }
     }
+}
+
+/// Refusals a client sees, with etcd's messages.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KvError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: txn request is nested too deeply")]
+    TooDeep,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +124,10 @@ pub enum CodecError {
     UnknownType(u8),
     #[error("field of {0} bytes is over the limit")]
     TooLarge(u64),
+    #[error("{0} is over the limit")]
+    TooMany(&'static str),
+    #[error("bytes left after the command")]
+    Trailing,
     #[error("snapshot data is malformed: {0}")]
     Snapshot(String),
 }
@@ -85,12 +136,12 @@ pub enum CodecError {
 /// larger is refused before it is allocated.
 pub const FIELD_BYTES_MAX: u64 = 64 << 20;
 
-fn put_field(out: &mut BytesMut, data: &[u8]) {
+pub(crate) fn put_field(out: &mut BytesMut, data: &[u8]) {
     out.put_u32_le(data.len() as u32);
     out.put_slice(data);
 }
 
-fn get_field(buf: &mut Bytes) -> Result<Bytes, CodecError> {
+pub(crate) fn get_field(buf: &mut Bytes) -> Result<Bytes, CodecError> {
     if buf.remaining() < 4 {
         return Err(CodecError::Truncated);
     }
@@ -104,19 +155,32 @@ fn get_field(buf: &mut Bytes) -> Result<Bytes, CodecError> {
     Ok(buf.split_to(len as usize))
 }
 
-fn get_u8(buf: &mut Bytes) -> Result<u8, CodecError> {
+pub(crate) fn get_u8(buf: &mut Bytes) -> Result<u8, CodecError> {
     if buf.remaining() < 1 {
         return Err(CodecError::Truncated);
     }
     Ok(buf.get_u8())
 }
 
-fn get_i64(buf: &mut Bytes) -> Result<i64, CodecError> {
+pub(crate) fn get_bool(buf: &mut Bytes) -> Result<bool, CodecError> {
+    match get_u8(buf)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(CodecError::UnknownType(other)),
+    }
+}
+
+pub(crate) fn get_i64(buf: &mut Bytes) -> Result<i64, CodecError> {
     if buf.remaining() < 8 {
         return Err(CodecError::Truncated);
     }
     Ok(buf.get_i64_le())
 }
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE_RANGE: u8 = 2;
+const TAG_COMPACT: u8 = 3;
+const TAG_TXN: u8 = 4;
 
 impl KvCommand {
     pub fn encode(&self) -> Bytes {
@@ -128,7 +192,7 @@ impl KvCommand {
                 lease,
                 prev_kv,
             } => {
-                out.put_u8(1);
+                out.put_u8(TAG_PUT);
                 put_field(&mut out, key);
                 put_field(&mut out, value);
                 out.put_i64_le(*lease);
@@ -139,10 +203,18 @@ impl KvCommand {
                 range_end,
                 prev_kv,
             } => {
-                out.put_u8(2);
+                out.put_u8(TAG_DELETE_RANGE);
                 put_field(&mut out, key);
                 put_field(&mut out, range_end);
                 out.put_u8(u8::from(*prev_kv));
+            }
+            KvCommand::Compact { revision } => {
+                out.put_u8(TAG_COMPACT);
+                out.put_i64_le(*revision);
+            }
+            KvCommand::Txn(txn) => {
+                out.put_u8(TAG_TXN);
+                txn.encode_into(&mut out);
             }
         }
         out.freeze()
@@ -150,19 +222,26 @@ impl KvCommand {
 
     pub fn decode(mut buf: Bytes) -> Result<KvCommand, CodecError> {
         let command = match get_u8(&mut buf)? {
-            1 => KvCommand::Put {
+            TAG_PUT => KvCommand::Put {
                 key: get_field(&mut buf)?,
                 value: get_field(&mut buf)?,
                 lease: get_i64(&mut buf)?,
-                prev_kv: get_u8(&mut buf)? == 1,
+                prev_kv: get_bool(&mut buf)?,
             },
-            2 => KvCommand::DeleteRange {
+            TAG_DELETE_RANGE => KvCommand::DeleteRange {
                 key: get_field(&mut buf)?,
                 range_end: get_field(&mut buf)?,
-                prev_kv: get_u8(&mut buf)? == 1,
+                prev_kv: get_bool(&mut buf)?,
             },
+            TAG_COMPACT => KvCommand::Compact {
+                revision: get_i64(&mut buf)?,
+            },
+            TAG_TXN => KvCommand::Txn(Txn::decode_from(&mut buf, 0)?),
             other => return Err(CodecError::UnknownType(other)),
         };
+        if buf.has_remaining() {
+            return Err(CodecError::Trailing);
+        }
         Ok(command)
     }
 }
@@ -179,14 +258,105 @@ pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     }
 }
 
+/// One entry of a key's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Version {
+    Live(KeyValue),
+    /// Deleted at this revision.
+    Tombstone(i64),
+}
+
+impl Version {
+    fn revision(&self) -> i64 {
+        match self {
+            Version::Live(kv) => kv.mod_revision,
+            Version::Tombstone(revision) => *revision,
+        }
+    }
+
+    fn live(&self) -> Option<&KeyValue> {
+        match self {
+            Version::Live(kv) => Some(kv),
+            Version::Tombstone(_) => None,
+        }
+    }
+}
+
+/// A key's versions, oldest first, with strictly increasing revisions.
+type History = Vector<Version>;
+
+/// The version of a key as of `revision`, if it was alive then.
+fn version_at(history: &History, revision: i64) -> Option<&KeyValue> {
+    let at = match history.binary_search_by(|v| v.revision().cmp(&revision)) {
+        Ok(i) => i,
+        Err(0) => return None,
+        Err(i) => i - 1,
+    };
+    history[at].live()
+}
+
 /// The state machine. Cheap to clone (structural sharing).
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    map: OrdMap<Bytes, KeyValue>,
+    keys: OrdMap<Bytes, History>,
+    /// Keys alive at the current revision.
+    live: usize,
     /// The store's revision: bumped by every write that changed something.
     revision: i64,
+    /// Reads below this revision are refused; history below it is gone.
+    compacted: i64,
     /// The last log index applied.
     applied: Index,
+}
+
+/// How a range read orders its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A range read with etcd's options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeQuery {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    /// 0: at the current revision.
+    pub revision: i64,
+    /// 0: no limit.
+    pub limit: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub keys_only: bool,
+    pub count_only: bool,
+    /// Filters; 0 means no filter.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeQuery {
+    /// The whole `[key, range_end)` at the current revision.
+    pub fn new(key: impl Into<Bytes>, range_end: impl Into<Bytes>) -> RangeQuery {
+        RangeQuery {
+            key: key.into(),
+            range_end: range_end.into(),
+            ..RangeQuery::default()
+        }
+    }
 }
 
 /// The answer to a range read.
@@ -196,6 +366,7 @@ pub struct RangeResult {
     /// Keys in the range, before `limit`.
     pub count: i64,
     pub more: bool,
+    /// The store's current revision (not the one read at), as etcd's header says.
     pub revision: i64,
 }
 
@@ -204,16 +375,26 @@ impl KvStore {
         self.revision
     }
 
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
     pub fn applied(&self) -> Index {
         self.applied
     }
 
+    /// Keys alive at the current revision.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live == 0
+    }
+
+    /// Versions held, tombstones included (what compaction frees).
+    pub fn versions(&self) -> usize {
+        self.keys.values().map(|h| h.len()).sum()
     }
 
     /// Records that a log entry without a state-machine effect was applied.
@@ -238,16 +419,7 @@ impl KvStore {
                 prev_kv,
             } => {
                 let revision = self.revision + 1;
-                let prev = self.map.get(key).cloned();
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-                    mod_revision: revision,
-                    version: prev.as_ref().map_or(1, |p| p.version + 1),
-                    lease: *lease,
-                };
-                self.map.insert(key.clone(), kv);
+                let prev = self.write_put(revision, key, value, *lease);
                 self.revision = revision;
                 KvResult::Put {
                     revision,
@@ -259,12 +431,9 @@ impl KvStore {
                 range_end,
                 prev_kv,
             } => {
-                let doomed: Vec<KeyValue> = self.scan(key, range_end).cloned().collect();
+                let doomed = self.write_delete(self.revision + 1, key, range_end);
                 if !doomed.is_empty() {
                     self.revision += 1;
-                    for kv in &doomed {
-                        self.map.remove(&kv.key);
-                    }
                 }
                 KvResult::DeleteRange {
                     revision: self.revision,
@@ -272,20 +441,90 @@ impl KvStore {
                     prev: if *prev_kv { doomed } else { Vec::new() },
                 }
             }
+            KvCommand::Compact { revision } => match self.compact(*revision) {
+                Ok(()) => KvResult::Compact {
+                    revision: self.revision,
+                },
+                Err(error) => KvResult::Failed {
+                    revision: self.revision,
+                    error,
+                },
+            },
+            KvCommand::Txn(txn) => self.apply_txn(txn),
         }
     }
 
-    fn scan<'a>(&'a self, key: &'a [u8], range_end: &'a [u8]) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
+    /// Writes `key` at `revision` (which must be above every revision in the store);
+    /// answers the version it replaced, if the key was alive.
+    fn write_put(&mut self, revision: i64, key: &Bytes, value: &Bytes, lease: i64) -> Option<KeyValue> {
+        let history = self.keys.entry(key.clone()).or_default();
+        let prev = history.last().and_then(Version::live).cloned();
+        assert!(
+            history.last().is_none_or(|v| v.revision() < revision),
+            "key written twice at revision {revision}"
+        );
+        history.push_back(Version::Live(KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+        }));
+        if prev.is_none() {
+            self.live += 1;
+        }
+        prev
+    }
+
+    /// Deletes the live keys of `[key, range_end)` at `revision`; answers them.
+    fn write_delete(&mut self, revision: i64, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        let doomed: Vec<KeyValue> = self.scan_at(key, range_end, i64::MAX).cloned().collect();
+        for kv in &doomed {
+            let history = self.keys.get_mut(&kv.key).expect("scanned key exists");
+            assert!(history.last().is_some_and(|v| v.revision() < revision));
+            history.push_back(Version::Tombstone(revision));
+        }
+        self.live -= doomed.len();
+        doomed
+    }
+
+    /// The keys of `[key, range_end)` alive at `revision`, in key order.
+    fn scan_at<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+        revision: i64,
+    ) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
         if range_end.is_empty() {
-            return Box::new(self.map.get(key).into_iter());
+            return Box::new(
+                self.keys
+                    .get(key)
+                    .and_then(|h| version_at(h, revision))
+                    .into_iter(),
+            );
         }
         let start = Bytes::copy_from_slice(key);
         Box::new(
-            self.map
+            self.keys
                 .range(start..)
-                .map(|(_, v)| v)
-                .take_while(move |kv| in_range(&kv.key, key, range_end)),
+                .take_while(move |(k, _)| in_range(k, key, range_end))
+                .filter_map(move |(_, h)| version_at(h, revision)),
         )
+    }
+
+    /// Checks a read revision as etcd does (0 or less: the current one) and answers
+    /// the revision to read at.
+    pub fn check_read_revision(&self, revision: i64) -> Result<i64, KvError> {
+        if revision <= 0 {
+            Ok(self.revision)
+        } else if revision > self.revision {
+            Err(KvError::FutureRevision)
+        } else if revision < self.compacted {
+            Err(KvError::Compacted)
+        } else {
+            Ok(revision)
+        }
     }
 
     /// Reads `[key, range_end)` at the current revision, at most `limit` keys (0:
@@ -298,20 +537,81 @@ impl KvStore {
         count_only: bool,
         keys_only: bool,
     ) -> RangeResult {
+        let query = RangeQuery {
+            limit: limit as i64,
+            count_only,
+            keys_only,
+            ..RangeQuery::new(Bytes::copy_from_slice(key), Bytes::copy_from_slice(range_end))
+        };
+        self.query(&query)
+            .expect("the current revision is always readable")
+    }
+
+    /// A range read with all of etcd's options.
+    pub fn query(&self, q: &RangeQuery) -> Result<RangeResult, KvError> {
+        let at = self.check_read_revision(q.revision)?;
+        Ok(self.query_at(q, at))
+    }
+
+    fn query_at(&self, q: &RangeQuery, at: i64) -> RangeResult {
+        let filtered = q.min_mod_revision > 0
+            || q.max_mod_revision > 0
+            || q.min_create_revision > 0
+            || q.max_create_revision > 0;
+        // etcd sorts in ascending order when only a target is given.
+        let order = match (q.sort_order, q.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (order, _) => order,
+        };
+        let limit = q.limit.max(0) as usize;
+        // Sorting and filtering need every key first; the limit applies after.
+        let direct_limit = if filtered || order != SortOrder::None {
+            0
+        } else {
+            limit
+        };
         let mut kvs = Vec::new();
         let mut count = 0i64;
-        for kv in self.scan(key, range_end) {
+        for kv in self.scan_at(&q.key, &q.range_end, at) {
             count += 1;
-            if count_only || (limit > 0 && kvs.len() >= limit) {
+            if (q.count_only && !filtered) || (direct_limit > 0 && kvs.len() >= direct_limit) {
                 continue;
             }
             let mut kv = kv.clone();
-            if keys_only {
+            if q.keys_only {
                 kv.value = Bytes::new();
             }
             kvs.push(kv);
         }
-        let more = !count_only && limit > 0 && count > kvs.len() as i64;
+        if filtered {
+            kvs.retain(|kv| {
+                (q.min_mod_revision == 0 || kv.mod_revision >= q.min_mod_revision)
+                    && (q.max_mod_revision == 0 || kv.mod_revision <= q.max_mod_revision)
+                    && (q.min_create_revision == 0 || kv.create_revision >= q.min_create_revision)
+                    && (q.max_create_revision == 0 || kv.create_revision <= q.max_create_revision)
+            });
+            count = kvs.len() as i64;
+        }
+        if order != SortOrder::None {
+            kvs.sort_by(|a, b| match q.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version).then(a.key.cmp(&b.key)),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision).then(a.key.cmp(&b.key)),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision).then(a.key.cmp(&b.key)),
+                SortTarget::Value => a.value.cmp(&b.value).then(a.key.cmp(&b.key)),
+            });
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+        }
+        if q.count_only {
+            kvs.clear();
+        }
+        let more = !q.count_only && limit > 0 && count > kvs.len() as i64;
         RangeResult {
             kvs,
             count,
@@ -320,23 +620,80 @@ impl KvStore {
         }
     }
 
-    /// Writes the store to `out` (streamed, record by record).
+    /// Drops the history below `revision`: afterwards reads at `revision` or later
+    /// answer as before, and reads below it are refused. For each key the latest
+    /// version at or below `revision` stays if the key was alive then.
+    ///
+    /// Runs on the apply path and visits every key once (O(keys), sharing every history
+    /// it does not shorten); etcd compacts in the background in batches, which a store
+    /// of millions of keys would want too.
+    pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
+        if revision <= self.compacted {
+            return Err(KvError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        let mut changes: Vec<(Bytes, Option<History>)> = Vec::new();
+        for (key, history) in self.keys.iter() {
+            let keep_from = match history.binary_search_by(|v| v.revision().cmp(&revision)) {
+                Ok(i) => i,
+                Err(0) => continue,
+                Err(i) => i - 1,
+            };
+            // A tombstone at or below the compaction point says nothing a read needs.
+            let keep_from = keep_from + usize::from(history[keep_from].live().is_none());
+            if keep_from == 0 {
+                continue;
+            }
+            let rest = history.clone().split_off(keep_from);
+            changes.push((key.clone(), (!rest.is_empty()).then_some(rest)));
+        }
+        for (key, rest) in changes {
+            match rest {
+                Some(rest) => {
+                    self.keys.insert(key, rest);
+                }
+                None => {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// Writes the store to `out` (streamed, record by record): every key with its
+    /// history, and the compacted revision.
     pub fn write_snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let mut header = BytesMut::new();
-        header.put_slice(b"KRKV1");
+        header.put_slice(SNAPSHOT_MAGIC);
         header.put_i64_le(self.revision);
+        header.put_i64_le(self.compacted);
         header.put_u64_le(self.applied);
-        header.put_u64_le(self.map.len() as u64);
+        header.put_u64_le(self.keys.len() as u64);
         out.write_all(&header)?;
         let mut record = BytesMut::new();
-        for kv in self.map.values() {
+        for (key, history) in self.keys.iter() {
             record.clear();
-            put_field(&mut record, &kv.key);
-            put_field(&mut record, &kv.value);
-            record.put_i64_le(kv.create_revision);
-            record.put_i64_le(kv.mod_revision);
-            record.put_i64_le(kv.version);
-            record.put_i64_le(kv.lease);
+            put_field(&mut record, key);
+            record.put_u64_le(history.len() as u64);
+            for version in history.iter() {
+                match version {
+                    Version::Live(kv) => {
+                        record.put_u8(1);
+                        record.put_i64_le(kv.mod_revision);
+                        put_field(&mut record, &kv.value);
+                        record.put_i64_le(kv.create_revision);
+                        record.put_i64_le(kv.version);
+                        record.put_i64_le(kv.lease);
+                    }
+                    Version::Tombstone(revision) => {
+                        record.put_u8(0);
+                        record.put_i64_le(*revision);
+                    }
+                }
+            }
             out.write_all(&record)?;
         }
         Ok(())
@@ -345,16 +702,20 @@ impl KvStore {
     /// Reads a store written by [`KvStore::write_snapshot`].
     pub fn read_snapshot(input: &mut dyn Read) -> Result<KvStore, CodecError> {
         let io = |e: std::io::Error| CodecError::Snapshot(e.to_string());
-        let mut header = [0u8; 5 + 24];
+        let bad = |what: &str| CodecError::Snapshot(what.to_string());
+        let mut header = [0u8; SNAPSHOT_MAGIC.len() + 32];
         input.read_exact(&mut header).map_err(io)?;
-        if &header[..5] != b"KRKV1" {
-            return Err(CodecError::Snapshot("not a kuberaft key-value snapshot".into()));
+        if &header[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+            return Err(bad("not a kuberaft key-value snapshot of this format"));
         }
-        let mut h = Bytes::copy_from_slice(&header[5..]);
+        let mut h = Bytes::copy_from_slice(&header[SNAPSHOT_MAGIC.len()..]);
         let revision = h.get_i64_le();
+        let compacted = h.get_i64_le();
         let applied = h.get_u64_le();
         let count = h.get_u64_le();
-        let mut map = OrdMap::new();
+        if compacted < 0 || compacted > revision {
+            return Err(bad("compacted revision out of order"));
+        }
         let read_field = |input: &mut dyn Read| -> Result<Bytes, CodecError> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len).map_err(io)?;
@@ -366,29 +727,63 @@ impl KvStore {
             input.read_exact(&mut data).map_err(io)?;
             Ok(Bytes::from(data))
         };
+        let read_i64 = |input: &mut dyn Read| -> Result<i64, CodecError> {
+            let mut n = [0u8; 8];
+            input.read_exact(&mut n).map_err(io)?;
+            Ok(i64::from_le_bytes(n))
+        };
+        let mut keys = OrdMap::new();
+        let mut live = 0;
+        let mut last_key: Option<Bytes> = None;
         for _ in 0..count {
             let key = read_field(input)?;
-            let value = read_field(input)?;
-            let mut numbers = [0u8; 32];
-            input.read_exact(&mut numbers).map_err(io)?;
-            let mut n = Bytes::copy_from_slice(&numbers);
-            let kv = KeyValue {
-                key: key.clone(),
-                value,
-                create_revision: n.get_i64_le(),
-                mod_revision: n.get_i64_le(),
-                version: n.get_i64_le(),
-                lease: n.get_i64_le(),
-            };
-            map.insert(key, kv);
+            if last_key.as_ref().is_some_and(|last| *last >= key) {
+                return Err(bad("keys out of order"));
+            }
+            let versions = read_i64(input)?;
+            if versions <= 0 || versions > revision {
+                return Err(bad("version count out of range"));
+            }
+            let mut history = History::new();
+            for _ in 0..versions {
+                let mut tag = [0u8; 1];
+                input.read_exact(&mut tag).map_err(io)?;
+                let mod_revision = read_i64(input)?;
+                if mod_revision <= history.last().map_or(0, Version::revision) || mod_revision > revision {
+                    return Err(bad("revisions out of order"));
+                }
+                let version = match tag[0] {
+                    0 => Version::Tombstone(mod_revision),
+                    1 => Version::Live(KeyValue {
+                        key: key.clone(),
+                        value: read_field(input)?,
+                        create_revision: read_i64(input)?,
+                        mod_revision,
+                        version: read_i64(input)?,
+                        lease: read_i64(input)?,
+                    }),
+                    _ => return Err(bad("unknown version tag")),
+                };
+                history.push_back(version);
+            }
+            if history.last().is_some_and(|v| v.live().is_some()) {
+                live += 1;
+            }
+            keys.insert(key.clone(), history);
+            last_key = Some(key);
         }
         Ok(KvStore {
-            map,
+            keys,
+            live,
             revision,
+            compacted,
             applied,
         })
     }
 }
+
+/// The snapshot format tag: version 2 carries the history and the compacted revision.
+const SNAPSHOT_MAGIC: &[u8] = b"KRKV2";
 
 #[cfg(test)]
 mod tests {
@@ -522,5 +917,379 @@ mod tests {
         );
         assert_eq!(restored.len(), 100);
         assert!(KvStore::read_snapshot(&mut &b"nope"[..]).is_err());
+        assert!(KvStore::read_snapshot(&mut &b"KRKV1 an older format"[..]).is_err());
+    }
+
+    fn delete(key: &str, range_end: &str) -> KvCommand {
+        KvCommand::DeleteRange {
+            key: Bytes::from(key.to_string()),
+            range_end: Bytes::from(range_end.to_string()),
+            prev_kv: false,
+        }
+    }
+
+    fn at(store: &KvStore, key: &str, revision: i64) -> Result<Option<KeyValue>, KvError> {
+        let query = RangeQuery {
+            revision,
+            ..RangeQuery::new(key.to_string(), Bytes::new())
+        };
+        store.query(&query).map(|r| r.kvs.into_iter().next())
+    }
+
+    /// a@1 "1", b@2, a@3 "2", delete a@4, a@5 "3" (a new life), delete b@6.
+    fn store_with_history() -> KvStore {
+        let mut store = KvStore::default();
+        for (i, command) in [
+            put("a", "1"),
+            put("b", "1"),
+            put("a", "2"),
+            delete("a", ""),
+            put("a", "3"),
+            delete("b", ""),
+        ]
+        .iter()
+        .enumerate()
+        {
+            store.apply(i as Index + 1, command);
+        }
+        assert_eq!(store.revision(), 6);
+        store
+    }
+
+    #[test]
+    fn a_read_at_a_past_revision_sees_each_key_as_it_was_then() {
+        let store = store_with_history();
+        let a = |revision| {
+            at(&store, "a", revision)
+                .unwrap()
+                .map(|kv| (kv.value, kv.create_revision, kv.version))
+        };
+        assert_eq!(a(1), Some((Bytes::from("1"), 1, 1)));
+        assert_eq!(a(2), Some((Bytes::from("1"), 1, 1)));
+        assert_eq!(a(3), Some((Bytes::from("2"), 1, 2)));
+        assert_eq!(a(4), None, "deleted keys are absent");
+        assert_eq!(a(5), Some((Bytes::from("3"), 5, 1)));
+        assert_eq!(a(0), a(6));
+        assert!(at(&store, "b", 5).unwrap().is_some());
+        assert!(at(&store, "b", 6).unwrap().is_none());
+        let all_at_3 = store
+            .query(&RangeQuery {
+                revision: 3,
+                ..RangeQuery::new("a", vec![0])
+            })
+            .unwrap();
+        assert_eq!(
+            (all_at_3.count, all_at_3.revision),
+            (2, 6),
+            "the header carries the current revision"
+        );
+        assert_eq!(at(&store, "a", 7), Err(KvError::FutureRevision));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_what_reads_at_or_above_it_need_and_refuses_reads_below() {
+        let mut store = store_with_history();
+        let versions_before = store.versions();
+        let later: Vec<_> = (3..=6)
+            .map(|r| (at(&store, "a", r), at(&store, "b", r)))
+            .collect();
+        store.apply(7, &KvCommand::Compact { revision: 3 });
+        assert_eq!(store.compacted(), 3);
+        assert!(store.versions() < versions_before);
+        let after: Vec<_> = (3..=6)
+            .map(|r| (at(&store, "a", r), at(&store, "b", r)))
+            .collect();
+        assert_eq!(later, after);
+        assert_eq!(at(&store, "a", 2), Err(KvError::Compacted));
+        assert_eq!(
+            KvError::Compacted.to_string(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        // Compacting again at or below, or beyond the present, is refused.
+        for (i, (revision, error)) in [
+            (3, KvError::Compacted),
+            (1, KvError::Compacted),
+            (7, KvError::FutureRevision),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(
+                store.apply(8 + i as Index, &KvCommand::Compact { revision }),
+                KvResult::Failed { revision: 6, error }
+            );
+        }
+        // Compacting at the present drops every tombstone and every old version.
+        assert_eq!(
+            store.apply(20, &KvCommand::Compact { revision: 6 }),
+            KvResult::Compact { revision: 6 }
+        );
+        assert_eq!(store.versions(), 1);
+        assert_eq!(at(&store, "a", 6).unwrap().unwrap().value, Bytes::from("3"));
+        assert_eq!(at(&store, "a", 5), Err(KvError::Compacted));
+    }
+
+    #[test]
+    fn a_clone_taken_before_a_compaction_keeps_its_history() {
+        let mut store = store_with_history();
+        let frozen = store.clone();
+        store.apply(7, &KvCommand::Compact { revision: 5 });
+        assert_eq!(at(&frozen, "a", 1).unwrap().unwrap().value, Bytes::from("1"));
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_history_and_the_compacted_revision() {
+        let mut store = store_with_history();
+        store.apply(7, &KvCommand::Compact { revision: 3 });
+        let mut buf = Vec::new();
+        store.write_snapshot(&mut buf).unwrap();
+        let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
+        assert_eq!(
+            (
+                restored.revision(),
+                restored.compacted(),
+                restored.applied(),
+                restored.len()
+            ),
+            (6, 3, 7, 1)
+        );
+        assert_eq!(restored.versions(), store.versions());
+        for revision in 3..=6 {
+            assert_eq!(at(&restored, "a", revision), at(&store, "a", revision));
+            assert_eq!(at(&restored, "b", revision), at(&store, "b", revision));
+        }
+        assert_eq!(at(&restored, "a", 2), Err(KvError::Compacted));
+        // Cut anywhere, the snapshot is refused rather than half-read.
+        for cut in [5, 20, buf.len() - 1] {
+            assert!(KvStore::read_snapshot(&mut &buf[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn compact_and_txn_commands_round_trip() {
+        let txn = Txn {
+            compares: vec![Compare {
+                key: Bytes::from("k"),
+                range_end: Bytes::from("l"),
+                result: CompareResult::NotEqual,
+                target: CompareTarget::Value(Bytes::from("v")),
+            }],
+            success: vec![
+                TxnOp::Range(RangeQuery {
+                    revision: 3,
+                    limit: 2,
+                    sort_order: SortOrder::Descend,
+                    sort_target: SortTarget::Mod,
+                    count_only: true,
+                    min_create_revision: 1,
+                    ..RangeQuery::new("a", "b")
+                }),
+                TxnOp::Txn(Txn {
+                    compares: vec![],
+                    success: vec![TxnOp::DeleteRange {
+                        key: Bytes::from("x"),
+                        range_end: Bytes::new(),
+                        prev_kv: true,
+                    }],
+                    failure: vec![],
+                }),
+            ],
+            failure: vec![TxnOp::Put {
+                key: Bytes::from("k"),
+                value: Bytes::from("v"),
+                lease: 0,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: true,
+            }],
+        };
+        for command in [KvCommand::Compact { revision: 42 }, KvCommand::Txn(txn)] {
+            let encoded = command.encode();
+            assert_eq!(KvCommand::decode(encoded.clone()).unwrap(), command);
+            for cut in 0..encoded.len() {
+                assert!(KvCommand::decode(encoded.slice(..cut)).is_err(), "cut at {cut}");
+            }
+            let mut longer = BytesMut::from(&encoded[..]);
+            longer.put_u8(0);
+            assert_eq!(KvCommand::decode(longer.freeze()), Err(CodecError::Trailing));
+        }
+        // A count over the bound is refused before anything is allocated for it.
+        let mut huge = BytesMut::new();
+        huge.put_u8(TAG_TXN);
+        huge.put_u32_le(u32::MAX);
+        assert_eq!(
+            KvCommand::decode(huge.freeze()),
+            Err(CodecError::TooMany("txn operation count"))
+        );
+    }
+
+    #[test]
+    fn a_sort_target_without_an_order_sorts_ascending_and_filters_apply_at_past_revisions() {
+        let store = store_with_history();
+        let query = RangeQuery {
+            sort_target: SortTarget::Mod,
+            revision: 3,
+            ..RangeQuery::new("a", vec![0])
+        };
+        let keys: Vec<_> = store
+            .query(&query)
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec![Bytes::from("b"), Bytes::from("a")]);
+        let filtered = RangeQuery {
+            min_mod_revision: 3,
+            ..query
+        };
+        assert_eq!(store.query(&filtered).unwrap().count, 1);
+    }
+
+    /// The store against a model that keeps a full copy of the key space per revision:
+    /// random puts, deletes, txns and compactions, then every readable revision is
+    /// compared, and a snapshot must answer the same.
+    #[test]
+    fn history_matches_a_copy_per_revision_model_under_random_commands() {
+        use std::collections::BTreeMap;
+
+        use rand::{Rng, SeedableRng};
+
+        for seed in 0..20u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut store = KvStore::default();
+            let mut model: Vec<BTreeMap<Bytes, KeyValue>> = vec![BTreeMap::new()];
+            let key = |rng: &mut rand_chacha::ChaCha8Rng| Bytes::from(format!("k{}", rng.gen_range(0..8)));
+            for index in 1..=300 {
+                let revision = store.revision() + 1;
+                let mut next = model.last().unwrap().clone();
+                let model_put = |next: &mut BTreeMap<Bytes, KeyValue>, key: &Bytes, value: &Bytes| {
+                    let prev = next.get(key).cloned();
+                    next.insert(
+                        key.clone(),
+                        KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+                            mod_revision: revision,
+                            version: prev.as_ref().map_or(1, |p| p.version + 1),
+                            lease: 0,
+                        },
+                    );
+                };
+                let command = match rng.gen_range(0..10) {
+                    0..=4 => {
+                        let (k, v) = (key(&mut rng), Bytes::from(format!("v{index}")));
+                        model_put(&mut next, &k, &v);
+                        KvCommand::Put {
+                            key: k,
+                            value: v,
+                            lease: 0,
+                            prev_kv: false,
+                        }
+                    }
+                    5 | 6 => {
+                        let (a, b) = (key(&mut rng), key(&mut rng));
+                        let (start, end) = if a <= b { (a, b) } else { (b, a) };
+                        next.retain(|k, _| !in_range(k, &start, &end));
+                        KvCommand::DeleteRange {
+                            key: start,
+                            range_end: end,
+                            prev_kv: false,
+                        }
+                    }
+                    7 | 8 => {
+                        // Distinct keys: puts on the first ones, a delete on the last.
+                        let mut keys: Vec<Bytes> = (0..3).map(|_| key(&mut rng)).collect();
+                        keys.sort();
+                        keys.dedup();
+                        let doomed = keys.pop().unwrap();
+                        let mut success: Vec<TxnOp> = keys
+                            .iter()
+                            .map(|k| {
+                                let v = Bytes::from(format!("t{index}"));
+                                model_put(&mut next, k, &v);
+                                TxnOp::Put {
+                                    key: k.clone(),
+                                    value: v,
+                                    lease: 0,
+                                    prev_kv: false,
+                                    ignore_value: false,
+                                    ignore_lease: false,
+                                }
+                            })
+                            .collect();
+                        next.remove(&doomed);
+                        success.push(TxnOp::DeleteRange {
+                            key: doomed,
+                            range_end: Bytes::new(),
+                            prev_kv: false,
+                        });
+                        KvCommand::Txn(Txn {
+                            compares: vec![],
+                            success,
+                            failure: vec![],
+                        })
+                    }
+                    _ => {
+                        let revision = rng.gen_range(store.compacted() + 1..=store.revision() + 1);
+                        KvCommand::Compact { revision }
+                    }
+                };
+                let compacted_before = store.compacted();
+                let result = store.apply(index, &command);
+                if let KvCommand::Compact { revision } = command {
+                    let expected = if revision > store.revision() {
+                        KvResult::Failed {
+                            revision: store.revision(),
+                            error: KvError::FutureRevision,
+                        }
+                    } else {
+                        KvResult::Compact {
+                            revision: store.revision(),
+                        }
+                    };
+                    assert_eq!(result, expected, "seed {seed}, compacted {compacted_before}");
+                    continue;
+                }
+                if store.revision() == revision {
+                    model.push(next);
+                } else {
+                    assert_eq!(&next, model.last().unwrap(), "seed {seed}: nothing changed");
+                }
+            }
+            assert_eq!(model.len() as i64, store.revision() + 1);
+            assert!(store.compacted() > 0, "seed {seed} never compacted");
+            let mut buf = Vec::new();
+            store.write_snapshot(&mut buf).unwrap();
+            let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
+            for s in [&store, &restored] {
+                // Revision 0 asks for the current one.
+                for (revision, expected) in model
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .chain([(0, model.last().unwrap())])
+                {
+                    let revision = revision as i64;
+                    let query = RangeQuery {
+                        revision,
+                        ..RangeQuery::new("k", vec![0])
+                    };
+                    match s.query(&query) {
+                        Ok(result) => {
+                            assert!(revision == 0 || revision >= s.compacted());
+                            let expected: Vec<KeyValue> = expected.values().cloned().collect();
+                            assert_eq!(result.kvs, expected, "seed {seed}, revision {revision}");
+                        }
+                        Err(e) => {
+                            assert_eq!(e, KvError::Compacted);
+                            assert!(revision < s.compacted(), "seed {seed}, revision {revision}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
