@@ -11,6 +11,8 @@
 //! are served from what this member has applied. Errors carry etcd's gRPC codes and
 //! messages, so clients retry and fail the same way as against etcd.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +39,9 @@ pub struct KvService {
     member_id: NodeId,
     cluster_id: u64,
     directory: Directory,
+    /// One connection per leader a write was forwarded to (tonic multiplexes
+    /// requests on it), so forwarding costs no connection set-up per request.
+    leaders: Arc<Mutex<HashMap<(NodeId, String), tonic::transport::Channel>>>,
 }
 
 impl KvService {
@@ -46,6 +51,7 @@ impl KvService {
             member_id,
             cluster_id,
             directory,
+            leaders: Arc::default(),
         }
     }
 
@@ -75,12 +81,22 @@ impl KvService {
             .get(&leader)
             .and_then(|urls| urls.first().cloned())
             .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+        let key = (leader, url.clone());
+        if let Some(channel) = self.leaders.lock().expect("not poisoned").get(&key) {
+            return Ok(KvClient::new(channel.clone()));
+        }
+        // Lazily connected; a broken connection is re-established by tonic itself.
         let channel = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| Status::internal(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcdserver: cannot reach the leader: {e}")))?;
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut leaders = self.leaders.lock().expect("not poisoned");
+        // Bounded: a cluster has at most a handful of members.
+        if leaders.len() >= 16 {
+            leaders.clear();
+        }
+        leaders.insert(key, channel.clone());
         Ok(KvClient::new(channel))
     }
 
