@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 
 use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::{
-    Role, SetTimingRequest, StatusRequest, StatusResponse, TimingSource, TransferLeaderRequest,
+    Event, EventKind, Role, SetTimingRequest, StatusRequest, StatusResponse, TimingSource,
+    TransferLeaderRequest, WatchEventsRequest,
 };
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: every listener is held until all are chosen.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 struct Member {
@@ -40,12 +41,13 @@ struct ProcCluster {
 impl ProcCluster {
     fn start(size: usize) -> ProcCluster {
         let base = tempfile::tempdir().unwrap();
+        let ports = free_ports(3 * size);
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
-                metrics: free_port(),
+                client: ports[3 * i],
+                peer: ports[3 * i + 1],
+                metrics: ports[3 * i + 2],
                 dir: base.path().join(format!("m{i}")),
                 child: None,
             })
@@ -320,4 +322,71 @@ async fn transfer_leader_to_a_named_member_works_and_to_a_non_member_fails_clean
         .into_inner();
     assert_ne!(response.leader_name, target_name);
     assert!(response.term > term);
+}
+
+/// The next event of `kind` on the stream, within 10 s.
+async fn next_event(stream: &mut tonic::Streaming<Event>, kind: EventKind) -> Event {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} event within 10 s"))
+            .expect("the stream stays healthy")
+            .expect("the stream stays open");
+        if event.kind == kind as i32 {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_replays_the_election_then_reports_timing_and_leader_changes() {
+    let cluster = ProcCluster::start(3);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]).await;
+    let leader_id = cluster.status(leader).await.unwrap().id;
+    let follower = (leader + 1) % 3;
+    let mut stream = cluster
+        .admin(follower)
+        .await
+        .watch_events(WatchEventsRequest { replay: 16 })
+        .await
+        .unwrap()
+        .into_inner();
+    let elected = next_event(&mut stream, EventKind::LeaderChanged).await;
+    assert_eq!(
+        elected.member_id, leader_id,
+        "the replayed election names the leader"
+    );
+
+    cluster
+        .admin(leader)
+        .await
+        .set_timing(SetTimingRequest {
+            heartbeat_interval_ms: 60,
+            election_timeout_ms: 600,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let changed = next_event(&mut stream, EventKind::TimingChanged).await;
+    let timing = changed.timing.unwrap();
+    assert_eq!(
+        (timing.heartbeat_interval_ms, timing.election_timeout_ms),
+        (60, 600)
+    );
+    assert!(changed.index > 0);
+
+    let target = (leader + 2) % 3;
+    cluster
+        .admin(leader)
+        .await
+        .transfer_leader(TransferLeaderRequest {
+            target_name: cluster.members[target].name.clone(),
+            deadline_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    let moved = next_event(&mut stream, EventKind::LeaderChanged).await;
+    assert_eq!(moved.member_name, cluster.members[target].name);
+    assert!(moved.term > elected.term);
 }

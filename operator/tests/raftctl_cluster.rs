@@ -25,12 +25,12 @@ fn raft_node_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: every listener is held until all are chosen.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 struct Cluster {
@@ -43,9 +43,8 @@ impl Cluster {
     fn start(size: usize) -> Cluster {
         let bin = raft_node_bin();
         let base = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..size)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
+        let free = free_ports(3 * size);
+        let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let initial = ports
             .iter()
             .enumerate()
@@ -206,7 +205,8 @@ fn raftctl_status_shows_three_healthy_members_and_exactly_one_leader() {
 
 #[test]
 fn raftctl_says_clearly_when_no_member_answers() {
-    let dead = format!("--endpoints=127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let free = free_ports(2);
+    let dead = format!("--endpoints=127.0.0.1:{},127.0.0.1:{}", free[0], free[1]);
     let output = raftctl(&[&dead, "--dial-timeout-ms=500", "status"]);
     assert_eq!(output.status.code(), Some(1));
     let out = text(&output);

@@ -13,11 +13,19 @@
 //! forwarded request that reaches a non-leader fails with FAILED_PRECONDITION naming
 //! the leader it knows), so tools may talk to any member.
 //!
-//! Not served yet: `WatchEvents` (UNIMPLEMENTED), RTT statistics and transport
-//! back-off in `PeerStatus`.
+//! - `WatchEvents` streams what this member observes: LEADER_CHANGED (from the status
+//!   `watch`) and TIMING_CHANGED (from the timing `watch`). One recorder task per
+//!   process keeps the last [`EVENTS_KEPT`] for replay and fans them out; a watcher
+//!   that falls [`EVENTS_QUEUED_MAX`] behind gets DATA_LOSS and must watch again.
+//!
+//! Not served yet: the JOIN, LEAVE, PROMOTED, FAILURE, RECOVERED and SNAPSHOT
+//! events, RTT statistics and transport back-off in `PeerStatus`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use kuberaft_proto::admin as pb;
 use kuberaft_proto::admin::admin_client::AdminClient;
@@ -35,6 +43,47 @@ const FORWARDED_HEADER: &str = "kuberaft-forwarded-by";
 const TRANSFER_DEADLINE_MS_MAX: u64 = 120_000;
 /// Longest `SetTiming` waits for its entry to be applied.
 const SET_TIMING_WAIT_MIN: Duration = Duration::from_secs(5);
+/// Past events kept for `WatchEvents { replay }`.
+pub const EVENTS_KEPT: usize = 128;
+/// Events a watcher may fall behind before its stream ends with DATA_LOSS.
+pub const EVENTS_QUEUED_MAX: usize = 256;
+/// Concurrent `WatchEvents` streams per member.
+pub const WATCHERS_MAX: usize = 64;
+/// Events buffered per stream between the fan-out and gRPC.
+const WATCH_STREAM_BUFFER: usize = 32;
+
+/// Events this member observed: the recent ones for replay, and the live fan-out.
+struct EventLog {
+    recent: Mutex<VecDeque<pb::Event>>,
+    live: broadcast::Sender<pb::Event>,
+}
+
+impl EventLog {
+    fn new() -> Self {
+        EventLog {
+            recent: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
+            live: broadcast::channel(EVENTS_QUEUED_MAX).0,
+        }
+    }
+
+    fn publish(&self, event: pb::Event) {
+        // Sent under the lock, so a subscriber sees each event once: replayed or live.
+        let mut recent = self.recent.lock().expect("not poisoned");
+        if recent.len() == EVENTS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
+        let _ = self.live.send(event);
+    }
+
+    /// The last `replay` events and a receiver of every later one.
+    fn subscribe(&self, replay: usize) -> (Vec<pb::Event>, broadcast::Receiver<pb::Event>) {
+        let recent = self.recent.lock().expect("not poisoned");
+        let receiver = self.live.subscribe();
+        let skip = recent.len().saturating_sub(replay);
+        (recent.iter().skip(skip).cloned().collect(), receiver)
+    }
+}
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -46,9 +95,13 @@ pub struct AdminService {
     members: BTreeMap<NodeId, (String, String)>,
     directory: Directory,
     started: Instant,
+    events: Arc<EventLog>,
+    watchers: Arc<Semaphore>,
 }
 
 impl AdminService {
+    /// Also starts the task that records events (it ends when the node stops), so it
+    /// must be called within a tokio runtime.
     pub fn new(
         node: NodeHandle,
         id: NodeId,
@@ -57,6 +110,8 @@ impl AdminService {
         members: BTreeMap<NodeId, (String, String)>,
         directory: Directory,
     ) -> Self {
+        let events = Arc::new(EventLog::new());
+        tokio::spawn(record_events(node.clone(), id, members.clone(), events.clone()));
         AdminService {
             node,
             id,
@@ -65,6 +120,8 @@ impl AdminService {
             members,
             directory,
             started: Instant::now(),
+            events,
+            watchers: Arc::new(Semaphore::new(WATCHERS_MAX)),
         }
     }
 
@@ -176,6 +233,63 @@ impl AdminService {
             )));
         }
         Ok(id)
+    }
+}
+
+/// Turns changes of the status and timing `watch`es into events, until the node stops.
+async fn record_events(
+    node: NodeHandle,
+    id: NodeId,
+    members: BTreeMap<NodeId, (String, String)>,
+    events: Arc<EventLog>,
+) {
+    let name_of = |member: NodeId| members.get(&member).map(|(n, _)| n.clone()).unwrap_or_default();
+    let mut status = node.status();
+    let mut timing = node.timing();
+    let mut leader: Option<NodeId> = None;
+    let mut timing_seen = {
+        let state = timing.borrow_and_update();
+        (state.timing, state.index)
+    };
+    loop {
+        let now = status.borrow_and_update().clone();
+        if let Some(new_leader) = now.leader.filter(|l| leader != Some(*l)) {
+            leader = Some(new_leader);
+            events.publish(pb::Event {
+                kind: pb::EventKind::LeaderChanged as i32,
+                time_unix_ms: unix_ms(SystemTime::now()),
+                term: now.term,
+                index: 0,
+                member_id: new_leader,
+                member_name: name_of(new_leader),
+                reporter_id: id,
+                timing: None,
+                detail: format!("{} leads at term {}", name_of(new_leader), now.term),
+            });
+        }
+        let state = timing.borrow_and_update().clone();
+        if (state.timing, state.index) != timing_seen {
+            timing_seen = (state.timing, state.index);
+            let info = timing_info(&state);
+            events.publish(pb::Event {
+                kind: pb::EventKind::TimingChanged as i32,
+                time_unix_ms: info.since_unix_ms,
+                term: now.term,
+                index: state.index,
+                member_id: id,
+                member_name: name_of(id),
+                reporter_id: id,
+                timing: Some(info),
+                detail: format!(
+                    "heartbeat {} ms, election {} ms",
+                    info.heartbeat_interval_ms, info.election_timeout_ms
+                ),
+            });
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            changed = timing.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -428,10 +542,39 @@ impl Admin for AdminService {
 
     async fn watch_events(
         &self,
-        _request: Request<pb::WatchEventsRequest>,
+        request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchEvents is not served yet (issue 6, next slice); poll Status instead",
-        ))
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("already {WATCHERS_MAX} event watchers on this member"))
+        })?;
+        let replay = (request.get_ref().replay as usize).min(EVENTS_KEPT);
+        let (past, mut live) = self.events.subscribe(replay);
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        tokio::spawn(async move {
+            let _permit = permit;
+            for event in past {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = tx.closed() => return,
+                };
+                let event = match received {
+                    Ok(event) => Ok(event),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(format!(
+                        "this watcher fell {missed} events behind; watch again"
+                    ))),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = event.is_err();
+                if tx.send(event).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
