@@ -356,7 +356,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|(id, (_, url))| (*id, url.clone()))
         .collect();
     let transport = GrpcTransport::new(transport_config.clone(), peer_urls);
-    let (node, core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
+    let (node, mut core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
     transport.attach(node.inbox(), node.snapshots().clone());
     tracing::info!(
         name = %args.name,
@@ -417,9 +417,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = terminate.recv() => tracing::info!("terminating"),
-        result = core_task => tracing::error!(?result, "the core stopped"),
+        result = &mut core_task => tracing::error!(?result, "the core stopped"),
     }
     hand_over_leadership(&node).await;
+    // From here on this member takes no part in Raft: while the listeners drain, it
+    // must not vote, campaign or accept a leadership transfer (TimeoutNow) it would
+    // drop a moment later. Everything the core handed to the WAL is flushed below.
+    core_task.abort();
     let _ = shutdown_tx.send(true);
     if let Err(e) = node.flush().await {
         tracing::warn!(error = %e, "could not flush the WAL on the way out");

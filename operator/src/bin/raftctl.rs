@@ -143,9 +143,18 @@ async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Chann
         .timeout(patience.request)
         .connect()
         .await
-        .map_err(|e| match std::error::Error::source(&e) {
-            Some(source) => format!("cannot connect: {source}"),
-            None => format!("cannot connect: {e}"),
+        .map_err(|e| {
+            // tonic says "transport error"; the causes below it say what went wrong.
+            let mut causes: Vec<String> = Vec::new();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if causes.last() != Some(&text) {
+                    causes.push(text);
+                }
+                cause = c.source();
+            }
+            format!("cannot connect: {}", causes.join(": "))
         })?;
     Ok(AdminClient::new(channel))
 }
