@@ -13,13 +13,15 @@
 //!   applied store through a `watch` (an O(1) clone of a persistent map), so readers
 //!   never take a lock across an await and snapshots are written while writes go on.
 //!
-//! Role, term, leader, membership and timing are published through a `watch` too.
+//! Role, term, leader, membership and timing are published through a `watch` too,
+//! with where the timing in force came from ([`TimingState`]), the log's bounds and,
+//! per peer, when it was last heard from (for the admin API's status).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,7 +30,7 @@ use tokio::task::JoinHandle;
 use crate::kv::{KvCommand, KvResult, KvStore};
 use crate::raft::{
     Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody, NodeId,
-    PeerStatus, RaftCore, ReadFailure, Status, Term,
+    PeerStatus, RaftCore, ReadFailure, Status, Term, Timing,
 };
 use crate::storage::{self, LogStore, PersistRequest, SnapshotStore, WalConfig, WalWriter, WriterConfig};
 
@@ -108,7 +110,49 @@ enum Request {
         target: NodeId,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Answered once the Timing entry is applied here (the new timing is in force on
+    /// this member), with its index.
+    ProposeTiming {
+        timing: Timing,
+        reply: oneshot::Sender<Result<Index>>,
+    },
 }
+
+/// Where the timing in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimingSource {
+    /// `--heartbeat-interval` and `--election-timeout`: no Timing entry applied yet.
+    Flags,
+    /// A Timing entry committed while this process ran (`SetTiming`).
+    Admin,
+    /// Restored from a snapshot or replayed from the log at start-up.
+    Log,
+}
+
+/// The timing in force on this member and its origin, published through a `watch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimingState {
+    pub timing: Timing,
+    pub source: TimingSource,
+    /// Index of the Timing entry in force (of the snapshot that carried it when it
+    /// was restored from one); 0 for flags.
+    pub index: Index,
+    /// When this member started using it.
+    pub since: SystemTime,
+}
+
+/// Bounds of this member's log, for status pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBounds {
+    /// First index still in the log (older ones are in the snapshot).
+    pub first_index: Index,
+    /// Index of the newest snapshot.
+    pub snapshot_index: Index,
+}
+
+/// When each peer was last heard from (any message). Written once per wake-up of the
+/// core task; the lock is never held across an await.
+type LastContact = Arc<Mutex<HashMap<NodeId, Instant>>>;
 
 /// Inputs from the transport and from the runtime's own helper tasks.
 pub enum Input {
@@ -162,6 +206,9 @@ pub struct NodeHandle {
     inbox: mpsc::Sender<Input>,
     status: watch::Receiver<Status>,
     peers: watch::Receiver<Vec<PeerStatus>>,
+    timing: watch::Receiver<TimingState>,
+    log_bounds: watch::Receiver<LogBounds>,
+    last_contact: LastContact,
     counters: Arc<Counters>,
     store: watch::Receiver<KvStore>,
     snapshots: SnapshotStore,
@@ -210,8 +257,35 @@ impl NodeHandle {
         answer.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Replicates new timing through the log (leader only) and waits until this
+    /// member applies it, i.e. until the new timing is in force here. Returns the
+    /// index of the Timing entry. Other members switch when they learn the commit.
+    pub async fn propose_timing(&self, timing: Timing) -> Result<Index> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ProposeTiming { timing, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// The timing in force and where it came from.
+    pub fn timing(&self) -> watch::Receiver<TimingState> {
+        self.timing.clone()
+    }
+
+    pub fn log_bounds(&self) -> LogBounds {
+        *self.log_bounds.borrow()
+    }
+
+    /// How long ago `peer` was last heard from; `None` when it never was.
+    pub fn last_contact(&self, peer: NodeId) -> Option<Duration> {
+        let contacts = self.last_contact.lock().expect("not poisoned");
+        contacts.get(&peer).map(|at| at.elapsed())
     }
 
     /// The leader's view of every other member (empty on followers).
@@ -288,6 +362,26 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         }
         _ => KvStore::default(),
     };
+    let timing_state = match snapshot_meta.timing {
+        Some(timing) if snapshot_meta.index > 0 => TimingState {
+            timing,
+            source: TimingSource::Log,
+            index: snapshot_meta.index,
+            since: SystemTime::now(),
+        },
+        _ => TimingState {
+            timing: core.timing(),
+            source: TimingSource::Flags,
+            index: 0,
+            since: SystemTime::now(),
+        },
+    };
+    // Timing entries up to here are replayed at start-up, not changed by an admin now.
+    let replayed_through = store.hard_state().commit;
+    let log_bounds = LogBounds {
+        first_index: core.log().first_index(),
+        snapshot_index: core.latest_snapshot().index,
+    };
     let snapshots = recovered.snapshots.clone();
     let (writer, _writer_task) = WalWriter::spawn(recovered.store, config.writer.clone())?;
 
@@ -296,6 +390,9 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let (apply_tx, apply_rx) = mpsc::channel(config.apply_capacity);
     let (status_tx, status_rx) = watch::channel(core.status());
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let (timing_tx, timing_rx) = watch::channel(timing_state);
+    let (log_bounds_tx, log_bounds_rx) = watch::channel(log_bounds);
+    let last_contact = LastContact::default();
     let counters = Arc::new(Counters::default());
     let (store_tx, store_rx) = watch::channel(kv.clone());
     let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
@@ -315,6 +412,9 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         inbox: inbox_tx,
         status: status_rx,
         peers: peers_rx,
+        timing: timing_rx,
+        log_bounds: log_bounds_rx,
+        last_contact: last_contact.clone(),
         counters: counters.clone(),
         store: store_rx,
         snapshots: snapshots.clone(),
@@ -328,6 +428,12 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         apply_tx,
         status_tx,
         peers_tx,
+        timing_tx,
+        log_bounds_tx,
+        replayed_through,
+        pending_timing: BTreeMap::new(),
+        contacts: HashMap::new(),
+        last_contact,
         counters,
         pending_reads: HashMap::new(),
         next_read_id: 1,
@@ -345,6 +451,15 @@ struct CoreTask {
     apply_tx: mpsc::Sender<ApplyJob>,
     status_tx: watch::Sender<Status>,
     peers_tx: watch::Sender<Vec<PeerStatus>>,
+    timing_tx: watch::Sender<TimingState>,
+    log_bounds_tx: watch::Sender<LogBounds>,
+    /// The commit index found on disk at start-up.
+    replayed_through: Index,
+    /// Timing proposals waiting for their entry to be applied: index -> (term, reply).
+    pending_timing: BTreeMap<Index, (Term, oneshot::Sender<Result<Index>>)>,
+    /// Peers heard from since the last `execute`.
+    contacts: HashMap<NodeId, Instant>,
+    last_contact: LastContact,
     counters: Arc<Counters>,
     pending_reads: HashMap<u64, oneshot::Sender<Result<Index>>>,
     next_read_id: u64,
@@ -408,7 +523,10 @@ impl CoreTask {
 
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
-            Input::Message(m) => self.core.step(m),
+            Input::Message(m) => {
+                self.contacts.entry(m.from).or_insert_with(Instant::now);
+                self.core.step(m)
+            }
             Input::SnapshotFailed(peer) => self.core.snapshot_failed(peer),
             Input::Unreachable(peer) => self.core.report_unreachable(peer),
             Input::Persisted(seq) => self.core.persisted(seq),
@@ -458,6 +576,17 @@ impl CoreTask {
             Request::TransferLeadership { target, reply } => {
                 let _ = reply.send(self.core.transfer_leadership(target).map_err(Error::from));
             }
+            Request::ProposeTiming { timing, reply } => match self.core.propose_timing(timing) {
+                Ok((index, term)) => {
+                    self.pending_timing.insert(index, (term, reply));
+                }
+                Err(crate::raft::Error::NotLeader { leader_hint }) => {
+                    let _ = reply.send(Err(Error::NotLeader { leader_hint }));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
         }
     }
 
@@ -520,11 +649,13 @@ impl CoreTask {
                         self.outbox.send(message)
                     }
                     Command::Apply(entries) => {
+                        self.note_applied_timing(&entries);
                         if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
                             return false;
                         }
                     }
                     Command::RestoreSnapshot(meta) => {
+                        self.note_restored_timing(&meta);
                         if self.apply_tx.send(ApplyJob::Restore(meta)).await.is_err() {
                             return false;
                         }
@@ -571,6 +702,30 @@ impl CoreTask {
                 false
             }
         });
+        let timing = self.core.timing();
+        self.timing_tx.send_if_modified(|current| {
+            if current.timing != timing {
+                // Only entries and snapshots change timing; keep the value exact anyway.
+                current.timing = timing;
+                true
+            } else {
+                false
+            }
+        });
+        let log_bounds = LogBounds {
+            first_index: self.core.log().first_index(),
+            snapshot_index: self.core.latest_snapshot().index,
+        };
+        self.log_bounds_tx.send_if_modified(|current| {
+            let changed = *current != log_bounds;
+            *current = log_bounds;
+            changed
+        });
+        if !self.contacts.is_empty() {
+            let mut shared = self.last_contact.lock().expect("not poisoned");
+            shared.extend(self.contacts.drain());
+        }
+        // Published last, so whoever sees a new applied index also sees its timing.
         let status = self.core.status();
         self.status_tx.send_if_modified(|current| {
             if *current != status {
@@ -581,6 +736,57 @@ impl CoreTask {
             }
         });
         true
+    }
+}
+
+impl CoreTask {
+    /// Records Timing entries handed to the state machine (the core switched to them
+    /// as it handed them out) and answers the proposals they settle.
+    fn note_applied_timing(&mut self, entries: &[crate::raft::Entry]) {
+        for entry in entries {
+            if let EntryPayload::Timing(timing) = entry.payload {
+                let source = if entry.index <= self.replayed_through {
+                    TimingSource::Log
+                } else {
+                    TimingSource::Admin
+                };
+                self.timing_tx.send_replace(TimingState {
+                    timing,
+                    source,
+                    index: entry.index,
+                    since: SystemTime::now(),
+                });
+            }
+            if let Some((term, reply)) = self.pending_timing.remove(&entry.index) {
+                let answer = match entry.payload {
+                    EntryPayload::Timing(_) if entry.term == term => Ok(entry.index),
+                    _ => Err(Error::ProposalDropped),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn note_restored_timing(&mut self, meta: &crate::raft::SnapshotMeta) {
+        if let Some(timing) = meta.timing {
+            self.timing_tx.send_if_modified(|current| {
+                if current.timing == timing {
+                    return false;
+                }
+                *current = TimingState {
+                    timing,
+                    source: TimingSource::Log,
+                    index: meta.index,
+                    since: SystemTime::now(),
+                };
+                true
+            });
+        }
+        // Overtaken by the snapshot: whether they took effect is unknown here.
+        let later = self.pending_timing.split_off(&(meta.index + 1));
+        for (_, (_, reply)) in std::mem::replace(&mut self.pending_timing, later) {
+            let _ = reply.send(Err(Error::ProposalDropped));
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::api::admin::AdminService;
 use crate::api::KvService;
 use crate::raft::{Config as RaftConfig, NodeId, Role, Status, Timing};
 use crate::runtime::{self, NodeHandle, RuntimeConfig};
@@ -80,6 +81,91 @@ pub struct ServeArgs {
     /// Batches to a peer at least this large are zstd-compressed (0: never).
     #[arg(long, env = "KUBERAFT_PEER_COMPRESSION_THRESHOLD_BYTES", default_value_t = 64 * 1024)]
     pub peer_compression_threshold_bytes: usize,
+}
+
+/// Upper bound on the heartbeat interval (flags and `SetTiming`).
+pub const HEARTBEAT_INTERVAL_MS_MAX: u64 = 5_000;
+/// Upper bound on the election timeout (etcd's own limit).
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
+
+/// Which of the two timing values is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimingValue {
+    HeartbeatInterval,
+    ElectionTimeout,
+}
+
+impl TimingValue {
+    pub fn flag(self) -> &'static str {
+        match self {
+            TimingValue::HeartbeatInterval => "heartbeat-interval",
+            TimingValue::ElectionTimeout => "election-timeout",
+        }
+    }
+
+    /// The field's name in the admin API.
+    pub fn field(self) -> &'static str {
+        match self {
+            TimingValue::HeartbeatInterval => "heartbeat_interval_ms",
+            TimingValue::ElectionTimeout => "election_timeout_ms",
+        }
+    }
+}
+
+/// Timing that no member may run with, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimingRefused {
+    pub value: TimingValue,
+    pub reason: String,
+}
+
+/// Checks timing given in milliseconds (flags or `SetTiming`, one rule for both) and
+/// turns it into ticks: whole ticks, election timeout at least 3x the heartbeat
+/// interval, within the hard bounds.
+pub fn timing_from_ms(heartbeat_interval_ms: u64, election_timeout_ms: u64) -> Result<Timing, TimingRefused> {
+    let refuse = |value, reason: String| Err(TimingRefused { value, reason });
+    use TimingValue::{ElectionTimeout, HeartbeatInterval};
+    if heartbeat_interval_ms < TICK_MS || !heartbeat_interval_ms.is_multiple_of(TICK_MS) {
+        return refuse(
+            HeartbeatInterval,
+            format!("{heartbeat_interval_ms} ms must be a multiple of {TICK_MS} ms"),
+        );
+    }
+    if heartbeat_interval_ms > HEARTBEAT_INTERVAL_MS_MAX {
+        return refuse(
+            HeartbeatInterval,
+            format!("{heartbeat_interval_ms} ms is above the limit of {HEARTBEAT_INTERVAL_MS_MAX} ms"),
+        );
+    }
+    if !election_timeout_ms.is_multiple_of(TICK_MS) {
+        return refuse(
+            ElectionTimeout,
+            format!("{election_timeout_ms} ms must be a multiple of {TICK_MS} ms"),
+        );
+    }
+    if election_timeout_ms < 3 * heartbeat_interval_ms {
+        return refuse(
+            ElectionTimeout,
+            format!(
+                "{election_timeout_ms} ms must be at least 3x the heartbeat interval ({heartbeat_interval_ms} ms)"
+            ),
+        );
+    }
+    if election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+        return refuse(
+            ElectionTimeout,
+            format!("{election_timeout_ms} ms is above the limit of {ELECTION_TIMEOUT_MS_MAX} ms"),
+        );
+    }
+    let timing = Timing {
+        heartbeat_ticks: (heartbeat_interval_ms / TICK_MS) as u32,
+        election_ticks: (election_timeout_ms / TICK_MS) as u32,
+    };
+    timing.validate().map_err(|e| TimingRefused {
+        value: ElectionTimeout,
+        reason: e.to_string(),
+    })?;
+    Ok(timing)
 }
 
 /// A flag combination that cannot work, named so the user knows what to change.
@@ -161,31 +247,8 @@ impl ServeArgs {
                 "client, peer and metrics addresses must differ",
             ));
         }
-        if self.heartbeat_interval < TICK_MS || !self.heartbeat_interval.is_multiple_of(TICK_MS) {
-            return Err(flag_error(
-                "heartbeat-interval",
-                format!(
-                    "{} ms must be a multiple of {TICK_MS} ms",
-                    self.heartbeat_interval
-                ),
-            ));
-        }
-        if self.election_timeout < 3 * self.heartbeat_interval {
-            return Err(flag_error(
-                "election-timeout",
-                format!(
-                    "{} ms must be at least 3x --heartbeat-interval ({} ms)",
-                    self.election_timeout, self.heartbeat_interval
-                ),
-            ));
-        }
-        if self.election_timeout > 50_000 {
-            return Err(flag_error("election-timeout", "must be at most 50000 ms"));
-        }
-        let timing = Timing {
-            heartbeat_ticks: (self.heartbeat_interval / TICK_MS) as u32,
-            election_ticks: (self.election_timeout / TICK_MS) as u32,
-        };
+        let timing = timing_from_ms(self.heartbeat_interval, self.election_timeout)
+            .map_err(|refused| flag_error(refused.value.flag(), refused.reason))?;
         let bootstrap = match self.initial_cluster_state.as_str() {
             "new" => true,
             "existing" => false,
@@ -293,7 +356,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|(id, (_, url))| (*id, url.clone()))
         .collect();
     let transport = GrpcTransport::new(transport_config.clone(), peer_urls);
-    let (node, core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
+    let (node, mut core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
     transport.attach(node.inbox(), node.snapshots().clone());
     tracing::info!(
         name = %args.name,
@@ -323,7 +386,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<kuberaft_proto::etcdserverpb::kv_server::KvServer<KvService>>()
         .await;
-    let kv = KvService::new(node.clone(), plan.id, plan.cluster_id, directory);
+    let kv = KvService::new(node.clone(), plan.id, plan.cluster_id, directory.clone());
+    let admin = AdminService::new(
+        node.clone(),
+        plan.id,
+        args.name.clone(),
+        plan.cluster_id,
+        plan.members.clone(),
+        directory,
+    );
     let client_server = {
         let mut stop = shutdown_rx.clone();
         let addr = plan.client_addr;
@@ -333,6 +404,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .concurrency_limit_per_connection(256)
                 .add_service(health_service)
                 .add_service(kv.into_server())
+                .add_service(admin.into_server())
                 .serve_with_shutdown(addr, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -345,9 +417,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = terminate.recv() => tracing::info!("terminating"),
-        result = core_task => tracing::error!(?result, "the core stopped"),
+        result = &mut core_task => tracing::error!(?result, "the core stopped"),
     }
     hand_over_leadership(&node).await;
+    // From here on this member takes no part in Raft: while the listeners drain, it
+    // must not vote, campaign or accept a leadership transfer (TimeoutNow) it would
+    // drop a moment later. Everything the core handed to the WAL is flushed below.
+    core_task.abort();
     let _ = shutdown_tx.send(true);
     if let Err(e) = node.flush().await {
         tracing::warn!(error = %e, "could not flush the WAL on the way out");
@@ -449,6 +525,29 @@ mod tests {
                 .expect_err(&format!("{args:?} must be refused"))
                 .to_string();
             assert!(error.starts_with(flag), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn timing_in_milliseconds_is_checked_by_one_rule_naming_the_bad_value() {
+        assert_eq!(
+            timing_from_ms(50, 500),
+            Ok(Timing {
+                heartbeat_ticks: 5,
+                election_ticks: 50
+            })
+        );
+        let cases = [
+            (0, 1000, TimingValue::HeartbeatInterval),
+            (15, 1000, TimingValue::HeartbeatInterval),
+            (10_000, 50_000, TimingValue::HeartbeatInterval),
+            (100, 1005, TimingValue::ElectionTimeout),
+            (100, 200, TimingValue::ElectionTimeout),
+            (1000, 60_000, TimingValue::ElectionTimeout),
+        ];
+        for (heartbeat, election, value) in cases {
+            let refused = timing_from_ms(heartbeat, election).expect_err("must be refused");
+            assert_eq!(refused.value, value, "{heartbeat}/{election}: {}", refused.reason);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! are served locally after a ReadIndex round through the leader; serializable reads
 //! are served from what this member has applied. Errors carry etcd's gRPC codes and
 //! messages, so clients retry and fail the same way as against etcd.
+pub mod admin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,378 @@
+//! `raftctl`: the command line of the kuberaft admin API (`kuberaft.admin.v1`).
+//!
+//!     raftctl [--endpoints HOST:PORT,...] [-o table|json] status
+//!     raftctl timing get
+//!     raftctl timing set --heartbeat-interval MS --election-timeout MS
+//!     raftctl leader transfer [--to NAME|ID] [--deadline MS]
+//!
+//! `status` and `timing get` ask every endpoint; `timing set` and `leader transfer`
+//! go to the first endpoint that answers (a follower forwards them to the leader).
+//! Exit status: 0 on success, 1 when the cluster refused or did not answer, 2 on
+//! bad usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Like `print!`, but a closed pipe (`raftctl status | head`) is not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kuberaft_operator::ctl::{self, Probe};
+use kuberaft_proto::admin::admin_client::AdminClient;
+use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "raftctl", version, about = "Inspect and operate a kuberaft cluster")]
+struct Cli {
+    /// Client endpoints of the members, comma separated (like etcdctl).
+    #[arg(
+        long,
+        env = "RAFTCTL_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ',',
+        global = true
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// Time allowed to connect to one endpoint, in milliseconds.
+    #[arg(long, default_value_t = 2_000, global = true)]
+    dial_timeout_ms: u64,
+    /// Time allowed for one request, in milliseconds (a transfer may take longer: its
+    /// deadline is added).
+    #[arg(long, default_value_t = 5_000, global = true)]
+    command_timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Role, term, commit, applied index, lag and health of every endpoint.
+    /// Exits with 1 unless every endpoint answered.
+    Status,
+    /// Heartbeat interval and election timeout.
+    Timing {
+        #[command(subcommand)]
+        command: TimingCommand,
+    },
+    /// Leadership.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimingCommand {
+    /// The timing in force on every endpoint and where it came from.
+    Get,
+    /// Replicates new timing through the log; every member switches when it commits.
+    Set {
+        /// Milliseconds between heartbeats (a multiple of the 10 ms tick).
+        #[arg(long)]
+        heartbeat_interval: u32,
+        /// Milliseconds without a leader before an election (at least 3x the heartbeat).
+        #[arg(long)]
+        election_timeout: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderCommand {
+    /// Hands leadership to a member (default: the most up-to-date voter).
+    Transfer {
+        /// Name or id (hex with 0x) of the member to hand leadership to.
+        #[arg(long)]
+        to: Option<String>,
+        /// Give up after this many milliseconds (default: the server's, a few
+        /// election timeouts).
+        #[arg(long, default_value_t = 0)]
+        deadline: u64,
+    },
+}
+
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// How long to wait for one endpoint.
+#[derive(Clone, Copy)]
+struct Patience {
+    dial: Duration,
+    request: Duration,
+}
+
+impl Cli {
+    fn patience(&self) -> Patience {
+        Patience {
+            dial: Duration::from_millis(self.dial_timeout_ms),
+            request: Duration::from_millis(self.command_timeout_ms),
+        }
+    }
+}
+
+async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
+        .map_err(|e| format!("bad endpoint: {e}"))?
+        .connect_timeout(patience.dial)
+        .timeout(patience.request)
+        .connect()
+        .await
+        .map_err(|e| {
+            // tonic says "transport error"; the causes below it say what went wrong.
+            let mut causes: Vec<String> = Vec::new();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if causes.last() != Some(&text) {
+                    causes.push(text);
+                }
+                cause = c.source();
+            }
+            format!("cannot connect: {}", causes.join(": "))
+        })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+async fn probe(patience: Patience, endpoint: String) -> Probe {
+    let answer = async {
+        let mut client = connect(patience, &endpoint).await?;
+        client
+            .status(StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| describe(&s))
+    }
+    .await;
+    Probe { endpoint, answer }
+}
+
+/// Asks every endpoint at once; answers come back in the order of `--endpoints`.
+async fn probe_all(cli: &Cli) -> Vec<Probe> {
+    let tasks: Vec<_> = cli
+        .endpoints
+        .iter()
+        .map(|e| (e.clone(), tokio::spawn(probe(cli.patience(), e.clone()))))
+        .collect();
+    let mut probes = Vec::with_capacity(tasks.len());
+    for (endpoint, task) in tasks {
+        probes.push(task.await.unwrap_or_else(|e| Probe {
+            endpoint,
+            answer: Err(format!("internal error: {e}")),
+        }));
+    }
+    probes
+}
+
+fn no_answer(cli: &Cli, probes: &[Probe]) -> ExitCode {
+    eprintln!("raftctl: no member answered at {}", cli.endpoints.join(","));
+    for p in probes {
+        if let Err(e) = &p.answer {
+            eprintln!("  {}: {e}", p.endpoint);
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// Sends one request to the first endpoint that is reachable and serving; stops at
+/// the first answer that is a decision (success or a refusal that another member
+/// would repeat).
+async fn first_answer<T, F, Fut>(cli: &Cli, patience: Patience, mut call: F) -> Result<(String, T), String>
+where
+    F: FnMut(AdminClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut errors = Vec::new();
+    for endpoint in &cli.endpoints {
+        let client = match connect(patience, endpoint).await {
+            Ok(client) => client,
+            Err(e) => {
+                errors.push(format!("  {endpoint}: {e}"));
+                continue;
+            }
+        };
+        match call(client).await {
+            Ok(answer) => return Ok((endpoint.clone(), answer)),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                errors.push(format!("  {endpoint}: {}", describe(&status)));
+            }
+            Err(status) => return Err(format!("{endpoint}: {}", describe(&status))),
+        }
+    }
+    Err(format!(
+        "no member answered at {}\n{}",
+        cli.endpoints.join(","),
+        errors.join("\n")
+    ))
+}
+
+async fn run(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Status => {
+            let probes = probe_all(cli).await;
+            let answered = probes.iter().filter(|p| p.answer.is_ok()).count();
+            if answered == 0 {
+                return no_answer(cli, &probes);
+            }
+            match cli.output {
+                Output::Table => out!("{}", ctl::status_table(&probes)),
+                Output::Json => outln!("{:#}", ctl::status_json(&probes)),
+            }
+            if answered == probes.len() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Timing {
+            command: TimingCommand::Get,
+        } => {
+            let probes = probe_all(cli).await;
+            if probes.iter().all(|p| p.answer.is_err()) {
+                return no_answer(cli, &probes);
+            }
+            match cli.output {
+                Output::Table => out!("{}", ctl::timing_table(&probes)),
+                Output::Json => {
+                    let items: Vec<_> = probes
+                        .iter()
+                        .map(|p| match &p.answer {
+                            Ok(s) => serde_json::json!({
+                                "endpoint": p.endpoint,
+                                "name": s.name,
+                                "timing": s.timing.as_ref().map(ctl::timing_json),
+                            }),
+                            Err(e) => serde_json::json!({"endpoint": p.endpoint, "error": e}),
+                        })
+                        .collect();
+                    outln!("{:#}", serde_json::Value::Array(items));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Timing {
+            command:
+                TimingCommand::Set {
+                    heartbeat_interval,
+                    election_timeout,
+                },
+        } => {
+            let request = SetTimingRequest {
+                heartbeat_interval_ms: *heartbeat_interval,
+                election_timeout_ms: *election_timeout,
+                reason: "raftctl".into(),
+            };
+            let answer = first_answer(cli, cli.patience(), |mut client| {
+                let request = request.clone();
+                async move { client.set_timing(request).await.map(|r| r.into_inner()) }
+            })
+            .await;
+            match answer {
+                Ok((_, response)) => {
+                    let timing = response.timing.unwrap_or_default();
+                    match cli.output {
+                        Output::Table => outln!(
+                            "timing set: {}; every member switches when it learns the commit",
+                            ctl::describe_timing(&timing)
+                        ),
+                        Output::Json => outln!(
+                            "{:#}",
+                            serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)})
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: timing not changed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Leader {
+            command: LeaderCommand::Transfer { to, deadline },
+        } => {
+            let request = TransferLeaderRequest {
+                target_name: to.clone().unwrap_or_default(),
+                deadline_ms: *deadline,
+            };
+            let mut patience = cli.patience();
+            // The server waits up to its deadline (by default a few election timeouts).
+            patience.request += Duration::from_millis(if *deadline == 0 { 30_000 } else { *deadline });
+            let answer = first_answer(cli, patience, |mut client| {
+                let request = request.clone();
+                async move { client.transfer_leader(request).await.map(|r| r.into_inner()) }
+            })
+            .await;
+            match answer {
+                Ok((_, response)) => {
+                    match cli.output {
+                        Output::Table => outln!(
+                            "leadership transferred to {} ({:x}) at term {}",
+                            response.leader_name,
+                            response.leader_id,
+                            response.term
+                        ),
+                        Output::Json => outln!(
+                            "{:#}",
+                            serde_json::json!({
+                                "leader_id": format!("{:x}", response.leader_id),
+                                "leader_name": response.leader_name,
+                                "term": response.term,
+                            })
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: leadership not transferred: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.endpoints.iter().all(|e| e.trim().is_empty()) {
+        eprintln!("raftctl: --endpoints is empty");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raftctl: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(&cli))
+}

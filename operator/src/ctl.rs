@@ -1,0 +1,347 @@
+//! What `raftctl` shows, as pure functions over the admin API's answers, so that the
+//! binary only dials and prints.
+//!
+//! `raftctl status` asks every endpoint for its `Status` and reads the cluster from
+//! the answers: the leader is the member that says it leads (with the highest term
+//! when two do, as during a partition), the lag of a member is how far its applied
+//! index is behind the leader's commit index, and a member is healthy when it
+//! answered, knows the current leader, is not far behind, and the leader hears from it.
+
+use kuberaft_proto::admin::{PeerStatus, Reachability, Role, StatusResponse, TimingInfo, TimingSource};
+use serde_json::{json, Value};
+
+/// A member is reported `lagging` beyond this many entries behind the leader's commit.
+pub const LAG_ENTRIES_HEALTHY_MAX: u64 = 1_000;
+
+/// One endpoint's answer, or why it gave none.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub endpoint: String,
+    pub answer: Result<StatusResponse, String>,
+}
+
+/// One row of `raftctl status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    pub endpoint: String,
+    pub id: Option<u64>,
+    pub name: String,
+    pub role: String,
+    pub term: Option<u64>,
+    pub commit: Option<u64>,
+    pub applied: Option<u64>,
+    /// Entries behind the leader's commit index; `None` when unknown.
+    pub lag: Option<u64>,
+    pub health: String,
+}
+
+pub fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role).unwrap_or(Role::Unspecified) {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        Role::Learner => "learner",
+        Role::Unspecified => "unknown",
+    }
+}
+
+pub fn source_name(source: i32) -> &'static str {
+    match TimingSource::try_from(source).unwrap_or(TimingSource::Unspecified) {
+        TimingSource::Flags => "flags",
+        TimingSource::Admin => "admin",
+        TimingSource::Log => "log",
+        TimingSource::Unspecified => "unknown",
+    }
+}
+
+/// The leader's answer, when the leader is among the probes.
+pub fn leader_of(probes: &[Probe]) -> Option<&StatusResponse> {
+    probes
+        .iter()
+        .filter_map(|p| p.answer.as_ref().ok())
+        .filter(|s| s.role == Role::Leader as i32)
+        .max_by_key(|s| s.term)
+}
+
+pub fn rows(probes: &[Probe]) -> Vec<MemberRow> {
+    let leader = leader_of(probes);
+    probes
+        .iter()
+        .map(|probe| match &probe.answer {
+            Err(error) => MemberRow {
+                endpoint: probe.endpoint.clone(),
+                id: None,
+                name: String::new(),
+                role: "-".into(),
+                term: None,
+                commit: None,
+                applied: None,
+                lag: None,
+                health: format!("unreachable: {error}"),
+            },
+            Ok(status) => {
+                let lag = leader.map(|l| l.commit_index.saturating_sub(status.applied_index));
+                let seen_by_leader: Option<&PeerStatus> =
+                    leader.and_then(|l| l.peers.iter().find(|p| p.id == status.id));
+                let health = if status.role == Role::Leader as i32 {
+                    if leader.is_some_and(|l| l.id == status.id) {
+                        "healthy".to_string()
+                    } else {
+                        "stale leader".to_string()
+                    }
+                } else if status.leader_id == 0 {
+                    "no leader".to_string()
+                } else if leader.is_some_and(|l| l.id != status.leader_id) {
+                    "stale leader view".to_string()
+                } else if lag.is_some_and(|lag| lag > LAG_ENTRIES_HEALTHY_MAX) {
+                    "lagging".to_string()
+                } else {
+                    match seen_by_leader.map(|p| Reachability::try_from(p.reachability)) {
+                        Some(Ok(Reachability::Failed)) => "unreachable from leader".to_string(),
+                        Some(Ok(Reachability::Suspect)) => "slow".to_string(),
+                        _ => "healthy".to_string(),
+                    }
+                };
+                MemberRow {
+                    endpoint: probe.endpoint.clone(),
+                    id: Some(status.id),
+                    name: status.name.clone(),
+                    role: role_name(status.role).to_string(),
+                    term: Some(status.term),
+                    commit: Some(status.commit_index),
+                    applied: Some(status.applied_index),
+                    lag,
+                    health,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Left-aligned columns separated by two spaces, a header first.
+pub fn render(header: &[&str], lines: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in lines {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let all = std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        .chain(lines.iter().cloned());
+    for line in all {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn cell(value: Option<u64>) -> String {
+    value.map_or("-".to_string(), |v| v.to_string())
+}
+
+pub fn status_table(probes: &[Probe]) -> String {
+    let lines: Vec<Vec<String>> = rows(probes)
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.endpoint,
+                r.id.map_or("-".to_string(), |id| format!("{id:x}")),
+                if r.name.is_empty() { "-".into() } else { r.name },
+                r.role,
+                cell(r.term),
+                cell(r.commit),
+                cell(r.applied),
+                cell(r.lag),
+                r.health,
+            ]
+        })
+        .collect();
+    let mut out = render(
+        &[
+            "ENDPOINT", "ID", "NAME", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "HEALTH",
+        ],
+        &lines,
+    );
+    out.push('\n');
+    match leader_of(probes) {
+        Some(leader) => {
+            out.push_str(&format!(
+                "leader {} ({:x}), term {}",
+                leader.name, leader.id, leader.term
+            ));
+            if let Some(timing) = &leader.timing {
+                out.push_str(&format!("; timing {}", describe_timing(timing)));
+            }
+            out.push('\n');
+        }
+        None => out.push_str("no leader among the members that answered\n"),
+    }
+    out
+}
+
+pub fn describe_timing(timing: &TimingInfo) -> String {
+    let mut text = format!(
+        "heartbeat {} ms, election {} ms (from {}",
+        timing.heartbeat_interval_ms,
+        timing.election_timeout_ms,
+        source_name(timing.source)
+    );
+    if timing.index > 0 {
+        text.push_str(&format!(", entry {}", timing.index));
+    }
+    text.push(')');
+    text
+}
+
+pub fn timing_table(probes: &[Probe]) -> String {
+    let lines: Vec<Vec<String>> = probes
+        .iter()
+        .map(|p| match &p.answer {
+            Ok(s) => {
+                let t = s.timing.unwrap_or_default();
+                vec![
+                    p.endpoint.clone(),
+                    s.name.clone(),
+                    t.heartbeat_interval_ms.to_string(),
+                    t.election_timeout_ms.to_string(),
+                    source_name(t.source).to_string(),
+                    t.index.to_string(),
+                ]
+            }
+            Err(e) => vec![
+                p.endpoint.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("unreachable: {e}"),
+                "-".into(),
+            ],
+        })
+        .collect();
+    render(
+        &[
+            "ENDPOINT",
+            "NAME",
+            "HEARTBEAT_MS",
+            "ELECTION_MS",
+            "SOURCE",
+            "INDEX",
+        ],
+        &lines,
+    )
+}
+
+pub fn timing_json(timing: &TimingInfo) -> Value {
+    json!({
+        "heartbeat_interval_ms": timing.heartbeat_interval_ms,
+        "election_timeout_ms": timing.election_timeout_ms,
+        "source": source_name(timing.source),
+        "index": timing.index,
+        "since_unix_ms": timing.since_unix_ms,
+        "tick_ms": timing.tick_ms,
+    })
+}
+
+/// `raftctl status -o json`: one object per endpoint, with the computed lag and health.
+pub fn status_json(probes: &[Probe]) -> Value {
+    let rows = rows(probes);
+    let members: Vec<Value> = probes
+        .iter()
+        .zip(rows)
+        .map(|(probe, row)| match &probe.answer {
+            Err(error) => json!({ "endpoint": probe.endpoint, "error": error, "health": row.health }),
+            Ok(s) => json!({
+                "endpoint": probe.endpoint,
+                "id": format!("{:x}", s.id),
+                "name": s.name,
+                "role": row.role,
+                "term": s.term,
+                "leader_id": format!("{:x}", s.leader_id),
+                "commit_index": s.commit_index,
+                "applied_index": s.applied_index,
+                "last_log_index": s.last_log_index,
+                "first_log_index": s.first_log_index,
+                "snapshot_index": s.snapshot_index,
+                "lag": row.lag,
+                "health": row.health,
+                "voters": s.voters.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
+                "learners": s.learners.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
+                "fsync": s.fsync.as_ref().map(|f| json!({"p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "samples": f.samples})),
+                "timing": s.timing.as_ref().map(timing_json),
+                "peers": s.peers.iter().map(|p| json!({
+                    "id": format!("{:x}", p.id),
+                    "name": p.name,
+                    "learner": p.learner,
+                    "match_index": p.match_index,
+                    "next_index": p.next_index,
+                    "inflight": p.inflight,
+                    "replication_state": p.replication_state().as_str_name(),
+                    "reachability": p.reachability().as_str_name(),
+                    "last_contact_ms": p.last_contact_ms,
+                })).collect::<Vec<_>>(),
+                "revision": s.revision,
+                "uptime_seconds": s.uptime_seconds,
+                "version": s.version,
+            }),
+        })
+        .collect();
+    Value::Array(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, role: Role, leader: u64, commit: u64, applied: u64) -> Probe {
+        Probe {
+            endpoint: format!("127.0.0.1:{}", 2379 + id),
+            answer: Ok(StatusResponse {
+                id,
+                name: name.into(),
+                role: role as i32,
+                term: 3,
+                leader_id: leader,
+                commit_index: commit,
+                applied_index: applied,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_leaders_commit_and_unreachable_members_stay_in_the_table() {
+        let probes = vec![
+            member(1, "a", Role::Leader, 1, 5000, 5000),
+            member(2, "b", Role::Follower, 1, 4990, 4990),
+            member(3, "c", Role::Follower, 1, 2000, 1500),
+            Probe {
+                endpoint: "127.0.0.1:9".into(),
+                answer: Err("connection refused".into()),
+            },
+        ];
+        let rows = rows(&probes);
+        assert_eq!(rows[0].health, "healthy");
+        assert_eq!(rows[1].lag, Some(10));
+        assert_eq!(rows[1].health, "healthy");
+        assert_eq!(rows[2].lag, Some(3500));
+        assert_eq!(rows[2].health, "lagging");
+        assert_eq!(rows[3].health, "unreachable: connection refused");
+        let table = status_table(&probes);
+        assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1);
+        assert!(table.contains("leader a (1), term 3"), "{table}");
+    }
+
+    #[test]
+    fn without_an_answering_leader_lag_is_unknown() {
+        let probes = vec![member(2, "b", Role::Follower, 1, 10, 10)];
+        assert_eq!(rows(&probes)[0].lag, None);
+        assert!(status_table(&probes).contains("no leader among the members that answered"));
+    }
+}

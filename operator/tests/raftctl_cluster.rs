@@ -1,0 +1,218 @@
+//! The built `raftctl` against real `raft-node` processes on 127.0.0.1.
+//!
+//! `raft-node` is another crate's binary, so build it first:
+//! `cargo build -p kuberaft-node --bin raft-node` (same profile and target directory),
+//! or point `RAFT_NODE_BIN` at one. Every process started here is ended by its PID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RAFTCTL: &str = env!("CARGO_BIN_EXE_raftctl");
+
+/// `raft-node` next to `raftctl` (target/<profile>/), unless `RAFT_NODE_BIN` says
+/// otherwise.
+fn raft_node_bin() -> PathBuf {
+    let path = std::env::var_os("RAFT_NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(RAFTCTL).with_file_name("raft-node"));
+    assert!(
+        path.is_file(),
+        "raft-node not found at {}: build it first with `cargo build -p kuberaft-node --bin raft-node` \
+         (same profile and CARGO_TARGET_DIR), or set RAFT_NODE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// `n` distinct free ports: every listener is held until all are chosen.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+struct Cluster {
+    clients: Vec<u16>,
+    children: Vec<Child>,
+    base: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(size: usize) -> Cluster {
+        let bin = raft_node_bin();
+        let base = tempfile::tempdir().unwrap();
+        let free = free_ports(3 * size);
+        let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let children = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer, metrics))| {
+                let dir = base.path().join(format!("m{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let log = std::fs::File::create(dir.join("log.txt")).unwrap();
+                Command::new(&bin)
+                    .arg(format!("--name=m{i}"))
+                    .arg(format!("--data-dir={}", dir.display()))
+                    .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                    .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"))
+                    .arg(format!("--initial-cluster={initial}"))
+                    .arg(format!("--initial-cluster-token=raftctl-{}", std::process::id()))
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        Cluster {
+            clients: ports.iter().map(|p| p.0).collect(),
+            children,
+            base,
+        }
+    }
+
+    fn endpoints(&self) -> String {
+        self.clients
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn logs(&self) -> String {
+        (0..self.clients.len())
+            .map(|i| {
+                std::fs::read_to_string(self.base.path().join(format!("m{i}/log.txt"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn raftctl(args: &[&str]) -> Output {
+    Command::new(RAFTCTL).args(args).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
+}
+
+/// The table's rows: the lines after the header, up to the first blank line.
+fn table_rows(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn raftctl_status_shows_three_healthy_members_and_exactly_one_leader() {
+    let cluster = Cluster::start(3);
+    let endpoints = format!("--endpoints={}", cluster.endpoints());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (stdout, rows) = loop {
+        let output = raftctl(&[&endpoints, "status"]);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let rows = table_rows(&stdout);
+        let leaders = rows
+            .iter()
+            .filter(|r| r.get(3).map(String::as_str) == Some("leader"))
+            .count();
+        if output.status.success() && leaders == 1 && rows.iter().all(|r| r.last().unwrap() == "healthy") {
+            break (stdout, rows);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no healthy cluster with one leader within 20 s; last output:\n{}\n{}",
+            text(&output),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(stdout.starts_with("ENDPOINT"), "{stdout}");
+    assert_eq!(rows.len(), 3, "{stdout}");
+    let names: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(names, ["m0", "m1", "m2"], "{stdout}");
+    assert_eq!(rows.iter().filter(|r| r[3] == "leader").count(), 1, "{stdout}");
+    assert_eq!(rows.iter().filter(|r| r[3] == "follower").count(), 2, "{stdout}");
+
+    // JSON carries the same, for scripts.
+    let output = raftctl(&[&endpoints, "-o", "json", "status"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+
+    // Timing set through raftctl, then read back from every member.
+    let output = raftctl(&[
+        &endpoints,
+        "timing",
+        "set",
+        "--heartbeat-interval=50",
+        "--election-timeout=500",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = raftctl(&[
+        &endpoints,
+        "timing",
+        "set",
+        "--heartbeat-interval=50",
+        "--election-timeout=100",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).contains("election_timeout_ms"), "{}", text(&output));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = raftctl(&[&endpoints, "timing", "get"]);
+        let rows = table_rows(&String::from_utf8_lossy(&output.stdout));
+        if rows.len() == 3 && rows.iter().all(|r| r[2] == "50" && r[3] == "500") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timing not everywhere: {}",
+            text(&output)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A named transfer, then a refused one.
+    let output = raftctl(&[&endpoints, "leader", "transfer", "--to=m1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("transferred to m1"), "{}", text(&output));
+    let output = raftctl(&[&endpoints, "leader", "transfer", "--to=nobody"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).contains("not a member"), "{}", text(&output));
+}
+
+#[test]
+fn raftctl_says_clearly_when_no_member_answers() {
+    let free = free_ports(2);
+    let dead = format!("--endpoints=127.0.0.1:{},127.0.0.1:{}", free[0], free[1]);
+    let output = raftctl(&[&dead, "--dial-timeout-ms=500", "status"]);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    assert!(out.contains("no member answered"), "{out}");
+    assert!(output.stdout.is_empty(), "nothing on stdout: {out}");
+    let output = raftctl(&[&dead, "--dial-timeout-ms=500", "leader", "transfer"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).contains("no member answered"), "{}", text(&output));
+}
