@@ -261,8 +261,8 @@ def main():
     timing = ["--heartbeat-interval=100", "--election-timeout=1000"]
     kuberaft = Cluster("kuberaft", 24000, work, timing)
     etcd = Cluster("etcd", 25000, work, timing)
-    ablated = Cluster("kuberaft", 26000, work, timing + ["--max-inflight-appends=1", "--max-append-entries=1",
-                                                         "--wal-fsync-per-write"], name="ablated")
+    ablated = Cluster("kuberaft", 26000, work, timing + ["--ablate-pipelining-and-batching"],
+                      name="ablated")
     clusters = [kuberaft, etcd]
     rows, failovers, ablation = [], {"kuberaft": [], "etcd": []}, []
     try:

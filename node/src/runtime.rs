@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub inbound_capacity: usize,
     pub request_capacity: usize,
     pub apply_capacity: usize,
+    /// Inputs handled per wake-up before the commands run (1: no batching; the
+    /// benchmark's ablation uses it).
+    pub input_batch_max: usize,
 }
 
 impl RuntimeConfig {
@@ -68,6 +71,7 @@ impl RuntimeConfig {
             inbound_capacity: 4096,
             request_capacity: 4096,
             apply_capacity: 1024,
+            input_batch_max: INPUT_BATCH_MAX,
         }
     }
 }
@@ -439,7 +443,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         next_read_id: 1,
         snapshot_records: Vec::new(),
     };
-    let join = tokio::spawn(task.run(config.tick, inbox_rx, request_rx));
+    let join = tokio::spawn(task.run(config.tick, config.input_batch_max.max(1), inbox_rx, request_rx));
     Ok((handle, join))
 }
 
@@ -469,12 +473,13 @@ struct CoreTask {
 
 /// Inputs handled per wake-up before the commands are executed, so bursts of
 /// proposals and messages share one round of persistence and sending.
-const INPUT_BATCH_MAX: usize = 256;
+pub const INPUT_BATCH_MAX: usize = 256;
 
 impl CoreTask {
     async fn run(
         mut self,
         tick: Duration,
+        input_batch_max: usize,
         mut inbox: mpsc::Receiver<Input>,
         mut requests: mpsc::Receiver<Request>,
     ) {
@@ -492,7 +497,7 @@ impl CoreTask {
                     if !self.handle_input(input) {
                         return;
                     }
-                    for _ in 1..INPUT_BATCH_MAX {
+                    for _ in 1..input_batch_max {
                         match inbox.try_recv() {
                             Ok(input) => {
                                 if !self.handle_input(input) {
@@ -506,7 +511,7 @@ impl CoreTask {
                 request = requests.recv() => {
                     let Some(request) = request else { return };
                     self.handle_request(request).await;
-                    for _ in 1..INPUT_BATCH_MAX {
+                    for _ in 1..input_batch_max {
                         match requests.try_recv() {
                             Ok(request) => self.handle_request(request).await,
                             Err(_) => break,

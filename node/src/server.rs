@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// Batches to a peer at least this large are zstd-compressed (0: never).
     #[arg(long, env = "KUBERAFT_PEER_COMPRESSION_THRESHOLD_BYTES", default_value_t = 64 * 1024)]
     pub peer_compression_threshold_bytes: usize,
+    /// Benchmark only: turn pipelining and batching off (one entry per append, one
+    /// append in flight per follower, one input per wake-up, one fsync per WAL write),
+    /// to measure what they buy.
+    #[arg(
+        long,
+        env = "KUBERAFT_ABLATE_PIPELINING_AND_BATCHING",
+        default_value_t = false
+    )]
+    pub ablate_pipelining_and_batching: bool,
 }
 
 /// Upper bound on the heartbeat interval (flags and `SetTiming`).
@@ -337,6 +346,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     config.tick = Duration::from_millis(TICK_MS);
     config.bootstrap = plan.bootstrap.then(|| plan.members.keys().copied().collect());
+    if args.ablate_pipelining_and_batching {
+        tracing::warn!("pipelining and batching are off (benchmark ablation)");
+        config.raft.max_inflight_msgs = 1;
+        config.raft.max_batch_entries = 1;
+        config.input_batch_max = 1;
+        config.writer.mode = crate::storage::CommitMode::PerSubmission;
+    }
 
     let mut transport_config =
         TransportConfig::new(plan.id, args.initial_cluster_token.clone(), plan.cluster_id);
