@@ -4,8 +4,8 @@
 //! Every wait is bounded, and every process started here is ended by its PID when
 //! the test ends (also on failure).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kuberaft_proto::admin::admin_client::AdminClient;
@@ -13,94 +13,18 @@ use kuberaft_proto::admin::{
     Event, EventKind, Role, SetTimingRequest, StatusRequest, StatusResponse, TimingSource,
     TransferLeaderRequest, WatchEventsRequest,
 };
+use support::ProcCluster;
 use tonic::transport::Channel;
 
-/// `n` distinct free ports: every listener is held until all are chosen.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+/// The admin API's view of a process cluster.
+trait AdminOps {
+    async fn admin(&self, i: usize) -> AdminClient<Channel>;
+    async fn status(&self, i: usize) -> Option<StatusResponse>;
+    async fn wait_for_agreed_leader(&self, among: &[usize]) -> usize;
+    async fn wait_for_status(&self, i: usize, what: &str, check: impl Fn(&StatusResponse) -> bool);
 }
 
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    metrics: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-struct ProcCluster {
-    members: Vec<Member>,
-    token: String,
-    _base: tempfile::TempDir,
-}
-
-impl ProcCluster {
-    fn start(size: usize) -> ProcCluster {
-        let base = tempfile::tempdir().unwrap();
-        let ports = free_ports(3 * size);
-        let members = (0..size)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client: ports[3 * i],
-                peer: ports[3 * i + 1],
-                metrics: ports[3 * i + 2],
-                dir: base.path().join(format!("m{i}")),
-                child: None,
-            })
-            .collect();
-        let mut cluster = ProcCluster {
-            members,
-            token: format!("admin-{}", std::process::id()),
-            _base: base,
-        };
-        for i in 0..size {
-            cluster.spawn(i);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let initial = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = self.token.clone();
-        let m = &mut self.members[i];
-        std::fs::create_dir_all(&m.dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m.dir.join("log.txt"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", m.dir.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
-            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
-            .arg(format!("--initial-cluster={initial}"))
-            .arg(format!("--initial-cluster-token={token}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        m.child = Some(child);
-    }
-
-    /// kill -9.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
+impl AdminOps for ProcCluster {
     async fn admin(&self, i: usize) -> AdminClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -125,7 +49,7 @@ impl ProcCluster {
     }
 
     /// Waits until every listed member names the same leader, which says it leads.
-    async fn wait_for_leader(&self, among: &[usize]) -> usize {
+    async fn wait_for_agreed_leader(&self, among: &[usize]) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let mut leaders = Vec::new();
@@ -162,18 +86,6 @@ impl ProcCluster {
             self.log(i)
         );
     }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.members[i].dir.join("log.txt")).unwrap_or_default()
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
 }
 
 fn timing_of(s: &StatusResponse) -> (u32, u32) {
@@ -183,8 +95,8 @@ fn timing_of(s: &StatusResponse) -> (u32, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_timing_reaches_every_member_survives_a_restart_and_a_bad_value_changes_nothing() {
-    let mut cluster = ProcCluster::start(3);
-    let leader = cluster.wait_for_leader(&[0, 1, 2]).await;
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
     for i in 0..3 {
         let s = cluster.status(i).await.unwrap();
         assert_eq!(timing_of(&s), (100, 1000), "flags' timing on m{i}");
@@ -259,13 +171,13 @@ async fn set_timing_reaches_every_member_survives_a_restart_and_a_bad_value_chan
                 && (t.source == TimingSource::Log as i32 || t.source == TimingSource::Admin as i32)
         })
         .await;
-    cluster.wait_for_leader(&[0, 1, 2]).await;
+    cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_leader_to_a_named_member_works_and_to_a_non_member_fails_cleanly() {
-    let cluster = ProcCluster::start(3);
-    let leader = cluster.wait_for_leader(&[0, 1, 2]).await;
+    let cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
     let target = (leader + 1) % 3;
     let bystander = (leader + 2) % 3;
     let target_name = cluster.members[target].name.clone();
@@ -288,7 +200,7 @@ async fn transfer_leader_to_a_named_member_works_and_to_a_non_member_fails_clean
         Role::Leader as i32,
         "{target_name} leads after the transfer"
     );
-    assert_eq!(cluster.wait_for_leader(&[0, 1, 2]).await, target);
+    assert_eq!(cluster.wait_for_agreed_leader(&[0, 1, 2]).await, target);
     let term = s.term;
 
     let error = cluster
@@ -341,8 +253,8 @@ async fn next_event(stream: &mut tonic::Streaming<Event>, kind: EventKind) -> Ev
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_replays_the_election_then_reports_timing_and_leader_changes() {
-    let cluster = ProcCluster::start(3);
-    let leader = cluster.wait_for_leader(&[0, 1, 2]).await;
+    let cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
     let leader_id = cluster.status(leader).await.unwrap().id;
     let follower = (leader + 1) % 3;
     let mut stream = cluster

@@ -3,183 +3,18 @@
 //! processes on 127.0.0.1.
 //!
 //! Every process this test starts is ended by its PID when the test ends (also on
-//! failure). The small process harness is a copy of the one in `process_cluster.rs`.
+//! failure).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    metrics: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-struct ProcCluster {
-    members: Vec<Member>,
-    token: String,
-    _base: tempfile::TempDir,
-}
-
-impl ProcCluster {
-    fn start(size: usize, extra: &[&str]) -> ProcCluster {
-        let base = tempfile::tempdir().unwrap();
-        let members: Vec<Member> = (0..size)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
-                metrics: free_port(),
-                dir: base.path().join(format!("m{i}")),
-                child: None,
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-            })
-            .collect();
-        let mut cluster = ProcCluster {
-            members,
-            token: format!("test-{}", std::process::id()),
-            _base: base,
-        };
-        for i in 0..size {
-            cluster.spawn(i);
-        }
-        cluster
-    }
-
-    fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let initial = self.initial_cluster();
-        let token = self.token.clone();
-        let m = &mut self.members[i];
-        std::fs::create_dir_all(&m.dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m.dir.join("log.txt"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", m.dir.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
-            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
-            .arg(format!("--initial-cluster={initial}"))
-            .arg(format!("--initial-cluster-token={token}"))
-            .args(&m.extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        m.child = Some(child);
-    }
-
-    /// kill -9.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn endpoint(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.members[i].client)
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
-    }
-
-    /// A metric of member `i`, from its /metrics endpoint.
-    fn metric(&self, i: usize, name: &str) -> Option<u64> {
-        let body = http_get(self.members[i].metrics, "/metrics")?;
-        body.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn wait_for_leader(&self, among: &[usize]) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            for &i in among {
-                if self.metric(i, "kuberaft_role") == Some(3) {
-                    return i;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("no leader among {among:?} within 20 s");
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.members[i].dir.join("log.txt")).unwrap_or_default()
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            if self.members[i].child.is_some() {
-                let _ = Command::new("kill")
-                    .arg("-CONT")
-                    .arg(self.members[i].child.as_ref().unwrap().id().to_string())
-                    .status();
-            }
-            self.kill(i);
-        }
-    }
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().ok()?,
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=5s")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("etcdctl is required (Debian package etcd-client; scripts/test.sh installs it): {e}")
-        });
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
+use support::{etcdctl, ProcCluster};
 
 /// etcdctl with `input` on its standard input (as `etcdctl txn` reads it).
 fn etcdctl_stdin(endpoint: &str, args: &[&str], input: &str) -> (bool, String) {

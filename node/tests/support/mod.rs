@@ -1,0 +1,216 @@
+//! The process harness shared by the multi-process tests: real `raft-node`
+//! processes on 127.0.0.1, their metrics, and etcd clients.
+//!
+//! Every wait is bounded, and every process started here is ended by its PID when
+//! the cluster is dropped (also when a test fails).
+#![allow(dead_code)] // each test crate uses a different part
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+/// `n` distinct free ports: every listener is held until all are chosen.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client: u16,
+    pub peer: u16,
+    pub metrics: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+pub struct ProcCluster {
+    pub members: Vec<Member>,
+    pub token: String,
+    _base: tempfile::TempDir,
+}
+
+impl ProcCluster {
+    pub fn start(size: usize, extra: &[&str]) -> ProcCluster {
+        let base = tempfile::tempdir().unwrap();
+        let ports = free_ports(3 * size);
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: ports[3 * i],
+                peer: ports[3 * i + 1],
+                metrics: ports[3 * i + 2],
+                dir: base.path().join(format!("m{i}")),
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let mut cluster = ProcCluster {
+            members,
+            token: format!("test-{}", std::process::id()),
+            _base: base,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let token = self.token.clone();
+        let m = &mut self.members[i];
+        std::fs::create_dir_all(&m.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("log.txt"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.dir.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg(format!("--initial-cluster-token={token}"))
+            .args(&m.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// A metric of member `i`, from its /metrics endpoint.
+    pub fn metric(&self, i: usize, name: &str) -> Option<u64> {
+        let body = http_get(self.members[i].metrics, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn wait_for_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            for &i in among {
+                if self.metric(i, "kuberaft_role") == Some(3) {
+                    return i;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no leader among {among:?} within 20 s");
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.members[i].dir.join("log.txt")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_some() {
+                let _ = Command::new("kill")
+                    .arg("-CONT")
+                    .arg(self.members[i].child.as_ref().unwrap().id().to_string())
+                    .status();
+            }
+            self.kill(i);
+        }
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=5s")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("etcdctl is required (Debian package etcd-client; scripts/test.sh installs it): {e}")
+        });
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+pub async fn client(endpoints: &[String]) -> Client {
+    // Generous: CI machines are shared and noisy; the tests assert outcomes, not speed.
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(10))
+        .with_connect_timeout(Duration::from_secs(1));
+    Client::connect(endpoints, Some(options)).await.unwrap()
+}
+
+/// Reads `key` serializably from one member, waiting up to `within` for it to appear.
+pub async fn value_on(endpoint: &str, key: &str, within: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut c = client(&[endpoint.to_string()]).await;
+    loop {
+        if let Ok(response) = c.get(key, Some(GetOptions::new().with_serializable())).await {
+            if let Some(kv) = response.kvs().first() {
+                return Some(kv.value().to_vec());
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
