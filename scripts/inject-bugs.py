@@ -77,7 +77,10 @@ def main():
                 mutated = mutated[:-1] + UNGATED
             open(path, "w").write(mutated)
             env = dict(os.environ, SIM_SEEDS=str(args.seeds), SIM_SEED_START="0",
-                       CARGO_TARGET_DIR=os.path.join(target, "mutants"))
+                       # The project's own target directory: the
+                       # dependencies are already built there (the mutated crate
+                       # lives at another path, so its artifacts never clobber ours).
+                       CARGO_TARGET_DIR=os.environ.get("CARGO_TARGET_DIR", target))
             run = subprocess.run(
                 ["cargo", "test", "--profile", "sim", "-p", "kuberaft-node", "--test", "simulation",
                  "--", "--nocapture"],
