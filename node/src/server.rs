@@ -90,6 +90,10 @@ pub struct ServeArgs {
         default_value_t = false
     )]
     pub ablate_pipelining_and_batching: bool,
+    /// Keep this many revisions of history; the leader compacts older ones every few
+    /// seconds (0: never; the MVCC history lives in memory, so the default is on).
+    #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value_t = 10_000)]
+    pub auto_compaction_retention: i64,
 }
 
 /// Upper bound on the heartbeat interval (flags and `SetTiming`).
@@ -427,6 +431,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
         })
     };
+    if args.auto_compaction_retention < 0 {
+        anyhow::bail!("--auto-compaction-retention: must not be negative");
+    }
+    if args.auto_compaction_retention > 0 {
+        tokio::spawn(auto_compact(
+            node.clone(),
+            args.auto_compaction_retention,
+            shutdown_rx.clone(),
+        ));
+    }
     let metrics_server = crate::metrics::serve(plan.metrics_addr, node.clone(), shutdown_rx.clone()).await?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -451,6 +465,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Revision-based auto-compaction (like etcd's `--auto-compaction-mode=revision`):
+/// the leader proposes a compaction that keeps the last `retention` revisions.
+async fn auto_compact(node: NodeHandle, retention: i64, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if node.status().borrow().role != Role::Leader {
+            continue;
+        }
+        let store = node.read_local();
+        let target = store.revision() - retention;
+        if target > store.compacted() {
+            match node
+                .propose(crate::kv::KvCommand::Compact { revision: target })
+                .await
+            {
+                Ok(_) => tracing::info!(revision = target, "auto-compaction"),
+                Err(e) => tracing::debug!(error = %e, "auto-compaction deferred"),
+            }
+        }
+    }
 }
 
 /// On a graceful stop, a leader hands leadership to the most up-to-date voter so the

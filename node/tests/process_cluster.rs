@@ -398,3 +398,33 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_exits_cleanly() {
         assert_eq!(value.as_deref(), Some(&b"x"[..]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_compaction_keeps_only_the_configured_number_of_revisions() {
+    let cluster = ProcCluster::start(3, &["--auto-compaction-retention=10"]);
+    cluster.wait_for_leader(&[0, 1, 2]);
+    let mut c = client(&cluster.endpoints()).await;
+    for n in 0..40 {
+        c.put(format!("k{n}"), "v", None).await.unwrap();
+    }
+    // The leader compacts every few seconds; wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let (ok, out) = etcdctl(&cluster.endpoint(0), &["get", "k0", "--rev=2"]);
+        if !ok {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no auto-compaction within 20 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(error.contains("required revision has been compacted"), "{error}");
+    // Recent history and the latest values are kept.
+    let r = c.get("k39", None).await.unwrap();
+    let current = r.header().unwrap().revision();
+    let (ok, out) = etcdctl(
+        &cluster.endpoint(1),
+        &["get", "k39", &format!("--rev={}", current - 5)],
+    );
+    assert!(ok, "revisions within the retention are readable: {out}");
+    assert_eq!(r.kvs().len(), 1);
+}
