@@ -45,11 +45,17 @@ fn chunk(data: &[u8], offset: usize, len: usize, first: bool, total: usize, crc:
     }
 }
 
-#[tokio::test]
-async fn an_interrupted_snapshot_transfer_resumes_where_the_receiver_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SnapshotStore::open(dir.path(), CLUSTER_ID, 2).unwrap();
-    let (inbox, _inbox_rx) = mpsc::channel(16);
+/// A receiving member's peer service on a real port, and a client connected to it.
+/// The returned inbox receiver keeps the service's inbox open.
+async fn serve_peer(
+    dir: &std::path::Path,
+) -> (
+    SnapshotStore,
+    pb::peer_client::PeerClient<tonic::transport::Channel>,
+    mpsc::Receiver<kuberaft_node::runtime::Input>,
+) {
+    let store = SnapshotStore::open(dir, CLUSTER_ID, 2).unwrap();
+    let (inbox, inbox_rx) = mpsc::channel(16);
     let service = PeerService::new(
         TransportConfig::new(1, "token".into(), CLUSTER_ID),
         inbox,
@@ -62,9 +68,16 @@ async fn an_interrupted_snapshot_transfer_resumes_where_the_receiver_stopped() {
             .add_service(service.into_server())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let mut client = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
+    let client = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
+    (store, client, inbox_rx)
+}
+
+#[tokio::test]
+async fn an_interrupted_snapshot_transfer_resumes_where_the_receiver_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut client, _inbox) = serve_peer(dir.path()).await;
 
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let total = data.len();
@@ -123,23 +136,7 @@ async fn an_interrupted_snapshot_transfer_resumes_where_the_receiver_stopped() {
 #[tokio::test]
 async fn a_corrupted_transfer_is_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SnapshotStore::open(dir.path(), CLUSTER_ID, 2).unwrap();
-    let (inbox, _inbox_rx) = mpsc::channel(16);
-    let service = PeerService::new(
-        TransportConfig::new(1, "token".into(), CLUSTER_ID),
-        inbox,
-        store.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut client = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let (store, mut client, _inbox) = serve_peer(dir.path()).await;
     let data = vec![7u8; 100_000];
     let wrong_crc = crc32c::crc32c(&data) ^ 1;
     let ack = client
