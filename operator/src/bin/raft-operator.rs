@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", kuberaft_operator::crd::crd_yaml());
+}

@@ -1,0 +1,290 @@
+//! The `RaftCluster` custom resource (`kuberaft.io/v1alpha1`, short name `raft`).
+//!
+//! What can be checked before the reconciler sees an object is checked by the API
+//! server through CEL rules (`x-kubernetes-validations`) in the generated schema:
+//! replicas 1–9, timing values consistent with their bounds, storage sizes that are
+//! quantities, and fields that cannot change after creation (storage classes, sizes
+//! — a StatefulSet's volumeClaimTemplates are immutable). `raft-operator crd` prints
+//! the CustomResourceDefinition; `crds/raftcluster.yaml` is its committed output.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, Container, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Largest cluster the CRD accepts: more voters only slow every commit down.
+pub const REPLICAS_MAX: i32 = 9;
+/// raft-node's own ceilings (`node/src/server.rs`), repeated in the schema.
+pub const HEARTBEAT_INTERVAL_MS_MAX: u32 = 5_000;
+pub const ELECTION_TIMEOUT_MS_MAX: u32 = 50_000;
+/// Default container image of a member.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/kuberaft/raft-node:0.1.0";
+
+/// A replicated key-value store of `replicas` Raft members speaking the etcd v3 API.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kuberaft.io",
+    version = "v1alpha1",
+    kind = "RaftCluster",
+    plural = "raftclusters",
+    shortname = "raft",
+    namespaced,
+    status = "RaftClusterStatus",
+    doc = "A kuberaft cluster: Raft members in a StatefulSet, managed by raft-operator.",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterSpec {
+    /// Number of voting members (1 to 9; odd numbers tolerate the most failures).
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// raft-node container image.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub image_pull_policy: Option<String>,
+    pub storage: Storage,
+    #[serde(default)]
+    pub timing: Timing,
+    /// Applied entries between snapshots (raft-node --snapshot-count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 10_000_000))]
+    pub snapshot_count: Option<u64>,
+    /// Resources of the raft-node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+
+/// The two volumes of a member; on separate disks the WAL's fsyncs do not wait behind
+/// snapshot writes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    pub wal: Volume,
+    pub snapshots: Volume,
+    /// What happens to the volumes when the RaftCluster is deleted.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("volumes cannot change after creation (a StatefulSet's volumeClaimTemplates are immutable)"))]
+pub struct Volume {
+    /// Requested size, a Kubernetes quantity such as `1Gi`.
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('1Mi')) >= 0").message("must be a quantity of at least 1Mi, e.g. 1Gi"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub size: String,
+    /// StorageClass of the claim; the cluster default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReclaimPolicy {
+    /// Keep the PersistentVolumeClaims (the data survives the RaftCluster).
+    #[default]
+    Retain,
+    /// Delete the PersistentVolumeClaims with the RaftCluster.
+    Delete,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimingMode {
+    /// Use `heartbeatIntervalMs` and `electionTimeoutMs` as given.
+    #[default]
+    Fixed,
+    /// Derive them from observed RTT and fsync latency, within the bounds.
+    Adaptive,
+}
+
+/// Heartbeat and election timeout. In `Fixed` mode the values are applied (live, through
+/// the admin API's SetTiming) as given; in `Adaptive` mode they are the starting point
+/// and the operator moves them within `[min*, max*]`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.electionTimeoutMs >= 3 * self.heartbeatIntervalMs").message("electionTimeoutMs must be at least 3x heartbeatIntervalMs"),
+    validation = Rule::new("self.minHeartbeatIntervalMs <= self.heartbeatIntervalMs && self.heartbeatIntervalMs <= self.maxHeartbeatIntervalMs").message("heartbeatIntervalMs must lie within [minHeartbeatIntervalMs, maxHeartbeatIntervalMs]"),
+    validation = Rule::new("self.minElectionTimeoutMs <= self.electionTimeoutMs && self.electionTimeoutMs <= self.maxElectionTimeoutMs").message("electionTimeoutMs must lie within [minElectionTimeoutMs, maxElectionTimeoutMs]"),
+    validation = Rule::new("self.maxElectionTimeoutMs >= 3 * self.minHeartbeatIntervalMs").message("maxElectionTimeoutMs must be at least 3x minHeartbeatIntervalMs")
+)]
+pub struct Timing {
+    #[serde(default)]
+    pub mode: TimingMode,
+    #[serde(default = "default_heartbeat")]
+    #[schemars(range(min = 10, max = 5000))]
+    pub heartbeat_interval_ms: u32,
+    #[serde(default = "default_election")]
+    #[schemars(range(min = 30, max = 50000))]
+    pub election_timeout_ms: u32,
+    #[serde(default = "default_min_heartbeat")]
+    #[schemars(range(min = 10, max = 5000))]
+    pub min_heartbeat_interval_ms: u32,
+    #[serde(default = "default_max_heartbeat")]
+    #[schemars(range(min = 10, max = 5000))]
+    pub max_heartbeat_interval_ms: u32,
+    #[serde(default = "default_min_election")]
+    #[schemars(range(min = 30, max = 50000))]
+    pub min_election_timeout_ms: u32,
+    #[serde(default = "default_max_election")]
+    #[schemars(range(min = 30, max = 50000))]
+    pub max_election_timeout_ms: u32,
+}
+
+fn default_heartbeat() -> u32 {
+    100
+}
+fn default_election() -> u32 {
+    1000
+}
+fn default_min_heartbeat() -> u32 {
+    20
+}
+fn default_max_heartbeat() -> u32 {
+    500
+}
+fn default_min_election() -> u32 {
+    200
+}
+fn default_max_election() -> u32 {
+    5000
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            mode: TimingMode::Fixed,
+            heartbeat_interval_ms: default_heartbeat(),
+            election_timeout_ms: default_election(),
+            min_heartbeat_interval_ms: default_min_heartbeat(),
+            max_heartbeat_interval_ms: default_max_heartbeat(),
+            min_election_timeout_ms: default_min_election(),
+            max_election_timeout_ms: default_max_election(),
+        }
+    }
+}
+
+/// Pod-level settings merged into the StatefulSet's pod template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Replaces the default (pods preferably on different nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Replaces the default spread (at most one pod more per node than on any other).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// The application's own containers. When present, raft-node runs as a native
+    /// sidecar (an init container with `restartPolicy: Always`) and the application
+    /// reaches its local member at `localhost:2379`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+}
+
+/// Certificates for client and peer traffic, from a `kubernetes.io/tls` Secret (keys
+/// `tls.crt`, `tls.key`, `ca.crt`), mounted read-only at `/etc/kuberaft/tls`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Require client certificates signed by `ca.crt`.
+    #[serde(default)]
+    pub client_cert_auth: bool,
+}
+
+/// What the operator observed and did, for people and for the next reconcile.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Voting members in the Raft configuration (the scale subresource's status).
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// Set once the initial members formed a cluster; from then on new pods join
+    /// (`--initial-cluster-state existing`). Never unset.
+    #[serde(default)]
+    pub bootstrapped: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<TimingStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    /// Member id in hex, as etcdctl prints it.
+    pub id: String,
+    pub role: String,
+    pub learner: bool,
+    pub healthy: bool,
+    pub match_index: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimingStatus {
+    pub heartbeat_interval_ms: u32,
+    pub election_timeout_ms: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_p99_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_p99_ms: Option<f64>,
+    /// When the operator last changed timing (RFC 3339); the cool-down counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_time: Option<String>,
+}
+
+/// The CustomResourceDefinition as YAML: what `raft-operator crd` prints and
+/// `crds/raftcluster.yaml` holds.
+pub fn crd_yaml() -> String {
+    let crd = RaftCluster::crd();
+    let body = serde_norway::to_string(&crd).expect("a CRD always serializes");
+    format!("# Generated by `raft-operator crd`; do not edit (scripts/check-operator.sh checks drift).\n{body}")
+}
