@@ -3,11 +3,25 @@
 //!
 //! Layout:
 //! - [`crd`]: the `RaftCluster` types and the CRD generator.
+//! - [`plan`]: the pure planner: desired children and the next orchestration step.
+//! - [`adaptive`]: the adaptive timing rule.
+//! - [`render`]: the children (Services, StatefulSet, PodDisruptionBudget).
+//! - [`platform`]: the effects of a step (Kubernetes or local processes) and `execute`.
+//! - [`node`]: calls to members (admin Status, etcd Cluster, TransferLeader, SetTiming).
+//! - [`k8s`]: the kube-rs controller: observe, apply, status, events, finalizer.
+//! - [`lease`]: leader election on a coordination Lease.
 //! - [`ctl`]: what `raftctl` (`src/bin/raftctl.rs`) shows, computed from the admin
 //!   API's answers (`kuberaft.admin.v1`): the status table, lag and health.
 
+pub mod adaptive;
 pub mod crd;
 pub mod ctl;
+pub mod k8s;
+pub mod lease;
+pub mod node;
+pub mod plan;
+pub mod platform;
+pub mod render;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +30,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("invalid manifest: {0}")]
     Manifest(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("member {endpoint}: {message}")]
     Node { endpoint: String, message: String },
 }

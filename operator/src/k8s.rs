@@ -1,0 +1,622 @@
+//! The Kubernetes side: observe → plan → apply → status, run by a kube-rs `Controller`
+//! that owns the StatefulSet, the Services and the PodDisruptionBudget.
+//!
+//! - observe: the StatefulSet, the pods and PVCs (by the cluster's selector labels), and
+//!   each pod's admin `Status` (in parallel, with a deadline);
+//! - plan: [`crate::plan::plan`], pure;
+//! - apply: every child with server-side apply under one field manager
+//!   ([`FIELD_MANAGER`]), then the one orchestration step through [`KubePlatform`];
+//! - status: server-side apply of the status subresource with the conditions
+//!   `Available`, `Progressing` and `Degraded`, and an Event for each step taken,
+//!   refused, or failed.
+//!
+//! A finalizer ([`FINALIZER`]) deletes or keeps the PVCs on deletion, as
+//! `spec.storage.reclaimPolicy` says; the other children go with their owner.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{MemberStatus, RaftCluster, RaftClusterStatus, ReclaimPolicy, TimingStatus};
+use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
+use crate::platform::{self, Platform};
+use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
+use crate::{node, Error, Result};
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "raft-operator";
+/// Held on every RaftCluster until its volumes were dealt with.
+pub const FINALIZER: &str = "kuberaft.io/volumes";
+/// Look again this soon while a change is underway.
+pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
+/// ... and this soon when all is steady (adaptive timing, health in status).
+pub const REQUEUE_STEADY: Duration = Duration::from_secs(30);
+
+/// Counters for `/metrics` (Prometheus text format).
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Default)]
+struct MetricsInner {
+    reconciles: u64,
+    duration_seconds_sum: f64,
+    failures: BTreeMap<String, u64>,
+    actions: BTreeMap<&'static str, u64>,
+}
+
+impl Metrics {
+    fn reconciled(&self, elapsed: Duration) {
+        let mut m = self.inner.lock().expect("not poisoned");
+        m.reconciles += 1;
+        m.duration_seconds_sum += elapsed.as_secs_f64();
+    }
+
+    fn failed(&self, reason: &str) {
+        *self
+            .inner
+            .lock()
+            .expect("not poisoned")
+            .failures
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    fn acted(&self, kind: &'static str) {
+        *self
+            .inner
+            .lock()
+            .expect("not poisoned")
+            .actions
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let m = self.inner.lock().expect("not poisoned");
+        let mut out = String::new();
+        out.push_str("# HELP kuberaft_operator_reconciles_total Reconciles run.\n");
+        out.push_str("# TYPE kuberaft_operator_reconciles_total counter\n");
+        out.push_str(&format!("kuberaft_operator_reconciles_total {}\n", m.reconciles));
+        out.push_str("# HELP kuberaft_operator_reconcile_duration_seconds Time spent reconciling.\n");
+        out.push_str("# TYPE kuberaft_operator_reconcile_duration_seconds summary\n");
+        out.push_str(&format!(
+            "kuberaft_operator_reconcile_duration_seconds_sum {}\n",
+            m.duration_seconds_sum
+        ));
+        out.push_str(&format!(
+            "kuberaft_operator_reconcile_duration_seconds_count {}\n",
+            m.reconciles
+        ));
+        out.push_str("# HELP kuberaft_operator_reconcile_failures_total Failed reconciles by reason.\n");
+        out.push_str("# TYPE kuberaft_operator_reconcile_failures_total counter\n");
+        for (reason, n) in &m.failures {
+            out.push_str(&format!(
+                "kuberaft_operator_reconcile_failures_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP kuberaft_operator_actions_total Orchestration steps by kind.\n");
+        out.push_str("# TYPE kuberaft_operator_actions_total counter\n");
+        for (kind, n) in &m.actions {
+            out.push_str(&format!(
+                "kuberaft_operator_actions_total{{action=\"{kind}\"}} {n}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+/// Kubernetes as a [`Platform`]: pods of the StatefulSet, their PVCs.
+pub struct KubePlatform {
+    client: Client,
+    name: String,
+    namespace: String,
+}
+
+impl KubePlatform {
+    pub fn new(client: Client, rc: &RaftCluster) -> Self {
+        KubePlatform {
+            client,
+            name: rc.name_any(),
+            namespace: render::namespace(rc),
+        }
+    }
+
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+/// The claims of one ordinal, as the StatefulSet names them (`{template}-{sts}-{ordinal}`).
+pub fn claim_names(cluster: &str, ordinal: u32) -> [String; 2] {
+    [
+        format!("wal-{cluster}-{ordinal}"),
+        format!("snapshots-{cluster}-{ordinal}"),
+    ]
+}
+
+fn ignore_not_found(result: kube::Result<impl Sized>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Platform for KubePlatform {
+    fn client_endpoint(&self, ordinal: u32) -> String {
+        format!(
+            "http://{}-{ordinal}.{}.{}.svc:{}",
+            self.name,
+            render::peer_service_name(&self.name),
+            self.namespace,
+            render::CLIENT_PORT
+        )
+    }
+
+    async fn scale_workload(&self, to: i32) -> Result<()> {
+        let patch = serde_json::json!({ "spec": { "replicas": to } });
+        self.api::<StatefulSet>()
+            .patch_scale(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn restart_member(&self, ordinal: u32) -> Result<()> {
+        let pod = format!("{}-{ordinal}", self.name);
+        ignore_not_found(self.api::<Pod>().delete(&pod, &DeleteParams::default()).await)
+    }
+
+    async fn delete_volumes(&self, ordinal: u32) -> Result<()> {
+        for claim in claim_names(&self.name, ordinal) {
+            ignore_not_found(
+                self.api::<PersistentVolumeClaim>()
+                    .delete(&claim, &DeleteParams::default())
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// How members of `rc` are named and reached.
+pub fn naming(rc: &RaftCluster) -> Naming {
+    let name = rc.name_any();
+    let namespace = render::namespace(rc);
+    Naming {
+        prefix: name.clone(),
+        peer_url: Arc::new(move |o| render::peer_url(&name, &namespace, o)),
+    }
+}
+
+fn selector(rc: &RaftCluster) -> String {
+    render::selector_labels(&rc.name_any())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ordinal_suffix(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads what exists.
+pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observed> {
+    let name = rc.name_any();
+    let labels = ListParams::default().labels(&selector(rc));
+    let statefulset = platform.api::<StatefulSet>().get_opt(&name).await?;
+    let pods = platform.api::<Pod>().list(&labels).await?;
+    let claims = platform.api::<PersistentVolumeClaim>().list(&labels).await?;
+    let pods: Vec<PodObservation> = pods
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let ordinal = ordinal_suffix(&pod.name_any(), &name)?;
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some(PodObservation {
+                ordinal,
+                template_hash: pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned(),
+                ready,
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect();
+    let volume_ordinals = claims
+        .items
+        .iter()
+        .filter_map(|c| {
+            let n = c.name_any();
+            ["wal-", "snapshots-"]
+                .iter()
+                .find_map(|t| n.strip_prefix(t))
+                .and_then(|rest| ordinal_suffix(rest, &name))
+        })
+        .collect();
+    let endpoints: Vec<String> = pods
+        .iter()
+        .filter(|p| !p.terminating)
+        .map(|p| platform.client_endpoint(p.ordinal))
+        .collect();
+    Ok(Observed {
+        workload_replicas: statefulset.map(|s| s.spec.replicas.unwrap_or(1)),
+        pods,
+        volume_ordinals,
+        members: node::statuses(&endpoints).await,
+        now_ms: now_ms(),
+    })
+}
+
+/// Server-side apply of every child under [`FIELD_MANAGER`].
+pub async fn apply_children(client: &Client, rc: &RaftCluster, rendered: &render::Rendered) -> Result<()> {
+    let namespace = render::namespace(rc);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    async fn ssa<K>(client: &Client, ns: &str, object: &K, params: &PatchParams) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        api.patch(&object.name_any(), params, &Patch::Apply(object))
+            .await?;
+        Ok(())
+    }
+    ssa(client, &namespace, &rendered.peer_service, &params).await?;
+    ssa(client, &namespace, &rendered.client_service, &params).await?;
+    ssa(client, &namespace, &rendered.statefulset, &params).await?;
+    ssa(client, &namespace, &rendered.pdb, &params).await?;
+    Ok(())
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The status the plan (and the step's outcome) describe.
+pub fn status_of(
+    rc: &RaftCluster,
+    observed: &Observed,
+    plan: &Plan,
+    outcome: &std::result::Result<(), String>,
+) -> RaftClusterStatus {
+    let previous = rc.status.clone().unwrap_or_default();
+    let generation = rc.metadata.generation;
+    let timing_changed = outcome.is_ok() && matches!(plan.action, Some(Action::SetTiming { .. }));
+    let applied = match &plan.action {
+        Some(Action::SetTiming { timing, .. }) if timing_changed => Some(*timing),
+        _ => plan.timing,
+    };
+    let progress_message = match (&plan.action, outcome) {
+        (_, Err(e)) => format!("step failed: {e}"),
+        (Some(a), Ok(())) => a.to_string(),
+        (None, Ok(())) => "steady".to_string(),
+    };
+    let degraded_message = plan.degraded.clone().or_else(|| outcome.clone().err());
+    let phase = if !plan.bootstrapped {
+        "Bootstrapping"
+    } else if plan.degraded.is_some() || plan.leader.is_none() {
+        "Degraded"
+    } else if plan.progressing() {
+        "Progressing"
+    } else {
+        "Running"
+    };
+    let conditions = vec![
+        condition(
+            &previous.conditions,
+            "Available",
+            plan.available(),
+            if plan.available() {
+                "LeaderElected"
+            } else {
+                "NoQuorum"
+            },
+            match &plan.leader {
+                Some(l) => format!("{l} leads term {}", plan.term.unwrap_or(0)),
+                None => "no leader with a quorum".into(),
+            },
+            generation,
+        ),
+        condition(
+            &previous.conditions,
+            "Progressing",
+            plan.progressing(),
+            plan.action.as_ref().map_or("Steady", |a| a.kind()),
+            progress_message,
+            generation,
+        ),
+        condition(
+            &previous.conditions,
+            "Degraded",
+            degraded_message.is_some(),
+            match (&plan.action, plan.leader.is_some()) {
+                (Some(Action::Refuse { .. }), _) => "Refused",
+                (_, false) => "QuorumLost",
+                _ if degraded_message.is_some() => "Unhealthy",
+                _ => "Healthy",
+            },
+            degraded_message
+                .clone()
+                .unwrap_or_else(|| "all voters healthy".into()),
+            generation,
+        ),
+    ];
+    let previous_timing = previous.timing.clone().unwrap_or_default();
+    RaftClusterStatus {
+        phase: Some(phase.into()),
+        observed_generation: generation,
+        replicas: plan.members.iter().filter(|m| !m.learner).count() as i32,
+        ready_replicas: observed.pods.iter().filter(|p| p.ready).count() as i32,
+        leader: plan.leader.clone(),
+        term: plan.term,
+        bootstrapped: plan.bootstrapped,
+        members: plan
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m.name.clone(),
+                id: format!("{:x}", m.id),
+                role: m.role.into(),
+                learner: m.learner,
+                healthy: m.healthy,
+                match_index: m.match_index,
+                rtt_ms: m.rtt_p99_ms,
+            })
+            .collect(),
+        timing: applied.map(|t| TimingStatus {
+            heartbeat_interval_ms: t.heartbeat_interval_ms,
+            election_timeout_ms: t.election_timeout_ms,
+            rtt_p99_ms: plan.latency.rtt_p99_ms,
+            fsync_p99_ms: plan.latency.fsync_p99_ms,
+            last_change_time: if timing_changed {
+                Some(Timestamp::now().to_string())
+            } else {
+                previous_timing.last_change_time
+            },
+        }),
+        conditions,
+    }
+}
+
+async fn publish(ctx: &Context, rc: &RaftCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &rc.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let platform = KubePlatform::new(ctx.client.clone(), &rc);
+    let naming = naming(&rc);
+    let observed = observe(&rc, &platform).await?;
+    let plan = plan::plan(&rc.spec, rc.status.as_ref(), &observed, &naming);
+    let rendered = render::render(&rc, &plan.children);
+    apply_children(&ctx.client, &rc, &rendered).await?;
+
+    let outcome = platform::execute(&platform, &plan, &naming).await;
+    match (&plan.action, &outcome) {
+        (Some(action), Err(e)) => {
+            publish(
+                &ctx,
+                &rc,
+                EventType::Warning,
+                "StepFailed",
+                format!("{action}: {e}"),
+            )
+            .await;
+        }
+        (Some(Action::Refuse { reason }), Ok(())) => {
+            publish(&ctx, &rc, EventType::Warning, "Refused", reason.clone()).await;
+        }
+        (Some(Action::Wait { reason }), Ok(())) if plan.leader.is_none() && plan.bootstrapped => {
+            publish(&ctx, &rc, EventType::Warning, "QuorumLost", reason.clone()).await;
+        }
+        (Some(Action::Wait { .. }), Ok(())) => {}
+        (Some(action), Ok(())) => {
+            ctx.metrics.acted(action.kind());
+            publish(&ctx, &rc, EventType::Normal, action.kind(), action.to_string()).await;
+        }
+        (None, _) => {}
+    }
+    let status = status_of(
+        &rc,
+        &observed,
+        &plan,
+        &outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
+    let body = serde_json::json!({
+        "apiVersion": "kuberaft.io/v1alpha1",
+        "kind": "RaftCluster",
+        "status": status,
+    });
+    let api: Api<RaftCluster> = Api::namespaced(ctx.client.clone(), &render::namespace(&rc));
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    outcome?;
+    Ok(match &plan.action {
+        Some(Action::Refuse { .. }) => Requeue::requeue(REQUEUE_STEADY),
+        Some(_) => Requeue::requeue(REQUEUE_BUSY),
+        None => Requeue::requeue(REQUEUE_STEADY),
+    })
+}
+
+async fn cleanup(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let platform = KubePlatform::new(ctx.client.clone(), &rc);
+    match rc.spec.storage.reclaim_policy {
+        ReclaimPolicy::Retain => {
+            publish(
+                &ctx,
+                &rc,
+                EventType::Normal,
+                "VolumesKept",
+                "reclaimPolicy Retain: volumes kept".into(),
+            )
+            .await;
+        }
+        ReclaimPolicy::Delete => {
+            let claims = platform
+                .api::<PersistentVolumeClaim>()
+                .list(&ListParams::default().labels(&selector(&rc)))
+                .await?;
+            for claim in &claims.items {
+                ignore_not_found(
+                    platform
+                        .api::<PersistentVolumeClaim>()
+                        .delete(&claim.name_any(), &DeleteParams::default())
+                        .await,
+                )?;
+            }
+            publish(
+                &ctx,
+                &rc,
+                EventType::Normal,
+                "VolumesDeleted",
+                format!(
+                    "reclaimPolicy Delete: {} volume claims deleted",
+                    claims.items.len()
+                ),
+            )
+            .await;
+        }
+    }
+    Ok(Requeue::await_change())
+}
+
+/// One reconcile of one RaftCluster, behind the finalizer.
+pub async fn reconcile(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let started = Instant::now();
+    let namespace = render::namespace(&rc);
+    let api: Api<RaftCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, rc, |event| async {
+        match event {
+            Finalizer::Apply(rc) => apply(rc, ctx.clone()).await,
+            Finalizer::Cleanup(rc) => cleanup(rc, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+/// Short label of an error, for the failure counter.
+pub fn error_label(error: &Error) -> &'static str {
+    match error {
+        Error::Kube(_) => "kube",
+        Error::Node { .. } => "node",
+        Error::Manifest(_) => "manifest",
+        Error::Finalizer(inner) => match inner.as_ref() {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => error_label(e),
+            _ => "finalizer",
+        },
+    }
+}
+
+pub fn error_policy(_rc: Arc<RaftCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(error = %error, "reconcile failed");
+    ctx.metrics.failed(error_label(error));
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+/// Runs the controller until `shutdown` resolves; reconciles in flight finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    use futures::StreamExt;
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=raft-operator");
+    Controller::new(
+        Api::<RaftCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+            Err(e) => tracing::debug!(error = %e, "controller"),
+        }
+    })
+    .await;
+}

@@ -1,0 +1,170 @@
+//! Talking to members: the admin `Status` call turned into the planner's
+//! [`MemberObservation`], and the membership (etcd Cluster service), leadership and
+//! timing calls the orchestration steps need. Every call has a deadline.
+//!
+//! [`observation_from_status`] is the one place that reads latency fields of the admin
+//! API (RTT p99 of each peer, fsync p99), so a change of those fields touches only it.
+
+use std::time::Duration;
+
+use kuberaft_proto::admin::admin_client::AdminClient;
+use kuberaft_proto::admin::{self, Reachability, StatusRequest, StatusResponse};
+use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
+use kuberaft_proto::etcdserverpb::{MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::adaptive::TimingMs;
+use crate::plan::{MemberObservation, PeerObservation, Role};
+use crate::{Error, Result};
+
+/// Deadline of one call to a member (connect included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Leadership transfer and membership changes wait for a commit: a longer deadline.
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn latency_p99(stats: Option<&admin::LatencyStats>) -> Option<f64> {
+    stats.filter(|s| s.samples > 0).map(|s| s.p99_ms)
+}
+
+/// The admin API's answer as the planner sees it.
+pub fn observation_from_status(s: &StatusResponse) -> MemberObservation {
+    let role = match admin::Role::try_from(s.role).unwrap_or(admin::Role::Unspecified) {
+        admin::Role::Leader => Role::Leader,
+        admin::Role::Follower => Role::Follower,
+        admin::Role::Candidate | admin::Role::PreCandidate => Role::Candidate,
+        admin::Role::Learner => Role::Learner,
+        admin::Role::Unspecified => Role::Unknown,
+    };
+    MemberObservation {
+        id: s.id,
+        name: s.name.clone(),
+        role,
+        term: s.term,
+        leader_id: s.leader_id,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        voters: s.voters.clone(),
+        learners: s.learners.clone(),
+        peers: s
+            .peers
+            .iter()
+            .map(|p| PeerObservation {
+                id: p.id,
+                name: p.name.clone(),
+                peer_url: p.peer_url.clone(),
+                learner: p.learner,
+                match_index: p.match_index,
+                reachable: Reachability::try_from(p.reachability).unwrap_or(Reachability::Unspecified)
+                    != Reachability::Failed,
+                rtt_p99_ms: latency_p99(p.rtt.as_ref()),
+            })
+            .collect(),
+        fsync_p99_ms: latency_p99(s.fsync.as_ref()),
+        timing: s.timing.as_ref().map_or(
+            TimingMs {
+                heartbeat_interval_ms: 0,
+                election_timeout_ms: 0,
+            },
+            |t| TimingMs {
+                heartbeat_interval_ms: t.heartbeat_interval_ms,
+                election_timeout_ms: t.election_timeout_ms,
+            },
+        ),
+    }
+}
+
+fn node_error(endpoint: &str, message: impl ToString) -> Error {
+    Error::Node {
+        endpoint: endpoint.to_string(),
+        message: message.to_string(),
+    }
+}
+
+async fn channel(endpoint: &str, timeout: Duration) -> Result<Channel> {
+    Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| node_error(endpoint, e))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| node_error(endpoint, e))
+}
+
+/// One member's status.
+pub async fn status(endpoint: &str) -> Result<MemberObservation> {
+    let mut client = AdminClient::new(channel(endpoint, CALL_TIMEOUT).await?);
+    let answer = client
+        .status(StatusRequest {})
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(observation_from_status(answer.get_ref()))
+}
+
+/// The status of every endpoint that answers within [`CALL_TIMEOUT`], in parallel.
+pub async fn statuses(endpoints: &[String]) -> Vec<MemberObservation> {
+    let calls = endpoints.iter().map(|e| status(e));
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| tracing::debug!(error = %e, "member did not answer"))
+                .ok()
+        })
+        .collect()
+}
+
+/// etcd MemberAdd with isLearner; returns the new member's id.
+pub async fn add_learner(endpoint: &str, peer_url: &str) -> Result<u64> {
+    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
+    let answer = client
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![peer_url.to_string()],
+            is_learner: true,
+        })
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(answer.get_ref().member.as_ref().map_or(0, |m| m.id))
+}
+
+pub async fn promote(endpoint: &str, id: u64) -> Result<()> {
+    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
+    client
+        .member_promote(MemberPromoteRequest { id })
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(())
+}
+
+pub async fn remove(endpoint: &str, id: u64) -> Result<()> {
+    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
+    client
+        .member_remove(MemberRemoveRequest { id })
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(())
+}
+
+pub async fn transfer_leader(endpoint: &str, to_name: &str) -> Result<()> {
+    let mut client = AdminClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
+    client
+        .transfer_leader(admin::TransferLeaderRequest {
+            target_name: to_name.to_string(),
+            deadline_ms: CHANGE_TIMEOUT.as_millis() as u64 - 1_000,
+        })
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(())
+}
+
+pub async fn set_timing(endpoint: &str, timing: TimingMs, reason: &str) -> Result<()> {
+    let mut client = AdminClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
+    client
+        .set_timing(admin::SetTimingRequest {
+            heartbeat_interval_ms: timing.heartbeat_interval_ms,
+            election_timeout_ms: timing.election_timeout_ms,
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|e| node_error(endpoint, e.message()))?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The effects an orchestration step needs, behind one trait, so the same planner drives
+//! Kubernetes ([`crate::k8s::KubePlatform`]) and local processes (`raftctl up`).
+//!
+//! A platform owns the workload (pods or processes and their volumes); the members'
+//! own APIs (membership, leadership, timing) are the same everywhere and are called by
+//! [`execute`] through [`crate::node`].
+
+use crate::plan::{Action, Naming, Plan};
+use crate::{node, Result};
+
+/// What differs between Kubernetes and local processes.
+#[allow(async_fn_in_trait)]
+pub trait Platform {
+    /// Client URL (`http://host:2379`) of the member with this ordinal.
+    fn client_endpoint(&self, ordinal: u32) -> String;
+    /// Run `to` members (ordinals `0..to`).
+    async fn scale_workload(&self, to: i32) -> Result<()>;
+    /// Stop the member with this ordinal so it comes back from the current template.
+    async fn restart_member(&self, ordinal: u32) -> Result<()>;
+    /// Delete the WAL and snapshot volumes of an ordinal that is no longer a member.
+    async fn delete_volumes(&self, ordinal: u32) -> Result<()>;
+}
+
+/// Carries out one step. `Wait` and `Refuse` do nothing here (the caller reports them);
+/// `Bootstrap` is done by applying the children the plan describes.
+pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) -> Result<()> {
+    let Some(action) = &plan.action else {
+        return Ok(());
+    };
+    let leader_endpoint = || {
+        let ordinal = plan
+            .leader
+            .as_deref()
+            .and_then(|name| naming.ordinal_of(name, ""))
+            .unwrap_or(0);
+        platform.client_endpoint(ordinal)
+    };
+    match action {
+        Action::Bootstrap { .. } | Action::Wait { .. } | Action::Refuse { .. } => Ok(()),
+        Action::AddLearner { peer_url, .. } => {
+            node::add_learner(&leader_endpoint(), peer_url).await.map(|_| ())
+        }
+        Action::ScaleWorkload { to } => platform.scale_workload(*to).await,
+        Action::Promote { id, .. } => node::promote(&leader_endpoint(), *id).await,
+        Action::TransferLeader { to, .. } => node::transfer_leader(&leader_endpoint(), to).await,
+        Action::RemoveMember { id, .. } => node::remove(&leader_endpoint(), *id).await,
+        Action::DeleteVolumes { ordinal } => platform.delete_volumes(*ordinal).await,
+        Action::RestartMember { ordinal } => platform.restart_member(*ordinal).await,
+        Action::SetTiming { timing, reason } => node::set_timing(&leader_endpoint(), *timing, reason).await,
+    }
+}
