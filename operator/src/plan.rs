@@ -31,6 +31,10 @@ use crate::render;
 
 /// A follower (or learner) is caught up when it holds all but this many committed entries.
 pub const CAUGHT_UP_LAG_ENTRIES_MAX: u64 = 1_000;
+/// ... and a learner is promoted only once it also holds this share of the committed
+/// log (etcd's rule for learner readiness), so a young cluster's short log does not make
+/// an empty learner look caught up.
+pub const PROMOTE_MATCH_RATIO: f64 = 0.9;
 
 /// How members are named and reached: `{prefix}-{ordinal}` and a peer URL per ordinal.
 /// Kubernetes uses the StatefulSet's stable DNS names; `raftctl up` local ports.
@@ -363,6 +367,13 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// RFC 3339 text of a Unix time in milliseconds (as `status.timing.lastChangeTime`).
+pub fn rfc3339_from_ms(ms: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
 fn last_change_ms(status: Option<&RaftClusterStatus>) -> Option<u64> {
     let text = status?.timing.as_ref()?.last_change_time.as_ref()?;
     let time: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
@@ -569,7 +580,9 @@ pub fn plan(
         let name = view.name(learner, naming);
         out.action = Some(if ordinal as i32 >= spec.replicas {
             Action::RemoveMember { id: learner, name }
-        } else if view.healthy[&learner] {
+        } else if view.healthy[&learner]
+            && view.match_index(learner) as f64 >= view.leader.commit_index as f64 * PROMOTE_MATCH_RATIO
+        {
             Action::Promote { id: learner, name }
         } else {
             Action::Wait {

@@ -1,0 +1,848 @@
+//! The planner against a simulated cluster: a world that holds pods, volumes, the Raft
+//! configuration and the RaftCluster's status, executes the planner's steps the way
+//! Kubernetes and the members would, and checks after every step that the operator
+//! never breaks quorum on its own, never removes the leader, never deletes a member's
+//! volumes and never promotes a learner that is behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use kuberaft_operator::adaptive::{TimingMs, COOL_DOWN_MS};
+use kuberaft_operator::crd::{
+    RaftClusterSpec, RaftClusterStatus, Storage, Timing, TimingMode, TimingStatus, Volume,
+};
+use kuberaft_operator::plan::{
+    plan, rfc3339_from_ms, Action, ClusterState, MemberObservation, Naming, Observed, PeerObservation, Plan,
+    PodObservation, Role,
+};
+use kuberaft_operator::render::template_hash;
+
+const STEP_MS: u64 = 1_000;
+const STEPS_MAX: usize = 400;
+
+fn naming() -> Naming {
+    Naming {
+        prefix: "demo".into(),
+        peer_url: Arc::new(|o| format!("http://demo-{o}.demo-peer.default.svc:2380")),
+    }
+}
+
+fn spec(replicas: i32) -> RaftClusterSpec {
+    let volume = Volume {
+        size: "1Gi".into(),
+        storage_class_name: None,
+    };
+    RaftClusterSpec {
+        replicas,
+        image: "raft-node:1".into(),
+        image_pull_policy: None,
+        storage: Storage {
+            wal: volume.clone(),
+            snapshots: volume,
+            reclaim_policy: Default::default(),
+        },
+        timing: Timing::default(),
+        snapshot_count: None,
+        resources: None,
+        pod_template: None,
+        tls: None,
+    }
+}
+
+fn id_of(ordinal: u32) -> u64 {
+    0x1000 + ordinal as u64
+}
+
+#[derive(Clone, Debug)]
+struct Pod {
+    hash: String,
+    ready: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    ordinal: u32,
+    learner: bool,
+    match_index: u64,
+}
+
+/// Everything outside the operator. Cloning it is how a test "restarts" the operator:
+/// the planner keeps nothing, so a fresh one sees exactly this.
+#[derive(Clone, Debug)]
+struct World {
+    spec: RaftClusterSpec,
+    status: RaftClusterStatus,
+    statefulset: Option<i32>,
+    /// The template hash the StatefulSet was last applied with.
+    template: String,
+    pods: BTreeMap<u32, Pod>,
+    volumes: BTreeSet<u32>,
+    config: BTreeMap<u64, Member>,
+    /// Members whose own view of the configuration lags (after a change), and for how
+    /// many more steps.
+    config_lagging: BTreeMap<u64, u32>,
+    leader: Option<u64>,
+    term: u64,
+    commit: u64,
+    /// Ordinals whose process is down (crashed node, partition).
+    down: BTreeSet<u32>,
+    /// Entries a learner with a running pod gains per step.
+    catch_up_per_step: u64,
+    timing: TimingMs,
+    rtt_p99_ms: Option<f64>,
+    fsync_p99_ms: Option<f64>,
+    now_ms: u64,
+    log: Vec<Action>,
+}
+
+impl World {
+    fn new(replicas: i32) -> Self {
+        World {
+            spec: spec(replicas),
+            status: RaftClusterStatus::default(),
+            statefulset: None,
+            template: String::new(),
+            pods: BTreeMap::new(),
+            volumes: BTreeSet::new(),
+            config: BTreeMap::new(),
+            config_lagging: BTreeMap::new(),
+            leader: None,
+            term: 1,
+            commit: 50_000,
+            down: BTreeSet::new(),
+            catch_up_per_step: 20_000,
+            timing: TimingMs {
+                heartbeat_interval_ms: 100,
+                election_timeout_ms: 1000,
+            },
+            rtt_p99_ms: None,
+            fsync_p99_ms: None,
+            now_ms: 10 * COOL_DOWN_MS,
+            log: Vec::new(),
+        }
+    }
+
+    /// A healthy, bootstrapped cluster of `replicas` members, ordinal 0 leading.
+    fn running(replicas: i32) -> Self {
+        let mut w = World::new(replicas);
+        w.run_to_steady();
+        assert!(w.status.bootstrapped);
+        w.log.clear();
+        w
+    }
+
+    fn alive(&self, ordinal: u32) -> bool {
+        self.pods.get(&ordinal).is_some_and(|p| p.ready) && !self.down.contains(&ordinal)
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        self.config
+            .iter()
+            .filter(|(_, m)| !m.learner)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn alive_voters(&self) -> usize {
+        self.voters()
+            .iter()
+            .filter(|id| self.alive(self.config[id].ordinal))
+            .count()
+    }
+
+    fn has_quorum(&self) -> bool {
+        let voters = self.voters().len();
+        voters > 0 && self.alive_voters() > voters / 2
+    }
+
+    fn elect(&mut self) {
+        if !self.has_quorum() {
+            self.leader = None;
+            return;
+        }
+        let keep = self.leader.filter(|id| {
+            self.config
+                .get(id)
+                .is_some_and(|m| !m.learner && self.alive(m.ordinal))
+        });
+        if keep.is_none() {
+            self.term += 1;
+            self.leader = self
+                .voters()
+                .into_iter()
+                .find(|id| self.alive(self.config[id].ordinal));
+        }
+    }
+
+    fn observe(&mut self) -> Observed {
+        self.elect();
+        let config_ids: Vec<u64> = self.config.keys().copied().collect();
+        let mut members = Vec::new();
+        for (id, m) in &self.config {
+            if !self.alive(m.ordinal) {
+                continue;
+            }
+            let (voters, learners): (Vec<u64>, Vec<u64>) = if self.config_lagging.contains_key(id) {
+                // Its view still holds a removed member: pretend one extra voter.
+                let mut v = self.voters();
+                v.push(0xdead);
+                (v, vec![])
+            } else {
+                (
+                    self.voters(),
+                    config_ids
+                        .iter()
+                        .copied()
+                        .filter(|i| self.config[i].learner)
+                        .collect(),
+                )
+            };
+            let is_leader = self.leader == Some(*id);
+            let peers = if is_leader {
+                self.config
+                    .iter()
+                    .filter(|(pid, _)| *pid != id)
+                    .map(|(pid, pm)| PeerObservation {
+                        id: *pid,
+                        name: format!("demo-{}", pm.ordinal),
+                        peer_url: String::new(),
+                        learner: pm.learner,
+                        match_index: if self.alive(pm.ordinal) { pm.match_index } else { 0 },
+                        reachable: self.alive(pm.ordinal),
+                        rtt_p99_ms: self.rtt_p99_ms,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            members.push(MemberObservation {
+                id: *id,
+                name: format!("demo-{}", m.ordinal),
+                role: if is_leader {
+                    Role::Leader
+                } else if m.learner {
+                    Role::Learner
+                } else if self.leader.is_some() {
+                    Role::Follower
+                } else {
+                    Role::Candidate
+                },
+                term: self.term,
+                leader_id: self.leader.unwrap_or(0),
+                commit_index: self.commit,
+                applied_index: self.commit,
+                voters,
+                learners,
+                peers,
+                fsync_p99_ms: self.fsync_p99_ms,
+                timing: self.timing,
+            });
+        }
+        Observed {
+            workload_replicas: self.statefulset,
+            pods: self
+                .pods
+                .iter()
+                .map(|(o, p)| PodObservation {
+                    ordinal: *o,
+                    template_hash: Some(p.hash.clone()),
+                    ready: p.ready && !self.down.contains(o),
+                    terminating: false,
+                })
+                .collect(),
+            volume_ordinals: self.volumes.clone(),
+            members,
+            now_ms: self.now_ms,
+        }
+    }
+
+    /// One reconcile: observe, plan, apply the children, execute the step, write status.
+    fn reconcile(&mut self) -> Plan {
+        let observed = self.observe();
+        let p = plan(&self.spec, Some(&self.status), &observed, &naming());
+        self.apply_children(&p);
+        if let Some(action) = &p.action {
+            self.execute(action, &observed);
+        }
+        self.write_status(&p);
+        p
+    }
+
+    fn apply_children(&mut self, p: &Plan) {
+        if self.statefulset.is_some() || matches!(p.action, Some(Action::Bootstrap { .. })) {
+            self.statefulset = Some(p.children.workload_replicas);
+            self.template = template_hash(&self.spec);
+        }
+    }
+
+    fn write_status(&mut self, p: &Plan) {
+        self.status.bootstrapped = p.bootstrapped;
+        if let Some(Action::SetTiming { .. }) = p.action {
+            self.status.timing = Some(TimingStatus {
+                heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+                election_timeout_ms: self.timing.election_timeout_ms,
+                last_change_time: Some(rfc3339_from_ms(self.now_ms)),
+                ..Default::default()
+            });
+        }
+    }
+
+    fn healthy(&self, id: u64) -> bool {
+        let m = &self.config[&id];
+        self.alive(m.ordinal) && m.match_index + 1_000 >= self.commit
+    }
+
+    fn execute(&mut self, action: &Action, observed: &Observed) {
+        let _ = observed;
+        self.log.push(action.clone());
+        match action {
+            Action::Bootstrap { members } => {
+                self.statefulset = Some(*members);
+                for o in 0..*members as u32 {
+                    self.config.insert(
+                        id_of(o),
+                        Member {
+                            ordinal: o,
+                            learner: false,
+                            match_index: self.commit,
+                        },
+                    );
+                }
+            }
+            Action::AddLearner { name, .. } => {
+                let ordinal: u32 = name.trim_start_matches("demo-").parse().unwrap();
+                assert!(
+                    self.has_quorum() && self.leader.is_some(),
+                    "MemberAdd needs a leader"
+                );
+                self.config.insert(
+                    id_of(ordinal),
+                    Member {
+                        ordinal,
+                        learner: true,
+                        match_index: 0,
+                    },
+                );
+            }
+            Action::ScaleWorkload { to } => self.statefulset = Some(*to),
+            Action::Promote { id, name } => {
+                let m = &self.config[id];
+                assert!(
+                    self.healthy(*id) && m.match_index * 10 >= self.commit * 9,
+                    "promoted {name} before it caught up"
+                );
+                self.config.get_mut(id).unwrap().learner = false;
+            }
+            Action::TransferLeader { from, to } => {
+                let from_id = id_of(from.trim_start_matches("demo-").parse().unwrap());
+                let to_id = id_of(to.trim_start_matches("demo-").parse().unwrap());
+                assert_eq!(self.leader, Some(from_id), "transfer from a non-leader");
+                assert!(self.healthy(to_id), "transfer to an unhealthy member");
+                self.leader = Some(to_id);
+                self.term += 1;
+            }
+            Action::RemoveMember { id, name } => {
+                assert_ne!(self.leader, Some(*id), "removed the leader {name}");
+                self.config.remove(id);
+                // One surviving follower learns of the change late (the leader has it first).
+                if let Some(first) = self.config.keys().copied().find(|i| Some(*i) != self.leader) {
+                    self.config_lagging.insert(first, 2);
+                }
+            }
+            Action::DeleteVolumes { ordinal } => {
+                assert!(
+                    !self.pods.contains_key(ordinal),
+                    "deleted volumes under a running pod"
+                );
+                assert!(
+                    !self.config.values().any(|m| m.ordinal == *ordinal),
+                    "deleted the volumes of a member"
+                );
+                self.volumes.remove(ordinal);
+            }
+            Action::RestartMember { ordinal } => {
+                let voters = self.voters().len();
+                let restarting_leader = self.leader.is_some_and(|l| self.config[&l].ordinal == *ordinal);
+                assert!(
+                    !restarting_leader || voters == 1,
+                    "restarted the leader of {voters} voters"
+                );
+                assert!(
+                    self.pods.values().all(|p| p.ready),
+                    "restarted a member while another one is not ready"
+                );
+                let pod = self.pods.get_mut(ordinal).expect("pod exists");
+                pod.hash = self.template.clone();
+                pod.ready = false;
+            }
+            Action::SetTiming { timing, .. } => self.timing = *timing,
+            Action::Wait { .. } | Action::Refuse { .. } => {}
+        }
+    }
+
+    /// Time passes: the StatefulSet controller creates and deletes pods, pods become
+    /// ready, entries get committed and replicated, lagging views catch up.
+    fn step(&mut self) {
+        self.now_ms += STEP_MS;
+        self.config_lagging.retain(|_, steps| {
+            *steps -= 1;
+            *steps > 0
+        });
+        let size = self.statefulset.unwrap_or(0) as u32;
+        self.pods.retain(|o, _| *o < size);
+        for p in self.pods.values_mut() {
+            p.ready = true;
+        }
+        for o in 0..size {
+            if !self.pods.contains_key(&o) {
+                self.pods.insert(
+                    o,
+                    Pod {
+                        hash: self.template.clone(),
+                        ready: false,
+                    },
+                );
+                self.volumes.insert(o);
+            }
+        }
+        if self.has_quorum() {
+            self.commit += 10;
+        }
+        let commit = self.commit;
+        let rate = self.catch_up_per_step;
+        let alive: BTreeSet<u32> = (0..size).filter(|o| self.alive(*o)).collect();
+        for m in self.config.values_mut() {
+            if !alive.contains(&m.ordinal) {
+                continue;
+            }
+            m.match_index = if m.learner {
+                (m.match_index + rate).min(commit)
+            } else {
+                commit
+            };
+        }
+    }
+
+    fn check_invariants(&self, voters_before: usize, quorum_before: bool) {
+        // The operator never takes a quorum away (one or two voters cannot keep one
+        // through a restart; three or more must).
+        if quorum_before && voters_before >= 3 {
+            assert!(self.has_quorum(), "the operator broke quorum: {self:#?}");
+        }
+    }
+
+    /// Reconciles until the planner has nothing to do; returns the steps taken.
+    fn run_to_steady(&mut self) -> Vec<Action> {
+        let start = self.log.len();
+        for _ in 0..STEPS_MAX {
+            let voters_before = self.voters().len();
+            let quorum_before = self.has_quorum();
+            let p = self.reconcile();
+            self.check_invariants(voters_before, quorum_before);
+            if p.action.is_none() {
+                return self.log[start..].to_vec();
+            }
+            self.step();
+        }
+        panic!(
+            "not steady after {STEPS_MAX} steps; last steps: {:?}",
+            &self.log[self.log.len() - 5..]
+        );
+    }
+}
+
+/// The steps taken, without the waits in between.
+fn kinds(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Wait { .. }))
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn member_ordinals(w: &World) -> Vec<(u32, bool)> {
+    w.config.values().map(|m| (m.ordinal, m.learner)).collect()
+}
+
+#[test]
+fn bootstrap_creates_the_initial_members_then_switches_new_pods_to_joining() {
+    let mut w = World::new(3);
+    let first = w.reconcile();
+    assert_eq!(first.action, Some(Action::Bootstrap { members: 3 }));
+    assert_eq!(first.children.initial_cluster_state, ClusterState::New);
+    assert!(!first.bootstrapped);
+    w.step();
+    let steps = w.run_to_steady();
+    assert!(
+        steps.iter().all(|a| matches!(a, Action::Wait { .. })),
+        "{steps:?}"
+    );
+    assert!(w.status.bootstrapped);
+    let observed = w.observe();
+    let steady = plan(&w.spec, Some(&w.status), &observed, &naming());
+    assert_eq!(steady.children.initial_cluster_state, ClusterState::Existing);
+    assert_eq!(steady.children.workload_replicas, 3);
+    assert_eq!(steady.leader.as_deref(), Some("demo-0"));
+    assert!(steady.available() && !steady.progressing() && steady.degraded.is_none());
+}
+
+#[test]
+fn replicas_changed_during_bootstrap_wait_until_the_initial_members_formed_a_cluster() {
+    let mut w = World::new(3);
+    w.reconcile();
+    w.spec.replicas = 5;
+    let p = w.reconcile();
+    assert_eq!(
+        p.children.workload_replicas, 3,
+        "bootstrap size is fixed once pods exist"
+    );
+    assert!(matches!(p.action, Some(Action::Wait { .. })));
+    w.step();
+    let steps = w.run_to_steady();
+    assert_eq!(member_ordinals(&w).len(), 5);
+    assert_eq!(kinds(&steps).iter().filter(|s| s.starts_with("add")).count(), 2);
+}
+
+#[test]
+fn scale_up_adds_a_learner_grows_the_statefulset_waits_and_promotes_one_member_at_a_time() {
+    let mut w = World::running(3);
+    w.catch_up_per_step = 10_000; // a few steps to catch up
+    w.spec.replicas = 5;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "add demo-3 (http://demo-3.demo-peer.default.svc:2380) as a learner",
+            "scale the StatefulSet to 4",
+            "promote demo-3 to voter",
+            "add demo-4 (http://demo-4.demo-peer.default.svc:2380) as a learner",
+            "scale the StatefulSet to 5",
+            "promote demo-4 to voter",
+        ]
+    );
+    assert!(steps
+        .iter()
+        .any(|a| matches!(a, Action::Wait { reason } if reason.contains("catching up"))));
+    assert_eq!(
+        member_ordinals(&w),
+        (0..5).map(|o| (o, false)).collect::<Vec<_>>()
+    );
+    assert_eq!(w.statefulset, Some(5));
+}
+
+#[test]
+fn scale_down_moves_leadership_away_removes_then_shrinks_then_deletes_volumes() {
+    let mut w = World::running(5);
+    // The highest ordinal leads.
+    w.leader = Some(id_of(4));
+    w.spec.replicas = 3;
+    let steps = w.run_to_steady();
+    let k = kinds(&steps);
+    assert_eq!(k[0], "transfer leadership from demo-4 to demo-0");
+    assert_eq!(
+        &k[1..],
+        &[
+            "remove member demo-4",
+            "scale the StatefulSet to 4",
+            "delete the volumes of ordinal 4",
+            "remove member demo-3",
+            "scale the StatefulSet to 3",
+            "delete the volumes of ordinal 3",
+        ]
+    );
+    // The shrink waited until every member had the removal.
+    assert!(steps
+        .iter()
+        .any(|a| matches!(a, Action::Wait { reason } if reason.contains("membership change"))));
+    assert_eq!(w.volumes, BTreeSet::from([0, 1, 2]));
+    assert_eq!(member_ordinals(&w).len(), 3);
+}
+
+#[test]
+fn rolling_restart_goes_follower_by_follower_and_the_leader_last_after_a_transfer() {
+    let mut w = World::running(3);
+    w.spec.image = "raft-node:2".into();
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "restart the pod of ordinal 2",
+            "restart the pod of ordinal 1",
+            "transfer leadership from demo-0 to demo-1",
+            "restart the pod of ordinal 0",
+        ]
+    );
+    let new_hash = template_hash(&w.spec);
+    assert!(w.pods.values().all(|p| p.hash == new_hash));
+}
+
+#[test]
+fn a_spec_change_during_a_rolling_restart_restarts_every_member_onto_the_newest_template() {
+    let mut w = World::running(5);
+    w.spec.image = "raft-node:2".into();
+    // Two restarts into the first roll-out, the image changes again.
+    let mut restarts = 0;
+    while restarts < 2 {
+        let p = w.reconcile();
+        if matches!(p.action, Some(Action::RestartMember { .. })) {
+            restarts += 1;
+        }
+        w.step();
+    }
+    w.spec.image = "raft-node:3".into();
+    w.run_to_steady();
+    let newest = template_hash(&w.spec);
+    assert!(w.pods.values().all(|p| p.hash == newest), "{:?}", w.pods);
+}
+
+#[test]
+fn a_learner_that_never_catches_up_is_never_promoted() {
+    let mut w = World::running(3);
+    w.catch_up_per_step = 0;
+    w.spec.replicas = 4;
+    let mut last = None;
+    for _ in 0..50 {
+        let p = w.reconcile();
+        last = p.action.clone();
+        assert!(!matches!(p.action, Some(Action::Promote { .. })));
+        w.step();
+    }
+    match last {
+        Some(Action::Wait { reason }) => assert!(reason.contains("demo-3 is catching up"), "{reason}"),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    assert_eq!(member_ordinals(&w).last(), Some(&(3, true)));
+    let observed = w.observe();
+    let p = plan(&w.spec, Some(&w.status), &observed, &naming());
+    assert!(p.progressing() && p.available());
+}
+
+#[test]
+fn lost_quorum_is_degraded_and_nothing_destructive_happens_even_when_the_spec_changes() {
+    let mut w = World::running(3);
+    w.down.insert(1);
+    w.down.insert(2);
+    for change in 0..3 {
+        match change {
+            1 => w.spec.replicas = 1,
+            2 => w.spec.image = "raft-node:2".into(),
+            _ => {}
+        }
+        let before = (w.config.len(), w.pods.len(), w.volumes.len(), w.statefulset);
+        let p = w.reconcile();
+        assert!(!p.available());
+        assert!(
+            p.degraded.as_deref().is_some_and(|d| d.contains("no leader")),
+            "{:?}",
+            p.degraded
+        );
+        assert!(matches!(p.action, Some(Action::Wait { .. })), "{:?}", p.action);
+        assert_eq!(
+            before,
+            (w.config.len(), w.pods.len(), w.volumes.len(), w.statefulset)
+        );
+        w.step();
+    }
+    // Once the members are back, the pending changes go ahead safely.
+    w.down.clear();
+    w.run_to_steady();
+    assert_eq!(member_ordinals(&w), vec![(0, false)]);
+}
+
+#[test]
+fn a_scale_down_the_healthy_members_cannot_survive_is_refused_and_nothing_is_half_done() {
+    let mut w = World::running(5);
+    w.down.insert(1);
+    w.down.insert(2);
+    w.spec.replicas = 3;
+    let before = member_ordinals(&w);
+    for _ in 0..3 {
+        let p = w.reconcile();
+        match &p.action {
+            Some(Action::Refuse { reason }) => assert!(reason.contains("healthy"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(p.degraded.is_some() && !p.progressing());
+        w.step();
+    }
+    assert_eq!(member_ordinals(&w), before);
+    assert_eq!(w.statefulset, Some(5));
+    // When the members recover the same spec is carried out.
+    w.down.clear();
+    w.run_to_steady();
+    assert_eq!(member_ordinals(&w).len(), 3);
+}
+
+#[test]
+fn scale_up_waits_while_a_voter_is_unhealthy() {
+    let mut w = World::running(3);
+    w.down.insert(2);
+    w.spec.replicas = 4;
+    let p = w.reconcile();
+    assert!(
+        matches!(&p.action, Some(Action::Wait { reason }) if reason.contains("demo-2")),
+        "{:?}",
+        p.action
+    );
+    assert_eq!(p.degraded.as_deref(), Some("unhealthy voters: demo-2"));
+    assert_eq!(w.config.len(), 3);
+}
+
+#[test]
+fn a_rolling_restart_waits_for_an_unhealthy_member_instead_of_restarting_another() {
+    let mut w = World::running(3);
+    w.down.insert(1);
+    w.spec.image = "raft-node:2".into();
+    for _ in 0..5 {
+        let p = w.reconcile();
+        assert!(matches!(p.action, Some(Action::Wait { .. })), "{:?}", p.action);
+        w.step();
+    }
+}
+
+#[test]
+fn a_pending_learner_is_removed_when_the_scale_up_is_called_off() {
+    let mut w = World::running(3);
+    w.catch_up_per_step = 0;
+    w.spec.replicas = 4;
+    for _ in 0..4 {
+        w.reconcile();
+        w.step();
+    }
+    assert_eq!(member_ordinals(&w).last(), Some(&(3, true)));
+    w.spec.replicas = 3;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "remove member demo-3",
+            "scale the StatefulSet to 3",
+            "delete the volumes of ordinal 3"
+        ]
+    );
+}
+
+#[test]
+fn stale_volumes_of_a_former_member_are_deleted_before_that_ordinal_joins_again() {
+    let mut w = World::running(3);
+    w.volumes.insert(3);
+    w.spec.replicas = 4;
+    let steps = w.run_to_steady();
+    assert_eq!(kinds(&steps)[0], "delete the volumes of ordinal 3");
+    assert_eq!(member_ordinals(&w).len(), 4);
+}
+
+#[test]
+fn fixed_timing_from_the_spec_is_applied_live() {
+    let mut w = World::running(3);
+    w.spec.timing.heartbeat_interval_ms = 50;
+    w.spec.timing.election_timeout_ms = 500;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec!["set heartbeat 50 ms, election timeout 500 ms (spec.timing (Fixed))"]
+    );
+}
+
+#[test]
+fn adaptive_timing_follows_latency_once_and_then_respects_the_cool_down() {
+    let mut w = World::running(3);
+    w.spec.timing = Timing {
+        mode: TimingMode::Adaptive,
+        ..Timing::default()
+    };
+    w.rtt_p99_ms = Some(70.0);
+    w.fsync_p99_ms = Some(4.0);
+    let steps = w.run_to_steady();
+    assert_eq!(steps.len(), 1);
+    assert!(matches!(
+        steps[0],
+        Action::SetTiming {
+            timing: TimingMs {
+                heartbeat_interval_ms: 140,
+                election_timeout_ms: 1400
+            },
+            ..
+        }
+    ));
+    // Latency doubles right after: the cool-down holds the change back ...
+    w.rtt_p99_ms = Some(140.0);
+    w.step();
+    assert_eq!(w.reconcile().action, None);
+    // ... until it has passed.
+    w.now_ms += COOL_DOWN_MS;
+    let p = w.reconcile();
+    assert!(matches!(
+        p.action,
+        Some(Action::SetTiming {
+            timing: TimingMs {
+                heartbeat_interval_ms: 280,
+                ..
+            },
+            ..
+        })
+    ));
+}
+
+/// Runs `change` on a healthy cluster uninterrupted, then again with the operator
+/// killed in the middle of every single reconcile — after applying the children but
+/// before executing the step, or after the step but before writing status — and a
+/// fresh planner taking over from the world as it stands; every run must end in the
+/// same cluster (and the world's invariants hold throughout).
+fn resumes_after_a_restart_between_any_two_steps(replicas: i32, change: impl Fn(&mut World)) {
+    let mut reference = World::running(replicas);
+    change(&mut reference);
+    let start = reference.clone();
+    let total = reference.run_to_steady().len();
+    let end = (
+        member_ordinals(&reference),
+        reference.statefulset,
+        reference.volumes.clone(),
+    );
+    for crash_after in 0..total {
+        for executed in [false, true] {
+            let mut w = start.clone();
+            for _ in 0..crash_after {
+                w.reconcile();
+                w.step();
+            }
+            // The operator dies mid-reconcile; its status write never happens.
+            let observed = w.observe();
+            let p = plan(&w.spec, Some(&w.status), &observed, &naming());
+            w.apply_children(&p);
+            if let (true, Some(a)) = (executed, &p.action) {
+                w.execute(a, &observed);
+            }
+            w.step();
+            w.run_to_steady();
+            assert_eq!(
+                (member_ordinals(&w), w.statefulset, w.volumes.clone()),
+                end,
+                "restart in step {crash_after} (step executed: {executed})"
+            );
+            let hash = template_hash(&w.spec);
+            assert!(w.pods.values().all(|p| p.hash == hash));
+        }
+    }
+}
+
+#[test]
+fn an_operator_restarted_between_any_two_steps_of_a_scale_up_resumes() {
+    resumes_after_a_restart_between_any_two_steps(3, |w| {
+        w.catch_up_per_step = 15_000;
+        w.spec.replicas = 5;
+    });
+}
+
+#[test]
+fn an_operator_restarted_between_any_two_steps_of_a_scale_down_resumes() {
+    resumes_after_a_restart_between_any_two_steps(5, |w| {
+        w.leader = Some(id_of(4));
+        w.spec.replicas = 3;
+    });
+}
+
+#[test]
+fn an_operator_restarted_between_any_two_steps_of_a_rolling_restart_resumes() {
+    resumes_after_a_restart_between_any_two_steps(5, |w| w.spec.image = "raft-node:2".into());
+}
