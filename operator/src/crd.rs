@@ -7,6 +7,9 @@
 //! — a StatefulSet's volumeClaimTemplates are immutable). `raft-operator crd` prints
 //! the CustomResourceDefinition; `crds/raftcluster.yaml` is its committed output.
 
+// `printcolumn(type_ = ...)` repeats per column; clippy takes it for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{

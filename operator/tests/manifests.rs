@@ -1,0 +1,187 @@
+//! The committed CRD and the examples: the CRD file is exactly the generator's output,
+//! every example parses and renders, and the rendered children keep their promises
+//! (quorum-safe PDB, probes, non-root read-only root filesystem, OnDelete, volume claim
+//! templates, spread). Schema validation against Kubernetes' own schemas is
+//! `scripts/check-operator.sh` (kubernetes-validate --strict).
+
+use std::path::PathBuf;
+
+use kuberaft_operator::crd::crd_yaml;
+use kuberaft_operator::plan::{Children, ClusterState};
+use kuberaft_operator::render::{self, max_unavailable, parse_manifest, render, template_hash};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn example(name: &str) -> kuberaft_operator::crd::RaftCluster {
+    let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
+    parse_manifest(&text).unwrap()
+}
+
+fn fresh(replicas: i32) -> Children {
+    Children {
+        workload_replicas: replicas,
+        initial_cluster_state: ClusterState::New,
+        voters: replicas,
+    }
+}
+
+#[test]
+fn the_committed_crd_is_exactly_what_the_generator_prints() {
+    let committed = std::fs::read_to_string(root().join("crds/raftcluster.yaml")).unwrap();
+    assert!(
+        committed == crd_yaml(),
+        "crds/raftcluster.yaml is stale: run `cargo run -p kuberaft-operator --bin raft-operator -- crd > crds/raftcluster.yaml`"
+    );
+}
+
+#[test]
+fn the_crd_carries_the_subresources_columns_and_cel_rules() {
+    let crd: serde_json::Value = serde_norway::from_str(&crd_yaml()).unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "raft");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(
+        version["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Replicas", "Ready", "Leader", "Phase", "Age"]);
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["properties"]["replicas"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(spec["properties"]["replicas"]["maximum"].as_f64(), Some(9.0));
+    let text = crd_yaml();
+    for rule in [
+        "self == oldSelf",
+        "isQuantity(self)",
+        "self.electionTimeoutMs >= 3 * self.heartbeatIntervalMs",
+    ] {
+        assert!(text.contains(rule), "missing CEL rule {rule}");
+    }
+}
+
+#[test]
+fn every_example_renders_four_children() {
+    for name in ["minimal.yaml", "production.yaml", "adaptive-timing.yaml"] {
+        let rc = example(name);
+        let yaml = render(&rc, &fresh(rc.spec.replicas)).to_yaml();
+        let kinds: Vec<String> = yaml
+            .split("\n---\n")
+            .map(|doc| {
+                let v: serde_json::Value = serde_norway::from_str(doc).unwrap();
+                v["kind"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["Service", "Service", "StatefulSet", "PodDisruptionBudget"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_manifest_of_another_kind_or_with_bad_replicas_is_rejected() {
+    assert!(parse_manifest("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n").is_err());
+    let text = std::fs::read_to_string(root().join("examples/minimal.yaml"))
+        .unwrap()
+        .replace("replicas: 3", "replicas: 12");
+    assert!(parse_manifest(&text)
+        .unwrap_err()
+        .to_string()
+        .contains("replicas"));
+}
+
+#[test]
+fn the_pdb_never_allows_a_voluntary_disruption_to_break_quorum() {
+    for voters in 1..=9 {
+        let allowed = max_unavailable(voters);
+        // Whichever pods go, the voters left still form a majority.
+        assert!(
+            voters - allowed > voters / 2,
+            "{voters} voters, {allowed} allowed down"
+        );
+        // And it is not stricter than needed.
+        assert!(voters - (allowed + 1) <= voters / 2, "{voters} voters");
+    }
+}
+
+#[test]
+fn the_statefulset_is_on_delete_with_wal_and_snapshot_claims_probes_and_a_locked_down_container() {
+    let rc = example("minimal.yaml");
+    let sts = serde_json::to_value(render(&rc, &fresh(3)).statefulset).unwrap();
+    let spec = &sts["spec"];
+    assert_eq!(spec["updateStrategy"]["type"], "OnDelete");
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    let claims: Vec<&str> = spec["volumeClaimTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(claims, ["wal", "snapshots"]);
+    let pod = &spec["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    let ports: Vec<i64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [2379, 2380, 2381]);
+}
+
+#[test]
+fn the_template_hash_ignores_replicas_timing_and_bootstrap_state_but_not_the_image() {
+    let rc = example("minimal.yaml");
+    let base = template_hash(&rc.spec);
+    let mut other = rc.spec.clone();
+    other.replicas = 5;
+    other.timing.heartbeat_interval_ms = 50;
+    other.timing.election_timeout_ms = 500;
+    assert_eq!(template_hash(&other), base);
+    other.image = "raft-node:2".into();
+    assert_ne!(template_hash(&other), base);
+    let annotation = |children: &Children| {
+        let sts = serde_json::to_value(render(&rc, children).statefulset).unwrap();
+        sts["spec"]["template"]["metadata"]["annotations"][render::TEMPLATE_HASH_ANNOTATION].clone()
+    };
+    let joined = Children {
+        workload_replicas: 4,
+        initial_cluster_state: ClusterState::Existing,
+        voters: 3,
+    };
+    assert_eq!(annotation(&fresh(3)), annotation(&joined));
+}
+
+#[test]
+fn a_pod_template_with_application_containers_runs_raft_node_as_a_native_sidecar() {
+    let mut rc = example("minimal.yaml");
+    rc.spec.pod_template = Some(kuberaft_operator::crd::PodTemplateOverrides {
+        containers: vec![k8s_openapi::api::core::v1::Container {
+            name: "app".into(),
+            image: Some("app:1".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let sts = serde_json::to_value(render(&rc, &fresh(3)).statefulset).unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["name"], "app");
+    assert_eq!(pod["initContainers"][0]["name"], "raft-node");
+    assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
+}
