@@ -185,3 +185,89 @@ fn a_pod_template_with_application_containers_runs_raft_node_as_a_native_sidecar
     assert_eq!(pod["initContainers"][0]["name"], "raft-node");
     assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
 }
+
+/// The CRD's CEL rules, evaluated client-side with the API server's CEL libraries
+/// (kube-cel), on the examples and on objects each rule must reject.
+mod cel_rules {
+    use kube_cel::Validator;
+    use serde_json::{json, Value};
+
+    fn schema() -> Value {
+        let crd: Value = serde_norway::from_str(&super::crd_yaml()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    fn example(name: &str) -> Value {
+        let text = std::fs::read_to_string(super::root().join("examples").join(name)).unwrap();
+        serde_norway::from_str(&text).unwrap()
+    }
+
+    fn errors(object: &Value, old: Option<&Value>) -> Vec<String> {
+        match Validator::new().validate_with_defaults(&schema(), object, old) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_schema_compiles_and_every_example_passes_its_rules() {
+        let compiled = kube_cel::compile_schema(&schema());
+        assert!(!compiled.has_errors(), "{:?}", compiled.compilation_errors());
+        for name in ["minimal.yaml", "production.yaml", "adaptive-timing.yaml"] {
+            let e = example(name);
+            assert_eq!(errors(&e, None), Vec::<String>::new(), "{name}");
+            assert_eq!(
+                errors(&e, Some(&e)),
+                Vec::<String>::new(),
+                "{name} updated unchanged"
+            );
+        }
+    }
+
+    #[test]
+    fn inconsistent_timing_is_rejected() {
+        let mut e = example("adaptive-timing.yaml");
+        e["spec"]["timing"]["electionTimeoutMs"] = json!(250);
+        let found = errors(&e, None);
+        assert!(found.iter().any(|m| m.contains("at least 3x")), "{found:?}");
+        let mut e = example("adaptive-timing.yaml");
+        e["spec"]["timing"]["heartbeatIntervalMs"] = json!(400);
+        e["spec"]["timing"]["electionTimeoutMs"] = json!(2000);
+        let found = errors(&e, None);
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("heartbeatIntervalMs must lie within")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_storage_size_that_is_not_a_quantity_of_at_least_1mi_is_rejected() {
+        for size in ["lots", "512Ki"] {
+            let mut e = example("minimal.yaml");
+            e["spec"]["storage"]["wal"]["size"] = json!(size);
+            let found = errors(&e, None);
+            assert!(
+                found.iter().any(|m| m.contains("at least 1Mi")),
+                "{size}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_cannot_change_after_creation() {
+        let old = example("production.yaml");
+        let mut new = old.clone();
+        new["spec"]["storage"]["wal"]["storageClassName"] = json!("other");
+        let found = errors(&new, Some(&old));
+        assert!(
+            found.iter().any(|m| m.contains("cannot change after creation")),
+            "{found:?}"
+        );
+        // Other fields may change.
+        let mut scaled = old.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        assert_eq!(errors(&scaled, Some(&old)), Vec::<String>::new());
+    }
+}
