@@ -39,7 +39,7 @@ fi
 if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
   echo "installing $KUBERNETES_VALIDATE, jsonschema and PyYAML into .tools/venv"
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE" jsonschema PyYAML
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE" jsonschema==4.26.0 PyYAML==6.0.4
 fi
 
 "$TOOLS/bin/helm" version --short
