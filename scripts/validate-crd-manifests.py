@@ -9,10 +9,14 @@ one RaftCluster and says in a comment how the API server rejects it:
     # rejected-by: schema      the structural schema (types, enums, minimum/maximum, patterns,
                                required, unknown fields): this script must reject it, and
     # error: TEXT              a JSON Schema error message must contain TEXT;
-    # rejected-by: cel         an x-kubernetes-validations (CEL) rule: JSON Schema cannot run
-                               CEL, so this script asserts only that the structural schema
-                               accepts it (it reaches the CEL rules) and that the CRD has CEL
-                               rules. The kind suite checks the API server's answer.
+    # rejected-by: cel         an x-kubernetes-validations (CEL) rule: the structural schema
+                               must accept it (so it is the CEL rule that catches it), and
+                               evaluating the CRD's rules with cel-python (crd_cel.py) must
+                               find a rule that returns false; with
+    # error: TEXT              that rule's message must contain TEXT.
+
+Valid examples must also pass every CEL rule that could be evaluated. The kind suite sends
+every invalid manifest to a real API server as well (kubectl apply --dry-run=server).
 
 The schema is read the way the API server reads it: `nullable` allows null, and an object with
 `properties` and neither `additionalProperties` nor `x-kubernetes-preserve-unknown-fields`
@@ -26,6 +30,8 @@ import sys
 
 import jsonschema
 import yaml
+
+import crd_cel
 
 
 def to_json_schema(node):
@@ -56,12 +62,12 @@ def to_json_schema(node):
     return out
 
 
-def count_cel_rules(node):
-    if isinstance(node, list):
-        return sum(count_cel_rules(item) for item in node)
-    if not isinstance(node, dict):
-        return 0
-    return len(node.get("x-kubernetes-validations", [])) + sum(count_cel_rules(v) for v in node.values())
+def cel_summary(skipped):
+    if not skipped:
+        return "every rule evaluated"
+    return f"{len(skipped)} rule(s) not evaluated: " + "; ".join(
+        f"{where or '<root>'} {reason.split(':')[0]}" for where, _, reason in skipped
+    )
 
 
 def load_crd(path):
@@ -82,7 +88,7 @@ def load_crd(path):
         schema.setdefault("required", [])
         schema["required"] = sorted(set(schema["required"]) | {"apiVersion", "kind", "metadata"})
         jsonschema.Draft7Validator.check_schema(schema)
-        schemas[f"{group}/{version['name']}"] = (schema, count_cel_rules(raw))
+        schemas[f"{group}/{version['name']}"] = (schema, raw)
     return kind, schemas
 
 
@@ -122,7 +128,14 @@ def main():
                 for e in errs:
                     print(f"       {e}")
             else:
-                print(f"ok   {name} validates")
+                violations, skipped = crd_cel.check(schemas[doc["apiVersion"]][1], doc)
+                if violations:
+                    failures += 1
+                    print(f"FAIL {name} is rejected by a CEL rule:")
+                    for where, rule, message in violations:
+                        print(f"       {where or '<root>'}: {message} ({rule})")
+                else:
+                    print(f"ok   {name} validates (schema, and CEL: {cel_summary(skipped)})")
 
     for path in args.invalid:
         text = open(path).read()
@@ -148,18 +161,27 @@ def main():
             else:
                 print(f"ok   {path} rejected by the schema: {errs[0]}")
         else:
-            cel_rules = schemas[docs[0]["apiVersion"]][1] if docs[0].get("apiVersion") in schemas else 0
             if errs:
                 print(f"FAIL {path}: marked as caught by CEL but the structural schema already rejects it:")
                 for e in errs:
                     print(f"       {e}")
                 failures += 1
-            elif cel_rules == 0:
-                print(f"FAIL {path}: marked as caught by CEL but the CRD has no x-kubernetes-validations rule")
+                continue
+            violations, skipped = crd_cel.check(schemas[docs[0]["apiVersion"]][1], docs[0])
+            messages = [f"{where or '<root>'}: {message}" for where, _, message in violations]
+            missing = [x for x in expected if not any(x in m for m in messages)]
+            if not violations:
+                print(f"FAIL {path}: no CEL rule rejects it ({cel_summary(skipped)})")
+                for where, rule, reason in skipped:
+                    print(f"       {where or '<root>'}: {rule}: {reason}")
+                failures += 1
+            elif not expected or missing:
+                print(f"FAIL {path}: rejected by CEL, but no message contains {missing or '(no # error: line)'}:")
+                for m in messages:
+                    print(f"       {m}")
                 failures += 1
             else:
-                print(f"ok   {path} passes the structural schema; only a CEL rule rejects it "
-                      f"(not evaluated here; the kind suite asks the API server)")
+                print(f"ok   {path} passes the structural schema, rejected by CEL: {messages[0]}")
 
     print(f"{checked} manifests checked, {failures} failed")
     return 1 if failures else 0
