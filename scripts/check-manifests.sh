@@ -109,6 +109,14 @@ ALL_ON=(--set serviceMonitor.enabled=true --set podMonitor.enabled=true
 "$HELM" template kuberaft "$CHART" --namespace kuberaft-system "${ALL_ON[@]}" >"$OUT/chart-all-on.yaml"
 "$HELM" template kuberaft "$CHART" --namespace kuberaft-system \
   --set leaderElection.enabled=false --set replicaCount=1 >"$OUT/chart-no-election.yaml"
+# Chart.yaml's kubeVersion admits exactly the supported range.
+for version in "${KUBE_VERSIONS[@]}"; do
+  "$HELM" template kuberaft "$CHART" --kube-version "$version" >/dev/null ||
+    fail "the chart refuses Kubernetes $version"
+done
+"$HELM" template kuberaft "$CHART" --kube-version 1.32.0 >/dev/null 2>&1 &&
+  fail "the chart installs on Kubernetes 1.32, older than kube 5 supports"
+echo "ok   the chart's kubeVersion admits ${KUBE_VERSIONS[*]} and refuses 1.32"
 for kind in ServiceMonitor PodMonitor NetworkPolicy; do
   grep -q "^kind: $kind$" "$OUT/chart-default.yaml" && fail "$kind rendered with default values (should be off)"
   grep -q "^kind: $kind$" "$OUT/chart-all-on.yaml" || fail "$kind missing with every feature on"

@@ -74,7 +74,7 @@ kind load docker-image --name "$CLUSTER" "$NODE_IMAGE" "$OPERATOR_IMAGE"
 step "helm install $RELEASE (chart charts/kuberaft-operator)"
 "$HELM" upgrade --install "$RELEASE" charts/kuberaft-operator \
   --namespace "$RELEASE_NAMESPACE" --create-namespace \
-  --set image.tag="$TAG" --set defaultNodeImage="$NODE_IMAGE" \
+  --set image.tag="$TAG" \
   --wait --timeout 5m
 kubectl -n "$RELEASE_NAMESPACE" rollout status deployment/"$RELEASE"-kuberaft-operator --timeout=180s
 kubectl get crd raftclusters.kuberaft.io
