@@ -10,7 +10,7 @@
 #   - each example RaftCluster validates against the CRD's openAPIV3Schema (JSON Schema),
 #     and every manifest in e2e/manifests/invalid/ is rejected (see validate-crd-manifests.py
 #     for what JSON Schema can check and what only the API server's CEL rules can);
-#   - the Grafana dashboard reads only metrics that raft-node exports.
+#   - the Grafana dashboard reads only metrics that raft-node exports (a name in node/src).
 # Installs helm and the Python tools into .tools/ when missing (scripts/install-k8s-tools.sh).
 #
 # Paths can be overridden (tests of this script): CRD_FILE, EXAMPLES_DIR, OPERATOR_BIN.
@@ -126,10 +126,10 @@ for rendered in chart-default chart-all-on chart-no-election; do
   validate "$OUT/$rendered.yaml" "helm template ($rendered)"
 done
 
-step "the Grafana dashboard reads only metrics raft-node exports (node/src/metrics.rs)"
+step "the Grafana dashboard reads only metrics raft-node exports (names found in node/src)"
 missing=0
 for metric in $(grep -o 'kuberaft_[a-z_]*' "$CHART/files/dashboard.json" | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
-  if grep -qw "$metric" node/src/metrics.rs; then
+  if grep -rqw --include='*.rs' "$metric" node/src; then
     echo "ok   $metric"
   else
     echo "FAIL $metric is not exported by raft-node"
