@@ -2,8 +2,8 @@
 # Checks every Kubernetes manifest the project ships or produces, with real tools:
 #   - the chart's crds/ holds exactly crds/raftcluster.yaml;
 #   - values.schema.json rejects bad values; `helm lint --strict`;
-#   - `helm template` with default values, with every optional feature on, and without
-#     leader election;
+#   - `helm template` with default values, with every optional feature on, and with the
+#     chart's RBAC and ServiceAccount left to the user;
 #   - `kubernetes-validate --strict`, for the oldest and the newest Kubernetes we support,
 #     over every rendered manifest, the CRD, and the children `raft-operator render -f`
 #     prints for each example;
@@ -93,7 +93,8 @@ step "helm lint --strict"
 
 step "values.schema.json rejects bad values"
 for bad in "replicaCount=0" "leaderElection.enabld=true" "image.pullPolicy=Sometimes" \
-  "securityContext.readOnlyRootFilesystem=false" "serviceMonitor.interval=soon"; do
+  "securityContext.readOnlyRootFilesystem=false" "serviceMonitor.interval=soon" \
+  "leaderElection.leaseSeconds=1"; do
   if "$HELM" template t "$CHART" --set "$bad" >/dev/null 2>"$OUT/err"; then
     fail "helm template accepted --set $bad"
   fi
@@ -102,13 +103,14 @@ for bad in "replicaCount=0" "leaderElection.enabld=true" "image.pullPolicy=Somet
   echo "ok   --set $bad is rejected by values.schema.json"
 done
 
-step "helm template: default values, every optional feature on, leader election off"
+step "helm template: default values, every optional feature on, RBAC and ServiceAccount off"
 ALL_ON=(--set serviceMonitor.enabled=true --set podMonitor.enabled=true
   --set grafanaDashboard.enabled=true --set networkPolicy.enabled=true)
 "$HELM" template kuberaft "$CHART" --namespace kuberaft-system >"$OUT/chart-default.yaml"
 "$HELM" template kuberaft "$CHART" --namespace kuberaft-system "${ALL_ON[@]}" >"$OUT/chart-all-on.yaml"
 "$HELM" template kuberaft "$CHART" --namespace kuberaft-system \
-  --set leaderElection.enabled=false --set replicaCount=1 >"$OUT/chart-no-election.yaml"
+  --set rbac.create=false --set serviceAccount.create=false --set serviceAccount.name=ops \
+  --set replicaCount=1 >"$OUT/chart-no-rbac.yaml"
 # Chart.yaml's kubeVersion admits exactly the supported range.
 for version in "${KUBE_VERSIONS[@]}"; do
   "$HELM" template kuberaft "$CHART" --kube-version "$version" >/dev/null ||
@@ -122,7 +124,7 @@ for kind in ServiceMonitor PodMonitor NetworkPolicy; do
   grep -q "^kind: $kind$" "$OUT/chart-all-on.yaml" || fail "$kind missing with every feature on"
 done
 grep -q "name: kuberaft-kuberaft-operator-dashboard" "$OUT/chart-all-on.yaml" || fail "dashboard ConfigMap missing"
-for rendered in chart-default chart-all-on chart-no-election; do
+for rendered in chart-default chart-all-on chart-no-rbac; do
   validate "$OUT/$rendered.yaml" "helm template ($rendered)"
 done
 
