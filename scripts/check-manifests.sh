@@ -10,7 +10,8 @@
 #   - each example RaftCluster validates against the CRD's openAPIV3Schema (JSON Schema),
 #     and every manifest in e2e/manifests/invalid/ is rejected (see validate-crd-manifests.py
 #     for what JSON Schema can check and what only the API server's CEL rules can);
-#   - the Grafana dashboard reads only metrics that raft-node exports (a name in node/src).
+#   - the Grafana dashboard reads only metrics that raft-node or raft-operator export (a name
+#     in node/src or operator/src).
 # Installs helm and the Python tools into .tools/ when missing (scripts/install-k8s-tools.sh).
 #
 # Paths can be overridden (tests of this script): CRD_FILE, EXAMPLES_DIR, OPERATOR_BIN.
@@ -128,17 +129,17 @@ for rendered in chart-default chart-all-on chart-no-rbac; do
   validate "$OUT/$rendered.yaml" "helm template ($rendered)"
 done
 
-step "the Grafana dashboard reads only metrics raft-node exports (names found in node/src)"
+step "the Grafana dashboard reads only metrics raft-node and raft-operator export (names in node/src, operator/src)"
 missing=0
 for metric in $(grep -o 'kuberaft_[a-z_]*' "$CHART/files/dashboard.json" | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
-  if grep -rqw --include='*.rs' "$metric" node/src; then
+  if grep -rqw --include='*.rs' "$metric" node/src operator/src; then
     echo "ok   $metric"
   else
-    echo "FAIL $metric is not exported by raft-node"
+    echo "FAIL $metric is exported by neither raft-node nor raft-operator"
     missing=1
   fi
 done
-[ "$missing" = 0 ] || fail "the dashboard reads metrics raft-node does not export"
+[ "$missing" = 0 ] || fail "the dashboard reads metrics nobody exports"
 
 step "RaftCluster manifests against the CRD's openAPIV3Schema (JSON Schema)"
 shopt -s nullglob
