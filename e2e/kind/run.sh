@@ -83,6 +83,7 @@ step "kind test suite (cargo test -p kuberaft-e2e --test kind -- --ignored)"
 keep=()
 [ "${KEEP_CLUSTER:-0}" = 1 ] && keep=(KUBERAFT_KIND_KEEP=1)
 env KUBERAFT_KIND=1 KUBERAFT_NODE_IMAGE="$NODE_IMAGE" "${keep[@]}" \
+  KUBERAFT_OPERATOR_NAMESPACE="$RELEASE_NAMESPACE" KUBERAFT_OPERATOR_LEASE="$RELEASE-kuberaft-operator" \
   cargo test --locked -p kuberaft-e2e --test kind -- --ignored --test-threads 1 --nocapture ${TEST_FILTER:-}
 
 step "helm uninstall leaves nothing of the release behind"

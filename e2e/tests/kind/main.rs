@@ -472,3 +472,60 @@ fn the_api_server_rejects_every_invalid_manifest() -> Result<()> {
     assert!(out.success, "a valid RaftCluster was rejected: {}", out.stderr);
     Ok(())
 }
+
+/// Where run.sh installed the operator: KUBERAFT_OPERATOR_NAMESPACE and KUBERAFT_OPERATOR_LEASE.
+fn operator_lease() -> (String, String) {
+    let namespace = std::env::var("KUBERAFT_OPERATOR_NAMESPACE").unwrap_or_else(|_| "kuberaft-system".into());
+    let lease =
+        std::env::var("KUBERAFT_OPERATOR_LEASE").unwrap_or_else(|_| "kuberaft-kuberaft-operator".into());
+    (namespace, lease)
+}
+
+fn lease_holder(namespace: &str, lease: &str) -> Result<Option<String>> {
+    let lease = kube::kubectl_json(&["get", "lease", "-n", namespace, lease])?;
+    Ok(lease["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the operator installed: bash e2e/kind/run.sh"]
+async fn the_standby_operator_takes_the_lease_when_the_leader_dies_and_keeps_reconciling() -> Result<()> {
+    require_kind_cluster();
+    let (namespace, lease) = operator_lease();
+    let holder = wait_for(
+        "an operator holds the Lease",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || lease_holder(&namespace, &lease),
+    )?;
+    let pods = kube::kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        &namespace,
+        "-l",
+        "app.kubernetes.io/component=operator",
+    ])?;
+    let names: Vec<String> = items(&pods)
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        names.contains(&holder),
+        "the Lease holder {holder} is one of the operator pods {names:?}"
+    );
+    assert!(names.len() >= 2, "the chart runs a standby operator: {names:?}");
+
+    kube::kubectl(&["delete", "pod", "-n", &namespace, &holder, "--wait=false"])?;
+    let successor = wait_for(
+        "another operator takes the Lease",
+        Duration::from_secs(180),
+        Duration::from_secs(2),
+        || Ok(lease_holder(&namespace, &lease)?.filter(|h| h != &holder)),
+    )?;
+    println!("Lease {lease}: {holder} -> {successor}");
+
+    // The new leader reconciles: a new cluster becomes Available.
+    let (_ns, raft) = available_cluster("kr-e2e-operator-failover", "Delete")?;
+    raft.leader()?;
+    Ok(())
+}
