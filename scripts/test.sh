@@ -40,6 +40,9 @@ cargo test --workspace --locked
 step "operator manifests: CRD drift, kubernetes-validate --strict on the CRD and rendered examples"
 bash scripts/check-operator.sh
 
+step "Kubernetes manifests: chart, CRD, examples and their children (scripts/check-manifests.sh)"
+bash scripts/check-manifests.sh
+
 step "simulator: ${SIM_SEEDS:=2000} seeds from ${SIM_SEED_START:=0} (profile sim: release with debug assertions)"
 SIM_SEEDS=$SIM_SEEDS SIM_SEED_START=$SIM_SEED_START \
   cargo test --profile sim --locked -p kuberaft-node --test simulation -- --nocapture
