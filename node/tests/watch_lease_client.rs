@@ -317,7 +317,7 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
     let cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
     let follower = cluster.endpoint((leader + 1) % 3);
-    let mut c = client(&[follower.clone()]).await;
+    let mut c = client(std::slice::from_ref(&follower)).await;
     for i in 1..=10 {
         c.put("k", format!("{i}"), None).await.unwrap();
     }

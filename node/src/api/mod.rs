@@ -1,15 +1,26 @@
 //! The client API: etcd v3 gRPC services, wire compatible with etcd 3.4+ clients.
 //!
-//! Today: the KV service (`Put`, `Range` at any revision not compacted, `DeleteRange`,
-//! `Txn` and `Compact`), enough for `etcdctl put/get/del/txn/compaction` and any etcd
-//! client library's KV use. Watch, Lease, Cluster and Maintenance arrive with the
-//! etcd API issue and answer UNIMPLEMENTED until then.
+//! What each RPC serves:
+//!
+//! | Service | RPC | Served |
+//! | --- | --- | --- |
+//! | KV | Range, Put, DeleteRange, Txn, Compact | fully: every option, at any revision not compacted; puts (plain and in txns) attach keys to leases |
+//! | Watch | Watch | key, range, prefix and from-key; `start_revision` (history from the MVCC store), `prev_kv`, NOPUT/NODELETE filters, `progress_notify` (every 10 min, as etcd) and progress requests, client- or server-chosen `watch_id`, cancel; a compacted start revision is canceled with `compact_revision`. `fragment` is ignored: a revision's events always travel in one response |
+//! | Lease | LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases | fully, with etcd's minimum TTL and errors; expiry driven by the leader through the log |
+//! | Cluster, Maintenance | all | UNIMPLEMENTED (next, with the etcd API issue) |
 //!
 //! Any member accepts any request. Writes on a follower are forwarded to the leader
 //! (whose client URLs the transport learned in the peers' hello); linearizable reads
 //! are served locally after a ReadIndex round through the leader; serializable reads
-//! are served from what this member has applied. Errors carry etcd's gRPC codes and
-//! messages, so clients retry and fail the same way as against etcd.
+//! are served from what this member has applied. Watches are served by the member
+//! the client is connected to, from its applied history (the same on every member);
+//! lease keepalives and TimeToLive need the leader's clock and are forwarded to it.
+//! Errors carry etcd's gRPC codes and messages, so clients retry and fail the same
+//! way as against etcd.
+//!
+//! Layout: this file holds the KV service and what the services share (headers,
+//! forwarding, error mapping); `watch.rs` and `lease.rs` the Watch and Lease
+//! services; `admin.rs` the kuberaft admin service.
 pub mod admin;
 pub mod lease;
 pub mod watch;
