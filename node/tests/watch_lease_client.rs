@@ -463,3 +463,98 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
     }
     assert_eq!(deleted, Some((EventType::Delete, before + 1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_member_caught_up_by_a_snapshot_reports_the_same_events_in_the_same_order() {
+    use etcd_client::{Txn, TxnOp};
+    let cluster = ProcCluster::start(3, &["--snapshot-count=100"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let endpoints = cluster.endpoints();
+    let follower = (leader + 1) % 3;
+    let target = Arc::new(Mutex::new(None));
+    // A watcher on the follower from before it stalls.
+    let stalled_seen = Arc::new(Mutex::new(Vec::new()));
+    let stalled = tokio::spawn(follow(
+        endpoints.clone(),
+        follower,
+        1,
+        stalled_seen.clone(),
+        target.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.signal(follower, "STOP");
+    let live: Vec<String> = (0..3)
+        .filter(|&i| i != follower)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let mut c = client(&live).await;
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    for n in 0..400 {
+        match n % 5 {
+            // Several keys at one revision, written out of key order.
+            0 => {
+                let mut ops = vec![
+                    TxnOp::put(format!("w/z{n}"), "t", None),
+                    TxnOp::put(format!("w/b{n}"), "t", Some(PutOptions::new().with_lease(lease))),
+                ];
+                if n >= 5 {
+                    ops.push(TxnOp::delete(format!("w/b{}", n - 5), None));
+                }
+                let txn = Txn::new().and_then(ops);
+                c.txn(txn).await.unwrap();
+            }
+            1 => {
+                c.delete(format!("w/z{}", n - 1), None).await.unwrap();
+            }
+            _ => {
+                c.put(format!("w/k{}", n % 7), format!("{n}"), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    // Revoking deletes the one key still attached, at one revision.
+    c.lease_revoke(lease).await.unwrap();
+    let revision = c.get("w/", None).await.unwrap().header().unwrap().revision();
+    *target.lock().unwrap() = Some(revision);
+    cluster.signal(follower, "CONT");
+    let mut sequences = Vec::new();
+    for i in 0..3 {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(follow(endpoints.clone(), i, 1, seen.clone(), target.clone()));
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("watchers catch up")
+            .unwrap();
+        sequences.push(seen.lock().unwrap().clone());
+    }
+    tokio::time::timeout(Duration::from_secs(120), stalled)
+        .await
+        .expect("the stalled watcher catches up")
+        .unwrap();
+    let stalled = stalled_seen.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<i64> = sequences[0].iter().map(|s| s.0).collect();
+    assert_eq!(distinct, (1..=revision).collect(), "every revision, none skipped");
+    for (i, sequence) in sequences.iter().enumerate() {
+        assert_eq!(sequence, &stalled, "m{i} and the stalled watcher agree");
+    }
+    // Within a txn's revision, the order of its writes: z, b, then the delete.
+    let first_txn: Vec<&str> = stalled
+        .iter()
+        .filter(|s| s.0 == stalled.iter().find(|s| s.1 == "w/z0").unwrap().0)
+        .map(|s| s.1.as_str())
+        .collect();
+    assert_eq!(first_txn, vec!["w/z0", "w/b0"]);
+    let later_txn: Vec<(&str, bool)> = stalled
+        .iter()
+        .filter(|s| s.0 == stalled.iter().find(|s| s.1 == "w/z10").unwrap().0)
+        .map(|s| (s.1.as_str(), s.3))
+        .collect();
+    assert_eq!(later_txn, vec![("w/z10", true), ("w/b10", true), ("w/b5", false)]);
+    assert!(
+        cluster
+            .metric(follower, "kuberaft_snapshots_installed_total")
+            .is_some_and(|n| n > 0),
+        "the follower was caught up by a snapshot"
+    );
+}
