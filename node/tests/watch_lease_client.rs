@@ -17,6 +17,22 @@ use etcd_client::{
 };
 use support::{client, ProcCluster};
 
+/// Waits until each of `members` knows a leader (a follower that has not heard from
+/// the new leader yet answers "no leader", which etcd-client does not retry).
+fn settle(cluster: &ProcCluster, members: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !members
+        .iter()
+        .all(|&i| cluster.metric(i, "kuberaft_has_leader") == Some(1))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} know no leader after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A client without a per-request deadline (streams live as long as they must).
 async fn stream_client(endpoint: &str) -> Option<Client> {
     let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
@@ -89,6 +105,7 @@ async fn follow(
 async fn watches_on_every_member_see_every_event_once_in_order_across_a_leader_kill_and_restart() {
     let mut cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster, &[0, 1, 2]);
     let endpoints = cluster.endpoints();
     let mut writer = client(&endpoints).await;
     // History before the watchers start, including deletes.
@@ -193,16 +210,23 @@ async fn watches_on_every_member_see_every_event_once_in_order_across_a_leader_k
 }
 
 /// Does `key` exist, read linearizably through any member? `None` when no member
-/// answered.
+/// answered (after a few tries).
 async fn exists(endpoints: &[String], key: &str) -> Option<bool> {
     let mut c = client(endpoints).await;
-    c.get(key, None).await.ok().map(|r| r.count() == 1)
+    for _ in 0..10 {
+        if let Ok(r) = c.get(key, None).await {
+            return Some(r.count() == 1);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kept_alive_lease_survives_a_leader_kill_and_leases_without_keepalives_expire_not_early() {
     let mut cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster, &[0, 1, 2]);
     let endpoints = cluster.endpoints();
     let mut c = client(&endpoints).await;
     let kept = c.lease_grant(5, None).await.unwrap().id();
@@ -275,6 +299,7 @@ async fn a_kept_alive_lease_survives_a_leader_kill_and_leases_without_keepalives
     assert_eq!(exists(&endpoints, "kept").await, Some(true));
     cluster.spawn(leader);
     tokio::time::sleep(Duration::from_secs(6)).await;
+    settle(&cluster, &[0, 1, 2]);
     assert_eq!(exists(&endpoints, "kept").await, Some(true));
     let ttl = c
         .lease_time_to_live(kept, Some(LeaseTimeToLiveOptions::new().with_keys()))
@@ -316,6 +341,7 @@ async fn a_kept_alive_lease_survives_a_leader_kill_and_leases_without_keepalives
 async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests_get_etcds_errors() {
     let cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster, &[0, 1, 2]);
     let follower = cluster.endpoint((leader + 1) % 3);
     let mut c = client(std::slice::from_ref(&follower)).await;
     for i in 1..=10 {
@@ -469,6 +495,7 @@ async fn a_watch_on_a_member_caught_up_by_a_snapshot_reports_the_same_events_in_
     use etcd_client::{Txn, TxnOp};
     let cluster = ProcCluster::start(3, &["--snapshot-count=100"]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster, &[0, 1, 2]);
     let endpoints = cluster.endpoints();
     let follower = (leader + 1) % 3;
     let target = Arc::new(Mutex::new(None));

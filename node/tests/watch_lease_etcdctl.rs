@@ -82,6 +82,16 @@ impl Drop for Watch {
     }
 }
 
+/// Waits until every member knows a leader (a follower that has not heard from the
+/// new leader yet refuses writes with "no leader").
+fn settle(cluster: &ProcCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..cluster.members.len()).all(|i| cluster.metric(i, "kuberaft_has_leader") == Some(1)) {
+        assert!(Instant::now() < deadline, "members know no leader after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn put_ok(endpoint: &str, args: &[&str]) {
     let mut all = vec!["put"];
     all.extend_from_slice(args);
@@ -98,6 +108,7 @@ fn error_line(out: &str) -> &str {
 fn etcdctl_watch_prints_history_live_events_prev_kv_prefixes_and_the_compaction_cancel() {
     let cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster);
     let e = |i: usize| cluster.endpoint(i);
     let follower = (leader + 1) % 3;
     // Revisions: k=v1 @1, k/a=x @2, k=v2 @3, del k @4, other=y @5.
@@ -163,6 +174,7 @@ fn granted(out: &str, ttl: i64) -> String {
 fn etcdctl_leases_grant_attach_keep_alive_report_revoke_and_expire() {
     let cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    settle(&cluster);
     let f = cluster.endpoint((leader + 1) % 3);
     let l = cluster.endpoint(leader);
 

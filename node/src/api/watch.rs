@@ -117,6 +117,10 @@ impl StreamTask {
                 }
                 _ = std::future::ready(()), if behind => {
                     let outputs = self.set.poll(&store, Budget::default());
+                    if outputs.is_empty() {
+                        // A round that only skipped revisions: let other tasks run.
+                        tokio::task::yield_now().await;
+                    }
                     self.send(outputs, &store).await
                 }
                 changed = self.store.changed(), if !behind => changed.is_ok(),
