@@ -62,12 +62,7 @@ impl Lessor {
     /// lease when a new term of leadership starts. Leases gone from the store are
     /// forgotten.
     pub fn sync(&mut self, leader_term: Option<Term>, store: &KvStore, now: Instant) {
-        if leader_term != self.term {
-            self.deadlines.clear();
-            self.revoking.clear();
-            self.term = leader_term;
-            self.synced = 0;
-        }
+        self.follow_term(leader_term);
         if self.term.is_none() || (self.synced == store.applied() && self.synced != 0) {
             return;
         }
@@ -79,6 +74,18 @@ impl Lessor {
         }
         self.deadlines.retain(|id, _| store.lease(*id).is_some());
         self.revoking.retain(|id, _| store.lease(*id).is_some());
+    }
+
+    /// Called by request handlers on the leader before they use the deadlines: if
+    /// leadership changed since the last [`Lessor::sync`], the old deadlines are
+    /// dropped at once (the next sync starts every lease afresh).
+    pub fn follow_term(&mut self, leader_term: Option<Term>) {
+        if leader_term != self.term {
+            self.deadlines.clear();
+            self.revoking.clear();
+            self.term = leader_term;
+            self.synced = 0;
+        }
     }
 
     /// A keepalive (or a grant) on the leader: the lease lives `ttl` seconds from now.
@@ -199,6 +206,21 @@ impl LeaseService {
         self.node().status().borrow().role == Role::Leader
     }
 
+    /// The term this member leads, if it does.
+    fn leader_term(&self) -> Option<Term> {
+        let status = self.node().status();
+        let status = status.borrow();
+        (status.role == Role::Leader).then_some(status.term)
+    }
+
+    /// The lessor, brought up to this member's current leadership.
+    fn lessor_now(&self) -> std::sync::MutexGuard<'_, Lessor> {
+        let term = self.leader_term();
+        let mut lessor = self.lessor.lock().expect("not poisoned");
+        lessor.follow_term(term);
+        lessor
+    }
+
     /// `None` on the leader; otherwise a client for the leader.
     fn leader(&self) -> Result<Option<LeaseClient<tonic::transport::Channel>>, Status> {
         let (role, leader) = {
@@ -237,7 +259,7 @@ impl LeaseService {
         let now = Instant::now();
         let ttl = match lease {
             Some(lease) => {
-                let mut lessor = self.lessor.lock().expect("not poisoned");
+                let mut lessor = self.lessor_now();
                 if lessor.expired(id, now) {
                     0
                 } else {
@@ -298,10 +320,7 @@ impl Lease for LeaseService {
                     // starts it (a grant is never answered for a lease that then
                     // expires early).
                     if self.is_leader() {
-                        self.lessor
-                            .lock()
-                            .expect("not poisoned")
-                            .renew(id, ttl, Instant::now());
+                        self.lessor_now().renew(id, ttl, Instant::now());
                     }
                     return Ok(Response::new(pb::LeaseGrantResponse {
                         header: self.kv.header(revision),
@@ -397,9 +416,7 @@ impl Lease for LeaseService {
             }));
         };
         let remaining = self
-            .lessor
-            .lock()
-            .expect("not poisoned")
+            .lessor_now()
             .remaining(r.id, Instant::now())
             .map_or(lease.ttl, |left| left.as_secs() as i64);
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
@@ -483,6 +500,16 @@ mod tests {
         lessor.sync(Some(4), &store, t0 + Duration::from_secs(4));
         assert!(lessor.due(t0 + Duration::from_secs(8), 10).is_empty());
         assert_eq!(lessor.due(t0 + Duration::from_secs(9), 10), vec![1]);
+        // A handler that sees a newer term before the expiry loop does drops the old
+        // deadlines at once; the next sync starts the lease afresh.
+        lessor.follow_term(Some(5));
+        assert_eq!(lessor.remaining(1, t0), None);
+        assert!(lessor.due(t0 + Duration::from_secs(60), 10).is_empty());
+        lessor.sync(Some(5), &store, t0 + Duration::from_secs(20));
+        assert_eq!(
+            lessor.remaining(1, t0 + Duration::from_secs(20)),
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -28,10 +28,12 @@ use crate::kv::watch::{Budget, Event, EventKind, Output, WatchSpec, WatcherSet};
 use crate::kv::KvStore;
 
 /// Watch streams one member serves at once.
-pub const WATCH_STREAMS_MAX: usize = 4096;
+pub const WATCH_STREAMS_MAX: usize = 1024;
 
-/// Responses queued for one stream's client.
-pub const STREAM_RESPONSES_MAX: usize = 16;
+/// Responses queued for one stream's client. With `Budget`'s 1 MiB per response
+/// (a single revision may exceed it), a stream holds about 8 MiB at most while its
+/// client does not read.
+pub const STREAM_RESPONSES_MAX: usize = 8;
 
 /// etcd's default `--experimental-watch-progress-notify-interval`.
 pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
