@@ -115,7 +115,7 @@ impl StreamTask {
                 },
                 _ = progress.tick() => {
                     let outputs = self.set.progress_notify(&store);
-                    self.send(outputs, &store).await
+                    self.send(outputs).await
                 }
                 _ = std::future::ready(()), if behind => {
                     let outputs = self.set.poll(&store, Budget::default());
@@ -123,7 +123,7 @@ impl StreamTask {
                         // A round that only skipped revisions: let other tasks run.
                         tokio::task::yield_now().await;
                     }
-                    self.send(outputs, &store).await
+                    self.send(outputs).await
                 }
                 changed = self.store.changed(), if !behind => changed.is_ok(),
             };
@@ -153,11 +153,11 @@ impl StreamTask {
                     watch_id: create.watch_id,
                 };
                 let output = self.set.create(spec, store);
-                self.send(vec![output], store).await
+                self.send(vec![output]).await
             }
             Some(RequestUnion::CancelRequest(cancel)) => {
                 let output = self.set.cancel(cancel.watch_id, store);
-                self.send(output.into_iter().collect(), store).await
+                self.send(output.into_iter().collect()).await
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Everything up to the revision reported must have been sent first: bring
@@ -167,7 +167,7 @@ impl StreamTask {
                         break;
                     }
                     let outputs = self.set.poll(store, Budget::default());
-                    if !self.send(outputs, store).await {
+                    if !self.send(outputs).await {
                         return false;
                     }
                 }
@@ -175,15 +175,15 @@ impl StreamTask {
                     watch_id: -1,
                     revision: store.revision(),
                 };
-                self.send(vec![progress], store).await
+                self.send(vec![progress]).await
             }
             None => true,
         }
     }
 
-    async fn send(&self, outputs: Vec<Output>, store: &KvStore) -> bool {
+    async fn send(&self, outputs: Vec<Output>) -> bool {
         for output in outputs {
-            let response = self.response(output, store);
+            let response = self.response(output);
             if self.tx.send(Ok(response)).await.is_err() {
                 return false;
             }
@@ -191,7 +191,7 @@ impl StreamTask {
         true
     }
 
-    fn response(&self, output: Output, _store: &KvStore) -> pb::WatchResponse {
+    fn response(&self, output: Output) -> pb::WatchResponse {
         match output {
             Output::Created { watch_id, revision } => pb::WatchResponse {
                 header: self.kv.header(revision),
