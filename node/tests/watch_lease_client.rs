@@ -585,3 +585,61 @@ async fn a_watch_on_a_member_caught_up_by_a_snapshot_reports_the_same_events_in_
         "the follower was caught up by a snapshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_does_not_read_falls_behind_in_the_history_and_is_canceled_once_compaction_passes_it()
+{
+    let cluster = ProcCluster::start(1, &["--auto-compaction-retention=50"]);
+    cluster.wait_for_leader(&[0]);
+    let endpoint = cluster.endpoint(0);
+    let mut c = client(std::slice::from_ref(&endpoint)).await;
+    let mut s = stream_client(&endpoint).await.unwrap();
+    let mut stream = s.watch("big", None).await.unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    // Far more than the stream's queue and the transport's windows hold, while the
+    // client reads nothing; auto-compaction (every 5 s) keeps only 50 revisions.
+    let value = vec![b'x'; 256 * 1024];
+    let start = Instant::now();
+    let mut written = 0;
+    let compacted_past_start = loop {
+        c.put("big", value.clone(), None).await.unwrap();
+        written += 1;
+        let compacted = c
+            .get("big", Some(GetOptions::new().with_revision(2)))
+            .await
+            .is_err();
+        if compacted && written > 300 {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            break false;
+        }
+    };
+    assert!(compacted_past_start, "auto-compaction did not run");
+    // Now read: events in order from revision 1 without a gap, then the cancel with
+    // the compact revision, beyond the last event delivered.
+    let mut next = 1;
+    let mut canceled = None;
+    for _ in 0..10_000 {
+        let r = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream answers")
+            .unwrap()
+            .expect("the stream stays open");
+        for e in r.events() {
+            assert_eq!(e.kv().unwrap().mod_revision(), next, "no gap, no repeat");
+            next += 1;
+        }
+        if r.canceled() {
+            canceled = Some(r.compact_revision());
+            break;
+        }
+    }
+    let compact_revision = canceled.expect("the slow watcher is canceled");
+    assert!(
+        compact_revision > next,
+        "compacted at {compact_revision}, the watcher needed {next}"
+    );
+    assert!(next <= written, "the watcher did not receive everything");
+}
