@@ -52,8 +52,9 @@ pub struct Lessor {
     deadlines: HashMap<i64, Instant>,
     /// Revocations proposed and not yet applied, with when to propose again.
     revoking: HashMap<i64, Instant>,
-    /// The applied index of the last store synced with.
-    synced: Index,
+    /// `KvStore::leases_changed_at` of the last store synced with (`None`: none
+    /// yet in this term).
+    synced: Option<Index>,
 }
 
 impl Lessor {
@@ -63,10 +64,10 @@ impl Lessor {
     /// forgotten.
     pub fn sync(&mut self, leader_term: Option<Term>, store: &KvStore, now: Instant) {
         self.follow_term(leader_term);
-        if self.term.is_none() || (self.synced == store.applied() && self.synced != 0) {
+        if self.term.is_none() || self.synced == Some(store.leases_changed_at()) {
             return;
         }
-        self.synced = store.applied();
+        self.synced = Some(store.leases_changed_at());
         for (id, lease) in store.leases() {
             self.deadlines
                 .entry(id)
@@ -84,7 +85,7 @@ impl Lessor {
             self.deadlines.clear();
             self.revoking.clear();
             self.term = leader_term;
-            self.synced = 0;
+            self.synced = None;
         }
     }
 
@@ -106,11 +107,22 @@ impl Lessor {
             .map(|deadline| deadline.saturating_duration_since(now))
     }
 
-    /// Up to `max` leases whose deadline passed and whose revocation is not already
-    /// on its way; each is marked as being revoked.
-    pub fn due(&mut self, now: Instant, max: usize) -> Vec<i64> {
+    /// Up to `max` leases of `store` whose deadline passed and whose revocation is
+    /// not already on its way; each is marked as being revoked. Deadlines of leases
+    /// `store` no longer holds (revoked while a keepalive renewed them) are dropped.
+    pub fn due(&mut self, store: &KvStore, now: Instant, max: usize) -> Vec<i64> {
         if self.term.is_none() {
             return Vec::new();
+        }
+        let gone: Vec<i64> = self
+            .deadlines
+            .iter()
+            .filter(|(id, deadline)| **deadline <= now && store.lease(**id).is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.deadlines.remove(&id);
+            self.revoking.remove(&id);
         }
         let mut due: Vec<(Instant, i64)> = self
             .deadlines
@@ -155,7 +167,7 @@ pub async fn run_expiry(node: NodeHandle, lessor: Arc<Mutex<Lessor>>, mut shutdo
         let due = {
             let mut lessor = lessor.lock().expect("not poisoned");
             lessor.sync(leader_term, &store, now);
-            lessor.due(now, in_flight.available_permits())
+            lessor.due(&store, now, in_flight.available_permits())
         };
         for id in due {
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -464,26 +476,26 @@ mod tests {
         let mut lessor = Lessor::default();
         lessor.sync(None, &store, t0);
         assert!(
-            lessor.due(t0 + Duration::from_secs(60), 10).is_empty(),
+            lessor.due(&store, t0 + Duration::from_secs(60), 10).is_empty(),
             "a follower expires nothing"
         );
         lessor.sync(Some(3), &store, t0);
-        assert!(lessor.due(t0 + Duration::from_secs(4), 10).is_empty());
+        assert!(lessor.due(&store, t0 + Duration::from_secs(4), 10).is_empty());
         lessor.renew(1, 5, t0 + Duration::from_secs(4));
-        assert!(lessor.due(t0 + Duration::from_secs(8), 10).is_empty());
+        assert!(lessor.due(&store, t0 + Duration::from_secs(8), 10).is_empty());
         assert_eq!(
             lessor.remaining(1, t0 + Duration::from_secs(8)),
             Some(Duration::from_secs(1))
         );
-        assert_eq!(lessor.due(t0 + Duration::from_secs(9), 10), vec![1]);
+        assert_eq!(lessor.due(&store, t0 + Duration::from_secs(9), 10), vec![1]);
         assert!(lessor.expired(1, t0 + Duration::from_secs(9)));
         assert!(
-            lessor.due(t0 + Duration::from_secs(10), 10) == vec![2],
+            lessor.due(&store, t0 + Duration::from_secs(10), 10) == vec![2],
             "lease 1 is being revoked and is not proposed twice at once"
         );
         // Not applied after the retry delay: proposed again (the oldest first).
         assert_eq!(
-            lessor.due(t0 + Duration::from_secs(9) + REVOKE_RETRY_AFTER, 10),
+            lessor.due(&store, t0 + Duration::from_secs(9) + REVOKE_RETRY_AFTER, 10),
             vec![1]
         );
     }
@@ -498,13 +510,13 @@ mod tests {
         // from t0+4, not the 2 s it had left.
         lessor.sync(None, &store, t0 + Duration::from_secs(3));
         lessor.sync(Some(4), &store, t0 + Duration::from_secs(4));
-        assert!(lessor.due(t0 + Duration::from_secs(8), 10).is_empty());
-        assert_eq!(lessor.due(t0 + Duration::from_secs(9), 10), vec![1]);
+        assert!(lessor.due(&store, t0 + Duration::from_secs(8), 10).is_empty());
+        assert_eq!(lessor.due(&store, t0 + Duration::from_secs(9), 10), vec![1]);
         // A handler that sees a newer term before the expiry loop does drops the old
         // deadlines at once; the next sync starts the lease afresh.
         lessor.follow_term(Some(5));
         assert_eq!(lessor.remaining(1, t0), None);
-        assert!(lessor.due(t0 + Duration::from_secs(60), 10).is_empty());
+        assert!(lessor.due(&store, t0 + Duration::from_secs(60), 10).is_empty());
         lessor.sync(Some(5), &store, t0 + Duration::from_secs(20));
         assert_eq!(
             lessor.remaining(1, t0 + Duration::from_secs(20)),
@@ -522,6 +534,14 @@ mod tests {
         store.apply(3, &KvCommand::LeaseGrant { id: 7, ttl: 2 });
         lessor.sync(Some(1), &store, t0 + Duration::from_secs(1));
         assert_eq!(lessor.remaining(1, t0), None);
-        assert_eq!(lessor.due(t0 + Duration::from_secs(10), 10), vec![7]);
+        assert_eq!(lessor.due(&store, t0 + Duration::from_secs(10), 10), vec![7]);
+        // A keepalive that renewed lease 1 just as it was revoked leaves a deadline
+        // without a lease: it is dropped, never proposed for revocation.
+        lessor.renew(1, 5, t0 + Duration::from_secs(10));
+        assert!(lessor
+            .due(&store, t0 + Duration::from_secs(16) + REVOKE_RETRY_AFTER, 10)
+            .iter()
+            .all(|id| *id != 1));
+        assert_eq!(lessor.remaining(1, t0), None);
     }
 }

@@ -18,6 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use imbl::{OrdMap, OrdSet};
 
 use super::{CodecError, KvError, KvResult, KvStore};
+use crate::raft::types::Index;
 
 /// etcd's `MaxLeaseTTL`: the longest TTL a lease may be granted, in seconds.
 pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
@@ -41,6 +42,12 @@ impl KvStore {
     /// The lease `id`, if it exists.
     pub fn lease(&self, id: i64) -> Option<&Lease> {
         self.leases.get(&id)
+    }
+
+    /// The log index that last granted or revoked a lease (or of the snapshot the
+    /// store was read from): the lease set has not changed since.
+    pub fn leases_changed_at(&self) -> Index {
+        self.leases_changed_at
     }
 
     /// Every lease id with its granted TTL, in id order.
@@ -73,6 +80,7 @@ impl KvStore {
                 keys: OrdSet::new(),
             },
         );
+        self.leases_changed_at = self.applied;
         KvResult::LeaseGrant {
             revision: self.revision,
             id,
@@ -98,6 +106,7 @@ impl KvStore {
             self.revision = revision;
         }
         self.leases.remove(&id);
+        self.leases_changed_at = self.applied;
         KvResult::LeaseRevoke {
             revision: self.revision,
             deleted,

@@ -359,6 +359,9 @@ pub struct KvStore {
     changes: OrdMap<i64, Vector<Bytes>>,
     /// Leases by id (see `lease.rs`).
     leases: lease::Leases,
+    /// The log index that last granted or revoked a lease (or of the snapshot the
+    /// store was read from), so the leader's lessor rescans only when it moved.
+    leases_changed_at: Index,
 }
 
 /// How a range read orders its answer.
@@ -859,6 +862,7 @@ impl KvStore {
             applied,
             changes: OrdMap::new(),
             leases: lease::Leases::new(),
+            leases_changed_at: applied,
         };
         store.read_changes_section(input)?;
         store.read_lease_section(input)?;
