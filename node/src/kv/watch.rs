@@ -289,7 +289,9 @@ impl WatcherSet {
             self.next_id += 1;
             self.next_id - 1
         };
-        let next = if spec.start_revision > 0 {
+        // As in etcd, only 0 means "from the next revision" (a negative start reads
+        // whatever history is left, or is canceled like any compacted start).
+        let next = if spec.start_revision != 0 {
             spec.start_revision
         } else {
             revision + 1
