@@ -252,6 +252,12 @@ impl NodeHandle {
         self.store.borrow().clone()
     }
 
+    /// The applied store as it is published after each applied batch (watchers
+    /// follow it).
+    pub fn applied_store(&self) -> watch::Receiver<KvStore> {
+        self.store.clone()
+    }
+
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.requests

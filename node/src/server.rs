@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
+use crate::api::lease::LeaseService;
+use crate::api::watch::WatchService;
 use crate::api::KvService;
 use crate::raft::{Config as RaftConfig, NodeId, Role, Status, Timing};
 use crate::runtime::{self, NodeHandle, RuntimeConfig};
@@ -407,6 +409,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .set_serving::<kuberaft_proto::etcdserverpb::kv_server::KvServer<KvService>>()
         .await;
     let kv = KvService::new(node.clone(), plan.id, plan.cluster_id, directory.clone());
+    let watch = WatchService::new(kv.clone(), crate::api::watch::PROGRESS_NOTIFY_INTERVAL);
+    let lease = LeaseService::new(kv.clone());
+    tokio::spawn(crate::api::lease::run_expiry(
+        node.clone(),
+        lease.lessor(),
+        shutdown_rx.clone(),
+    ));
     let admin = AdminService::new(
         node.clone(),
         plan.id,
@@ -424,6 +433,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .concurrency_limit_per_connection(256)
                 .add_service(health_service)
                 .add_service(kv.into_server())
+                .add_service(watch.into_server())
+                .add_service(lease.into_server())
                 .add_service(admin.into_server())
                 .serve_with_shutdown(addr, async move {
                     let _ = stop.wait_for(|s| *s).await;
