@@ -14,9 +14,12 @@
 
 pub mod api;
 pub mod kv;
+pub mod join;
 pub mod linearizability;
+pub mod members;
 pub mod metrics;
 pub mod raft;
+pub mod restore;
 pub mod runtime;
 pub mod server;
 pub mod storage;

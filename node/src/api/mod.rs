@@ -2,8 +2,8 @@
 //!
 //! Today: the KV service (`Put`, `Range` at any revision not compacted, `DeleteRange`,
 //! `Txn` and `Compact`), enough for `etcdctl put/get/del/txn/compaction` and any etcd
-//! client library's KV use. Watch, Lease, Cluster and Maintenance arrive with the
-//! etcd API issue and answer UNIMPLEMENTED until then.
+//! client library's KV use; the Cluster service ([`cluster`]) and the Maintenance
+//! service ([`maintenance`]).
 //!
 //! Any member accepts any request. Writes on a follower are forwarded to the leader
 //! (whose client URLs the transport learned in the peers' hello); linearizable reads
@@ -11,6 +11,8 @@
 //! are served from what this member has applied. Errors carry etcd's gRPC codes and
 //! messages, so clients retry and fail the same way as against etcd.
 pub mod admin;
+pub mod cluster;
+pub mod maintenance;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

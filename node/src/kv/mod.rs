@@ -15,6 +15,7 @@
 //! transactions (compares, operations, their validation and their codec).
 //! Leases and watches arrive with the etcd API issue.
 
+mod hash;
 mod txn;
 
 use std::io::{Read, Write};
