@@ -109,7 +109,9 @@ impl Membership for MembershipService {
                 r.cluster_id, self.cluster_id
             )));
         }
-        let member = r.member.ok_or_else(|| Status::invalid_argument("no member given"))?;
+        let member = r
+            .member
+            .ok_or_else(|| Status::invalid_argument("no member given"))?;
         let status = self.node.status().borrow().clone();
         if status.role != Role::Leader {
             return Err(Status::failed_precondition(format!(
@@ -205,7 +207,9 @@ pub async fn discover(
                             peers,
                         });
                     }
-                    reasons.push(format!("{seed}: lists no member with peer URLs {own_peer_urls:?}"));
+                    reasons.push(format!(
+                        "{seed}: lists no member with peer URLs {own_peer_urls:?}"
+                    ));
                 }
                 Err(e) => reasons.push(format!("{seed}: {e}")),
             }
@@ -273,11 +277,18 @@ pub async fn publish(
                     client_urls: me.client_urls.clone(),
                 };
                 let result = if leader == me.id {
-                    node.propose_member(command).await.map(|_| ()).map_err(|e| e.to_string())
+                    node.propose_member(command)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 } else {
                     let table = members.borrow().clone();
                     let list = member_list(&status, &table, &initial);
-                    match list.iter().find(|m| m.id == leader).and_then(|m| m.peer_urls.first()) {
+                    match list
+                        .iter()
+                        .find(|m| m.id == leader)
+                        .and_then(|m| m.peer_urls.first())
+                    {
                         Some(url) => publish_to(url, &me).await,
                         None => Err(format!("the peer URL of the leader {leader:#x} is unknown")),
                     }

@@ -13,8 +13,8 @@
 //! The state machine, the transport and the server join as their issues land.
 
 pub mod api;
-pub mod kv;
 pub mod join;
+pub mod kv;
 pub mod linearizability;
 pub mod members;
 pub mod metrics;

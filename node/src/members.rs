@@ -61,7 +61,10 @@ pub enum MemberCommand {
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
     },
-    UpdatePeerUrls { id: NodeId, peer_urls: Vec<String> },
+    UpdatePeerUrls {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
 }
 
 const KIND_ADD: u8 = 1;
@@ -102,7 +105,8 @@ fn get_text(buf: &mut Bytes) -> Result<String, CodecError> {
     if buf.remaining() < len {
         return Err(CodecError::Truncated);
     }
-    String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| CodecError::Snapshot("text is not UTF-8".into()))
+    String::from_utf8(buf.split_to(len).to_vec())
+        .map_err(|_| CodecError::Snapshot("text is not UTF-8".into()))
 }
 
 fn get_urls(buf: &mut Bytes) -> Result<Vec<String>, CodecError> {
@@ -239,7 +243,10 @@ impl MemberTable {
     /// The member (or member being added) that advertises `url`.
     pub fn find_by_peer_url(&self, url: &str) -> Option<&Member> {
         let same = |m: &&Member| m.peer_urls.iter().any(|u| same_url(u, url));
-        self.members.values().find(same).or(self.pending.as_ref().filter(same))
+        self.members
+            .values()
+            .find(same)
+            .or(self.pending.as_ref().filter(same))
     }
 
     /// Applies a member command (deterministic: every member ends up with the same
@@ -478,7 +485,10 @@ mod tests {
             is_learner: true,
         });
         assert_eq!(table.len(), 1, "pending attributes are not a member yet");
-        assert_eq!(table.find_by_peer_url("http://127.0.0.1:90/").map(|m| m.id), Some(9));
+        assert_eq!(
+            table.find_by_peer_url("http://127.0.0.1:90/").map(|m| m.id),
+            Some(9)
+        );
         table.apply_conf_change(&ConfChange::AddLearner(9));
         let added = table.get(9).unwrap();
         assert!(added.is_learner);
@@ -518,7 +528,14 @@ mod tests {
     fn urls_must_be_http_host_port() {
         assert!(check_urls(&urls(&["http://10.0.0.1:2380"])).is_ok());
         assert!(check_urls(&urls(&["http://node-1.peers:2380/"])).is_ok());
-        for bad in ["10.0.0.1:2380", "https://a:1", "http://a", "http://:1", "http://a:x", "http://a:1/p"] {
+        for bad in [
+            "10.0.0.1:2380",
+            "https://a:1",
+            "http://a",
+            "http://:1",
+            "http://a:x",
+            "http://a:1/p",
+        ] {
             assert!(check_urls(&urls(&[bad])).is_err(), "{bad}");
         }
         assert!(check_urls(&[]).is_err());

@@ -50,11 +50,13 @@ pub fn restore(args: &ServeArgs, backup: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("read {}", backup.display()))?
         .len();
     if size > BACKUP_BYTES_MAX {
-        anyhow::bail!("{}: {size} bytes is over the limit of {BACKUP_BYTES_MAX}", backup.display());
+        anyhow::bail!(
+            "{}: {size} bytes is over the limit of {BACKUP_BYTES_MAX}",
+            backup.display()
+        );
     }
     let data = std::fs::read(backup).with_context(|| format!("read {}", backup.display()))?;
-    let (kv, _old_members) =
-        read_backup(&data).map_err(|e| anyhow::anyhow!("{}: {e}", backup.display()))?;
+    let (kv, _old_members) = read_backup(&data).map_err(|e| anyhow::anyhow!("{}: {e}", backup.display()))?;
     let index = kv.applied();
     if index == 0 {
         anyhow::bail!("{}: the backup holds no applied entry", backup.display());

@@ -206,11 +206,7 @@ impl Waiter {
 }
 
 enum ApplyJob {
-    Register {
-        index: Index,
-        term: Term,
-        reply: Waiter,
-    },
+    Register { index: Index, term: Term, reply: Waiter },
     Entries(Vec<crate::raft::Entry>),
     Restore(crate::raft::SnapshotMeta),
     Snapshot(crate::raft::SnapshotMeta),

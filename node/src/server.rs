@@ -382,7 +382,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     );
                 }
                 let joined =
-                    join::discover(&args.initial_cluster_token, &own_peer_urls, &seeds, JOIN_WAIT_MAX).await?;
+                    join::discover(&args.initial_cluster_token, &own_peer_urls, &seeds, JOIN_WAIT_MAX)
+                        .await?;
                 plan.id = joined.id;
                 plan.cluster_id = joined.cluster_id;
                 joined_peers = Some(joined.peers);
@@ -568,7 +569,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await;
     if removed {
-        anyhow::bail!("{REMOVED_LOG} (id {:#x}); wipe its data directories before it joins again", plan.id);
+        anyhow::bail!(
+            "{REMOVED_LOG} (id {:#x}); wipe its data directories before it joins again",
+            plan.id
+        );
     }
     Ok(())
 }

@@ -114,12 +114,15 @@ fn change_status(error: runtime::Error, kind: ChangeKind) -> Status {
         runtime::Error::Raft(RaftError::ConfChange(ConfChangeError::AlreadyMember(_))) => {
             Status::failed_precondition("etcdserver: member ID already exist")
         }
-        runtime::Error::Raft(RaftError::ChangeInProgress(_)) | runtime::Error::Raft(RaftError::NoCommitInTerm) => {
+        runtime::Error::Raft(RaftError::ChangeInProgress(_))
+        | runtime::Error::Raft(RaftError::NoCommitInTerm) => {
             Status::unavailable("etcdserver: unhealthy cluster")
         }
         runtime::Error::NotLeader { .. }
         | runtime::Error::ProposalDropped
-        | runtime::Error::Raft(RaftError::TransferInProgress) => Status::unavailable("etcdserver: leader changed"),
+        | runtime::Error::Raft(RaftError::TransferInProgress) => {
+            Status::unavailable("etcdserver: leader changed")
+        }
         runtime::Error::Stopped => Status::unavailable("etcdserver: server stopped"),
         other => Status::internal(other.to_string()),
     }
@@ -186,7 +189,9 @@ impl ClusterService {
         if status.role == Role::Leader {
             return Ok(None);
         }
-        let leader = status.leader.ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+        let leader = status
+            .leader
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
         if request.metadata().get(FORWARDED_HEADER).is_some() {
             return Err(Status::unavailable("etcdserver: leader changed"));
         }
@@ -253,7 +258,9 @@ impl ClusterService {
             .iter()
             .any(|url| table.find_by_peer_url(url).is_some_and(|m| m.id != except));
         if taken || pending {
-            return Err(Status::failed_precondition("etcdserver: Peer URLs already exists"));
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
         }
         Ok(())
     }
@@ -263,7 +270,8 @@ impl ClusterService {
         let table = self.node.members().borrow().clone();
         loop {
             let id: u64 = rand::random();
-            if id != 0 && !status.membership.contains(id) && !table.is_removed(id) && table.get(id).is_none() {
+            if id != 0 && !status.membership.contains(id) && !table.is_removed(id) && table.get(id).is_none()
+            {
                 return id;
             }
         }
@@ -332,7 +340,8 @@ impl Cluster for ClusterService {
         if !self.node.status().borrow().membership.contains(id) {
             return Err(member_not_found());
         }
-        self.propose_change(ConfChange::Remove(id), ChangeKind::Remove).await?;
+        self.propose_change(ConfChange::Remove(id), ChangeKind::Remove)
+            .await?;
         tracing::info!(id = format_args!("{id:#x}"), "member removed");
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
@@ -394,7 +403,8 @@ impl Cluster for ClusterService {
                 "etcdserver: can only promote a learner member",
             ));
         }
-        self.propose_change(ConfChange::Promote(id), ChangeKind::Promote).await?;
+        self.propose_change(ConfChange::Promote(id), ChangeKind::Promote)
+            .await?;
         tracing::info!(id = format_args!("{id:#x}"), "learner promoted");
         Ok(Response::new(pb::MemberPromoteResponse {
             header: self.header(),

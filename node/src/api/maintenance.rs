@@ -14,7 +14,9 @@
 //!   on members that applied the same revision.
 //! - `Defragment`: an honest no-op success: there is no database file to defragment.
 //! - `Snapshot`: streams a backup of the state machine (the file format of
-//!   [`write_backup`]); `raft-node restore` builds a new cluster's data from it.
+//!   [`write_backup`]), which `etcdctl snapshot save` stores; `raft-node restore`
+//!   builds a new cluster's data from it (etcdctl's `snapshot status/restore` expect
+//!   an etcd database file and do not read it).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -37,30 +39,53 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// First bytes of a backup file.
 pub const BACKUP_MAGIC: &[u8; 8] = b"KRBACKUP";
 
-/// A backup: magic, the state machine (key-value store, then the member table, as
-/// in a Raft snapshot), and the CRC32C of everything before it.
+/// A backup, laid out so that etcdctl's `snapshot save` accepts it (it wants a
+/// SHA-256 trailer after a whole number of 512-byte pages): magic, the length of the
+/// state machine, the state machine (key-value store, then the member table, as in a
+/// Raft snapshot), its CRC32C, zero padding to a multiple of 512 bytes, and the
+/// SHA-256 of everything before it.
 pub fn write_backup(kv: &KvStore, members: &MemberTable) -> std::io::Result<Vec<u8>> {
+    use sha2::Digest;
+    let mut state = Vec::new();
+    runtime::write_state_machine(kv, members, &mut state)?;
     let mut data = BACKUP_MAGIC.to_vec();
-    runtime::write_state_machine(kv, members, &mut data)?;
-    let crc = crc32c::crc32c(&data);
-    data.extend_from_slice(&crc.to_le_bytes());
+    data.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    data.extend_from_slice(&state);
+    data.extend_from_slice(&crc32c::crc32c(&state).to_le_bytes());
+    data.resize(data.len().div_ceil(BACKUP_PAGE_BYTES) * BACKUP_PAGE_BYTES, 0);
+    let digest = sha2::Sha256::digest(&data);
+    data.extend_from_slice(&digest);
     Ok(data)
 }
 
+/// Page size the backup is padded to (etcd's bolt page, which etcdctl checks for).
+const BACKUP_PAGE_BYTES: usize = 512;
+
 /// Checks and reads a backup written by [`write_backup`].
 pub fn read_backup(data: &[u8]) -> Result<(KvStore, MemberTable), String> {
-    if data.len() < BACKUP_MAGIC.len() + 4 || &data[..BACKUP_MAGIC.len()] != BACKUP_MAGIC {
+    use sha2::Digest;
+    let header = BACKUP_MAGIC.len() + 8;
+    if data.len() < header + 4 + 32 || &data[..BACKUP_MAGIC.len()] != BACKUP_MAGIC {
         return Err("not a kuberaft backup (saved with `etcdctl snapshot save` from kuberaft)".into());
     }
-    let (body, crc) = data.split_at(data.len() - 4);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    let computed = crc32c::crc32c(body);
-    if stored != computed {
-        return Err(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is damaged or incomplete"
-        ));
+    let (body, digest) = data.split_at(data.len() - 32);
+    if sha2::Sha256::digest(body).as_slice() != digest {
+        return Err("SHA-256 mismatch: the file is damaged or incomplete".into());
     }
-    runtime::read_state_machine(&mut &body[BACKUP_MAGIC.len()..])
+    let len = u64::from_le_bytes(data[BACKUP_MAGIC.len()..header].try_into().expect("8 bytes"));
+    if len > (body.len() - header - 4) as u64 {
+        return Err("the state machine's length is past the end of the file".into());
+    }
+    let state = &body[header..header + len as usize];
+    let crc = u32::from_le_bytes(
+        body[header + state.len()..header + state.len() + 4]
+            .try_into()
+            .expect("4"),
+    );
+    if crc32c::crc32c(state) != crc {
+        return Err("checksum mismatch: the file is damaged".into());
+    }
+    runtime::read_state_machine(&mut &state[..])
 }
 
 #[derive(Clone)]
@@ -112,7 +137,10 @@ impl Maintenance for MaintenanceService {
         }
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status().borrow().clone();
         let store = self.node.read_local();
         let size = store.size_bytes() as i64;
@@ -153,7 +181,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         let r = request.into_inner();
         let store = self.node.read_local();
         let revision = if r.revision <= 0 {
@@ -181,7 +212,10 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         let store = self.node.read_local();
         let members = self.node.members().borrow().clone();
         let revision = store.revision();
@@ -223,13 +257,10 @@ impl Maintenance for MaintenanceService {
         if target == self.member_id {
             return Ok(Response::new(pb::MoveLeaderResponse { header }));
         }
-        self.node
-            .transfer_leadership(target)
-            .await
-            .map_err(|e| match e {
-                runtime::Error::NotLeader { .. } => Status::failed_precondition("etcdserver: not leader"),
-                other => Status::unavailable(format!("etcdserver: leader transfer failed: {other}")),
-            })?;
+        self.node.transfer_leadership(target).await.map_err(|e| match e {
+            runtime::Error::NotLeader { .. } => Status::failed_precondition("etcdserver: not leader"),
+            other => Status::unavailable(format!("etcdserver: leader transfer failed: {other}")),
+        })?;
         let election = Duration::from_millis(u64::from(status.timing.election_ticks) * TICK_MS);
         let wait = (2 * election).max(Duration::from_secs(5));
         let mut watch = self.node.status();
@@ -244,5 +275,40 @@ impl Maintenance for MaintenanceService {
                 "etcdserver: request timed out, leader transfer took too long",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kv::KvCommand;
+
+    #[test]
+    fn a_backup_round_trips_has_etcdctls_shape_and_damage_is_refused() {
+        let mut kv = KvStore::default();
+        for i in 1..=20u64 {
+            kv.apply(
+                i,
+                &KvCommand::Put {
+                    key: Bytes::from(format!("key{i}")),
+                    value: Bytes::from(vec![b'v'; 100]),
+                    lease: 0,
+                    prev_kv: false,
+                },
+            );
+        }
+        let members = MemberTable::default();
+        let data = write_backup(&kv, &members).unwrap();
+        assert_eq!(data.len() % 512, 32, "etcdctl's check: pages, then a SHA-256");
+        let (restored, _) = read_backup(&data).unwrap();
+        assert_eq!(restored.hash_kv(i64::MAX), kv.hash_kv(i64::MAX));
+        assert_eq!(restored.applied(), 20);
+        let mut damaged = data.clone();
+        damaged[40] ^= 1;
+        assert!(read_backup(&damaged).unwrap_err().contains("SHA-256"));
+        assert!(read_backup(&data[..data.len() - 1]).is_err());
+        assert!(read_backup(b"not a backup at all, not even close to one......").is_err());
     }
 }

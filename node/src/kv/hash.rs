@@ -96,9 +96,17 @@ mod tests {
         let at_two = a.hash_kv(2);
         put(&mut a, "k1", "v3");
         assert_ne!(a.hash_kv(i64::MAX), b.hash_kv(i64::MAX));
-        assert_eq!(a.hash_kv(2), at_two, "a later write does not change an earlier revision's hash");
+        assert_eq!(
+            a.hash_kv(2),
+            at_two,
+            "a later write does not change an earlier revision's hash"
+        );
         put(&mut b, "k1", "v4");
-        assert_ne!(a.hash_kv(i64::MAX), b.hash_kv(i64::MAX), "same revision, other value");
+        assert_ne!(
+            a.hash_kv(i64::MAX),
+            b.hash_kv(i64::MAX),
+            "same revision, other value"
+        );
         assert!(a.size_bytes() >= 3 * (48 + 4));
     }
 }
