@@ -44,8 +44,8 @@ pub const LEARNERS_MAX: usize = 1;
 pub type InitialMembers = BTreeMap<NodeId, (String, String)>;
 
 /// Every member of the configuration in force, sorted by id, with the attributes the
-/// table holds (falling back on `--initial-cluster` for initial members that have
-/// not published yet).
+/// table holds (falling back on `--initial-cluster` for the peer URLs of initial
+/// members that have not published yet).
 pub fn member_list(status: &RaftStatus, table: &MemberTable, initial: &InitialMembers) -> Vec<Member> {
     let mut ids: Vec<NodeId> = status.membership.members().collect();
     ids.sort_unstable();
@@ -55,12 +55,11 @@ pub fn member_list(status: &RaftStatus, table: &MemberTable, initial: &InitialMe
                 id,
                 ..Member::default()
             });
-            if let Some((name, url)) = initial.get(&id) {
+            // The name stays empty until the member published it (etcdctl then
+            // shows it "unstarted", as etcd does).
+            if let Some((_, url)) = initial.get(&id) {
                 if member.peer_urls.is_empty() {
                     member.peer_urls = vec![url.clone()];
-                }
-                if member.name.is_empty() {
-                    member.name = name.clone();
                 }
             }
             member.is_learner = status.membership.is_learner(id);
