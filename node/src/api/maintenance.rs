@@ -231,7 +231,7 @@ impl Maintenance for MaintenanceService {
             .scan(0usize, |sent, chunk| {
                 *sent += chunk.len();
                 Some(Ok(pb::SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - *sent) as u64,
                     blob: chunk.to_vec(),
                     version: VERSION.to_string(),
