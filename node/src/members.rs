@@ -17,6 +17,10 @@
 //!
 //! A `Remove` change drops the member and records its id in `removed`, so peers can
 //! refuse a removed member that comes back, and it can learn that it was removed.
+//!
+//! Watching membership: `NodeHandle::members()` publishes the table after every
+//! applied batch that changed it; [`MemberTable::changes_since`] turns two
+//! observations into joins, promotions, updates and leaves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -396,6 +400,47 @@ impl MemberTable {
     }
 }
 
+/// A difference between two observations of the member table (for events such as
+/// the admin API's JOIN, LEAVE and PROMOTED).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// In the configuration now, not before (as a learner or a voter).
+    Joined(Member),
+    /// A learner before, a voter now.
+    Promoted(Member),
+    /// Removed from the configuration.
+    Left(NodeId),
+    /// Name, peer URLs or client URLs changed (a member published itself, or
+    /// `MemberUpdate`).
+    Updated(Member),
+}
+
+impl MemberTable {
+    /// What changed since `before`, ordered by member id. A `watch` keeps only the
+    /// latest table, so changes between two observations are folded together (a
+    /// member added and promoted in between shows as `Joined` with
+    /// `is_learner == false`).
+    pub fn changes_since(&self, before: &MemberTable) -> Vec<MemberChange> {
+        let mut changes = Vec::new();
+        for (id, now) in &self.members {
+            match before.members.get(id) {
+                None => changes.push(MemberChange::Joined(now.clone())),
+                Some(was) if was.is_learner && !now.is_learner => {
+                    changes.push(MemberChange::Promoted(now.clone()))
+                }
+                Some(was) if was != now => changes.push(MemberChange::Updated(now.clone())),
+                Some(_) => {}
+            }
+        }
+        for id in before.members.keys() {
+            if !self.members.contains_key(id) {
+                changes.push(MemberChange::Left(*id));
+            }
+        }
+        changes
+    }
+}
+
 /// Members a snapshot's table may hold (a guard against a corrupt count).
 const MEMBERS_MAX: usize = 1024;
 const SECTION_MAGIC: &[u8] = b"KRMEMBERS1";
@@ -522,6 +567,31 @@ mod tests {
             MemberTable::default(),
             "a snapshot written before the table existed"
         );
+    }
+
+    #[test]
+    fn changes_between_two_tables_name_joins_promotions_updates_and_leaves() {
+        let mut before = MemberTable::default();
+        before.apply_conf_change(&ConfChange::AddVoter(1));
+        before.apply_conf_change(&ConfChange::AddVoter(2));
+        before.apply_conf_change(&ConfChange::AddLearner(3));
+        let mut after = before.clone();
+        after.apply_conf_change(&ConfChange::Promote(3));
+        after.apply_conf_change(&ConfChange::Remove(2));
+        after.apply_conf_change(&ConfChange::AddLearner(4));
+        after.apply_command(&MemberCommand::Publish {
+            id: 1,
+            name: "a".into(),
+            peer_urls: urls(&["http://127.0.0.1:1"]),
+            client_urls: urls(&["http://127.0.0.1:2"]),
+        });
+        let changes = after.changes_since(&before);
+        assert!(matches!(&changes[0], MemberChange::Updated(m) if m.id == 1 && m.name == "a"));
+        assert!(matches!(&changes[1], MemberChange::Promoted(m) if m.id == 3));
+        assert!(matches!(&changes[2], MemberChange::Joined(m) if m.id == 4 && m.is_learner));
+        assert_eq!(changes[3], MemberChange::Left(2));
+        assert_eq!(changes.len(), 4);
+        assert!(after.changes_since(&after).is_empty());
     }
 
     #[test]

@@ -351,6 +351,39 @@ async fn a_removed_member_stops_serving_says_so_and_its_data_is_refused() {
     let (ok, out) = etcdctl(&rest, &["member", "remove", &id]);
     assert!(!ok && out.contains("etcdserver: member not found"), "{out}");
 
+    // The leader can remove itself: it answers, then stops; the last member leads.
+    let leader_now = eventually(Duration::from_secs(20), "a leader among the two", || {
+        (0..3)
+            .filter(|i| *i != victim)
+            .find(|i| cluster.metric(*i, "kuberaft_role") == Some(3))
+    });
+    let leader_row = member_list(&rest)
+        .into_iter()
+        .find(|r| r.name == cluster.members[leader_now].name)
+        .unwrap();
+    let (ok, out) = etcdctl(
+        &cluster.endpoint(leader_now),
+        &["member", "remove", &leader_row.id],
+    );
+    assert!(ok, "{out}");
+    let status = eventually(Duration::from_secs(30), "the removed leader to exit", || {
+        cluster.members[leader_now]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+    });
+    assert!(!status.success());
+    assert!(cluster
+        .log(leader_now)
+        .contains("this member was removed from the cluster"));
+    let last = 3 - victim - leader_now;
+    let (ok, out) = etcdctl(&cluster.endpoint(last), &["put", "alone", "3"]);
+    assert!(ok, "the last member leads and serves: {out}");
+    assert_eq!(member_list(&cluster.endpoint(last)).len(), 1);
+    cluster.members[leader_now].child = None;
+
     // Its data is refused: started again on it, it stops with the same message.
     cluster.members[victim].child = None;
     std::fs::write(cluster.members[victim].dir.join("log.txt"), "").unwrap();
