@@ -543,3 +543,59 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_cluster_serving_the_s
     let (ok, out) = etcdctl(&new_endpoints, &["put", "new", "write"]);
     assert!(ok, "the new cluster takes writes: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_would_lose_quorum_are_refused_with_etcds_errors_and_change_nothing() {
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let endpoints = all(&cluster);
+    let rows = eventually(Duration::from_secs(20), "names published", || {
+        let rows = member_list(&endpoints);
+        rows.iter().all(|r| r.started).then_some(rows)
+    });
+    let down = (leader + 1) % 3;
+    let live_follower = (leader + 2) % 3;
+    cluster.kill(down);
+    let live = format!("{},{}", cluster.endpoint(leader), cluster.endpoint(live_follower));
+    let new_peer = format!("--peer-urls=http://127.0.0.1:{}", free_ports(1)[0]);
+    // A fourth voter would need three of four started; only two are.
+    // The leader counts a voter as started when it heard from it within half an
+    // election timeout (0.5 s here); a change proposed in the instant between a kill
+    // and that window passing could still leave a stuck cluster (as in etcd, which is
+    // why members are added as learners first).
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, out) = etcdctl(&live, &["member", "add", "x", &new_peer]);
+    assert!(!ok && out.contains("etcdserver: unhealthy cluster"), "{out}");
+    let id = rows
+        .iter()
+        .find(|r| r.name == cluster.members[live_follower].name)
+        .unwrap()
+        .id
+        .clone();
+    let (ok, out) = etcdctl(&live, &["member", "remove", &id]);
+    assert!(
+        !ok && out.contains("etcdserver: re-configuration failed due to not enough started members"),
+        "{out}"
+    );
+    assert_eq!(member_list(&live).len(), 3, "nothing changed");
+    // A learner does not vote, so it may be added; the same URL was not taken by the refusal.
+    let (ok, out) = etcdctl(&live, &["member", "add", "x", "--learner", &new_peer]);
+    assert!(ok, "{out}");
+    let (ok, out) = etcdctl(
+        &live,
+        &[
+            "member",
+            "add",
+            "y",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+    );
+    assert!(
+        !ok && out.contains("etcdserver: too many learner members in cluster"),
+        "{out}"
+    );
+    let (ok, out) = etcdctl(&live, &["member", "add", "z", "--peer-urls=127.0.0.1:1"]);
+    assert!(!ok, "{out}");
+    assert_eq!(member_list(&live).len(), 4);
+}

@@ -245,20 +245,55 @@ impl ClusterService {
         }
     }
 
-    /// Refuses peer URLs another member (or member being added) already has.
+    /// Refuses peer URLs another member already has. (Attributes left by a `MemberAdd`
+    /// whose change was refused do not count: they never became a member.)
     fn check_peer_urls_free(&self, urls: &[String], except: NodeId) -> Result<(), Status> {
-        let table = self.node.members().borrow().clone();
         let taken = self.members().into_iter().filter(|m| m.id != except).any(|m| {
             m.peer_urls
                 .iter()
                 .any(|mine| urls.iter().any(|theirs| same_url(mine, theirs)))
         });
-        let pending = urls
-            .iter()
-            .any(|url| table.find_by_peer_url(url).is_some_and(|m| m.id != except));
-        if taken || pending {
+        if taken {
             return Err(Status::failed_precondition(
                 "etcdserver: Peer URLs already exists",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a change after which the voters this leader heard from recently would
+    /// not form a quorum (etcd's strict reconfiguration check). Tighter than the
+    /// core's own check (which sees a member go quiet only after an election
+    /// timeout), so a member killed a moment ago is not counted: adding a voter then
+    /// could leave a cluster that can commit nothing, not even the change's undo.
+    fn check_started_quorum(&self, change: ConfChange, kind: ChangeKind) -> Result<(), Status> {
+        let status = self.node.status().borrow().clone();
+        let next = status
+            .membership
+            .apply_change(&change)
+            .map_err(|e| change_status(runtime::Error::Raft(e.into()), kind))?;
+        let election =
+            Duration::from_millis(u64::from(status.timing.election_ticks) * crate::server::TICK_MS);
+        let window = election / 2;
+        let added = match change {
+            ConfChange::AddVoter(id) => Some(id),
+            _ => None,
+        };
+        let started = next
+            .voters
+            .iter()
+            .filter(|&&v| {
+                v == self.member_id
+                    || (Some(v) != added && self.node.last_contact(v).is_some_and(|ago| ago < window))
+            })
+            .count();
+        if started < next.quorum() {
+            return Err(change_status(
+                runtime::Error::Raft(RaftError::WouldLoseQuorum {
+                    active: started,
+                    voters: next.voters.len(),
+                }),
+                kind,
             ));
         }
         Ok(())
@@ -296,6 +331,9 @@ impl Cluster for ClusterService {
             ));
         }
         let id = self.new_member_id();
+        if !r.is_learner {
+            self.check_started_quorum(ConfChange::AddVoter(id), ChangeKind::Add)?;
+        }
         self.propose_member(MemberCommand::Add {
             id,
             peer_urls: r.peer_ur_ls.clone(),
@@ -339,6 +377,7 @@ impl Cluster for ClusterService {
         if !self.node.status().borrow().membership.contains(id) {
             return Err(member_not_found());
         }
+        self.check_started_quorum(ConfChange::Remove(id), ChangeKind::Remove)?;
         self.propose_change(ConfChange::Remove(id), ChangeKind::Remove)
             .await?;
         tracing::info!(id = format_args!("{id:#x}"), "member removed");
@@ -402,6 +441,7 @@ impl Cluster for ClusterService {
                 "etcdserver: can only promote a learner member",
             ));
         }
+        self.check_started_quorum(ConfChange::Promote(id), ChangeKind::Promote)?;
         self.propose_change(ConfChange::Promote(id), ChangeKind::Promote)
             .await?;
         tracing::info!(id = format_args!("{id:#x}"), "learner promoted");
