@@ -10,14 +10,19 @@
 //! - [`linearizability`]: a checker for client histories against a key-value model,
 //!   used by the simulator and by the end-to-end tests.
 //!
+//! - [`stats`]: latency windows (EWMA, p50, p99) and Prometheus histograms, for peer
+//!   round-trip times and WAL fsync latency.
+//!
 //! The state machine, the transport and the server join as their issues land.
 
 pub mod api;
 pub mod kv;
 pub mod linearizability;
+pub mod log_events;
 pub mod metrics;
 pub mod raft;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod transport;

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::kv::{KvCommand, KvResult, KvStore};
+use crate::log_events::{LogEvent, LogEvents};
 use crate::raft::{
     Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody, NodeId,
     PeerStatus, RaftCore, ReadFailure, Status, Term, Timing,
@@ -118,6 +119,11 @@ enum Request {
     /// this member), with its index.
     ProposeTiming {
         timing: Timing,
+        reply: oneshot::Sender<Result<Index>>,
+    },
+    /// Answered once the leader appended the change (with its index), not at commit.
+    ProposeConfChange {
+        change: crate::raft::ConfChange,
         reply: oneshot::Sender<Result<Index>>,
     },
 }
@@ -217,6 +223,7 @@ pub struct NodeHandle {
     store: watch::Receiver<KvStore>,
     snapshots: SnapshotStore,
     writer: WalWriter,
+    log_events: LogEvents,
 }
 
 impl NodeHandle {
@@ -320,6 +327,28 @@ impl NodeHandle {
     pub fn fsync_histogram(&self) -> storage::FsyncHistogram {
         self.writer.fsync_histogram()
     }
+
+    /// WAL commit latency over the last minute (EWMA, p50, p99).
+    pub fn fsync_recent(&self) -> crate::stats::LatencySummary {
+        self.writer.fsync_recent()
+    }
+
+    /// Membership changes applied and snapshots taken or installed, from now on.
+    pub fn log_events(&self) -> tokio::sync::broadcast::Receiver<LogEvent> {
+        self.log_events.subscribe()
+    }
+
+    /// Proposes a membership change (leader only); answers with its index once it is
+    /// in the leader's log. It is in force from then on, and reported as applied
+    /// through [`NodeHandle::log_events`] once committed.
+    pub async fn propose_conf_change(&self, change: crate::raft::ConfChange) -> Result<Index> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ProposeConfChange { change, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
 }
 
 /// Recovers the node from its directories and starts its tasks. The returned handle
@@ -400,6 +429,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let counters = Arc::new(Counters::default());
     let (store_tx, store_rx) = watch::channel(kv.clone());
     let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
+    let log_events = LogEvents::default();
 
     tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
     tokio::spawn(apply_loop(
@@ -423,6 +453,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         store: store_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
+        log_events: log_events.clone(),
     };
     let task = CoreTask {
         core,
@@ -442,6 +473,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         pending_reads: HashMap::new(),
         next_read_id: 1,
         snapshot_records: Vec::new(),
+        log_events,
     };
     let join = tokio::spawn(task.run(config.tick, config.input_batch_max.max(1), inbox_rx, request_rx));
     Ok((handle, join))
@@ -469,6 +501,7 @@ struct CoreTask {
     next_read_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
     snapshot_records: Vec<crate::raft::SnapshotMeta>,
+    log_events: LogEvents,
 }
 
 /// Inputs handled per wake-up before the commands are executed, so bursts of
@@ -539,6 +572,10 @@ impl CoreTask {
                 // The WAL learns that the log may start after the snapshot, before the
                 // compaction the core asks for next (both go out in `execute`, in order).
                 self.snapshot_records.push(meta.clone());
+                self.log_events.publish(LogEvent::SnapshotBuilt {
+                    index: meta.index,
+                    term: meta.term,
+                });
                 self.core.snapshot_built(meta);
             }
             Input::SnapshotBuildFailed => self.core.snapshot_build_failed(),
@@ -592,6 +629,13 @@ impl CoreTask {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Request::ProposeConfChange { change, reply } => {
+                let proposed = self.core.propose_conf_change(change);
+                let _ = reply.send(proposed.map(|(index, _)| index).map_err(|e| match e {
+                    crate::raft::Error::NotLeader { leader_hint } => Error::NotLeader { leader_hint },
+                    e => e.into(),
+                }));
+            }
         }
     }
 
@@ -655,12 +699,17 @@ impl CoreTask {
                     }
                     Command::Apply(entries) => {
                         self.note_applied_timing(&entries);
+                        self.log_events.entries_applied(&entries, self.replayed_through);
                         if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
                             return false;
                         }
                     }
                     Command::RestoreSnapshot(meta) => {
                         self.note_restored_timing(&meta);
+                        self.log_events.publish(LogEvent::SnapshotInstalled {
+                            index: meta.index,
+                            term: meta.term,
+                        });
                         if self.apply_tx.send(ApplyJob::Restore(meta)).await.is_err() {
                             return false;
                         }
