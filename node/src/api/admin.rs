@@ -120,7 +120,15 @@ impl AdminService {
         directory: Directory,
     ) -> Self {
         let events = Arc::new(EventLog::new());
-        tokio::spawn(record_events(node.clone(), id, members.clone(), events.clone()));
+        // Subscribed here, so no event of the runtime is missed once `new` returns.
+        let log_events = node.log_events();
+        tokio::spawn(record_events(
+            node.clone(),
+            log_events,
+            id,
+            members.clone(),
+            events.clone(),
+        ));
         AdminService {
             node,
             id,
@@ -256,6 +264,7 @@ impl AdminService {
 /// Turns changes of the status and timing `watch`es into events, until the node stops.
 async fn record_events(
     node: NodeHandle,
+    mut log_events: broadcast::Receiver<LogEvent>,
     id: NodeId,
     members: BTreeMap<NodeId, (String, String)>,
     events: Arc<EventLog>,
@@ -263,7 +272,6 @@ async fn record_events(
     let name_of = |member: NodeId| members.get(&member).map(|(n, _)| n.clone()).unwrap_or_default();
     let mut status = node.status();
     let mut timing = node.timing();
-    let mut log_events = node.log_events();
     let mut membership = health::MembershipEvents::new(status.borrow().membership.learners.iter().copied());
     let mut detector = health::FailureDetector::default();
     let mut check_peers = tokio::time::interval(PEER_CHECK_INTERVAL);
