@@ -549,3 +549,40 @@ async fn snapshots_are_reported_as_events_and_fsync_and_rtt_histograms_are_on_me
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert!(counts.iter().all(|(_, n)| *n > 0.0), "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_follower_shows_a_broken_stream_backing_off_until_it_returns() {
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    let victim = (leader + 1) % 3;
+    let name = cluster.members[victim].name.clone();
+    cluster
+        .wait_for_status(leader, "every stream up", |s| {
+            s.peers.len() == 2 && s.peers.iter().all(|p| p.stream_up)
+        })
+        .await;
+    cluster.kill(victim);
+    cluster
+        .wait_for_status(leader, "the stream down and backing off", |s| {
+            s.peers.iter().any(|p| {
+                p.name == name
+                    && !p.stream_up
+                    && p.reconnect_failures >= 2
+                    && p.backoff_ms > 0
+                    && p.reachability == kuberaft_proto::admin::Reachability::Failed as i32
+            })
+        })
+        .await;
+    cluster.spawn(victim);
+    cluster
+        .wait_for_status(leader, "the stream up again", |s| {
+            s.peers.iter().any(|p| {
+                p.name == name
+                    && p.stream_up
+                    && p.reconnect_failures == 0
+                    && p.backoff_ms == 0
+                    && p.reachability == kuberaft_proto::admin::Reachability::Ok as i32
+            })
+        })
+        .await;
+}
