@@ -14,6 +14,11 @@
 //!
 //! Every stream starts with a `Hello`: a peer of another cluster (token or id) or a
 //! message for another member is refused with FAILED_PRECONDITION and changes nothing.
+//!
+//! Round-trip times are measured on the streams themselves: the receiver echoes the
+//! probe number some batches carry on the response side of the same call ([`rtt`]);
+//! the per-peer tasks also record whether their stream is up and how long they back
+//! off, in `TransportConfig::links`, for the admin API and `/metrics`.
 
 pub mod convert;
 pub mod rtt;
