@@ -1,6 +1,6 @@
 //! `raftctl`: the command line of the kuberaft admin API (`kuberaft.admin.v1`).
 //!
-//!     raftctl [--endpoints HOST:PORT,...] [-o table|json] status
+//!     raftctl [--endpoints HOST:PORT,...] [-o table|json|yaml] status
 //!     raftctl timing get
 //!     raftctl timing set --heartbeat-interval MS --election-timeout MS
 //!     raftctl leader transfer [--to NAME|ID] [--deadline MS]
@@ -9,10 +9,15 @@
 //!     raftctl member promote NAME|ID
 //!     raftctl member remove NAME|ID
 //!
+//!     raftctl events [--replay N] [--count N]
+//!
 //! `status` and `timing get` ask every endpoint; `timing set`, `leader transfer` and
 //! the `member` commands go to the first endpoint that answers (a follower forwards
 //! them to the leader). The `member` commands use the etcd Cluster service, so they
 //! do what `etcdctl member ...` does; a member is named by name or hex id.
+//! `events` follows the event stream of the first endpoint that answers, until it
+//! ends, `--count` events were shown, or the user interrupts. With `-o json` each
+//! event is one line of JSON; with `-o yaml` one YAML document.
 //! Exit status: 0 on success, 1 when the cluster refused or did not answer, 2 on
 //! bad usage.
 
@@ -37,7 +42,7 @@ macro_rules! outln {
 use clap::{Parser, Subcommand, ValueEnum};
 use kuberaft_operator::ctl::{self, Probe};
 use kuberaft_proto::admin::admin_client::AdminClient;
-use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest};
+use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest, WatchEventsRequest};
 use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
 use kuberaft_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
@@ -74,6 +79,18 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    Yaml,
+}
+
+/// Prints a JSON value as JSON (pretty) or YAML.
+fn print_value(output: Output, value: &serde_json::Value) {
+    match output {
+        Output::Yaml => match serde_norway::to_string(value) {
+            Ok(yaml) => out!("{yaml}"),
+            Err(e) => eprintln!("raftctl: cannot write YAML: {e}"),
+        },
+        _ => outln!("{value:#}"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,6 +112,16 @@ enum Command {
     Member {
         #[command(subcommand)]
         command: MemberCommand,
+    },
+    /// Follows the membership, health, leadership, timing and snapshot events one
+    /// member observes (FAILURE and RECOVERED come from the leader).
+    Events {
+        /// First show up to this many recent events (at most 128 are kept).
+        #[arg(long, default_value_t = 0)]
+        replay: u32,
+        /// Stop after this many events (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -180,29 +207,31 @@ impl Cli {
 }
 
 async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Channel>, String> {
-    channel(patience, endpoint).await.map(AdminClient::new)
+    channel(patience, endpoint, true).await.map(AdminClient::new)
 }
 
-async fn channel(patience: Patience, endpoint: &str) -> Result<Channel, String> {
-    tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
+/// `limit_requests`: each request must finish within `patience.request` (not for a
+/// stream that is followed for as long as it lasts).
+async fn channel(patience: Patience, endpoint: &str, limit_requests: bool) -> Result<Channel, String> {
+    let mut target = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|e| format!("bad endpoint: {e}"))?
-        .connect_timeout(patience.dial)
-        .timeout(patience.request)
-        .connect()
-        .await
-        .map_err(|e| {
-            // tonic says "transport error"; the causes below it say what went wrong.
-            let mut causes: Vec<String> = Vec::new();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                let text = c.to_string();
-                if causes.last() != Some(&text) {
-                    causes.push(text);
-                }
-                cause = c.source();
+        .connect_timeout(patience.dial);
+    if limit_requests {
+        target = target.timeout(patience.request);
+    }
+    target.connect().await.map_err(|e| {
+        // tonic says "transport error"; the causes below it say what went wrong.
+        let mut causes: Vec<String> = Vec::new();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if causes.last() != Some(&text) {
+                causes.push(text);
             }
-            format!("cannot connect: {}", causes.join(": "))
-        })
+            cause = c.source();
+        }
+        format!("cannot connect: {}", causes.join(": "))
+    })
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -264,7 +293,7 @@ where
 {
     let mut errors = Vec::new();
     for endpoint in &cli.endpoints {
-        let client = match channel(patience, endpoint).await {
+        let client = match channel(patience, endpoint, true).await {
             Ok(channel) => make(channel),
             Err(e) => {
                 errors.push(format!("  {endpoint}: {e}"));
@@ -296,7 +325,7 @@ async fn run(cli: &Cli) -> ExitCode {
             }
             match cli.output {
                 Output::Table => out!("{}", ctl::status_table(&probes)),
-                Output::Json => outln!("{:#}", ctl::status_json(&probes)),
+                output => print_value(output, &ctl::status_json(&probes)),
             }
             if answered == probes.len() {
                 ExitCode::SUCCESS
@@ -313,7 +342,7 @@ async fn run(cli: &Cli) -> ExitCode {
             }
             match cli.output {
                 Output::Table => out!("{}", ctl::timing_table(&probes)),
-                Output::Json => {
+                output => {
                     let items: Vec<_> = probes
                         .iter()
                         .map(|p| match &p.answer {
@@ -325,7 +354,7 @@ async fn run(cli: &Cli) -> ExitCode {
                             Err(e) => serde_json::json!({"endpoint": p.endpoint, "error": e}),
                         })
                         .collect();
-                    outln!("{:#}", serde_json::Value::Array(items));
+                    print_value(output, &serde_json::Value::Array(items));
                 }
             }
             ExitCode::SUCCESS
@@ -355,9 +384,9 @@ async fn run(cli: &Cli) -> ExitCode {
                             "timing set: {}; every member switches when it learns the commit",
                             ctl::describe_timing(&timing)
                         ),
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)})
+                        output => print_value(
+                            output,
+                            &serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)}),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -369,6 +398,7 @@ async fn run(cli: &Cli) -> ExitCode {
             }
         }
         Command::Member { command } => run_member(cli, command).await,
+        Command::Events { replay, count } => follow_events(cli, *replay, *count).await,
         Command::Leader {
             command: LeaderCommand::Transfer { to, deadline },
         } => {
@@ -393,13 +423,13 @@ async fn run(cli: &Cli) -> ExitCode {
                             response.leader_id,
                             response.term
                         ),
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({
+                        output => print_value(
+                            output,
+                            &serde_json::json!({
                                 "leader_id": format!("{:x}", response.leader_id),
                                 "leader_name": response.leader_name,
                                 "term": response.term,
-                            })
+                            }),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -440,9 +470,9 @@ async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
         MemberCommand::List => {
             match cli.output {
                 Output::Table => out!("{}", ctl::members_table(&members)),
-                Output::Json => outln!(
-                    "{:#}",
-                    serde_json::Value::Array(members.iter().map(ctl::member_json).collect())
+                Output::Json | Output::Yaml => print_value(
+                    cli.output,
+                    &serde_json::Value::Array(members.iter().map(ctl::member_json).collect()),
                 ),
             }
             ExitCode::SUCCESS
@@ -477,16 +507,16 @@ async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
                                 peer_urls.join(",")
                             );
                         }
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({
+                        Output::Json | Output::Yaml => print_value(
+                            cli.output,
+                            &serde_json::json!({
                                 "id": format!("{id:x}"),
                                 "name": name,
                                 "learner": learner,
                                 "peer_urls": peer_urls,
                                 "initial_cluster": initial,
                                 "initial_cluster_state": "existing",
-                            })
+                            }),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -525,13 +555,13 @@ async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
                 Ok((_, members)) => {
                     match cli.output {
                         Output::Table => outln!("member {member} ({id:x}) {verb}"),
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({
+                        Output::Json | Output::Yaml => print_value(
+                            cli.output,
+                            &serde_json::json!({
                                 "id": format!("{id:x}"),
                                 "done": verb,
                                 "members": members.iter().map(ctl::member_json).collect::<Vec<_>>(),
-                            })
+                            }),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -543,6 +573,78 @@ async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// `raftctl events`: follows one member's stream.
+async fn follow_events(cli: &Cli, replay: u32, count: Option<u64>) -> ExitCode {
+    let patience = cli.patience();
+    let mut errors = Vec::new();
+    let mut opened = None;
+    for endpoint in &cli.endpoints {
+        let mut client = match channel(patience, endpoint, false).await.map(AdminClient::new) {
+            Ok(client) => client,
+            Err(e) => {
+                errors.push(format!("  {endpoint}: {e}"));
+                continue;
+            }
+        };
+        let request = WatchEventsRequest { replay };
+        match tokio::time::timeout(patience.request, client.watch_events(request)).await {
+            Ok(Ok(response)) => {
+                opened = Some((endpoint.clone(), response.into_inner()));
+                break;
+            }
+            Ok(Err(status)) => errors.push(format!("  {endpoint}: {}", describe(&status))),
+            Err(_) => errors.push(format!(
+                "  {endpoint}: no answer within {} ms",
+                cli.command_timeout_ms
+            )),
+        }
+    }
+    let Some((endpoint, mut stream)) = opened else {
+        eprintln!(
+            "raftctl: no member answered at {}\n{}",
+            cli.endpoints.join(","),
+            errors.join("\n")
+        );
+        return ExitCode::from(1);
+    };
+    if cli.output == Output::Table {
+        eprintln!("events seen by {endpoint}:");
+        outln!("{}", ctl::event_header());
+    }
+    let mut shown = 0u64;
+    while count.is_none_or(|n| shown < n) {
+        let event = tokio::select! {
+            event = stream.message() => event,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        match event {
+            Ok(Some(event)) => {
+                match cli.output {
+                    Output::Table => outln!("{}", ctl::event_line(&event)),
+                    Output::Json => outln!("{}", ctl::event_json(&event)),
+                    Output::Yaml => {
+                        out!("---\n");
+                        print_value(Output::Yaml, &ctl::event_json(&event));
+                    }
+                }
+                shown += 1;
+            }
+            Ok(None) => {
+                eprintln!("raftctl: {endpoint} ended the event stream");
+                return ExitCode::from(1);
+            }
+            Err(status) => {
+                eprintln!(
+                    "raftctl: event stream from {endpoint} failed: {}",
+                    describe(&status)
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
