@@ -5,15 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
-use kube::Client;
+use http::{Method, StatusCode};
 use kuberaft_operator::crd::RaftCluster;
 use kuberaft_operator::k8s::{self, Context, Metrics, FIELD_MANAGER, FINALIZER};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
+use support::{empty_list, expect, not_found, ApiHandle};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+mod support;
 
 fn cluster(finalizer: bool, deleting: bool, reclaim: &str) -> RaftCluster {
     let mut value = json!({
@@ -45,8 +43,7 @@ fn cluster(finalizer: bool, deleting: bool, reclaim: &str) -> RaftCluster {
 }
 
 fn context() -> (Arc<Context>, ApiHandle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, handle) = support::client();
     (
         Arc::new(Context::new(
             client,
@@ -55,49 +52,6 @@ fn context() -> (Arc<Context>, ApiHandle) {
         )),
         handle,
     )
-}
-
-/// One expected request: checks it, answers it, and returns its query and body.
-async fn expect(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    answer: Value,
-) -> (String, Value) {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-        .expect("the client is alive");
-    assert_eq!(
-        (request.method(), request.uri().path()),
-        (&method, path),
-        "unexpected request {} {}",
-        request.method(),
-        request.uri()
-    );
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    (query, body)
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-}
-
-fn empty_list(kind: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []})
 }
 
 const RC: &str = "/apis/kuberaft.io/v1alpha1/namespaces/default/raftclusters/demo";
