@@ -589,6 +589,7 @@ pub fn error_label(error: &Error) -> &'static str {
         Error::Kube(_) => "kube",
         Error::Node { .. } => "node",
         Error::Manifest(_) => "manifest",
+        Error::Local(_) => "local",
         Error::Finalizer(inner) => match inner.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => error_label(e),

@@ -123,6 +123,9 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Runs a RaftCluster manifest as local raft-node processes, driven by the
+    /// operator's planner, until Ctrl-C. Editing the file is like `kubectl apply`.
+    Up(UpArgs),
 }
 
 #[derive(Subcommand)]
@@ -151,6 +154,22 @@ enum MemberCommand {
         /// Name or hex id.
         member: String,
     },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The RaftCluster manifest.
+    #[arg(short = 'f', long = "filename")]
+    file: std::path::PathBuf,
+    /// Where members keep their data (one directory per cluster inside).
+    #[arg(long, default_value = "kuberaft-data")]
+    data_dir: std::path::PathBuf,
+    /// The raft-node binary (default: next to raftctl, else on PATH).
+    #[arg(long)]
+    node_binary: Option<std::path::PathBuf>,
+    /// Milliseconds between two planner rounds.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    interval_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -317,6 +336,7 @@ where
 
 async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
+        Command::Up(args) => up(args).await,
         Command::Status => {
             let probes = probe_all(cli).await;
             let answered = probes.iter().filter(|p| p.answer.is_ok()).count();
@@ -571,6 +591,44 @@ async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// The raft-node next to this raftctl (a cargo target directory or an install
+/// prefix), else the one on PATH.
+fn default_node_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("raft-node")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join("raft-node"))
+                        .find(|p| p.exists())
+                })
+                .unwrap_or_else(|| "raft-node".into())
+        })
+}
+
+async fn up(args: &UpArgs) -> ExitCode {
+    let config = kuberaft_operator::local::UpConfig {
+        manifest: args.file.clone(),
+        data_dir: args.data_dir.clone(),
+        node_binary: args.node_binary.clone().unwrap_or_else(default_node_binary),
+        interval: Duration::from_millis(args.interval_ms),
+        node_args: Vec::new(),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match kuberaft_operator::local::up(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftctl up: {e}");
+            ExitCode::from(1)
         }
     }
 }
