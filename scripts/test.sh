@@ -37,9 +37,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "operator manifests: CRD drift, kubernetes-validate --strict on the CRD and rendered examples"
-bash scripts/check-operator.sh
-
 step "Kubernetes manifests: chart, CRD, examples and their children (scripts/check-manifests.sh)"
 bash scripts/check-manifests.sh
 

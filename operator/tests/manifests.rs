@@ -2,7 +2,7 @@
 //! every example parses and renders, and the rendered children keep their promises
 //! (quorum-safe PDB, probes, non-root read-only root filesystem, OnDelete, volume claim
 //! templates, spread). Schema validation against Kubernetes' own schemas is
-//! `scripts/check-operator.sh` (kubernetes-validate --strict).
+//! `scripts/check-manifests.sh` (kubernetes-validate --strict).
 
 use std::path::PathBuf;
 

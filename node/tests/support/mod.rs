@@ -97,6 +97,12 @@ impl ProcCluster {
             .arg(format!("--data-dir={}", m.dir.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            // Behind a proxy, a member advertises the proxy (it also publishes this URL
+            // in the replicated member table, which peers follow).
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                m.peer_via.unwrap_or(m.peer)
+            ))
             .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
             .arg(format!("--initial-cluster={initial}"))
             .arg(format!("--initial-cluster-token={token}"))
