@@ -126,7 +126,14 @@ impl Target {
 
     /// Runs etcdctl against member `at`'s endpoint (or all of them) and records the
     /// normalised result; answers the raw stdout.
-    fn run_at(&mut self, at: Option<usize>, label: &str, args: &[&str], stdin: Option<&str>, sort: bool) -> String {
+    fn run_at(
+        &mut self,
+        at: Option<usize>,
+        label: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        sort: bool,
+    ) -> String {
         let args: Vec<String> = args.iter().map(|a| self.expand(a)).collect();
         let endpoints = match at {
             Some(i) => vec![self.endpoints[i].clone()],
@@ -164,7 +171,11 @@ impl Target {
 
     /// The store's revision (not recorded).
     fn revision(&self) -> i64 {
-        let (ok, out, err) = etcdctl_raw(&self.endpoints[..1], &["get".into(), "x".into(), "-w".into(), "json".into()], None);
+        let (ok, out, err) = etcdctl_raw(
+            &self.endpoints[..1],
+            &["get".into(), "x".into(), "-w".into(), "json".into()],
+            None,
+        );
         assert!(ok, "{out}{err}");
         serde_json::from_str::<Value>(&out).unwrap()["header"]["revision"]
             .as_i64()
@@ -276,11 +287,17 @@ impl Target {
         }
         let address = Regex::new(r"127\.0\.0\.1:[0-9]+").unwrap();
         let text = address.replace_all(&text, |c: &regex::Captures| {
-            self.tokens.get(&c[0]).cloned().unwrap_or_else(|| c[0].to_string())
+            self.tokens
+                .get(&c[0])
+                .cloned()
+                .unwrap_or_else(|| c[0].to_string())
         });
         let id = Regex::new(r"\b[0-9a-f]{6,20}\b").unwrap();
         id.replace_all(&text, |c: &regex::Captures| {
-            self.tokens.get(&c[0]).cloned().unwrap_or_else(|| c[0].to_string())
+            self.tokens
+                .get(&c[0])
+                .cloned()
+                .unwrap_or_else(|| c[0].to_string())
         })
         .into_owned()
     }
@@ -323,20 +340,40 @@ fn normalise_json(value: &mut Value, in_status: bool) {
 fn scenario(t: &mut Target) {
     // An empty store is at revision 1; the first write makes revision 2.
     t.run("get on the empty store", &["get", "foo", "-w", "json"]);
-    for (key, value) in [("a", "1"), ("b", "2"), ("c", "3"), ("a", "11"), ("ab", "x"), ("abc", "y"), ("z", "26")] {
+    for (key, value) in [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("a", "11"),
+        ("ab", "x"),
+        ("abc", "y"),
+        ("z", "26"),
+    ] {
         t.run(&format!("put {key}"), &["put", key, value]);
     }
     t.run("put with prev-kv", &["put", "--prev-kv", "a", "12"]);
     t.run("put -w json", &["put", "a", "13", "-w", "json"]);
-    t.run_at(Some(1), "put through member 1 -w json", &["put", "b", "21", "-w", "json"], None, false);
+    t.run_at(
+        Some(1),
+        "put through member 1 -w json",
+        &["put", "b", "21", "-w", "json"],
+        None,
+        false,
+    );
     t.run("put ignore-value", &["put", "--ignore-value", "c"]);
-    t.run("put ignore-value on a missing key", &["put", "--ignore-value", "nope"]);
+    t.run(
+        "put ignore-value on a missing key",
+        &["put", "--ignore-value", "nope"],
+    );
 
     t.run("get a key", &["get", "a"]);
     t.run("get -w json", &["get", "a", "-w", "json"]);
     t.run("get -w fields", &["get", "a", "-w", "fields"]);
     t.run("get --print-value-only", &["get", "a", "--print-value-only"]);
-    t.run("get --keys-only --prefix", &["get", "a", "--prefix", "--keys-only"]);
+    t.run(
+        "get --keys-only --prefix",
+        &["get", "a", "--prefix", "--keys-only"],
+    );
     t.run("get --prefix", &["get", "a", "--prefix"]);
     t.run("get --prefix -w json", &["get", "a", "--prefix", "-w", "json"]);
     t.run("get --from-key", &["get", "b", "--from-key"]);
@@ -348,7 +385,13 @@ fn scenario(t: &mut Target) {
         for order in ["ASCEND", "DESCEND"] {
             t.run(
                 &format!("get sorted by {target} {order}"),
-                &["get", "", "--prefix", &format!("--sort-by={target}"), &format!("--order={order}")],
+                &[
+                    "get",
+                    "",
+                    "--prefix",
+                    &format!("--sort-by={target}"),
+                    &format!("--order={order}"),
+                ],
             );
         }
         t.run(
@@ -356,13 +399,31 @@ fn scenario(t: &mut Target) {
             &["get", "", "--prefix", &format!("--sort-by={target}")],
         );
     }
-    t.run("get --order without a target", &["get", "", "--prefix", "--order=DESCEND", "--limit=3"]);
+    t.run(
+        "get --order without a target",
+        &["get", "", "--prefix", "--order=DESCEND", "--limit=3"],
+    );
     for rev in ["1", "2", "3", "5", "8"] {
-        t.run(&format!("get --rev={rev}"), &["get", "", "--prefix", &format!("--rev={rev}"), "-w", "json"]);
+        t.run(
+            &format!("get --rev={rev}"),
+            &["get", "", "--prefix", &format!("--rev={rev}"), "-w", "json"],
+        );
     }
     t.run("get --rev in the future", &["get", "a", "--rev=1000"]);
-    t.run_at(Some(2), "get --consistency=s on member 2", &["get", "a", "--consistency=s"], None, false);
-    t.run_at(Some(1), "get --consistency=l on member 1", &["get", "a", "--consistency=l", "-w", "json"], None, false);
+    t.run_at(
+        Some(2),
+        "get --consistency=s on member 2",
+        &["get", "a", "--consistency=s"],
+        None,
+        false,
+    );
+    t.run_at(
+        Some(1),
+        "get --consistency=l on member 1",
+        &["get", "a", "--consistency=l", "-w", "json"],
+        None,
+        false,
+    );
     t.run("get a missing key", &["get", "missing"]);
     t.run("get a missing key -w json", &["get", "missing", "-w", "json"]);
 
@@ -370,9 +431,15 @@ fn scenario(t: &mut Target) {
     t.run("del a key", &["del", "c"]);
     t.run("del --prev-kv", &["del", "--prev-kv", "b"]);
     t.run("del --prefix", &["del", "--prefix", "ab"]);
-    t.run("del --prefix -w json", &["del", "--prefix", "nothing-here", "-w", "json"]);
+    t.run(
+        "del --prefix -w json",
+        &["del", "--prefix", "nothing-here", "-w", "json"],
+    );
     t.run("put after deletes", &["put", "y", "25"]);
-    t.run("del --from-key --prev-kv", &["del", "--from-key", "y", "--prev-kv"]);
+    t.run(
+        "del --from-key --prev-kv",
+        &["del", "--from-key", "y", "--prev-kv"],
+    );
     t.run("del a range", &["del", "a", "b"]);
     t.run("get after deletes", &["get", "", "--prefix", "-w", "json"]);
 
@@ -406,7 +473,11 @@ fn scenario(t: &mut Target) {
         "value(\"t1\") != \"f2\"\n\nput t1 no\n\nput t1 yes\ndel t3\n\n",
     );
     t.run_stdin("txn with a duplicate key", &["txn"], "\nput d 1\nput d 2\n\n\n");
-    t.run_stdin("txn with a bad compare", &["txn"], "nonsense(\"t1\") = \"x\"\n\n\n\n");
+    t.run_stdin(
+        "txn with a bad compare",
+        &["txn"],
+        "nonsense(\"t1\") = \"x\"\n\n\n\n",
+    );
     t.run("get after txns", &["get", "t", "--prefix", "-w", "json"]);
 
     // Watch: history from a revision, prev-kv, prefix; live events after it.
@@ -417,38 +488,75 @@ fn scenario(t: &mut Target) {
         &[],
         "t-missing\nnow\n",
     );
-    t.watch("watch --prev-kv t1 from 2", &["--rev=2", "--prev-kv", "t1"], &[], "t1\nyes\n");
+    t.watch(
+        "watch --prev-kv t1 from 2",
+        &["--rev=2", "--prev-kv", "t1"],
+        &[],
+        "t1\nyes\n",
+    );
     let next = (rev + 1).to_string();
     t.watch(
         "watch live w/ --prefix --prev-kv",
         &[&format!("--rev={next}"), "--prefix", "--prev-kv", "w/"],
-        &[&["put", "w/1", "a"], &["put", "w/2", "b"], &["put", "w/1", "c"], &["del", "w/", "--prefix"], &["put", "w/end", "end"]],
+        &[
+            &["put", "w/1", "a"],
+            &["put", "w/2", "b"],
+            &["put", "w/1", "c"],
+            &["del", "w/", "--prefix"],
+            &["put", "w/end", "end"],
+        ],
         "w/end\nend\n",
     );
-    t.watch("watch -w json from the live start", &["-w", "json", &format!("--rev={next}"), "w/1"], &[], "\"Type\":1");
+    t.watch(
+        "watch -w json from the live start",
+        &["-w", "json", &format!("--rev={next}"), "w/1"],
+        &[],
+        "\"Type\":1",
+    );
 
     // Leases.
     let l1 = t.grant("lease grant 60", "60");
     let l2 = t.grant("lease grant 120", "120");
     t.run("put with a lease", &["put", "lk1", "v", &format!("--lease={l1}")]);
-    t.run("put with a second key on the lease", &["put", "lk2", "v", &format!("--lease={l1}")]);
-    t.run("put with an unknown lease", &["put", "lk3", "v", "--lease=1234abcd"]);
+    t.run(
+        "put with a second key on the lease",
+        &["put", "lk2", "v", &format!("--lease={l1}")],
+    );
+    t.run(
+        "put with an unknown lease",
+        &["put", "lk3", "v", "--lease=1234abcd"],
+    );
     t.run("lease keep-alive --once", &["lease", "keep-alive", "--once", &l1]);
     t.run("lease timetolive", &["lease", "timetolive", &l1]);
     t.run("lease timetolive --keys", &["lease", "timetolive", "--keys", &l1]);
-    t.run("lease timetolive --keys -w json", &["lease", "timetolive", "--keys", &l2, "-w", "json"]);
+    t.run(
+        "lease timetolive --keys -w json",
+        &["lease", "timetolive", "--keys", &l2, "-w", "json"],
+    );
     t.run_at(Some(0), "lease list", &["lease", "list"], None, true);
     t.run("lease revoke", &["lease", "revoke", &l1]);
-    t.run("keys of a revoked lease are gone", &["get", "lk", "--prefix", "-w", "json"]);
-    t.run("lease timetolive of a revoked lease", &["lease", "timetolive", &l1]);
+    t.run(
+        "keys of a revoked lease are gone",
+        &["get", "lk", "--prefix", "-w", "json"],
+    );
+    t.run(
+        "lease timetolive of a revoked lease",
+        &["lease", "timetolive", &l1],
+    );
     t.run("lease revoke again", &["lease", "revoke", &l1]);
-    t.run("lease keep-alive --once of a revoked lease", &["lease", "keep-alive", "--once", &l1]);
+    t.run(
+        "lease keep-alive --once of a revoked lease",
+        &["lease", "keep-alive", "--once", &l1],
+    );
     t.run("lease revoke the second", &["lease", "revoke", &l2]);
     t.run("lease list when empty", &["lease", "list"]);
 
     // Compaction, and reads below it.
     t.run("compaction", &["compaction", "5"]);
-    t.run("get at the compacted revision", &["get", "", "--prefix", "--rev=5", "-w", "json"]);
+    t.run(
+        "get at the compacted revision",
+        &["get", "", "--prefix", "--rev=5", "-w", "json"],
+    );
     t.run("get below the compacted revision", &["get", "a", "--rev=4"]);
     t.run("compaction at the same revision", &["compaction", "5"]);
     t.run("compaction below", &["compaction", "3"]);
@@ -471,7 +579,11 @@ fn wait_ready(endpoints: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for endpoint in endpoints {
         loop {
-            let (ok, out, err) = etcdctl_raw(std::slice::from_ref(endpoint), &["get".into(), "probe".into()], None);
+            let (ok, out, err) = etcdctl_raw(
+                std::slice::from_ref(endpoint),
+                &["get".into(), "probe".into()],
+                None,
+            );
             if ok {
                 break;
             }
@@ -502,15 +614,17 @@ fn etcdctl_gives_the_same_answers_from_kuberaft_as_from_etcd() {
         if theirs == mine {
             continue;
         }
-        let known = KNOWN_DIFFERENCES
-            .iter()
-            .find(|(label, _, fragment)| *label == mine.label && (mine.stdout.contains(fragment) || mine.stderr.contains(fragment)));
+        let known = KNOWN_DIFFERENCES.iter().find(|(label, _, fragment)| {
+            *label == mine.label && (mine.stdout.contains(fragment) || mine.stderr.contains(fragment))
+        });
         let report = format!(
             "--- {}\n  etcd:     ok={} stdout={:?} stderr={:?}\n  kuberaft: ok={} stdout={:?} stderr={:?}",
             mine.label, theirs.ok, theirs.stdout, theirs.stderr, mine.ok, mine.stdout, mine.stderr
         );
         match known {
-            Some((label, reason, _)) => explained.push((label.to_string(), format!("{report}\n  known: {reason}"))),
+            Some((label, reason, _)) => {
+                explained.push((label.to_string(), format!("{report}\n  known: {reason}")))
+            }
             None => unexplained.push(report),
         }
     }
@@ -529,7 +643,11 @@ fn etcdctl_gives_the_same_answers_from_kuberaft_as_from_etcd() {
         unexplained.join("\n")
     );
     // The comparison compared something: every step ran on both, most succeeded.
-    assert!(ours.steps.iter().filter(|s| s.ok).count() > 80, "{:?}", ours.steps);
+    assert!(
+        ours.steps.iter().filter(|s| s.ok).count() > 80,
+        "{:?}",
+        ours.steps
+    );
 }
 
 /// Client-side comparison: steps whose responses legitimately differ, with the
@@ -582,12 +700,19 @@ impl ClientTarget {
         Regex::new(r"\b[0-9]{6,20}\b")
             .unwrap()
             .replace_all(&text, |c: &regex::Captures| {
-                self.tokens.get(&c[0]).cloned().unwrap_or_else(|| c[0].to_string())
+                self.tokens
+                    .get(&c[0])
+                    .cloned()
+                    .unwrap_or_else(|| c[0].to_string())
             })
             .into_owned()
     }
 
-    fn record<T: std::fmt::Debug>(&mut self, label: &str, result: Result<T, etcd_client::Error>) -> Option<T> {
+    fn record<T: std::fmt::Debug>(
+        &mut self,
+        label: &str,
+        result: Result<T, etcd_client::Error>,
+    ) -> Option<T> {
         let (text, value) = match result {
             Ok(value) => (format!("{value:?}"), Some(value)),
             Err(etcd_client::Error::GRpcStatus(status)) => {
@@ -657,13 +782,26 @@ async fn client_scenario(t: &mut ClientTarget) {
     };
     let r = t.client.get("foo", None).await;
     t.record("get on the empty store", r);
-    for (key, value) in [("a", "1"), ("b", "2"), ("c", "3"), ("a", "11"), ("ab", "x"), ("abc", "y")] {
+    for (key, value) in [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("a", "11"),
+        ("ab", "x"),
+        ("abc", "y"),
+    ] {
         let r = t.client.put(key, value, None).await;
         t.record(&format!("put {key}"), r);
     }
-    let r = t.client.put("a", "12", Some(PutOptions::new().with_prev_key())).await;
+    let r = t
+        .client
+        .put("a", "12", Some(PutOptions::new().with_prev_key()))
+        .await;
     t.record("put with prev_kv", r);
-    let r = t.client.put("missing", "", Some(PutOptions::new().with_ignore_value())).await;
+    let r = t
+        .client
+        .put("missing", "", Some(PutOptions::new().with_ignore_value()))
+        .await;
     t.record("put ignore_value on a missing key", r);
 
     let gets: Vec<(&str, &str, GetOptions)> = vec![
@@ -673,12 +811,32 @@ async fn client_scenario(t: &mut ClientTarget) {
         ("get range", "a", GetOptions::new().with_range("b")),
         ("get all keys", "", GetOptions::new().with_all_keys()),
         ("get limit", "", GetOptions::new().with_all_keys().with_limit(2)),
-        ("get revision 3", "", GetOptions::new().with_all_keys().with_revision(3)),
-        ("get revision 1", "", GetOptions::new().with_all_keys().with_revision(1)),
+        (
+            "get revision 3",
+            "",
+            GetOptions::new().with_all_keys().with_revision(3),
+        ),
+        (
+            "get revision 1",
+            "",
+            GetOptions::new().with_all_keys().with_revision(1),
+        ),
         ("get future revision", "a", GetOptions::new().with_revision(1000)),
-        ("get keys only", "a", GetOptions::new().with_prefix().with_keys_only()),
-        ("get count only", "a", GetOptions::new().with_prefix().with_count_only()),
-        ("get count only with limit", "", GetOptions::new().with_all_keys().with_count_only().with_limit(1)),
+        (
+            "get keys only",
+            "a",
+            GetOptions::new().with_prefix().with_keys_only(),
+        ),
+        (
+            "get count only",
+            "a",
+            GetOptions::new().with_prefix().with_count_only(),
+        ),
+        (
+            "get count only with limit",
+            "",
+            GetOptions::new().with_all_keys().with_count_only().with_limit(1),
+        ),
         ("get serializable", "a", GetOptions::new().with_serializable()),
         (
             "get sorted by version descending, limit 2",
@@ -691,25 +849,78 @@ async fn client_scenario(t: &mut ClientTarget) {
         (
             "get sorted by create ascending",
             "",
-            GetOptions::new().with_all_keys().with_sort(SortTarget::Create, SortOrder::Ascend),
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(SortTarget::Create, SortOrder::Ascend),
         ),
         (
             "get sorted by value descending",
             "",
-            GetOptions::new().with_all_keys().with_sort(SortTarget::Value, SortOrder::Descend),
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(SortTarget::Value, SortOrder::Descend),
         ),
         (
             "get sorted by mod, no order",
             "",
-            GetOptions::new().with_all_keys().with_sort(SortTarget::Mod, SortOrder::None),
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(SortTarget::Mod, SortOrder::None),
         ),
-        ("get min mod revision", "", GetOptions::new().with_all_keys().with_min_mod_revision(5)),
-        ("get max mod revision", "", GetOptions::new().with_all_keys().with_max_mod_revision(4)),
-        ("get min create revision", "", GetOptions::new().with_all_keys().with_min_create_revision(4)),
+        (
+            "get sorted by mod without order, limit 2",
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(SortTarget::Mod, SortOrder::None)
+                .with_limit(2),
+        ),
+        (
+            "get sorted by key descending, limit 2",
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(SortTarget::Key, SortOrder::Descend)
+                .with_limit(2),
+        ),
+        (
+            "get count only with a filter",
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_count_only()
+                .with_min_mod_revision(5),
+        ),
+        (
+            "get a filter with limit",
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_min_mod_revision(4)
+                .with_limit(2),
+        ),
+        (
+            "get min mod revision",
+            "",
+            GetOptions::new().with_all_keys().with_min_mod_revision(5),
+        ),
+        (
+            "get max mod revision",
+            "",
+            GetOptions::new().with_all_keys().with_max_mod_revision(4),
+        ),
+        (
+            "get min create revision",
+            "",
+            GetOptions::new().with_all_keys().with_min_create_revision(4),
+        ),
         (
             "get max create revision with limit",
             "",
-            GetOptions::new().with_all_keys().with_max_create_revision(3).with_limit(1),
+            GetOptions::new()
+                .with_all_keys()
+                .with_max_create_revision(3)
+                .with_limit(1),
         ),
     ];
     for (label, key, options) in gets {
@@ -719,11 +930,20 @@ async fn client_scenario(t: &mut ClientTarget) {
 
     let r = t.client.delete("missing", None).await;
     t.record("delete a missing key", r);
-    let r = t.client.delete("c", Some(DeleteOptions::new().with_prev_key())).await;
+    let r = t
+        .client
+        .delete("c", Some(DeleteOptions::new().with_prev_key()))
+        .await;
     t.record("delete with prev_kv", r);
-    let r = t.client.delete("ab", Some(DeleteOptions::new().with_prefix().with_prev_key())).await;
+    let r = t
+        .client
+        .delete("ab", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .await;
     t.record("delete a prefix with prev_kv", r);
-    let r = t.client.delete("b", Some(DeleteOptions::new().with_from_key())).await;
+    let r = t
+        .client
+        .delete("b", Some(DeleteOptions::new().with_from_key()))
+        .await;
     t.record("delete from key", r);
 
     // Transactions: every compare target, both branches, nested reads, errors.
@@ -771,7 +991,10 @@ async fn client_scenario(t: &mut ClientTarget) {
         .txn(
             Txn::new()
                 .when([Compare::version("t", CompareOp::Greater, 0).with_prefix()])
-                .and_then([TxnOp::get("t", Some(GetOptions::new().with_prefix().with_keys_only()))]),
+                .and_then([TxnOp::get(
+                    "t",
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )]),
         )
         .await;
     t.record("txn with a range compare, read only", r);
@@ -826,13 +1049,22 @@ async fn client_scenario(t: &mut ClientTarget) {
         .lease_grant(60, Some(LeaseGrantOptions::new().with_id(0x4242)))
         .await;
     t.record("lease grant with a taken id", r);
-    let r = t.client.lease_grant(1, Some(LeaseGrantOptions::new().with_id(0x4343))).await;
+    let r = t
+        .client
+        .lease_grant(1, Some(LeaseGrantOptions::new().with_id(0x4343)))
+        .await;
     t.record("lease grant below the minimum TTL", r);
     let r = t.client.lease_grant(9_000_000_001, None).await;
     t.record("lease grant with a too large TTL", r);
-    let r = t.client.put("lk", "v", Some(PutOptions::new().with_lease(0x4242))).await;
+    let r = t
+        .client
+        .put("lk", "v", Some(PutOptions::new().with_lease(0x4242)))
+        .await;
     t.record("put with a lease", r);
-    let r = t.client.put("lk2", "v", Some(PutOptions::new().with_lease(0x9999))).await;
+    let r = t
+        .client
+        .put("lk2", "v", Some(PutOptions::new().with_lease(0x9999)))
+        .await;
     t.record("put with an unknown lease", r);
     let r = t
         .client
@@ -841,7 +1073,12 @@ async fn client_scenario(t: &mut ClientTarget) {
     t.record("lease time to live with keys", r);
     let r = t.client.lease_time_to_live(0x9999, None).await;
     t.record("lease time to live of an unknown lease", r);
-    let r = t.client.leases().await;
+    // etcd lists leases in its map's (random) order: compared sorted by ID.
+    let r = t.client.leases().await.map(|list| {
+        let mut ids: Vec<i64> = list.leases().iter().map(|l| l.id()).collect();
+        ids.sort();
+        (list.header().cloned(), ids)
+    });
     t.record("lease list", r);
     if let Ok((mut keeper, mut answers)) = t.client.lease_keep_alive(0x4242).await {
         let sent = keeper.keep_alive().await;
@@ -871,7 +1108,10 @@ async fn client_scenario(t: &mut ClientTarget) {
     t.record("compact physical", r);
     let r = t.client.get("a", Some(GetOptions::new().with_revision(5))).await;
     t.record("get below the compacted revision", r);
-    let r = t.client.get("", Some(GetOptions::new().with_all_keys().with_revision(6))).await;
+    let r = t
+        .client
+        .get("", Some(GetOptions::new().with_all_keys().with_revision(6)))
+        .await;
     t.record("get at the compacted revision", r);
     t.watch(
         "watch from below the compacted revision",
@@ -934,7 +1174,11 @@ async fn the_etcd_client_crate_gets_the_same_responses_from_kuberaft_as_from_etc
         unexplained.join("\n")
     );
     assert!(
-        ours.steps.iter().filter(|(_, text)| !text.starts_with("error")).count() > 40,
+        ours.steps
+            .iter()
+            .filter(|(_, text)| !text.starts_with("error"))
+            .count()
+            > 40,
         "{:?}",
         ours.steps
     );

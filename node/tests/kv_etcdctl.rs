@@ -383,7 +383,10 @@ async fn a_follower_restored_from_a_snapshot_serves_the_same_history_and_compact
     );
     for revision in [300, 301, 777, 1201] {
         let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", &format!("--rev={revision}")]);
-        assert!(ok && out == format!("h\nv{}\n", revision - 1), "rev {revision}: {out}");
+        assert!(
+            ok && out == format!("h\nv{}\n", revision - 1),
+            "rev {revision}: {out}"
+        );
     }
     let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", "--rev=299"]);
     assert!(!ok, "{out}");

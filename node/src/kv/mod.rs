@@ -659,17 +659,20 @@ impl KvStore {
             (order, _) => order,
         };
         let limit = q.limit.max(0) as usize;
-        // Sorting and filtering need every key first; the limit applies after.
-        let direct_limit = if filtered || order != SortOrder::None {
-            0
+        // As etcd 3.4: with filters or an explicit order every key is read first; else
+        // one key more than the limit (in key order, then sorted if a target was
+        // given), which is what tells `more`. `count` is the number of keys in the
+        // range, before filters and limit; `more` says the limit cut the answer.
+        let fetch = if filtered || q.sort_order != SortOrder::None || limit == 0 {
+            usize::MAX
         } else {
-            limit
+            limit + 1
         };
         let mut kvs = Vec::new();
         let mut count = 0i64;
         for kv in self.scan_at(&q.key, &q.range_end, at) {
             count += 1;
-            if (q.count_only && !filtered) || (direct_limit > 0 && kvs.len() >= direct_limit) {
+            if q.count_only || kvs.len() >= fetch {
                 continue;
             }
             let mut kv = kv.clone();
@@ -685,27 +688,28 @@ impl KvStore {
                     && (q.min_create_revision == 0 || kv.create_revision >= q.min_create_revision)
                     && (q.max_create_revision == 0 || kv.create_revision <= q.max_create_revision)
             });
-            count = kvs.len() as i64;
         }
         if order != SortOrder::None {
-            kvs.sort_by(|a, b| match q.sort_target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version).then(a.key.cmp(&b.key)),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Value => a.value.cmp(&b.value).then(a.key.cmp(&b.key)),
+            // Keys that tie on the target stay in key order, in either direction (what
+            // etcd's sort of the key-ordered range gives).
+            kvs.sort_by(|a, b| {
+                let by_target = match q.sort_target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                };
+                let by_target = if order == SortOrder::Descend {
+                    by_target.reverse()
+                } else {
+                    by_target
+                };
+                by_target.then(a.key.cmp(&b.key))
             });
-            if order == SortOrder::Descend {
-                kvs.reverse();
-            }
         }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
-        }
-        if q.count_only {
-            kvs.clear();
-        }
-        let more = !q.count_only && limit > 0 && count > kvs.len() as i64;
+        let more = limit > 0 && kvs.len() > limit;
+        kvs.truncate(if limit > 0 { limit } else { usize::MAX });
         RangeResult {
             kvs,
             count,
@@ -1181,7 +1185,11 @@ mod tests {
             KvResult::Compact { revision: 1 }
         );
         assert_eq!(store.compacted(), 1);
-        assert_eq!(at(&store, "a", 1), Ok(None), "the compacted revision itself stays readable");
+        assert_eq!(
+            at(&store, "a", 1),
+            Ok(None),
+            "the compacted revision itself stays readable"
+        );
     }
 
     #[test]
@@ -1285,6 +1293,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_tie_on_the_sort_target_stay_in_key_order_in_either_direction() {
+        let mut store = KvStore::default();
+        for (i, key) in ["b", "a", "c", "a"].iter().enumerate() {
+            store.apply(i as Index + 1, &put(key, "v"));
+        }
+        let sorted = |order| {
+            let query = RangeQuery {
+                sort_target: SortTarget::Version,
+                sort_order: order,
+                ..RangeQuery::new("a", vec![0])
+            };
+            let kvs = store.query(&query).unwrap().kvs;
+            kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(SortOrder::Descend), vec![b("a"), b("b"), b("c")]);
+        assert_eq!(sorted(SortOrder::Ascend), vec![b("b"), b("c"), b("a")]);
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
     fn a_sort_target_without_an_order_sorts_ascending_and_filters_apply_at_past_revisions() {
         let store = store_with_history();
         let query = RangeQuery {
@@ -1304,7 +1335,12 @@ mod tests {
             min_mod_revision: 4,
             ..query
         };
-        assert_eq!(store.query(&filtered).unwrap().count, 1);
+        let result = store.query(&filtered).unwrap();
+        assert_eq!(
+            (result.kvs.len(), result.count),
+            (1, 2),
+            "as in etcd, the count is of the range before the filters"
+        );
     }
 
     /// The store against a model that keeps a full copy of the key space per revision:

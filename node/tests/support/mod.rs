@@ -250,7 +250,10 @@ impl EtcdCluster {
                     .arg(format!("--listen-client-urls=http://127.0.0.1:{}", clients[i]))
                     .arg(format!("--advertise-client-urls=http://127.0.0.1:{}", clients[i]))
                     .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", peers[i]))
-                    .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{}", peers[i]))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                        peers[i]
+                    ))
                     .arg(format!("--initial-cluster={initial}"))
                     .arg(format!("--initial-cluster-token={token}"))
                     .arg("--initial-cluster-state=new")
@@ -258,7 +261,9 @@ impl EtcdCluster {
                     .stderr(log)
                     .spawn()
                     .unwrap_or_else(|e| {
-                        panic!("etcd is required (Debian package etcd-server; scripts/test.sh installs it): {e}")
+                        panic!(
+                            "etcd is required (Debian package etcd-server; scripts/test.sh installs it): {e}"
+                        )
                     })
             })
             .collect();
@@ -288,7 +293,10 @@ impl EtcdCluster {
                 if ok {
                     break;
                 }
-                assert!(Instant::now() < deadline, "etcd m{i} not ready within 60 s: {out}");
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd m{i} not ready within 60 s: {out}"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
