@@ -285,6 +285,13 @@ impl Target {
                 .replace_all(&text, *replacement)
                 .into_owned();
         }
+        // Paths (each cluster writes into its own temporary directory).
+        let mut text = text;
+        for (raw, placeholder) in &self.tokens {
+            if raw.starts_with('/') {
+                text = text.replace(raw.as_str(), placeholder);
+            }
+        }
         let address = Regex::new(r"127\.0\.0\.1:[0-9]+").unwrap();
         let text = address.replace_all(&text, |c: &regex::Captures| {
             self.tokens
@@ -568,6 +575,178 @@ fn scenario(t: &mut Target) {
         &[],
         "compacted",
     );
+}
+
+impl Target {
+    /// The leader's member index, from `endpoint status` (not recorded).
+    fn leader(&self) -> Option<usize> {
+        let mut args: Vec<String> = vec!["endpoint".into(), "status".into(), "-w".into(), "json".into()];
+        args.push("--command-timeout=5s".into());
+        let (ok, out, _) = etcdctl_raw(&self.endpoints, &args, None);
+        if !ok {
+            return None;
+        }
+        let statuses: Value = serde_json::from_str(&out).ok()?;
+        let leader = statuses.as_array()?.first()?["Status"]["leader"].as_u64()?;
+        let placeholder = self.tokens.get(&leader.to_string())?;
+        placeholder.strip_prefix("<id:m")?.strip_suffix('>')?.parse().ok()
+    }
+
+    /// Moves leadership to member `i` (not recorded: which member won the first
+    /// election is chance), and waits until every member agrees.
+    fn lead_with(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.leader() != Some(i) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: m{i} never became leader",
+                self.name
+            );
+            let target = self.vars[&format!("<id:m{i}>")].clone();
+            let _ = etcdctl_raw(&self.endpoints, &["move-leader".into(), target], None);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Cluster and Maintenance through etcdctl: membership, endpoint status, health and
+/// hash, leadership transfer, snapshot save.
+fn cluster_scenario(t: &mut Target) {
+    t.lead_with(0);
+    t.run_at(Some(0), "member list", &["member", "list"], None, true);
+    t.run("member list -w json", &["member", "list", "-w", "json"]);
+    t.run_at(None, "endpoint status", &["endpoint", "status"], None, false);
+    t.run_at(
+        None,
+        "endpoint status -w json",
+        &["endpoint", "status", "-w", "json"],
+        None,
+        false,
+    );
+    t.run_at(
+        None,
+        "endpoint status --cluster",
+        &["endpoint", "status", "--cluster"],
+        None,
+        true,
+    );
+    t.run_at(None, "endpoint health", &["endpoint", "health"], None, true);
+    t.run_at(
+        None,
+        "endpoint health --cluster",
+        &["endpoint", "health", "--cluster"],
+        None,
+        true,
+    );
+    t.run_at(None, "endpoint hashkv", &["endpoint", "hashkv"], None, false);
+    t.run_at(
+        None,
+        "endpoint hashkv -w json",
+        &["endpoint", "hashkv", "-w", "json"],
+        None,
+        false,
+    );
+    t.run_at(None, "move-leader", &["move-leader", "<id:m1>"], None, false);
+    t.lead_with(1);
+    t.run_at(
+        None,
+        "endpoint status after move-leader",
+        &["endpoint", "status"],
+        None,
+        false,
+    );
+    t.run_at(
+        Some(0),
+        "move-leader through a follower",
+        &["move-leader", "<id:m2>"],
+        None,
+        false,
+    );
+    t.run_at(
+        None,
+        "move-leader to an unknown member",
+        &["move-leader", "1234"],
+        None,
+        false,
+    );
+
+    // A learner that never starts: added, listed, refused promotion, updated, removed.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = spare.local_addr().unwrap().port();
+    drop(spare);
+    t.learn(&format!("127.0.0.1:{port}"), "<peer:m3>");
+    let out = t.run(
+        "member add --learner",
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{port}"),
+        ],
+    );
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{}: member add: {out}", t.name))
+        .to_string();
+    if let Ok(raw) = u64::from_str_radix(&id, 16) {
+        t.learn_id(raw, "<id:m3>");
+        let last = t.steps.last_mut().unwrap();
+        last.stdout = last.stdout.replace(&id, "<id:m3>");
+    }
+    t.run_at(
+        Some(0),
+        "member list with a learner",
+        &["member", "list"],
+        None,
+        true,
+    );
+    t.run(
+        "member promote a learner that is not caught up",
+        &["member", "promote", "<id:m3>"],
+    );
+    t.run("member promote a voter", &["member", "promote", "<id:m1>"]);
+    t.run(
+        "member add a second learner",
+        &[
+            "member",
+            "add",
+            "m4",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+    );
+    t.run(
+        "member update",
+        &[
+            "member",
+            "update",
+            "<id:m3>",
+            &format!("--peer-urls=http://127.0.0.1:{port},http://localhost:{port}"),
+        ],
+    );
+    t.run("member remove", &["member", "remove", "<id:m3>"]);
+    t.run("member remove again", &["member", "remove", "<id:m3>"]);
+    t.run_at(
+        Some(0),
+        "member list after remove",
+        &["member", "list"],
+        None,
+        true,
+    );
+
+    let path = t.dir.path().join("backup.db");
+    let path = path.to_str().unwrap().to_string();
+    t.learn(&path, "<backup-path>");
+    t.run("snapshot save", &["snapshot", "save", &path]);
+    let saved = std::fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false);
+    t.steps.push(Step {
+        label: "snapshot file written".into(),
+        ok: saved,
+        stdout: String::new(),
+        stderr: String::new(),
+    });
 }
 
 fn kuberaft_target(cluster: &ProcCluster) -> Target {

@@ -15,8 +15,13 @@
 //! are served from what this member has applied. Watches are served by the member
 //! the client is connected to, from its applied history (the same on every member);
 //! lease keepalives and TimeToLive need the leader's clock and are forwarded to it.
-//! Errors carry etcd's gRPC codes and messages, so clients retry and fail the same
-//! way as against etcd.
+//! A forwarded answer is restamped with this member's header, as etcd answers (the
+//! member the client asked, its term). Errors carry etcd's gRPC codes and messages,
+//! so clients retry and fail the same way as against etcd.
+//!
+//! Compatibility is decided by comparison: `tests/etcd_compat.rs` runs the same
+//! etcdctl commands and etcd-client calls against kuberaft and a real etcd 3.4
+//! cluster and fails on any difference not listed there with its reason.
 //!
 //! Layout: this file holds the KV service and what the services share (headers,
 //! forwarding, error mapping); `watch.rs` and `lease.rs` the Watch and Lease
