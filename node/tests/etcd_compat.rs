@@ -784,6 +784,8 @@ fn etcdctl_gives_the_same_answers_from_kuberaft_as_from_etcd() {
     let mut ours = kuberaft_target(&kuberaft);
     scenario(&mut reference);
     scenario(&mut ours);
+    cluster_scenario(&mut reference);
+    cluster_scenario(&mut ours);
 
     assert_eq!(reference.steps.len(), ours.steps.len());
     let mut unexplained = Vec::new();

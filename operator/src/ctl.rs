@@ -8,6 +8,7 @@
 //! answered, knows the current leader, is not far behind, and the leader hears from it.
 
 use kuberaft_proto::admin::{PeerStatus, Reachability, Role, StatusResponse, TimingInfo, TimingSource};
+use kuberaft_proto::etcdserverpb::Member as EtcdMember;
 use serde_json::{json, Value};
 
 /// A member is reported `lagging` beyond this many entries behind the leader's commit.
@@ -295,6 +296,100 @@ pub fn status_json(probes: &[Probe]) -> Value {
     Value::Array(members)
 }
 
+/// `raftctl member list`: one row per member, sorted by id as the server lists them.
+pub fn members_table(members: &[EtcdMember]) -> String {
+    let lines: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{:x}", m.id),
+                if m.name.is_empty() {
+                    "-".into()
+                } else {
+                    m.name.clone()
+                },
+                if m.name.is_empty() { "unstarted" } else { "started" }.into(),
+                if m.is_learner { "learner" } else { "voter" }.into(),
+                m.peer_ur_ls.join(","),
+                if m.client_ur_ls.is_empty() {
+                    "-".into()
+                } else {
+                    m.client_ur_ls.join(",")
+                },
+            ]
+        })
+        .collect();
+    render(
+        &["ID", "NAME", "STATUS", "ROLE", "PEER_URLS", "CLIENT_URLS"],
+        &lines,
+    )
+}
+
+pub fn member_json(m: &EtcdMember) -> Value {
+    json!({
+        "id": format!("{:x}", m.id),
+        "name": m.name,
+        "started": !m.name.is_empty(),
+        "learner": m.is_learner,
+        "peer_urls": m.peer_ur_ls,
+        "client_urls": m.client_ur_ls,
+    })
+}
+
+/// The member a user means by `who`: a name, or an id in hex (as etcdctl and
+/// `member list` print it, with or without `0x`). A name wins over an id that reads
+/// the same.
+pub fn resolve_member(members: &[EtcdMember], who: &str) -> Result<u64, String> {
+    let by_name: Vec<&EtcdMember> = members
+        .iter()
+        .filter(|m| !m.name.is_empty() && m.name == who)
+        .collect();
+    match by_name.as_slice() {
+        [one] => return Ok(one.id),
+        [] => {}
+        _ => {
+            return Err(format!(
+                "{who:?} names {} members; give the id instead",
+                by_name.len()
+            ))
+        }
+    }
+    let hex = who.strip_prefix("0x").unwrap_or(who);
+    if let Ok(id) = u64::from_str_radix(hex, 16) {
+        if members.iter().any(|m| m.id == id) {
+            return Ok(id);
+        }
+    }
+    let known: Vec<String> = members
+        .iter()
+        .map(|m| {
+            if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                format!("{} ({:x})", m.name, m.id)
+            }
+        })
+        .collect();
+    Err(format!(
+        "no member named or with id {who:?} (members: {})",
+        known.join(", ")
+    ))
+}
+
+/// The `--initial-cluster` a member added as `name` is started with: every member
+/// with a name and peer URL, plus the new one.
+pub fn initial_cluster_for(members: &[EtcdMember], added_id: u64, name: &str) -> String {
+    members
+        .iter()
+        .filter_map(|m| {
+            let label = if m.id == added_id { name } else { m.name.as_str() };
+            (!label.is_empty()).then(|| m.peer_ur_ls.iter().map(move |url| format!("{label}={url}")))
+        })
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +438,36 @@ mod tests {
         let probes = vec![member(2, "b", Role::Follower, 1, 10, 10)];
         assert_eq!(rows(&probes)[0].lag, None);
         assert!(status_table(&probes).contains("no leader among the members that answered"));
+    }
+
+    fn etcd_member(id: u64, name: &str, learner: bool) -> EtcdMember {
+        EtcdMember {
+            id,
+            name: name.into(),
+            peer_ur_ls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_ur_ls: if name.is_empty() {
+                vec![]
+            } else {
+                vec![format!("http://127.0.0.1:{}", 2379 + id)]
+            },
+            is_learner: learner,
+        }
+    }
+
+    #[test]
+    fn members_are_found_by_name_or_hex_id_and_a_miss_lists_the_members() {
+        let members = vec![etcd_member(0xab, "a", false), etcd_member(0x1f, "", true)];
+        assert_eq!(resolve_member(&members, "a"), Ok(0xab));
+        assert_eq!(resolve_member(&members, "1f"), Ok(0x1f));
+        assert_eq!(resolve_member(&members, "0xab"), Ok(0xab));
+        let error = resolve_member(&members, "zz").unwrap_err();
+        assert!(error.contains("a (ab)") && error.contains("1f"), "{error}");
+        let table = members_table(&members);
+        assert!(table.lines().nth(1).unwrap().contains("started"), "{table}");
+        assert!(table.lines().nth(2).unwrap().contains("unstarted"), "{table}");
+        assert_eq!(
+            initial_cluster_for(&members, 0x1f, "new"),
+            "a=http://127.0.0.1:2551,new=http://127.0.0.1:2411"
+        );
     }
 }

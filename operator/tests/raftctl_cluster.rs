@@ -216,3 +216,147 @@ fn raftctl_says_clearly_when_no_member_answers() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output).contains("no member answered"), "{}", text(&output));
 }
+
+/// `raftctl member ...` until it succeeds, or the deadline; every failure must say `allowed`.
+fn raftctl_until_ok(args: &[&str], allowed: &str, within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    loop {
+        let output = raftctl(args);
+        if output.status.success() {
+            return output;
+        }
+        assert!(text(&output).contains(allowed), "{args:?}: {}", text(&output));
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never succeeded: {}",
+            text(&output)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn raftctl_member_commands_add_promote_and_remove_a_member() {
+    let cluster = Cluster::start(3);
+    let endpoints = format!("--endpoints={}", cluster.endpoints());
+    // Every member listed, started (named) once it published itself.
+    let output = raftctl_until_ok(
+        &[&endpoints, "-o", "json", "member", "list"],
+        "",
+        Duration::from_secs(20),
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = raftctl(&[&endpoints, "member", "list"]);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let rows = table_rows(&stdout);
+        if rows.len() == 3 && rows.iter().all(|r| r[2] == "started" && r[3] == "voter") {
+            assert!(stdout.starts_with("ID"), "{stdout}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&output));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Add a learner, start it as told, promote it once it caught up.
+    let ports = free_ports(3);
+    let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+    let output = raftctl(&[
+        &endpoints,
+        "member",
+        "add",
+        "m3",
+        "--learner",
+        "--peer-urls",
+        &peer_url,
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let added = text(&output);
+    assert!(added.contains("member m3 added as a learner"), "{added}");
+    assert!(added.contains("--initial-cluster-state existing"), "{added}");
+    let output = raftctl(&[&endpoints, "member", "add", "m4", "--peer-urls", &peer_url]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("Peer URLs already exists"),
+        "{}",
+        text(&output)
+    );
+    let output = raftctl(&[&endpoints, "member", "promote", "m3"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "not started yet, so not named either"
+    );
+    assert!(text(&output).contains("no member named"), "{}", text(&output));
+
+    let json = raftctl(&[&endpoints, "-o", "json", "member", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let learner = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["learner"] == true)
+        .unwrap_or_else(|| panic!("{listed}"));
+    let id = learner["id"].as_str().unwrap().to_string();
+    let output = raftctl(&[&endpoints, "member", "promote", &id]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).contains("in sync with leader"), "{}", text(&output));
+
+    let initial = added
+        .split("--initial-cluster ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let dir = cluster.base.path().join("m3");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut joiner = Command::new(raft_node_bin())
+        .arg("--name=m3")
+        .arg(format!("--data-dir={}", dir.display()))
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{}", ports[0]))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", ports[2]))
+        .arg(format!("--initial-cluster={initial}"))
+        .arg("--initial-cluster-state=existing")
+        .arg(format!("--initial-cluster-token=raftctl-{}", std::process::id()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let output = raftctl_until_ok(
+        &[&endpoints, "member", "promote", "m3"],
+        "",
+        Duration::from_secs(40),
+    );
+    assert!(
+        text(&output).contains(&format!("member m3 ({id}) promoted")),
+        "{}",
+        text(&output)
+    );
+
+    // Remove it again: it stops, saying why.
+    let output = raftctl(&[&endpoints, "member", "remove", "m3"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = joiner.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = joiner.kill();
+            let _ = joiner.wait();
+            panic!("the removed member did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(log.contains("this member was removed from the cluster"), "{log}");
+    let output = raftctl(&[&endpoints, "member", "remove", "m3"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).contains("no member named"), "{}", text(&output));
+}

@@ -7,7 +7,8 @@
 //! | KV | Range, Put, DeleteRange, Txn, Compact | fully: every option, at any revision not compacted; puts (plain and in txns) attach keys to leases |
 //! | Watch | Watch | key, range, prefix and from-key; `start_revision` (history from the MVCC store), `prev_kv`, NOPUT/NODELETE filters, `progress_notify` (every 10 min, as etcd) and progress requests, client- or server-chosen `watch_id`, cancel; a compacted start revision is canceled with `compact_revision`. `fragment` is ignored: a revision's events always travel in one response |
 //! | Lease | LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases | fully, with etcd's minimum TTL and errors; expiry driven by the leader through the log |
-//! | Cluster, Maintenance | all | UNIMPLEMENTED (next, with the etcd API issue) |
+//! | Cluster | MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote | see [`cluster`] |
+//! | Maintenance | Status, MoveLeader, Alarm, HashKV, Hash, Defragment, Snapshot | see [`maintenance`] |
 //!
 //! Any member accepts any request. Writes on a follower are forwarded to the leader
 //! (whose client URLs the transport learned in the peers' hello); linearizable reads
@@ -29,6 +30,8 @@
 pub mod admin;
 pub mod lease;
 pub mod watch;
+pub mod cluster;
+pub mod maintenance;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -17,6 +17,7 @@
 //! leader's, in `api::lease`); `watch.rs` the events watchers read from the history
 //! and the per-stream set of watchers.
 
+mod hash;
 mod lease;
 mod txn;
 pub mod watch;

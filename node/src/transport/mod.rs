@@ -61,7 +61,18 @@ pub struct TransportConfig {
     pub client_urls: Vec<String>,
     /// Client URLs peers told us, by member id.
     pub directory: Directory,
+    /// Ids removed from the cluster: their streams are refused (kept in step with the
+    /// member table by `join::follow_members`).
+    pub removed: RemovedSet,
+    /// Set when a peer refused this member because it was removed.
+    pub removed_notice: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// Ids of removed members.
+pub type RemovedSet = Arc<Mutex<std::collections::HashSet<NodeId>>>;
+
+/// In the status a peer refuses a removed member with; the removed member looks for it.
+pub const REMOVED_MESSAGE: &str = "was removed from the cluster";
 
 /// The client URLs of the members, as they announced them.
 pub type Directory = Arc<Mutex<HashMap<NodeId, Vec<String>>>>;
@@ -82,6 +93,8 @@ impl TransportConfig {
             zstd_level: 1,
             client_urls: Vec::new(),
             directory: Directory::default(),
+            removed: RemovedSet::default(),
+            removed_notice: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -94,6 +107,15 @@ impl TransportConfig {
             protocol_version: PROTOCOL_VERSION,
             client_urls: self.client_urls.clone(),
         }
+    }
+
+    fn check_not_removed(&self, from: NodeId) -> Result<(), Status> {
+        if self.removed.lock().expect("not poisoned").contains(&from) {
+            return Err(Status::failed_precondition(format!(
+                "member {from:#x} {REMOVED_MESSAGE}"
+            )));
+        }
+        Ok(())
     }
 
     /// Why a peer's hello is refused, if it is.
@@ -119,6 +141,7 @@ impl TransportConfig {
         if hello.from_id == 0 || hello.from_id == self.id {
             return Err(Status::invalid_argument("hello from an invalid member id"));
         }
+        self.check_not_removed(hello.from_id)?;
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "peer speaks protocol version {}, this member {PROTOCOL_VERSION}",
@@ -153,6 +176,11 @@ impl GrpcTransport {
     pub fn attach(&self, inbox: mpsc::Sender<Input>, snapshots: SnapshotStore) {
         *self.inbox.lock().expect("not poisoned") = Some(inbox);
         *self.snapshots.lock().expect("not poisoned") = Some(snapshots);
+    }
+
+    /// The address this transport uses for a member.
+    pub fn peer_url(&self, id: NodeId) -> Option<String> {
+        self.urls.lock().expect("not poisoned").get(&id).cloned()
     }
 
     /// Learns (or changes) the address of a member.
@@ -214,6 +242,10 @@ impl PeerTask {
             match self.connect_and_send(&mut queue).await {
                 Ok(()) => return, // queue closed: the node stopped
                 Err(e) => {
+                    if e.contains(REMOVED_MESSAGE) {
+                        tracing::error!(to = self.to, error = %e, "a peer says this member was removed from the cluster");
+                        self.config.removed_notice.send_replace(true);
+                    }
                     tracing::debug!(to = self.to, error = %e, "peer stream ended");
                     let _ = self.inbox.try_send(Input::Unreachable(self.to));
                 }
@@ -520,8 +552,16 @@ impl Peer for PeerService {
         let envelope_bytes_max = self.config.envelope_bytes_max;
         let inbox = self.inbox.clone();
         let snapshots = self.snapshots.clone();
+        let config = self.config.clone();
+        // The response stream: our hello, then nothing unless the peer is refused.
+        let (reply_tx, reply_rx) = mpsc::channel::<Result<pb::PeerEnvelope, Status>>(2);
         tokio::spawn(async move {
             loop {
+                if let Err(refused) = config.check_not_removed(from) {
+                    // Removed while its stream was open: tell it, and take nothing more.
+                    let _ = reply_tx.send(Err(refused)).await;
+                    return;
+                }
                 let envelope = match incoming.message().await {
                     Ok(Some(envelope)) => envelope,
                     Ok(None) => return,
@@ -575,8 +615,10 @@ impl Peer for PeerService {
             content: Some(pb::peer_envelope::Content::Hello(self.config.hello(from))),
             ..Default::default()
         };
-        // Keep the response stream open (and idle) for as long as the peer does.
-        let stream = tokio_stream::once(Ok(reply)).chain(tokio_stream::pending());
+        // Open (and idle) for as long as the peer's stream is, unless it is refused.
+        let stream = tokio_stream::once(Ok(reply))
+            .chain(tokio_stream::wrappers::ReceiverStream::new(reply_rx))
+            .chain(tokio_stream::pending());
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -4,9 +4,15 @@
 //!     raftctl timing get
 //!     raftctl timing set --heartbeat-interval MS --election-timeout MS
 //!     raftctl leader transfer [--to NAME|ID] [--deadline MS]
+//!     raftctl member list
+//!     raftctl member add NAME --peer-urls URL[,URL] [--learner]
+//!     raftctl member promote NAME|ID
+//!     raftctl member remove NAME|ID
 //!
-//! `status` and `timing get` ask every endpoint; `timing set` and `leader transfer`
-//! go to the first endpoint that answers (a follower forwards them to the leader).
+//! `status` and `timing get` ask every endpoint; `timing set`, `leader transfer` and
+//! the `member` commands go to the first endpoint that answers (a follower forwards
+//! them to the leader). The `member` commands use the etcd Cluster service, so they
+//! do what `etcdctl member ...` does; a member is named by name or hex id.
 //! Exit status: 0 on success, 1 when the cluster refused or did not answer, 2 on
 //! bad usage.
 
@@ -32,6 +38,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kuberaft_operator::ctl::{self, Probe};
 use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest};
+use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
+use kuberaft_proto::etcdserverpb::{
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -80,6 +90,39 @@ enum Command {
     Leader {
         #[command(subcommand)]
         command: LeaderCommand,
+    },
+    /// Membership, through the etcd Cluster service.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Every member: id, name, started or not, voter or learner, URLs.
+    List,
+    /// Adds a member (one change at a time); then start it with
+    /// `--initial-cluster-state existing` and the printed flags.
+    Add {
+        /// The new member's name (what it will be started with).
+        name: String,
+        /// Its advertised peer URLs, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add it as a learner (it receives the log but does not vote until promoted).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Makes a learner a voter; refused until it has caught up with the leader.
+    Promote {
+        /// Name or hex id.
+        member: String,
+    },
+    /// Removes a member; it stops once it learns it was removed.
+    Remove {
+        /// Name or hex id.
+        member: String,
     },
 }
 
@@ -137,7 +180,11 @@ impl Cli {
 }
 
 async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
+    channel(patience, endpoint).await.map(AdminClient::new)
+}
+
+async fn channel(patience: Patience, endpoint: &str) -> Result<Channel, String> {
+    tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|e| format!("bad endpoint: {e}"))?
         .connect_timeout(patience.dial)
         .timeout(patience.request)
@@ -155,8 +202,7 @@ async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Chann
                 cause = c.source();
             }
             format!("cannot connect: {}", causes.join(": "))
-        })?;
-    Ok(AdminClient::new(channel))
+        })
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -206,15 +252,20 @@ fn no_answer(cli: &Cli, probes: &[Probe]) -> ExitCode {
 /// Sends one request to the first endpoint that is reachable and serving; stops at
 /// the first answer that is a decision (success or a refusal that another member
 /// would repeat).
-async fn first_answer<T, F, Fut>(cli: &Cli, patience: Patience, mut call: F) -> Result<(String, T), String>
+async fn first_answer<C, T, F, Fut>(
+    cli: &Cli,
+    patience: Patience,
+    make: fn(Channel) -> C,
+    mut call: F,
+) -> Result<(String, T), String>
 where
-    F: FnMut(AdminClient<Channel>) -> Fut,
+    F: FnMut(C) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let mut errors = Vec::new();
     for endpoint in &cli.endpoints {
-        let client = match connect(patience, endpoint).await {
-            Ok(client) => client,
+        let client = match channel(patience, endpoint).await {
+            Ok(channel) => make(channel),
             Err(e) => {
                 errors.push(format!("  {endpoint}: {e}"));
                 continue;
@@ -291,7 +342,7 @@ async fn run(cli: &Cli) -> ExitCode {
                 election_timeout_ms: *election_timeout,
                 reason: "raftctl".into(),
             };
-            let answer = first_answer(cli, cli.patience(), |mut client| {
+            let answer = first_answer(cli, cli.patience(), AdminClient::new, |mut client| {
                 let request = request.clone();
                 async move { client.set_timing(request).await.map(|r| r.into_inner()) }
             })
@@ -317,6 +368,7 @@ async fn run(cli: &Cli) -> ExitCode {
                 }
             }
         }
+        Command::Member { command } => run_member(cli, command).await,
         Command::Leader {
             command: LeaderCommand::Transfer { to, deadline },
         } => {
@@ -327,7 +379,7 @@ async fn run(cli: &Cli) -> ExitCode {
             let mut patience = cli.patience();
             // The server waits up to its deadline (by default a few election timeouts).
             patience.request += Duration::from_millis(if *deadline == 0 { 30_000 } else { *deadline });
-            let answer = first_answer(cli, patience, |mut client| {
+            let answer = first_answer(cli, patience, AdminClient::new, |mut client| {
                 let request = request.clone();
                 async move { client.transfer_leader(request).await.map(|r| r.into_inner()) }
             })
@@ -354,6 +406,138 @@ async fn run(cli: &Cli) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("raftctl: leadership not transferred: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// The member list from the first endpoint that answers.
+async fn list_members(cli: &Cli) -> Result<Vec<kuberaft_proto::etcdserverpb::Member>, String> {
+    first_answer(cli, cli.patience(), ClusterClient::new, |mut client| async move {
+        client
+            .member_list(MemberListRequest { linearizable: false })
+            .await
+    })
+    .await
+    .map(|(_, r)| r.into_inner().members)
+}
+
+async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
+    // Membership changes wait for the change to be applied.
+    let mut patience = cli.patience();
+    patience.request += Duration::from_secs(20);
+    let members = match list_members(cli).await {
+        Ok(members) => members,
+        Err(e) => {
+            eprintln!("raftctl: cannot list the members: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let resolve = |who: &str| ctl::resolve_member(&members, who);
+    match command {
+        MemberCommand::List => {
+            match cli.output {
+                Output::Table => out!("{}", ctl::members_table(&members)),
+                Output::Json => outln!(
+                    "{:#}",
+                    serde_json::Value::Array(members.iter().map(ctl::member_json).collect())
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let request = MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: *learner,
+            };
+            let answer = first_answer(cli, patience, ClusterClient::new, |mut client| {
+                let request = request.clone();
+                async move { client.member_add(request).await }
+            })
+            .await;
+            match answer {
+                Ok((_, response)) => {
+                    let response = response.into_inner();
+                    let id = response.member.as_ref().map_or(0, |m| m.id);
+                    let initial = ctl::initial_cluster_for(&response.members, id, name);
+                    match cli.output {
+                        Output::Table => {
+                            outln!(
+                                "member {name} added as a {} with id {id:x}; start it with:",
+                                if *learner { "learner" } else { "voter" }
+                            );
+                            outln!(
+                                "  raft-node --name {name} --initial-cluster-state existing \\\n    --initial-advertise-peer-urls {} \\\n    --initial-cluster {initial}",
+                                peer_urls.join(",")
+                            );
+                        }
+                        Output::Json => outln!(
+                            "{:#}",
+                            serde_json::json!({
+                                "id": format!("{id:x}"),
+                                "name": name,
+                                "learner": learner,
+                                "peer_urls": peer_urls,
+                                "initial_cluster": initial,
+                                "initial_cluster_state": "existing",
+                            })
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: member {name} not added: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        MemberCommand::Promote { member } | MemberCommand::Remove { member } => {
+            let promote = matches!(command, MemberCommand::Promote { .. });
+            let verb = if promote { "promoted" } else { "removed" };
+            let id = match resolve(member) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("raftctl: member not {verb}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let answer = first_answer(cli, patience, ClusterClient::new, |mut client| async move {
+                if promote {
+                    client
+                        .member_promote(MemberPromoteRequest { id })
+                        .await
+                        .map(|r| r.into_inner().members)
+                } else {
+                    client
+                        .member_remove(MemberRemoveRequest { id })
+                        .await
+                        .map(|r| r.into_inner().members)
+                }
+            })
+            .await;
+            match answer {
+                Ok((_, members)) => {
+                    match cli.output {
+                        Output::Table => outln!("member {member} ({id:x}) {verb}"),
+                        Output::Json => outln!(
+                            "{:#}",
+                            serde_json::json!({
+                                "id": format!("{id:x}"),
+                                "done": verb,
+                                "members": members.iter().map(ctl::member_json).collect::<Vec<_>>(),
+                            })
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: member {member} ({id:x}) not {verb}: {e}");
                     ExitCode::from(1)
                 }
             }
