@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
-use crate::api::lease::LeaseService;
-use crate::api::watch::WatchService;
 use crate::api::cluster::ClusterService;
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
 use crate::api::KvService;
 use crate::join::{self, MembershipService};
 use crate::raft::{Config as RaftConfig, NodeId, Role, Status, Timing};

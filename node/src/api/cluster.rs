@@ -160,11 +160,12 @@ impl ClusterService {
         ClusterServer::new(self)
     }
 
+    /// As etcd's Cluster service: cluster ID, member ID and term, no revision.
     fn header(&self) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
-            revision: self.node.read_local().revision(),
+            revision: 0,
             raft_term: self.node.status().borrow().term,
         })
     }

@@ -28,10 +28,10 @@
 //! forwarding, error mapping); `watch.rs` and `lease.rs` the Watch and Lease
 //! services; `admin.rs` the kuberaft admin service.
 pub mod admin;
-pub mod lease;
-pub mod watch;
 pub mod cluster;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
