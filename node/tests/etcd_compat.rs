@@ -297,7 +297,7 @@ impl Target {
                 Ok(docs) => docs
                     .into_iter()
                     .map(|mut doc| {
-                        normalise_json(&mut doc, false);
+                        normalise_json(&mut doc);
                         doc.to_string()
                     })
                     .collect::<Vec<_>>()
@@ -326,7 +326,6 @@ impl Target {
                 .into_owned();
         }
         // Paths (each cluster writes into its own temporary directory).
-        let mut text = text;
         for (raw, placeholder) in &self.tokens {
             if raw.starts_with('/') {
                 text = text.replace(raw.as_str(), placeholder);
@@ -362,7 +361,7 @@ impl Target {
 /// Fields of etcdctl's JSON that legitimately differ: raft terms and indexes, database
 /// sizes, server versions, a lease's remaining TTL; member lists are ordered by the
 /// (random) member ID, so they are compared ordered by name.
-fn normalise_json(value: &mut Value, in_status: bool) {
+fn normalise_json(value: &mut Value) {
     match value {
         Value::Object(map) => {
             let status = map.contains_key("dbSize");
@@ -378,7 +377,7 @@ fn normalise_json(value: &mut Value, in_status: bool) {
                 };
                 match placeholder {
                     Some(p) => *field = Value::String(p.to_string()),
-                    None => normalise_json(field, in_status || status),
+                    None => normalise_json(field),
                 }
                 if key == "members" {
                     if let Value::Array(members) = field {
@@ -387,7 +386,7 @@ fn normalise_json(value: &mut Value, in_status: bool) {
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| normalise_json(v, in_status)),
+        Value::Array(items) => items.iter_mut().for_each(normalise_json),
         _ => {}
     }
 }
