@@ -15,18 +15,23 @@
 //! - [`runtime`]: the task that owns the core and executes its commands.
 //! - [`transport`]: the gRPC peer service; [`join`]: member discovery, joining and
 //!   publishing on the peer port.
-//! - [`api`]: the etcd v3 services (KV, Cluster, Maintenance) and the admin service;
+//! - [`stats`]: latency windows (EWMA, p50, p99) and Prometheus histograms, for peer
+//!   round-trip times and WAL fsync latency; [`log_events`]: membership and snapshot
+//!   events for the admin event stream.
+//! - [`api`]: the etcd v3 services (KV, Watch, Lease, Cluster, Maintenance) and the admin service;
 //!   [`server`]: flags and listeners of `raft-node`; [`restore`]: `raft-node restore`.
 
 pub mod api;
 pub mod join;
 pub mod kv;
 pub mod linearizability;
+pub mod log_events;
 pub mod members;
 pub mod metrics;
 pub mod raft;
 pub mod restore;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod transport;

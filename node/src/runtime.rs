@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::kv::{KvCommand, KvResult, KvStore};
+use crate::log_events::{LogEvent, LogEvents};
 use crate::members::{MemberCommand, MemberTable};
 use crate::raft::{
     Command, ConfChange, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody,
@@ -248,6 +249,7 @@ pub struct NodeHandle {
     members: watch::Receiver<MemberTable>,
     snapshots: SnapshotStore,
     writer: WalWriter,
+    log_events: LogEvents,
 }
 
 impl NodeHandle {
@@ -382,6 +384,16 @@ impl NodeHandle {
     pub fn fsync_histogram(&self) -> storage::FsyncHistogram {
         self.writer.fsync_histogram()
     }
+
+    /// WAL commit latency over the last minute (EWMA, p50, p99).
+    pub fn fsync_recent(&self) -> crate::stats::LatencySummary {
+        self.writer.fsync_recent()
+    }
+
+    /// Membership changes applied and snapshots taken or installed, from now on.
+    pub fn log_events(&self) -> tokio::sync::broadcast::Receiver<LogEvent> {
+        self.log_events.subscribe()
+    }
 }
 
 /// Recovers the node from its directories and starts its tasks. The returned handle
@@ -463,6 +475,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let (store_tx, store_rx) = watch::channel(kv.clone());
     let (members_tx, members_rx) = watch::channel(members.clone());
     let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
+    let log_events = LogEvents::default();
 
     tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
     tokio::spawn(apply_loop(
@@ -487,6 +500,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         members: members_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
+        log_events: log_events.clone(),
     };
     let task = CoreTask {
         core,
@@ -506,6 +520,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         pending_reads: HashMap::new(),
         next_read_id: 1,
         snapshot_records: Vec::new(),
+        log_events,
     };
     let join = tokio::spawn(task.run(config.tick, config.input_batch_max.max(1), inbox_rx, request_rx));
     Ok((handle, join))
@@ -533,6 +548,7 @@ struct CoreTask {
     next_read_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
     snapshot_records: Vec<crate::raft::SnapshotMeta>,
+    log_events: LogEvents,
 }
 
 /// Inputs handled per wake-up before the commands are executed, so bursts of
@@ -603,6 +619,10 @@ impl CoreTask {
                 // The WAL learns that the log may start after the snapshot, before the
                 // compaction the core asks for next (both go out in `execute`, in order).
                 self.snapshot_records.push(meta.clone());
+                self.log_events.publish(LogEvent::SnapshotBuilt {
+                    index: meta.index,
+                    term: meta.term,
+                });
                 self.core.snapshot_built(meta);
             }
             Input::SnapshotBuildFailed => self.core.snapshot_build_failed(),
@@ -748,12 +768,17 @@ impl CoreTask {
                     }
                     Command::Apply(entries) => {
                         self.note_applied_timing(&entries);
+                        self.log_events.entries_applied(&entries, self.replayed_through);
                         if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
                             return false;
                         }
                     }
                     Command::RestoreSnapshot(meta) => {
                         self.note_restored_timing(&meta);
+                        self.log_events.publish(LogEvent::SnapshotInstalled {
+                            index: meta.index,
+                            term: meta.term,
+                        });
                         if self.apply_tx.send(ApplyJob::Restore(meta)).await.is_err() {
                             return false;
                         }

@@ -422,6 +422,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Reconnect attempts back off, but never past half an election timeout.
     transport_config.backoff_max = Duration::from_millis((args.election_timeout / 2).clamp(20, 400));
     let directory = transport_config.directory.clone();
+    let links = transport_config.links.clone();
     directory
         .lock()
         .expect("not poisoned")
@@ -516,7 +517,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan.cluster_id,
         plan.members.clone(),
         directory,
-    );
+    )
+    .with_peer_links(links.clone());
     let client_server = {
         let mut stop = shutdown_rx.clone();
         let addr = plan.client_addr;
@@ -547,7 +549,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    let metrics_server = crate::metrics::serve(plan.metrics_addr, node.clone(), shutdown_rx.clone()).await?;
+    let metrics_server =
+        crate::metrics::serve(plan.metrics_addr, node.clone(), links, shutdown_rx.clone()).await?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut removed = false;

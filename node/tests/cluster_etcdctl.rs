@@ -76,6 +76,7 @@ fn add_member(cluster: &mut ProcCluster, name: &str, extra: &[&str]) -> usize {
         metrics: ports[2],
         dir: base.join(name),
         child: None,
+        peer_via: None,
         extra: extra.iter().map(|s| s.to_string()).collect(),
     });
     cluster.members.len() - 1
@@ -485,6 +486,7 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_cluster_serving_the_s
             metrics: ports[2],
             dir: base.join(name),
             child: None,
+            peer_via: None,
             extra: Vec::new(),
         });
     }

@@ -5,6 +5,8 @@
 //! the cluster is dropped (also when a test fails).
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ pub struct Member {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Where the other members reach this one's peer port when not directly (a proxy
+    /// in front of `peer`).
+    pub peer_via: Option<u16>,
 }
 
 pub struct ProcCluster {
@@ -39,6 +44,15 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub fn start(size: usize, extra: &[&str]) -> ProcCluster {
+        let mut cluster = ProcCluster::new(size, extra);
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// The members and their ports, none started yet (`spawn` each).
+    pub fn new(size: usize, extra: &[&str]) -> ProcCluster {
         let base = tempfile::tempdir().unwrap();
         let ports = free_ports(3 * size);
         let members: Vec<Member> = (0..size)
@@ -50,23 +64,20 @@ impl ProcCluster {
                 dir: base.path().join(format!("m{i}")),
                 child: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                peer_via: None,
             })
             .collect();
-        let mut cluster = ProcCluster {
+        ProcCluster {
             members,
             token: format!("test-{}", std::process::id()),
             _base: base,
-        };
-        for i in 0..size {
-            cluster.spawn(i);
         }
-        cluster
     }
 
     pub fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_via.unwrap_or(m.peer)))
             .collect::<Vec<_>>()
             .join(",")
     }
