@@ -38,7 +38,8 @@ const KNOWN_DIFFERENCES: &[Known] = &[
         pattern: r"(?m)^(<client:m[0-9]>), [0-9]+$",
         replacement: "$1, <hash>",
         kuberaft_fragment: "",
-        reason: "etcd's HashKV is a CRC32 over its bbolt keys (revision bytes) and marshalled values; kuberaft's \
+        reason:
+            "etcd's HashKV is a CRC32 over its bbolt keys (revision bytes) and marshalled values; kuberaft's \
                  is a CRC32C over its own encoding of the same history. Only equality across members is \
                  meaningful (cluster_etcdctl checks it); compact_revision and headers are compared",
     },
@@ -54,10 +55,11 @@ const KNOWN_DIFFERENCES: &[Known] = &[
         pattern: "",
         replacement: "",
         kuberaft_fragment: "stream terminated by RST_STREAM with error code: PROTOCOL_ERROR",
-        reason: "KNOWN BUG, not fixed: with --cluster etcdctl 3.4 dials each member as \
-                 `passthrough:///http://host:port`, so grpc-go sends the whole URL as the HTTP/2 :authority; \
-                 the h2 crate under tonic refuses it as malformed (etcd's grpc-go server accepts it). Listing \
-                 the endpoints (`endpoint status`) works",
+        reason: "KNOWN BUG, not fixed: with --cluster, etcdctl 3.4 dials each member's client URL directly \
+                 (clientv3 Dial, `passthrough:///http://host:port`) and kuberaft's HTTP/2 layer (h2 under \
+                 tonic) resets the stream as malformed, most likely over the :authority that dial sends \
+                 (`http://host:port`), which etcd's grpc-go server accepts. `endpoint status` with the \
+                 endpoints listed, and `endpoint health --cluster`, work",
     },
 ];
 
