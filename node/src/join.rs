@@ -253,7 +253,8 @@ impl Attributes {
 }
 
 /// Publishes this member's attributes through the leader until the applied table
-/// shows them (a few seconds between attempts), or shutdown.
+/// shows them (0.5 s between attempts, backing off to 5 s while they fail), or
+/// shutdown.
 pub async fn publish(
     node: NodeHandle,
     me: Attributes,
@@ -302,7 +303,8 @@ pub async fn publish(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // Backs off to 5 s while attempts fail.
+            _ = tokio::time::sleep(Duration::from_millis(500 * u64::from(1 + attempt.min(9)))) => {}
             changed = members.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -279,12 +279,19 @@ impl MemberTable {
                 peer_urls,
                 client_urls,
             } => {
-                if let Some(member) = self.members.get_mut(id) {
-                    member.name = name.clone();
-                    member.client_urls = client_urls.clone();
-                    if member.peer_urls.is_empty() {
-                        member.peer_urls = peer_urls.clone();
-                    }
+                if self.removed.contains(id) {
+                    return;
+                }
+                // The leader checked that it is a member; a table restored from a
+                // snapshot written before the table existed may not know it yet.
+                let member = self.members.entry(*id).or_insert_with(|| Member {
+                    id: *id,
+                    ..Member::default()
+                });
+                member.name = name.clone();
+                member.client_urls = client_urls.clone();
+                if member.peer_urls.is_empty() {
+                    member.peer_urls = peer_urls.clone();
                 }
             }
             MemberCommand::UpdatePeerUrls { id, peer_urls } => {
@@ -555,6 +562,14 @@ mod tests {
             is_learner: false,
         });
         assert!(table.find_by_peer_url("http://127.0.0.1:91").is_none());
+        // Nor does a late Publish bring it back.
+        table.apply_command(&MemberCommand::Publish {
+            id: 9,
+            name: "late".into(),
+            peer_urls: urls(&["http://127.0.0.1:90"]),
+            client_urls: urls(&["http://127.0.0.1:92"]),
+        });
+        assert!(table.get(9).is_none());
 
         let mut data = Vec::new();
         table.write_snapshot(&mut data).unwrap();

@@ -154,17 +154,29 @@ impl AdminService {
         AdminServer::new(self)
     }
 
+    /// Name and peer URL of a member: from the replicated member table (members added
+    /// by MemberAdd, names published at start), else from `--initial-cluster`.
+    fn member_attributes(&self, id: NodeId) -> (String, String) {
+        let (mut name, mut url) = self.members.get(&id).cloned().unwrap_or_default();
+        if let Some(member) = self.node.members().borrow().get(id) {
+            if !member.name.is_empty() {
+                name = member.name.clone();
+            }
+            if let Some(first) = member.peer_urls.first() {
+                url = first.clone();
+            }
+        }
+        (name, url)
+    }
+
     fn name_of(&self, id: NodeId) -> String {
-        self.members
-            .get(&id)
-            .map(|(name, _)| name.clone())
-            .unwrap_or_default()
+        self.member_attributes(id).0
     }
 
     fn describe(&self, id: NodeId) -> String {
-        match self.members.get(&id) {
-            Some((name, _)) => format!("{name} ({id:#x})"),
-            None => format!("{id:#x}"),
+        match self.name_of(id) {
+            name if !name.is_empty() => format!("{name} ({id:#x})"),
+            _ => format!("{id:#x}"),
         }
     }
 
@@ -233,11 +245,7 @@ impl AdminService {
                 .map(|p| p.id)
                 .ok_or_else(|| Status::failed_precondition("there is no other voter to hand leadership to"));
         }
-        let by_name = self
-            .members
-            .iter()
-            .find(|(_, (name, _))| name == target)
-            .map(|(id, _)| *id);
+        let by_name = membership.members().find(|id| self.name_of(*id) == target);
         let by_id = match target.strip_prefix("0x") {
             Some(hex) => u64::from_str_radix(hex, 16).ok(),
             None => target.parse().ok(),
@@ -269,7 +277,17 @@ async fn record_events(
     members: BTreeMap<NodeId, (String, String)>,
     events: Arc<EventLog>,
 ) {
-    let name_of = |member: NodeId| members.get(&member).map(|(n, _)| n.clone()).unwrap_or_default();
+    // The replicated member table first (members added later), then `--initial-cluster`.
+    let table = node.members();
+    let name_of = |member: NodeId| {
+        table
+            .borrow()
+            .get(member)
+            .map(|m| m.name.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| members.get(&member).map(|(n, _)| n.clone()))
+            .unwrap_or_default()
+    };
     let mut status = node.status();
     let mut timing = node.timing();
     let mut membership = health::MembershipEvents::new(status.borrow().membership.learners.iter().copied());
@@ -482,11 +500,7 @@ impl Admin for AdminService {
                         backoff_ms: link.map_or(0, |l| l.backoff_remaining.as_millis() as u64),
                         stream_up: link.is_some_and(|l| l.stream_up),
                         reconnect_failures: link.map_or(0, |l| l.reconnect_failures),
-                        peer_url: self
-                            .members
-                            .get(&p.id)
-                            .map(|(_, url)| url.clone())
-                            .unwrap_or_default(),
+                        peer_url: self.member_attributes(p.id).1,
                     }
                 })
                 .collect()
