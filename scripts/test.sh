@@ -15,9 +15,10 @@ for component in rustfmt clippy; do
   fi
 done
 
-step "system packages (etcdctl for the client tests, protoc for the etcd-client crate)"
+step "system packages (etcdctl for the client tests, etcd 3.4 for the compatibility test, protoc for the etcd-client crate)"
 missing=()
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
@@ -26,6 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 etcdctl version | head -1
+etcd --version | head -1
 protoc --version
 
 step "cargo fmt --check"

@@ -621,7 +621,7 @@ async fn auto_compact(node: NodeHandle, retention: i64, mut shutdown: watch::Rec
         }
         let store = node.read_local();
         let target = store.revision() - retention;
-        if target > store.compacted() {
+        if target > 0 && target > store.compacted() {
             match node
                 .propose(crate::kv::KvCommand::Compact { revision: target })
                 .await

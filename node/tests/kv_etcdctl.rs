@@ -85,7 +85,8 @@ fn etcdctl_reads_past_revisions_compacts_and_then_refuses_reads_below_the_compac
     let cluster = ProcCluster::start(3, &[]);
     cluster.wait_for_leader(&[0, 1, 2]);
     let e = |i: usize| cluster.endpoint(i);
-    // Revisions: k=v1 @1, other @2, k=v2 @3, del k @4, k=v3 @5 (a new life).
+    // Revisions (1 is the empty store, as in etcd): k=v1 @2, other @3, k=v2 @4,
+    // del k @5, k=v3 @6 (a new life).
     put_ok(&e(0), "k", "v1");
     put_ok(&e(1), "other", "x");
     put_ok(&e(2), "k", "v2");
@@ -95,33 +96,38 @@ fn etcdctl_reads_past_revisions_compacts_and_then_refuses_reads_below_the_compac
     for i in 0..3 {
         assert_eq!(
             get_fields(&e(i), "k", &["--rev=1"]),
-            Some(("v1".into(), 1, 1, 1)),
-            "m{i}"
+            None,
+            "the empty store at 1, on m{i}"
         );
         assert_eq!(
             get_fields(&e(i), "k", &["--rev=2"]),
-            Some(("v1".into(), 1, 1, 1)),
+            Some(("v1".into(), 2, 2, 1)),
             "m{i}"
         );
         assert_eq!(
             get_fields(&e(i), "k", &["--rev=3"]),
-            Some(("v2".into(), 1, 3, 2)),
+            Some(("v1".into(), 2, 2, 1)),
             "m{i}"
         );
         assert_eq!(
             get_fields(&e(i), "k", &["--rev=4"]),
-            None,
-            "deleted at 4, on m{i}"
+            Some(("v2".into(), 2, 4, 2)),
+            "m{i}"
         );
         assert_eq!(
             get_fields(&e(i), "k", &["--rev=5"]),
-            Some(("v3".into(), 5, 5, 1)),
+            None,
+            "deleted at 5, on m{i}"
+        );
+        assert_eq!(
+            get_fields(&e(i), "k", &["--rev=6"]),
+            Some(("v3".into(), 6, 6, 1)),
             "m{i}"
         );
-        let (ok, out) = etcdctl(&e(i), &["get", "k", "--rev=3"]);
+        let (ok, out) = etcdctl(&e(i), &["get", "k", "--rev=4"]);
         assert!(ok && out == "k\nv2\n", "m{i}: {out}");
     }
-    let (ok, out) = etcdctl(&e(0), &["get", "k", "--rev=6"]);
+    let (ok, out) = etcdctl(&e(0), &["get", "k", "--rev=7"]);
     assert!(!ok, "{out}");
     assert_eq!(
         error_line(&out),
@@ -131,14 +137,14 @@ fn etcdctl_reads_past_revisions_compacts_and_then_refuses_reads_below_the_compac
     // Compaction through a follower is forwarded to the leader and reaches every member.
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
     let follower = (leader + 1) % 3;
-    let (ok, out) = etcdctl(&e(follower), &["compaction", "3"]);
+    let (ok, out) = etcdctl(&e(follower), &["compaction", "4"]);
     assert!(
-        ok && out.trim() == "compacted revision 3",
+        ok && out.trim() == "compacted revision 4",
         "{out}\n{}",
         cluster.log(follower)
     );
     for i in 0..3 {
-        let (ok, out) = etcdctl(&e(i), &["get", "k", "--rev=2"]);
+        let (ok, out) = etcdctl(&e(i), &["get", "k", "--rev=3"]);
         assert!(!ok, "m{i}: {out}");
         assert_eq!(
             error_line(&out),
@@ -147,24 +153,24 @@ fn etcdctl_reads_past_revisions_compacts_and_then_refuses_reads_below_the_compac
         );
         // At and above the compacted revision, history is intact.
         assert_eq!(
-            get_fields(&e(i), "k", &["--rev=3"]),
-            Some(("v2".into(), 1, 3, 2)),
+            get_fields(&e(i), "k", &["--rev=4"]),
+            Some(("v2".into(), 2, 4, 2)),
             "m{i}"
         );
         assert_eq!(
-            get_fields(&e(i), "other", &["--rev=3"]),
-            Some(("x".into(), 2, 2, 1)),
+            get_fields(&e(i), "other", &["--rev=4"]),
+            Some(("x".into(), 3, 3, 1)),
             "m{i}"
         );
-        assert_eq!(get_fields(&e(i), "k", &["--rev=4"]), None, "m{i}");
+        assert_eq!(get_fields(&e(i), "k", &["--rev=5"]), None, "m{i}");
     }
     for (revision, message) in [
         (
-            "3",
+            "4",
             "Error: etcdserver: mvcc: required revision has been compacted",
         ),
         (
-            "2",
+            "1",
             "Error: etcdserver: mvcc: required revision has been compacted",
         ),
         (
@@ -183,8 +189,8 @@ fn etcdctl_txn_reads_its_input_from_stdin_and_applies_one_branch_at_one_revision
     let cluster = ProcCluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
     let follower = cluster.endpoint((leader + 1) % 3);
-    put_ok(&follower, "k", "v"); // revision 1
-    put_ok(&follower, "j", "1"); // revision 2
+    put_ok(&follower, "k", "v"); // revision 2 (1 is the empty store, as in etcd)
+    put_ok(&follower, "j", "1"); // revision 3
 
     // Compares, blank line, success ops, blank line, failure ops, blank line.
     let (ok, out) = etcdctl_stdin(
@@ -195,28 +201,28 @@ fn etcdctl_txn_reads_its_input_from_stdin_and_applies_one_branch_at_one_revision
     assert!(ok, "{out}");
     assert_eq!(out, "SUCCESS\n\nOK\n\nOK\n\nk\nv2\n");
     // Both writes landed at one revision.
-    assert_eq!(get_fields(&follower, "k", &[]), Some(("v2".into(), 1, 3, 2)));
-    assert_eq!(get_fields(&follower, "j", &[]), Some(("2".into(), 2, 3, 2)));
+    assert_eq!(get_fields(&follower, "k", &[]), Some(("v2".into(), 2, 4, 2)));
+    assert_eq!(get_fields(&follower, "j", &[]), Some(("2".into(), 3, 4, 2)));
 
     // A compare that fails runs the failure branch.
     let (ok, out) = etcdctl_stdin(
         &follower,
         &["txn"],
-        "mod(\"k\") < \"3\"\n\nput k nope\n\ndel j\nput k v3\n\n",
+        "mod(\"k\") < \"4\"\n\nput k nope\n\ndel j\nput k v3\n\n",
     );
     assert!(ok, "{out}");
     assert_eq!(out, "FAILURE\n\n1\n\nOK\n");
-    assert_eq!(get_fields(&follower, "k", &[]), Some(("v3".into(), 1, 4, 3)));
+    assert_eq!(get_fields(&follower, "k", &[]), Some(("v3".into(), 2, 5, 3)));
     assert_eq!(get_fields(&follower, "j", &[]), None);
 
     // A txn that only reads does not bump the revision.
     let (ok, out) = etcdctl_stdin(
         &follower,
         &["txn", "-w", "fields"],
-        "create(\"k\") = \"1\"\n\nget k\n\n\n",
+        "create(\"k\") = \"2\"\n\nget k\n\n\n",
     );
     assert!(ok, "{out}");
-    assert_eq!(field(&out, "Revision").as_deref(), Some("4"), "{out}");
+    assert_eq!(field(&out, "Revision").as_deref(), Some("5"), "{out}");
     assert_eq!(field(&out, "Succeeded").as_deref(), Some("true"), "{out}");
     assert_eq!(field(&out, "Value").as_deref(), Some("v3"), "{out}");
 
@@ -293,7 +299,9 @@ async fn get_options_prev_kv_and_txns_work_through_etcdctl_and_the_etcd_client_c
         )
         .await
         .unwrap();
-    assert_eq!(sorted.kvs()[0].key(), b"p/b");
+    // p/a and p/b are both at version 2: as in etcd, ties stay in key order
+    // (etcd_compat checks this against etcd itself).
+    assert_eq!(sorted.kvs()[0].key(), b"p/a");
 
     // A compare over a range holds only if every key in it holds.
     let txn = |bound: i64| {
@@ -302,16 +310,16 @@ async fn get_options_prev_kv_and_txns_work_through_etcdctl_and_the_etcd_client_c
             .and_then([TxnOp::put("r", "yes", None)])
             .or_else([TxnOp::put("r", "no", None), TxnOp::get("p/a", None)])
     };
+    let response = client.txn(txn(4)).await.unwrap();
+    assert!(!response.succeeded(), "p/c was last modified at 4");
     let response = client.txn(txn(3)).await.unwrap();
-    assert!(!response.succeeded(), "p/c was last modified at 3");
-    let response = client.txn(txn(2)).await.unwrap();
     assert!(response.succeeded());
     let r = client.get("r", None).await.unwrap();
     assert_eq!((r.kvs()[0].value(), r.kvs()[0].version()), (&b"yes"[..], 2));
-    let compacted = client.compact(3, None).await.unwrap();
-    assert_eq!(compacted.header().map(|h| h.revision()), Some(8));
+    let compacted = client.compact(4, None).await.unwrap();
+    assert_eq!(compacted.header().map(|h| h.revision()), Some(9));
     let err = client
-        .get("p/a", Some(GetOptions::new().with_revision(2)))
+        .get("p/a", Some(GetOptions::new().with_revision(3)))
         .await
         .unwrap_err();
     assert!(
@@ -343,7 +351,8 @@ async fn a_follower_restored_from_a_snapshot_serves_the_same_history_and_compact
         .with_timeout(Duration::from_secs(3))
         .with_connect_timeout(Duration::from_secs(1));
     let mut client = Client::connect(&live, Some(options)).await.unwrap();
-    // Revision n holds h = v{n}; the compaction lands in the middle, so the snapshots
+    // Revision n + 1 holds h = v{n} (1 is the empty store, as in etcd); the compaction
+    // lands in the middle, so the snapshots
     // taken after it carry both the compacted revision and the history above it.
     for n in 1..=600 {
         client.put("h", format!("v{n}"), None).await.unwrap();
@@ -374,9 +383,12 @@ async fn a_follower_restored_from_a_snapshot_serves_the_same_history_and_compact
             > 0,
         "the follower came back through a snapshot from the leader"
     );
-    for revision in [300, 301, 777, 1200] {
+    for revision in [300, 301, 777, 1201] {
         let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", &format!("--rev={revision}")]);
-        assert!(ok && out == format!("h\nv{revision}\n"), "rev {revision}: {out}");
+        assert!(
+            ok && out == format!("h\nv{}\n", revision - 1),
+            "rev {revision}: {out}"
+        );
     }
     let (ok, out) = etcdctl(&e, &["get", "h", "--consistency=s", "--rev=299"]);
     assert!(!ok, "{out}");

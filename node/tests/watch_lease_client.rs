@@ -177,8 +177,8 @@ async fn watches_on_every_member_see_every_event_once_in_order_across_a_leader_k
         let revisions: Vec<i64> = sequence.iter().map(|s| s.0).collect();
         assert_eq!(
             revisions,
-            (1..=revision).collect::<Vec<_>>(),
-            "watcher preferring m{i}: every revision once, in order"
+            (2..=revision).collect::<Vec<_>>(),
+            "watcher preferring m{i}: every revision once, in order (1 is the empty store)"
         );
         for value in &acknowledged {
             let times = sequence.iter().filter(|s| s.3 && &s.2 == value).count();
@@ -345,9 +345,9 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
     let follower = cluster.endpoint((leader + 1) % 3);
     let mut c = client(std::slice::from_ref(&follower)).await;
     for i in 1..=10 {
-        c.put("k", format!("{i}"), None).await.unwrap();
+        c.put("k", format!("{i}"), None).await.unwrap(); // at revision i + 1
     }
-    c.compact(5, None).await.unwrap();
+    c.compact(6, None).await.unwrap();
     let mut s = stream_client(&follower).await.unwrap();
     let mut stream = s
         .watch("k", Some(WatchOptions::new().with_start_revision(2)))
@@ -363,7 +363,7 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
             canceled.canceled(),
             canceled.compact_revision()
         ),
-        (id, true, 5)
+        (id, true, 6)
     );
     // On the same stream: from the compacted revision on, everything; a duplicate id is
     // refused; a progress request reports the revision once events up to it were sent.
@@ -372,7 +372,7 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
             "k",
             Some(
                 WatchOptions::new()
-                    .with_start_revision(5)
+                    .with_start_revision(6)
                     .with_watch_id(7)
                     .with_prev_key(),
             ),
@@ -417,7 +417,7 @@ async fn a_compacted_start_revision_gets_the_compact_revision_and_lease_requests
             "mvcc: duplicate watch ID provided on the WatchStream".to_string()
         ))
     );
-    assert_eq!(progress, Some(10));
+    assert_eq!(progress, Some(11));
 
     // Leases: a chosen id, a duplicate, a TTL too large, a put naming no lease.
     let granted = c
@@ -561,7 +561,11 @@ async fn a_watch_on_a_member_caught_up_by_a_snapshot_reports_the_same_events_in_
         .unwrap();
     let stalled = stalled_seen.lock().unwrap().clone();
     let distinct: std::collections::BTreeSet<i64> = sequences[0].iter().map(|s| s.0).collect();
-    assert_eq!(distinct, (1..=revision).collect(), "every revision, none skipped");
+    assert_eq!(
+        distinct,
+        (2..=revision).collect(),
+        "every revision (1 is the empty store), none skipped"
+    );
     for (i, sequence) in sequences.iter().enumerate() {
         assert_eq!(sequence, &stalled, "m{i} and the stalled watcher agree");
     }
@@ -617,9 +621,10 @@ async fn a_watcher_that_does_not_read_falls_behind_in_the_history_and_is_cancele
         }
     };
     assert!(compacted_past_start, "auto-compaction did not run");
-    // Now read: events in order from revision 1 without a gap, then the cancel with
-    // the compact revision, beyond the last event delivered.
-    let mut next = 1;
+    // Now read: events in order from revision 2 (the first write; 1 is the empty
+    // store, as in etcd) without a gap, then the cancel with the compact revision,
+    // beyond the last event delivered.
+    let mut next = 2;
     let mut canceled = None;
     for _ in 0..10_000 {
         let r = tokio::time::timeout(Duration::from_secs(20), stream.message())
@@ -641,5 +646,6 @@ async fn a_watcher_that_does_not_read_falls_behind_in_the_history_and_is_cancele
         compact_revision > next,
         "compacted at {compact_revision}, the watcher needed {next}"
     );
-    assert!(next <= written, "the watcher did not receive everything");
+    // The writes made revisions 2..=written + 1.
+    assert!(next <= written + 1, "the watcher did not receive everything");
 }

@@ -111,7 +111,8 @@ fn etcdctl_watch_prints_history_live_events_prev_kv_prefixes_and_the_compaction_
     settle(&cluster);
     let e = |i: usize| cluster.endpoint(i);
     let follower = (leader + 1) % 3;
-    // Revisions: k=v1 @1, k/a=x @2, k=v2 @3, del k @4, other=y @5.
+    // Revisions (1 is the empty store, as in etcd): k=v1 @2, k/a=x @3, k=v2 @4,
+    // del k @5, other=y @6.
     put_ok(&e(0), &["k", "v1"]);
     put_ok(&e(1), &["k/a", "x"]);
     put_ok(&e(2), &["k", "v2"]);
@@ -129,7 +130,7 @@ fn etcdctl_watch_prints_history_live_events_prev_kv_prefixes_and_the_compaction_
     let watch = Watch::start(&e(follower), &["k", "--prefix", "--rev=1"]);
     let expected = "PUT\nk\nv1\nPUT\nk/a\nx\nPUT\nk\nv2\nDELETE\nk\n\n";
     assert_eq!(watch.wait_for(expected), expected);
-    let prev = Watch::start(&e(follower), &["k", "--rev=2", "--prev-kv"]);
+    let prev = Watch::start(&e(follower), &["k", "--rev=3", "--prev-kv"]);
     let expected = "PUT\nk\nv1\nk\nv2\nDELETE\nk\nv2\nk\n\n";
     assert_eq!(prev.wait_for(expected), expected);
 
@@ -143,9 +144,9 @@ fn etcdctl_watch_prints_history_live_events_prev_kv_prefixes_and_the_compaction_
     drop((watch, prev));
 
     // A start revision below the compaction: etcd's cancel, and etcdctl gives up.
-    let (ok, out) = etcdctl(&e(0), &["compaction", "4"]);
+    let (ok, out) = etcdctl(&e(0), &["compaction", "5"]);
     assert!(ok, "{out}");
-    let mut compacted = Watch::start(&e(follower), &["k", "--rev=2"]);
+    let mut compacted = Watch::start(&e(follower), &["k", "--rev=3"]);
     let expected = "watch was canceled (etcdserver: mvcc: required revision has been compacted)\n";
     let out = compacted.wait_for(expected);
     assert!(out.starts_with(expected), "{out}");
@@ -154,7 +155,7 @@ fn etcdctl_watch_prints_history_live_events_prev_kv_prefixes_and_the_compaction_
         "etcdctl keeps waiting after the cancel: {out}"
     );
     // From the compacted revision itself, the delete there is still reported.
-    let from = Watch::start(&e(follower), &["k", "--rev=4"]);
+    let from = Watch::start(&e(follower), &["k", "--rev=5"]);
     let expected = "DELETE\nk\n\nPUT\nk\nv3\n";
     assert_eq!(from.wait_for(expected), expected);
 }

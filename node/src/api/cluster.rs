@@ -160,11 +160,12 @@ impl ClusterService {
         ClusterServer::new(self)
     }
 
+    /// As etcd's Cluster service: cluster ID, member ID and term, no revision.
     fn header(&self) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
-            revision: self.node.read_local().revision(),
+            revision: 0,
             raft_term: self.node.status().borrow().term,
         })
     }
@@ -320,7 +321,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         check_urls(&request.get_ref().peer_ur_ls).map_err(|_| bad_urls())?;
         if let Some(mut leader) = self.leader_client(&request).await? {
-            return leader.member_add(self.forwarded(request.into_inner())).await;
+            // As etcd: the header names the member the client asked.
+            return leader
+                .member_add(self.forwarded(request.into_inner()))
+                .await
+                .map(|mut response| {
+                    response.get_mut().header = self.header();
+                    response
+                });
         }
         let r = request.into_inner();
         let _one_at_a_time = self.changes.lock().await;
@@ -370,7 +378,14 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         if let Some(mut leader) = self.leader_client(&request).await? {
-            return leader.member_remove(self.forwarded(request.into_inner())).await;
+            // As etcd: the header names the member the client asked.
+            return leader
+                .member_remove(self.forwarded(request.into_inner()))
+                .await
+                .map(|mut response| {
+                    response.get_mut().header = self.header();
+                    response
+                });
         }
         let id = request.into_inner().id;
         let _one_at_a_time = self.changes.lock().await;
@@ -393,7 +408,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         check_urls(&request.get_ref().peer_ur_ls).map_err(|_| bad_urls())?;
         if let Some(mut leader) = self.leader_client(&request).await? {
-            return leader.member_update(self.forwarded(request.into_inner())).await;
+            // As etcd: the header names the member the client asked.
+            return leader
+                .member_update(self.forwarded(request.into_inner()))
+                .await
+                .map(|mut response| {
+                    response.get_mut().header = self.header();
+                    response
+                });
         }
         let r = request.into_inner();
         let _one_at_a_time = self.changes.lock().await;
@@ -428,7 +450,14 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         if let Some(mut leader) = self.leader_client(&request).await? {
-            return leader.member_promote(self.forwarded(request.into_inner())).await;
+            // As etcd: the header names the member the client asked.
+            return leader
+                .member_promote(self.forwarded(request.into_inner()))
+                .await
+                .map(|mut response| {
+                    response.get_mut().header = self.header();
+                    response
+                });
         }
         let id = request.into_inner().id;
         let _one_at_a_time = self.changes.lock().await;

@@ -296,10 +296,12 @@ impl LeaseService {
                     .lease_keep_alive(tokio_stream::once(pb::LeaseKeepAliveRequest { id }))
                     .await?
                     .into_inner();
-                answers
+                let mut answer = answers
                     .message()
                     .await?
-                    .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))
+                    .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))?;
+                self.kv.restamp(&mut answer.header);
+                Ok(answer)
             }
         }
     }
@@ -349,7 +351,10 @@ impl Lease for LeaseService {
                 Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                    return leader.lease_grant(r).await;
+                    return leader.lease_grant(r).await.map(|mut response| {
+                        self.kv.restamp(&mut response.get_mut().header);
+                        response
+                    });
                 }
                 Err(e) => return Err(to_status(e)),
             }
@@ -370,7 +375,10 @@ impl Lease for LeaseService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                leader.lease_revoke(r).await
+                leader.lease_revoke(r).await.map(|mut response| {
+                    self.kv.restamp(&mut response.get_mut().header);
+                    response
+                })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -414,7 +422,10 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
         if let Some(mut leader) = self.leader()? {
-            return leader.lease_time_to_live(r).await;
+            return leader.lease_time_to_live(r).await.map(|mut response| {
+                self.kv.restamp(&mut response.get_mut().header);
+                response
+            });
         }
         let (store, lease) = self.lookup(r.id).await?;
         let Some(lease) = lease else {

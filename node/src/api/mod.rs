@@ -16,8 +16,13 @@
 //! are served from what this member has applied. Watches are served by the member
 //! the client is connected to, from its applied history (the same on every member);
 //! lease keepalives and TimeToLive need the leader's clock and are forwarded to it.
-//! Errors carry etcd's gRPC codes and messages, so clients retry and fail the same
-//! way as against etcd.
+//! A forwarded answer is restamped with this member's header, as etcd answers (the
+//! member the client asked, its term). Errors carry etcd's gRPC codes and messages,
+//! so clients retry and fail the same way as against etcd.
+//!
+//! Compatibility is decided by comparison: `tests/etcd_compat.rs` runs the same
+//! etcdctl commands and etcd-client calls against kuberaft and a real etcd 3.4
+//! cluster and fails on any difference not listed there with its reason.
 //!
 //! Layout: this file holds the KV service and what the services share (headers,
 //! forwarding, error mapping); `watch.rs` and `lease.rs` the Watch and Lease
@@ -83,6 +88,21 @@ impl KvService {
             revision,
             raft_term: self.node.status().borrow().term,
         })
+    }
+
+    /// A forwarded answer as etcd gives it: the header names the member the client
+    /// talked to (its member ID and raft term), never the leader that served it; the
+    /// revision is kept (etcd fills it from the local store only when it is 0).
+    pub(crate) fn restamp(&self, header: &mut Option<pb::ResponseHeader>) {
+        let local = self.header(0).expect("always a header");
+        match header {
+            Some(h) => {
+                h.cluster_id = local.cluster_id;
+                h.member_id = local.member_id;
+                h.raft_term = local.raft_term;
+            }
+            None => *header = Some(local),
+        }
     }
 
     /// A client for the leader, to forward a write to.
@@ -202,7 +222,10 @@ impl Kv for KvService {
                 Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = self.leader_client(leader_hint).await?;
-                    leader.put(r).await
+                    leader.put(r).await.map(|mut response| {
+                        self.restamp(&mut response.get_mut().header);
+                        response
+                    })
                 }
                 Err(e) => Err(to_status(e)),
             };
@@ -222,7 +245,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.put(r).await
+                leader.put(r).await.map(|mut response| {
+                    self.restamp(&mut response.get_mut().header);
+                    response
+                })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -255,7 +281,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.delete_range(r).await
+                leader.delete_range(r).await.map(|mut response| {
+                    self.restamp(&mut response.get_mut().header);
+                    response
+                })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -276,7 +305,10 @@ impl Kv for KvService {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.txn(r).await
+                leader.txn(r).await.map(|mut response| {
+                    self.restamp(&mut response.get_mut().header);
+                    response
+                })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -299,7 +331,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.compact(r).await
+                leader.compact(r).await.map(|mut response| {
+                    self.restamp(&mut response.get_mut().header);
+                    response
+                })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -330,38 +365,62 @@ impl KvService {
         }
     }
 
+    /// The outer response carries the full header; as in etcd, the responses of the
+    /// operations inside carry only the revision.
     fn txn_response_pb(&self, revision: i64, succeeded: bool, responses: Vec<OpResult>) -> pb::TxnResponse {
-        use pb::response_op::Response as Op;
-        let responses = responses
-            .into_iter()
-            .map(|response| {
-                let response = match response {
-                    OpResult::Range(result) => Op::ResponseRange(self.range_response(result)),
-                    OpResult::Put { prev } => Op::ResponsePut(pb::PutResponse {
-                        header: self.header(revision),
-                        prev_kv: prev.as_ref().map(kv_to_pb),
-                    }),
-                    OpResult::DeleteRange { deleted, prev } => {
-                        Op::ResponseDeleteRange(pb::DeleteRangeResponse {
-                            header: self.header(revision),
-                            deleted,
-                            prev_kvs: prev.iter().map(kv_to_pb).collect(),
-                        })
-                    }
-                    OpResult::Txn { succeeded, responses } => {
-                        Op::ResponseTxn(self.txn_response_pb(revision, succeeded, responses))
-                    }
-                };
-                pb::ResponseOp {
-                    response: Some(response),
-                }
-            })
-            .collect();
         pb::TxnResponse {
             header: self.header(revision),
-            succeeded,
-            responses,
+            ..txn_ops_pb(revision, succeeded, responses)
         }
+    }
+}
+
+/// The header of an operation's response inside a txn: the revision only, as etcd's.
+fn inner_header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        revision,
+        ..pb::ResponseHeader::default()
+    })
+}
+
+fn txn_ops_pb(revision: i64, succeeded: bool, responses: Vec<OpResult>) -> pb::TxnResponse {
+    use pb::response_op::Response as Op;
+    let responses = responses
+        .into_iter()
+        .map(|response| {
+            let response = match response {
+                OpResult::Range(result) => Op::ResponseRange(pb::RangeResponse {
+                    header: inner_header(result.revision),
+                    kvs: result.kvs.iter().map(kv_to_pb).collect(),
+                    more: result.more,
+                    count: result.count,
+                }),
+                OpResult::Put { prev } => Op::ResponsePut(pb::PutResponse {
+                    header: inner_header(revision),
+                    prev_kv: prev.as_ref().map(kv_to_pb),
+                }),
+                OpResult::DeleteRange { deleted, prev } => Op::ResponseDeleteRange(pb::DeleteRangeResponse {
+                    header: inner_header(revision),
+                    deleted,
+                    prev_kvs: prev.iter().map(kv_to_pb).collect(),
+                }),
+                OpResult::Txn { succeeded, responses } => {
+                    // etcd leaves a nested txn's header empty (revision 0).
+                    Op::ResponseTxn(pb::TxnResponse {
+                        header: Some(pb::ResponseHeader::default()),
+                        ..txn_ops_pb(revision, succeeded, responses)
+                    })
+                }
+            };
+            pb::ResponseOp {
+                response: Some(response),
+            }
+        })
+        .collect();
+    pb::TxnResponse {
+        header: inner_header(revision),
+        succeeded,
+        responses,
     }
 }
 
@@ -371,7 +430,9 @@ pub(crate) fn kv_status(error: KvError) -> Status {
         KvError::DuplicateKey | KvError::TooManyOps | KvError::TooDeep => {
             Status::invalid_argument(error.to_string())
         }
-        KvError::KeyNotFound | KvError::LeaseNotFound => Status::not_found(error.to_string()),
+        // etcd's ErrGRPCKeyNotFound is InvalidArgument; its lease-not-found is NotFound.
+        KvError::KeyNotFound => Status::invalid_argument(error.to_string()),
+        KvError::LeaseNotFound => Status::not_found(error.to_string()),
         KvError::LeaseExists => Status::failed_precondition(error.to_string()),
         KvError::LeaseTtlTooLarge => Status::out_of_range(error.to_string()),
         KvError::TooManyLeases => Status::resource_exhausted(error.to_string()),

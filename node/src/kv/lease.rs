@@ -244,13 +244,13 @@ mod tests {
         assert_eq!(
             s.run(KvCommand::LeaseGrant { id: 7, ttl: 10 }),
             KvResult::LeaseGrant {
-                revision: 0,
+                revision: 1,
                 id: 7,
                 ttl: 10
             },
             "a grant does not bump the revision"
         );
-        let failed = |error| KvResult::Failed { revision: 0, error };
+        let failed = |error| KvResult::Failed { revision: 1, error };
         assert_eq!(
             s.run(KvCommand::LeaseGrant { id: 7, ttl: 10 }),
             failed(KvError::LeaseExists)
@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(
             s.put("a", 3),
             KvResult::Failed {
-                revision: 0,
+                revision: 1,
                 error: KvError::LeaseNotFound
             },
             "a put naming an unknown lease changes nothing"

@@ -344,14 +344,17 @@ fn version_at(history: &History, revision: i64) -> Option<&KeyValue> {
 }
 
 /// The state machine. Cheap to clone (structural sharing).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KvStore {
     keys: OrdMap<Bytes, History>,
     /// Keys alive at the current revision.
     live: usize,
-    /// The store's revision: bumped by every write that changed something.
+    /// The store's revision: bumped by every write that changed something. As in
+    /// etcd, an empty store is at revision 1 and the first write makes revision 2.
     revision: i64,
-    /// Reads below this revision are refused; history below it is gone.
+    /// Reads below this revision are refused; history below it is gone. As etcd's
+    /// `compactMainRev`, -1 until the first compaction (so compacting at 0 or 1 on a
+    /// new store succeeds once, as it does against etcd).
     compacted: i64,
     /// The last log index applied.
     applied: Index,
@@ -363,6 +366,27 @@ pub struct KvStore {
     /// The log index that last granted or revoked a lease (or of the snapshot the
     /// store was read from), so the leader's lessor rescans only when it moved.
     leases_changed_at: Index,
+}
+
+/// The revision of a store that has seen no write (etcd's first revision).
+pub const INITIAL_REVISION: i64 = 1;
+
+/// The compacted revision of a store that was never compacted (etcd's `compactMainRev`).
+pub const NEVER_COMPACTED: i64 = -1;
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore {
+            keys: OrdMap::new(),
+            live: 0,
+            revision: INITIAL_REVISION,
+            compacted: NEVER_COMPACTED,
+            applied: 0,
+            changes: OrdMap::new(),
+            leases: lease::Leases::new(),
+            leases_changed_at: 0,
+        }
+    }
 }
 
 /// How a range read orders its answer.
@@ -636,17 +660,20 @@ impl KvStore {
             (order, _) => order,
         };
         let limit = q.limit.max(0) as usize;
-        // Sorting and filtering need every key first; the limit applies after.
-        let direct_limit = if filtered || order != SortOrder::None {
-            0
+        // As etcd 3.4: with filters or an explicit order every key is read first; else
+        // one key more than the limit (in key order, then sorted if a target was
+        // given), which is what tells `more`. `count` is the number of keys in the
+        // range, before filters and limit; `more` says the limit cut the answer.
+        let fetch = if filtered || q.sort_order != SortOrder::None || limit == 0 {
+            usize::MAX
         } else {
-            limit
+            limit + 1
         };
         let mut kvs = Vec::new();
         let mut count = 0i64;
         for kv in self.scan_at(&q.key, &q.range_end, at) {
             count += 1;
-            if (q.count_only && !filtered) || (direct_limit > 0 && kvs.len() >= direct_limit) {
+            if q.count_only || kvs.len() >= fetch {
                 continue;
             }
             let mut kv = kv.clone();
@@ -662,27 +689,28 @@ impl KvStore {
                     && (q.min_create_revision == 0 || kv.create_revision >= q.min_create_revision)
                     && (q.max_create_revision == 0 || kv.create_revision <= q.max_create_revision)
             });
-            count = kvs.len() as i64;
         }
         if order != SortOrder::None {
-            kvs.sort_by(|a, b| match q.sort_target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version).then(a.key.cmp(&b.key)),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision).then(a.key.cmp(&b.key)),
-                SortTarget::Value => a.value.cmp(&b.value).then(a.key.cmp(&b.key)),
+            // Keys that tie on the target stay in key order, in either direction (what
+            // etcd's sort of the key-ordered range gives).
+            kvs.sort_by(|a, b| {
+                let by_target = match q.sort_target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                };
+                let by_target = if order == SortOrder::Descend {
+                    by_target.reverse()
+                } else {
+                    by_target
+                };
+                by_target.then(a.key.cmp(&b.key))
             });
-            if order == SortOrder::Descend {
-                kvs.reverse();
-            }
         }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
-        }
-        if q.count_only {
-            kvs.clear();
-        }
-        let more = !q.count_only && limit > 0 && count > kvs.len() as i64;
+        let more = limit > 0 && kvs.len() > limit;
+        kvs.truncate(if limit > 0 { limit } else { usize::MAX });
         RangeResult {
             kvs,
             count,
@@ -796,7 +824,7 @@ impl KvStore {
         let compacted = h.get_i64_le();
         let applied = h.get_u64_le();
         let count = h.get_u64_le();
-        if compacted < 0 || compacted > revision {
+        if revision < INITIAL_REVISION || compacted < NEVER_COMPACTED || compacted > revision {
             return Err(bad("compacted revision out of order"));
         }
         let read_field = |input: &mut dyn Read| -> Result<Bytes, CodecError> {
@@ -892,18 +920,19 @@ mod tests {
     #[test]
     fn puts_bump_the_revision_and_track_versions_like_etcd() {
         let mut store = KvStore::default();
-        assert_eq!(store.apply(1, &put("a", "1")).revision(), 1);
-        assert_eq!(store.apply(2, &put("b", "1")).revision(), 2);
+        assert_eq!(store.revision(), 1, "an empty store is at revision 1, as etcd's");
+        assert_eq!(store.apply(1, &put("a", "1")).revision(), 2);
+        assert_eq!(store.apply(2, &put("b", "1")).revision(), 3);
         let result = store.apply(3, &put("a", "2"));
         match result {
             KvResult::Put {
-                revision: 3,
+                revision: 4,
                 prev: Some(prev),
             } => assert_eq!(prev.value, Bytes::from("1")),
             other => panic!("{other:?}"),
         }
         let a = &store.range(b"a", b"", 0, false, false).kvs[0];
-        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 4, 2));
     }
 
     #[test]
@@ -942,7 +971,7 @@ mod tests {
         assert_eq!(
             nothing,
             KvResult::DeleteRange {
-                revision: 2,
+                revision: 3,
                 deleted: 0,
                 prev: vec![]
             }
@@ -955,12 +984,12 @@ mod tests {
                 prev_kv: false,
             },
         );
-        assert_eq!(both.revision(), 3);
+        assert_eq!(both.revision(), 4);
         assert!(store.is_empty());
         // A re-created key starts a new life.
         store.apply(5, &put("a", "x"));
         let a = &store.range(b"a", b"", 0, false, false).kvs[0];
-        assert_eq!((a.create_revision, a.version), (4, 1));
+        assert_eq!((a.create_revision, a.version), (5, 1));
     }
 
     #[test]
@@ -1000,7 +1029,7 @@ mod tests {
         let mut buf = Vec::new();
         frozen.write_snapshot(&mut buf).unwrap();
         let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
-        assert_eq!(restored.revision(), 100);
+        assert_eq!(restored.revision(), 101);
         assert_eq!(restored.applied(), 100);
         assert_eq!(
             restored.range(b"key000", b"", 0, false, false).kvs[0].value,
@@ -1027,7 +1056,8 @@ mod tests {
         store.query(&query).map(|r| r.kvs.into_iter().next())
     }
 
-    /// a@1 "1", b@2, a@3 "2", delete a@4, a@5 "3" (a new life), delete b@6.
+    /// a@2 "1", b@3, a@4 "2", delete a@5, a@6 "3" (a new life), delete b@7 (an empty
+    /// store is at revision 1, as etcd's).
     fn store_with_history() -> KvStore {
         let mut store = KvStore::default();
         for (i, command) in [
@@ -1043,7 +1073,7 @@ mod tests {
         {
             store.apply(i as Index + 1, command);
         }
-        assert_eq!(store.revision(), 6);
+        assert_eq!(store.revision(), 7);
         store
     }
 
@@ -1055,26 +1085,27 @@ mod tests {
                 .unwrap()
                 .map(|kv| (kv.value, kv.create_revision, kv.version))
         };
-        assert_eq!(a(1), Some((Bytes::from("1"), 1, 1)));
-        assert_eq!(a(2), Some((Bytes::from("1"), 1, 1)));
-        assert_eq!(a(3), Some((Bytes::from("2"), 1, 2)));
-        assert_eq!(a(4), None, "deleted keys are absent");
-        assert_eq!(a(5), Some((Bytes::from("3"), 5, 1)));
-        assert_eq!(a(0), a(6));
-        assert!(at(&store, "b", 5).unwrap().is_some());
-        assert!(at(&store, "b", 6).unwrap().is_none());
-        let all_at_3 = store
+        assert_eq!(a(1), None, "revision 1 (the empty store) is readable");
+        assert_eq!(a(2), Some((Bytes::from("1"), 2, 1)));
+        assert_eq!(a(3), Some((Bytes::from("1"), 2, 1)));
+        assert_eq!(a(4), Some((Bytes::from("2"), 2, 2)));
+        assert_eq!(a(5), None, "deleted keys are absent");
+        assert_eq!(a(6), Some((Bytes::from("3"), 6, 1)));
+        assert_eq!(a(0), a(7));
+        assert!(at(&store, "b", 6).unwrap().is_some());
+        assert!(at(&store, "b", 7).unwrap().is_none());
+        let all_at_4 = store
             .query(&RangeQuery {
-                revision: 3,
+                revision: 4,
                 ..RangeQuery::new("a", vec![0])
             })
             .unwrap();
         assert_eq!(
-            (all_at_3.count, all_at_3.revision),
-            (2, 6),
+            (all_at_4.count, all_at_4.revision),
+            (2, 7),
             "the header carries the current revision"
         );
-        assert_eq!(at(&store, "a", 7), Err(KvError::FutureRevision));
+        assert_eq!(at(&store, "a", 8), Err(KvError::FutureRevision));
         assert_eq!(store.len(), 1);
     }
 
@@ -1082,60 +1113,99 @@ mod tests {
     fn compaction_keeps_what_reads_at_or_above_it_need_and_refuses_reads_below() {
         let mut store = store_with_history();
         let versions_before = store.versions();
-        let later: Vec<_> = (3..=6)
+        let later: Vec<_> = (4..=7)
             .map(|r| (at(&store, "a", r), at(&store, "b", r)))
             .collect();
-        store.apply(7, &KvCommand::Compact { revision: 3 });
-        assert_eq!(store.compacted(), 3);
+        store.apply(7, &KvCommand::Compact { revision: 4 });
+        assert_eq!(store.compacted(), 4);
         assert!(store.versions() < versions_before);
-        let after: Vec<_> = (3..=6)
+        let after: Vec<_> = (4..=7)
             .map(|r| (at(&store, "a", r), at(&store, "b", r)))
             .collect();
         assert_eq!(later, after);
-        assert_eq!(at(&store, "a", 2), Err(KvError::Compacted));
+        assert_eq!(at(&store, "a", 3), Err(KvError::Compacted));
         assert_eq!(
             KvError::Compacted.to_string(),
             "etcdserver: mvcc: required revision has been compacted"
         );
         // Compacting again at or below, or beyond the present, is refused.
         for (i, (revision, error)) in [
-            (3, KvError::Compacted),
+            (4, KvError::Compacted),
             (1, KvError::Compacted),
-            (7, KvError::FutureRevision),
+            (0, KvError::Compacted),
+            (8, KvError::FutureRevision),
         ]
         .into_iter()
         .enumerate()
         {
             assert_eq!(
                 store.apply(8 + i as Index, &KvCommand::Compact { revision }),
-                KvResult::Failed { revision: 6, error }
+                KvResult::Failed { revision: 7, error }
             );
         }
         // Compacting at the present drops every old version and every tombstone but
         // the one at the compaction revision itself (b's, which a watch from revision
-        // 6 must still report).
+        // 7 must still report).
         assert_eq!(
-            store.apply(20, &KvCommand::Compact { revision: 6 }),
-            KvResult::Compact { revision: 6 }
+            store.apply(20, &KvCommand::Compact { revision: 7 }),
+            KvResult::Compact { revision: 7 }
         );
         assert_eq!(store.versions(), 2);
-        assert_eq!(at(&store, "b", 6), Ok(None));
-        assert_eq!(at(&store, "a", 6).unwrap().unwrap().value, Bytes::from("3"));
-        assert_eq!(at(&store, "a", 5), Err(KvError::Compacted));
+        assert_eq!(at(&store, "b", 7), Ok(None));
+        assert_eq!(at(&store, "a", 7).unwrap().unwrap().value, Bytes::from("3"));
+        assert_eq!(at(&store, "a", 6), Err(KvError::Compacted));
+    }
+
+    #[test]
+    fn a_new_store_compacts_at_zero_or_one_once_as_etcd_does() {
+        // etcd's compactMainRev starts at -1: compacting a new store at 0 succeeds,
+        // then at 0 again is refused as compacted, at 1 succeeds, at 2 is a future
+        // revision.
+        let mut store = KvStore::default();
+        assert_eq!(store.compacted(), -1);
+        assert_eq!(
+            store.apply(1, &KvCommand::Compact { revision: 0 }),
+            KvResult::Compact { revision: 1 }
+        );
+        assert_eq!(
+            store.apply(2, &KvCommand::Compact { revision: 0 }),
+            KvResult::Failed {
+                revision: 1,
+                error: KvError::Compacted
+            }
+        );
+        assert_eq!(
+            store.apply(3, &KvCommand::Compact { revision: 2 }),
+            KvResult::Failed {
+                revision: 1,
+                error: KvError::FutureRevision
+            }
+        );
+        assert_eq!(
+            store.apply(4, &KvCommand::Compact { revision: 1 }),
+            KvResult::Compact { revision: 1 }
+        );
+        assert_eq!(store.compacted(), 1);
+        assert_eq!(
+            at(&store, "a", 1),
+            Ok(None),
+            "the compacted revision itself stays readable"
+        );
     }
 
     #[test]
     fn a_clone_taken_before_a_compaction_keeps_its_history() {
         let mut store = store_with_history();
         let frozen = store.clone();
-        store.apply(7, &KvCommand::Compact { revision: 5 });
-        assert_eq!(at(&frozen, "a", 1).unwrap().unwrap().value, Bytes::from("1"));
+        store.apply(7, &KvCommand::Compact { revision: 6 });
+        assert_eq!(at(&frozen, "a", 2).unwrap().unwrap().value, Bytes::from("1"));
+        assert_eq!(at(&store, "a", 2), Err(KvError::Compacted));
     }
 
     #[test]
     fn a_snapshot_carries_the_history_and_the_compacted_revision() {
         let mut store = store_with_history();
-        store.apply(7, &KvCommand::Compact { revision: 3 });
+        store.apply(7, &KvCommand::Compact { revision: 4 });
         let mut buf = Vec::new();
         store.write_snapshot(&mut buf).unwrap();
         let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
@@ -1146,14 +1216,19 @@ mod tests {
                 restored.applied(),
                 restored.len()
             ),
-            (6, 3, 7, 1)
+            (7, 4, 7, 1)
         );
         assert_eq!(restored.versions(), store.versions());
-        for revision in 3..=6 {
+        for revision in 4..=7 {
             assert_eq!(at(&restored, "a", revision), at(&store, "a", revision));
             assert_eq!(at(&restored, "b", revision), at(&store, "b", revision));
         }
-        assert_eq!(at(&restored, "a", 2), Err(KvError::Compacted));
+        assert_eq!(at(&restored, "a", 3), Err(KvError::Compacted));
+        // A new store round-trips at revision 1, never compacted.
+        let mut empty = Vec::new();
+        KvStore::default().write_snapshot(&mut empty).unwrap();
+        let restored = KvStore::read_snapshot(&mut empty.as_slice()).unwrap();
+        assert_eq!((restored.revision(), restored.compacted()), (1, -1));
         // Cut anywhere, the snapshot is refused rather than half-read.
         for cut in [5, 20, buf.len() - 1] {
             assert!(KvStore::read_snapshot(&mut &buf[..cut]).is_err());
@@ -1219,11 +1294,34 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_tie_on_the_sort_target_stay_in_key_order_in_either_direction() {
+        let mut store = KvStore::default();
+        for (i, key) in ["b", "a", "c", "a"].iter().enumerate() {
+            store.apply(i as Index + 1, &put(key, "v"));
+        }
+        let sorted = |order| {
+            let query = RangeQuery {
+                sort_target: SortTarget::Version,
+                sort_order: order,
+                ..RangeQuery::new("a", vec![0])
+            };
+            let kvs = store.query(&query).unwrap().kvs;
+            kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(SortOrder::Descend), vec![b("a"), b("b"), b("c")]);
+        assert_eq!(sorted(SortOrder::Ascend), vec![b("b"), b("c"), b("a")]);
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
     fn a_sort_target_without_an_order_sorts_ascending_and_filters_apply_at_past_revisions() {
         let store = store_with_history();
         let query = RangeQuery {
             sort_target: SortTarget::Mod,
-            revision: 3,
+            revision: 4,
             ..RangeQuery::new("a", vec![0])
         };
         let keys: Vec<_> = store
@@ -1235,10 +1333,15 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![Bytes::from("b"), Bytes::from("a")]);
         let filtered = RangeQuery {
-            min_mod_revision: 3,
+            min_mod_revision: 4,
             ..query
         };
-        assert_eq!(store.query(&filtered).unwrap().count, 1);
+        let result = store.query(&filtered).unwrap();
+        assert_eq!(
+            (result.kvs.len(), result.count),
+            (1, 2),
+            "as in etcd, the count is of the range before the filters"
+        );
     }
 
     /// The store against a model that keeps a full copy of the key space per revision:
@@ -1253,7 +1356,8 @@ mod tests {
         for seed in 0..20u64 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut store = KvStore::default();
-            let mut model: Vec<BTreeMap<Bytes, KeyValue>> = vec![BTreeMap::new()];
+            // model[r] is the key space at revision r; revisions 0 and 1 are empty.
+            let mut model: Vec<BTreeMap<Bytes, KeyValue>> = vec![BTreeMap::new(); 2];
             let key = |rng: &mut rand_chacha::ChaCha8Rng| Bytes::from(format!("k{}", rng.gen_range(0..8)));
             for index in 1..=300 {
                 let revision = store.revision() + 1;

@@ -613,7 +613,8 @@ mod tests {
     }
 
     impl Store {
-        /// k1 = "v1" (rev 1), k2 = "v2" (rev 2), k1 = "v1b" (rev 3).
+        /// k1 = "v1" (rev 2), k2 = "v2" (rev 3), k1 = "v1b" (rev 4); revision 1 is the
+        /// empty store, as in etcd.
         fn new() -> Store {
             let mut store = Store {
                 kv: KvStore::default(),
@@ -664,16 +665,18 @@ mod tests {
         use CompareResult::*;
         use CompareTarget::*;
         let mut s = Store::new();
-        // k1: version 2, create 1, mod 3, value "v1b", lease 0.
+        // k1: version 2, create 2, mod 4, value "v1b", lease 0.
         for (compare, expected) in [
             (cmp("k1", Equal, Version(2)), true),
             (cmp("k1", Greater, Version(1)), true),
             (cmp("k1", Less, Version(2)), false),
             (cmp("k1", NotEqual, Version(2)), false),
-            (cmp("k1", Equal, Create(1)), true),
-            (cmp("k1", Greater, Create(1)), false),
-            (cmp("k1", Equal, Mod(3)), true),
-            (cmp("k1", Less, Mod(4)), true),
+            (cmp("k1", Equal, Create(2)), true),
+            (cmp("k1", Greater, Create(2)), false),
+            (cmp("k1", Greater, Create(1)), true),
+            (cmp("k1", Equal, Mod(4)), true),
+            (cmp("k1", Less, Mod(5)), true),
+            (cmp("k1", Less, Mod(4)), false),
             (cmp("k1", Equal, Value(b("v1b"))), true),
             (cmp("k1", Greater, Value(b("v1a"))), true),
             (cmp("k1", Less, Value(b("v1a"))), false),
@@ -688,7 +691,7 @@ mod tests {
         ] {
             assert_eq!(s.holds(compare.clone()), expected, "{compare:?}");
         }
-        assert_eq!(s.kv.revision(), 3, "compares alone write nothing");
+        assert_eq!(s.kv.revision(), 4, "compares alone write nothing");
     }
 
     #[test]
@@ -698,8 +701,8 @@ mod tests {
             range_end: b("k3"),
             ..cmp("k", result, target)
         };
-        assert!(s.holds(ranged(CompareResult::Greater, CompareTarget::Mod(1))));
-        assert!(!s.holds(ranged(CompareResult::Greater, CompareTarget::Mod(2))));
+        assert!(s.holds(ranged(CompareResult::Greater, CompareTarget::Mod(2))));
+        assert!(!s.holds(ranged(CompareResult::Greater, CompareTarget::Mod(3))));
         assert!(s.holds(ranged(CompareResult::Less, CompareTarget::Value(b("w")))));
         assert!(!s.holds(ranged(CompareResult::Equal, CompareTarget::Version(1))));
     }
@@ -720,7 +723,7 @@ mod tests {
         else {
             panic!("{result:?}")
         };
-        assert_eq!((revision, succeeded), (4, true));
+        assert_eq!((revision, succeeded), (5, true));
         assert!(matches!(&responses[0], OpResult::Put { prev: Some(p) } if p.value == b("v1b")));
         assert!(matches!(&responses[1], OpResult::Put { prev: None }));
         assert!(matches!(&responses[2], OpResult::DeleteRange { deleted: 1, .. }));
@@ -730,14 +733,14 @@ mod tests {
         };
         assert_eq!(
             (read.kvs[0].value.clone(), read.kvs[0].mod_revision, read.revision),
-            (b("nine"), 4, 4)
+            (b("nine"), 5, 5)
         );
         assert_eq!(
             (s.value("k1"), s.value("k9"), s.value("k2")),
             (Some(b("new")), Some(b("nine")), None)
         );
         let k1 = &s.kv.range(b"k1", b"", 0, false, false).kvs[0];
-        assert_eq!((k1.create_revision, k1.mod_revision, k1.version), (1, 4, 3));
+        assert_eq!((k1.create_revision, k1.mod_revision, k1.version), (2, 5, 3));
         // The failure branch runs when a compare fails.
         let result = s.txn(
             vec![cmp("k1", CompareResult::Equal, CompareTarget::Version(1))],
@@ -747,7 +750,7 @@ mod tests {
         assert!(matches!(
             result,
             KvResult::Txn {
-                revision: 5,
+                revision: 6,
                 succeeded: false,
                 ..
             }
@@ -762,12 +765,12 @@ mod tests {
         assert!(matches!(
             result,
             KvResult::Txn {
-                revision: 3,
+                revision: 4,
                 succeeded: true,
                 ..
             }
         ));
-        assert_eq!(s.kv.revision(), 3);
+        assert_eq!(s.kv.revision(), 4);
         let txn = Txn {
             compares: vec![],
             success: vec![get("k2")],
@@ -777,7 +780,7 @@ mod tests {
         let before = s.kv.applied();
         assert!(matches!(
             s.kv.evaluate_read_only_txn(&txn),
-            KvResult::Txn { revision: 3, .. }
+            KvResult::Txn { revision: 4, .. }
         ));
         assert_eq!(s.kv.applied(), before);
     }
@@ -799,7 +802,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(revision, 4);
+        assert_eq!(revision, 5);
         assert!(matches!(&responses[1], OpResult::Txn { succeeded: true, .. }));
         assert_eq!(s.value("inner"), Some(b("yes")));
     }
@@ -824,7 +827,7 @@ mod tests {
             assert_eq!(
                 s.txn(vec![], success.clone(), vec![]),
                 KvResult::Failed {
-                    revision: 3,
+                    revision: 4,
                     error: KvError::DuplicateKey
                 },
                 "{success:?}"
@@ -837,13 +840,13 @@ mod tests {
                 vec![delete("k1", ""), delete("k", "l")],
                 vec![put("k1", "x")]
             ),
-            KvResult::Txn { revision: 4, .. }
+            KvResult::Txn { revision: 5, .. }
         ));
         let many = (0..=TXN_OPS_MAX).map(|i| put(&format!("key{i}"), "v")).collect();
         assert_eq!(
             s.txn(vec![], many, vec![]),
             KvResult::Failed {
-                revision: 4,
+                revision: 5,
                 error: KvError::TooManyOps
             }
         );
@@ -860,33 +863,33 @@ mod tests {
     #[test]
     fn a_read_below_the_compacted_revision_fails_the_whole_txn() {
         let mut s = Store::new();
-        s.run(KvCommand::Compact { revision: 2 });
+        s.run(KvCommand::Compact { revision: 3 });
         let old_read = TxnOp::Range(RangeQuery {
-            revision: 1,
+            revision: 2,
             ..RangeQuery::new("k1", Bytes::new())
         });
         assert_eq!(
             s.txn(vec![], vec![put("k2", "x"), old_read], vec![]),
             KvResult::Failed {
-                revision: 3,
+                revision: 4,
                 error: KvError::Compacted
             }
         );
         let future_read = TxnOp::Range(RangeQuery {
-            revision: 4,
+            revision: 5,
             ..RangeQuery::new("k1", Bytes::new())
         });
         assert_eq!(
             s.txn(vec![], vec![put("k2", "x"), future_read], vec![]),
             KvResult::Failed {
-                revision: 3,
+                revision: 4,
                 error: KvError::FutureRevision
             }
         );
         assert_eq!(s.value("k2"), Some(b("v2")));
         // A read at an old revision that is still kept works inside a txn.
         let kept = TxnOp::Range(RangeQuery {
-            revision: 2,
+            revision: 3,
             ..RangeQuery::new("k1", Bytes::new())
         });
         let KvResult::Txn { responses, .. } = s.txn(vec![], vec![kept], vec![]) else {
@@ -908,14 +911,14 @@ mod tests {
         };
         assert!(matches!(
             s.txn(vec![], vec![keep_value("k1")], vec![]),
-            KvResult::Txn { revision: 4, .. }
+            KvResult::Txn { revision: 5, .. }
         ));
         let k1 = &s.kv.range(b"k1", b"", 0, false, false).kvs[0];
-        assert_eq!((k1.value.clone(), k1.version, k1.mod_revision), (b("v1b"), 3, 4));
+        assert_eq!((k1.value.clone(), k1.version, k1.mod_revision), (b("v1b"), 3, 5));
         assert_eq!(
             s.txn(vec![], vec![put("k2", "x"), keep_value("missing")], vec![]),
             KvResult::Failed {
-                revision: 4,
+                revision: 5,
                 error: KvError::KeyNotFound
             }
         );

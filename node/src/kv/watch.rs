@@ -493,39 +493,40 @@ mod tests {
     #[test]
     fn a_watch_from_the_past_reports_history_then_live_events_without_gap_or_repeat() {
         let mut s = S::new();
-        s.put("a", "1"); // 1
-        s.put("b", "1"); // 2
-        s.put("a", "2"); // 3
-        s.del("a", ""); // 4
+        // Revision 1 is the empty store, as in etcd.
+        s.put("a", "1"); // 2
+        s.put("b", "1"); // 3
+        s.put("a", "2"); // 4
+        s.del("a", ""); // 5
         let mut set = WatcherSet::default();
         let created = set.create(spec("a", "", 1), &s.kv);
         assert_eq!(
             created,
             Output::Created {
                 watch_id: 0,
-                revision: 4
+                revision: 5
             }
         );
         let mut out = drain(&mut set, &s.kv, Budget::default());
-        s.put("a", "3"); // 5
-        s.put("c", "1"); // 6
+        s.put("a", "3"); // 6
+        s.put("c", "1"); // 7
         out.extend(drain(&mut set, &s.kv, Budget::default()));
         use EventKind::*;
         assert_eq!(
             events_of(&out, 0),
             vec![
-                (Put, "a".into(), "1".into(), 1),
-                (Put, "a".into(), "2".into(), 3),
-                (Delete, "a".into(), "".into(), 4),
-                (Put, "a".into(), "3".into(), 5),
+                (Put, "a".into(), "1".into(), 2),
+                (Put, "a".into(), "2".into(), 4),
+                (Delete, "a".into(), "".into(), 5),
+                (Put, "a".into(), "3".into(), 6),
             ]
         );
-        // Headers say how far the watcher has seen: revision 6 too, which holds
+        // Headers say how far the watcher has seen: revision 7 too, which holds
         // nothing for it.
-        assert!(matches!(out.last(), Some(Output::Events { revision: 6, .. })));
+        assert!(matches!(out.last(), Some(Output::Events { revision: 7, .. })));
         assert!(
             !set.behind(&s.kv),
-            "revision 6 does not concern the watcher but is passed"
+            "revision 7 does not concern the watcher but is passed"
         );
     }
 
@@ -564,21 +565,21 @@ mod tests {
         assert_eq!(
             events_of(&out, 0),
             vec![
-                (Put, "p/x".into(), "1".into(), 1),
-                (Put, "p/x".into(), "2".into(), 3),
-                (Delete, "p/x".into(), "".into(), 5),
+                (Put, "p/x".into(), "1".into(), 2),
+                (Put, "p/x".into(), "2".into(), 4),
+                (Delete, "p/x".into(), "".into(), 6),
             ]
         );
         assert_eq!(
             events_of(&out, 1),
             vec![
-                (Put, "p/x".into(), "1".into(), 1),
-                (Put, "p/x".into(), "2".into(), 3),
-                (Put, "q".into(), "1".into(), 4),
-                (Delete, "p/x".into(), "".into(), 5)
+                (Put, "p/x".into(), "1".into(), 2),
+                (Put, "p/x".into(), "2".into(), 4),
+                (Put, "q".into(), "1".into(), 5),
+                (Delete, "p/x".into(), "".into(), 6)
             ]
         );
-        assert_eq!(events_of(&out, 2), vec![(Delete, "p/x".into(), "".into(), 5)]);
+        assert_eq!(events_of(&out, 2), vec![(Delete, "p/x".into(), "".into(), 6)]);
         assert_eq!(events_of(&out, 42).len(), 2);
         let prevs: Vec<Option<Bytes>> = out
             .iter()
@@ -651,7 +652,7 @@ mod tests {
             refused,
             Output::Refused {
                 reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
-                revision: 0
+                revision: 1
             }
         );
         assert!(matches!(
@@ -683,7 +684,7 @@ mod tests {
     fn a_compacted_start_or_a_watcher_overtaken_by_compaction_is_canceled_with_the_compact_revision() {
         let mut s = S::new();
         for i in 0..10 {
-            s.put("k", &i.to_string());
+            s.put("k", &i.to_string()); // revisions 2..=11
         }
         let mut set = WatcherSet::default();
         set.create(spec("k", "", 3), &s.kv); // id 0, behind
@@ -704,21 +705,21 @@ mod tests {
             .collect();
         assert_eq!(canceled, vec![(0, 5), (2, 5)]);
         let revisions: Vec<i64> = events_of(&out, 1).into_iter().map(|e| e.3).collect();
-        assert_eq!(revisions, (5..=10).collect::<Vec<_>>());
+        assert_eq!(revisions, (5..=11).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_delete_at_the_compacted_revision_is_still_reported() {
         let mut s = S::new();
-        s.put("k", "1");
-        s.del("k", "");
-        s.run(KvCommand::Compact { revision: 2 });
+        s.put("k", "1"); // 2
+        s.del("k", ""); // 3
+        s.run(KvCommand::Compact { revision: 3 });
         let mut set = WatcherSet::default();
-        set.create(spec("k", "", 2), &s.kv);
+        set.create(spec("k", "", 3), &s.kv);
         let out = drain(&mut set, &s.kv, Budget::default());
         assert_eq!(
             events_of(&out, 0),
-            vec![(EventKind::Delete, "k".into(), "".into(), 2)]
+            vec![(EventKind::Delete, "k".into(), "".into(), 3)]
         );
     }
 
@@ -781,7 +782,7 @@ mod tests {
             set.progress_notify(&s.kv),
             vec![Output::Progress {
                 watch_id: 0,
-                revision: 1
+                revision: 2
             }]
         );
     }
@@ -810,6 +811,6 @@ mod tests {
         let a: Vec<_> = s.kv.changes(1, 10).map(|(r, k)| (r, k.clone())).collect();
         let b: Vec<_> = restored.changes(1, 10).map(|(r, k)| (r, k.clone())).collect();
         assert_eq!(a, b);
-        assert_eq!(a[1].1, Bytes::from("z"));
+        assert_eq!((a[0].0, a[1].0, a[1].1.clone()), (2, 3, Bytes::from("z")));
     }
 }

@@ -231,3 +231,100 @@ pub async fn value_on(endpoint: &str, key: &str, within: Duration) -> Option<Vec
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A real etcd 3.4 cluster (`/usr/bin/etcd`, Debian `etcd-server`) on free 127.0.0.1
+/// ports with its own data directories, for side-by-side comparison. Members are
+/// named `m0`, `m1`, ... as in [`ProcCluster`]; every process is ended by its PID
+/// when the cluster is dropped.
+pub struct EtcdCluster {
+    pub names: Vec<String>,
+    pub clients: Vec<u16>,
+    pub peers: Vec<u16>,
+    children: Vec<Child>,
+    pub base: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start(size: usize) -> EtcdCluster {
+        let base = tempfile::tempdir().unwrap();
+        let ports = free_ports(2 * size);
+        let names: Vec<String> = (0..size).map(|i| format!("m{i}")).collect();
+        let clients: Vec<u16> = (0..size).map(|i| ports[2 * i]).collect();
+        let peers: Vec<u16> = (0..size).map(|i| ports[2 * i + 1]).collect();
+        let initial = (0..size)
+            .map(|i| format!("{}=http://127.0.0.1:{}", names[i], peers[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("etcd-{}", std::process::id());
+        let children = (0..size)
+            .map(|i| {
+                let dir = base.path().join(&names[i]);
+                std::fs::create_dir_all(&dir).unwrap();
+                let log = std::fs::File::create(base.path().join(format!("{}.log", names[i]))).unwrap();
+                Command::new("etcd")
+                    .arg(format!("--name={}", names[i]))
+                    .arg(format!("--data-dir={}", dir.join("data").display()))
+                    .arg(format!("--listen-client-urls=http://127.0.0.1:{}", clients[i]))
+                    .arg(format!("--advertise-client-urls=http://127.0.0.1:{}", clients[i]))
+                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", peers[i]))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                        peers[i]
+                    ))
+                    .arg(format!("--initial-cluster={initial}"))
+                    .arg(format!("--initial-cluster-token={token}"))
+                    .arg("--initial-cluster-state=new")
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "etcd is required (Debian package etcd-server; scripts/test.sh installs it): {e}"
+                        )
+                    })
+            })
+            .collect();
+        EtcdCluster {
+            names,
+            clients,
+            peers,
+            children,
+            base,
+        }
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.clients[i])
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.clients.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Waits (bounded) until every member answers a linearizable read.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..self.clients.len() {
+            loop {
+                let (ok, out) = etcdctl(&self.endpoint(i), &["get", "readiness-probe"]);
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd m{i} not ready within 60 s: {out}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
