@@ -56,8 +56,13 @@ async fn run(mode: &str, timing: &str, trials: usize) -> Vec<Duration> {
     let manifest = format!(
         "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: fo\nspec:\n  replicas: 3\n  storage:\n    wal:\n      size: 1Gi\n    snapshots:\n      size: 1Gi\n{timing}"
     );
-    let platform = LocalPlatform::open(parse_manifest(&manifest).unwrap(), dir.path(), raft_node(), vec![])
-        .unwrap();
+    let platform = LocalPlatform::open(
+        parse_manifest(&manifest).unwrap(),
+        dir.path(),
+        raft_node(),
+        vec![],
+    )
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let driver = {
         let platform = platform.clone();
@@ -103,7 +108,10 @@ async fn run(mode: &str, timing: &str, trials: usize) -> Vec<Duration> {
             if client.put(format!("failover-{trial}"), "x", None).await.is_ok() {
                 break killed.elapsed();
             }
-            assert!(killed.elapsed() < Duration::from_secs(60), "no write acknowledged");
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "no write acknowledged"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         println!("  trial {trial}: leader {leader} killed -> first acknowledged write after {elapsed:?}");

@@ -250,6 +250,10 @@ pub struct NodeHandle {
     snapshots: SnapshotStore,
     writer: WalWriter,
     log_events: LogEvents,
+    /// Subscribed before the core task starts, so the first listener (the admin
+    /// service's event recorder) misses nothing applied while the server was still
+    /// setting up; later listeners subscribe from the moment they ask.
+    first_log_events: Arc<std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<LogEvent>>>>,
 }
 
 impl NodeHandle {
@@ -390,9 +394,15 @@ impl NodeHandle {
         self.writer.fsync_recent()
     }
 
-    /// Membership changes applied and snapshots taken or installed, from now on.
+    /// Membership changes applied and snapshots taken or installed: from the start of
+    /// the node for the first caller, from now on for later ones.
     pub fn log_events(&self) -> tokio::sync::broadcast::Receiver<LogEvent> {
-        self.log_events.subscribe()
+        let first = self
+            .first_log_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        first.unwrap_or_else(|| self.log_events.subscribe())
     }
 }
 
@@ -500,6 +510,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         members: members_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
+        first_log_events: Arc::new(std::sync::Mutex::new(Some(log_events.subscribe()))),
         log_events: log_events.clone(),
     };
     let task = CoreTask {
