@@ -1,7 +1,8 @@
 //! The admin API (`kuberaft.admin.v1`) against real `raft-node` processes on
 //! 127.0.0.1: live timing through the log, leadership transfer, round-trip times
 //! (with latency added to one link by a delaying proxy), fsync latency, and the
-//! FAILURE, RECOVERED and SNAPSHOT events.
+//! FAILURE, RECOVERED and SNAPSHOT events, and a scripted membership scenario (etcdctl
+//! member add/promote/remove, then a leader kill) seen on every surviving member.
 //!
 //! Every wait is bounded, and every process started here is ended by its PID when
 //! the test ends (also on failure).
@@ -585,4 +586,151 @@ async fn a_killed_follower_shows_a_broken_stream_backing_off_until_it_returns() 
             })
         })
         .await;
+}
+
+/// Collects one member's event stream until `stop` is set (bounded: at most 500 events).
+fn collect_events(
+    mut client: AdminClient<Channel>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Event>> {
+    tokio::spawn(async move {
+        let mut stream = client
+            .watch_events(WatchEventsRequest { replay: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while events.len() < 500 && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                Ok(Ok(Some(event))) => events.push(event),
+                Ok(_) => break,
+                Err(_) => {}
+            }
+        }
+        events
+    })
+}
+
+/// Position of the first event of `kind` about `member` (after `from`).
+fn position(events: &[Event], from: usize, kind: EventKind, member: u64) -> Option<usize> {
+    events
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, e)| e.kind == kind as i32 && (member == 0 || e.member_id == member))
+        .map(|(i, _)| i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_membership_scenario_shows_the_same_events_in_order_on_every_surviving_member() {
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut collectors = Vec::new();
+    for i in 0..3 {
+        collectors.push(collect_events(cluster.admin(i).await, stop.clone()));
+    }
+    let endpoints = cluster.endpoints().join(",");
+
+    // Add a learner through etcdctl and start it as told.
+    let ports = support::free_ports(3);
+    let base = cluster.members[0].dir.parent().unwrap().to_path_buf();
+    cluster.members.push(support::Member {
+        name: "m3".into(),
+        client: ports[0],
+        peer: ports[1],
+        metrics: ports[2],
+        dir: base.join("m3"),
+        child: None,
+        extra: vec!["--initial-cluster-state=existing".into()],
+        peer_via: None,
+    });
+    let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+    let (ok, out) = support::etcdctl(
+        &endpoints,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer_url}"),
+        ],
+    );
+    assert!(ok, "{out}");
+    let id_hex = out
+        .split_whitespace()
+        .skip_while(|w| *w != "Member")
+        .nth(1)
+        .unwrap_or_else(|| panic!("member add prints the id: {out}"))
+        .to_string();
+    let m3 = u64::from_str_radix(&id_hex, 16).unwrap();
+    cluster.spawn(3);
+    // Promote once caught up; then remove it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = support::etcdctl(&endpoints, &["member", "promote", &id_hex]);
+        if ok {
+            break;
+        }
+        assert!(out.contains("in sync with leader"), "{out}");
+        assert!(Instant::now() < deadline, "never promoted: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = support::etcdctl(&endpoints, &["member", "remove", &id_hex]);
+    assert!(ok, "{out}");
+    // Then the leader dies.
+    let leader_id = cluster.status(leader).await.unwrap().id;
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = cluster.wait_for_agreed_leader(&survivors).await;
+    // FAILURE needs an election timeout (1 s) of silence after the new leader took over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut streams = Vec::new();
+    for c in collectors {
+        streams.push(c.await.unwrap());
+    }
+
+    for &i in &survivors {
+        let events = &streams[i];
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| format!("{}:{:x}@{}", e.kind, e.member_id, e.index))
+            .collect();
+        let join =
+            position(events, 0, EventKind::Join, m3).unwrap_or_else(|| panic!("m{i}: no JOIN: {kinds:?}"));
+        let promoted = position(events, join, EventKind::Promoted, m3)
+            .unwrap_or_else(|| panic!("m{i}: no PROMOTED after JOIN: {kinds:?}"));
+        let leave = position(events, promoted, EventKind::Leave, m3)
+            .unwrap_or_else(|| panic!("m{i}: no LEAVE after PROMOTED: {kinds:?}"));
+        position(events, leave, EventKind::LeaderChanged, 0)
+            .unwrap_or_else(|| panic!("m{i}: no LEADER_CHANGED after LEAVE: {kinds:?}"));
+        assert!(
+            events[join].index < events[promoted].index && events[promoted].index < events[leave].index,
+            "m{i}: membership events in log order: {kinds:?}"
+        );
+    }
+    // The same membership events, at the same indexes, on both survivors.
+    let membership = |events: &Vec<Event>| -> Vec<(i32, u64, u64)> {
+        events
+            .iter()
+            .filter(|e| {
+                [EventKind::Join, EventKind::Promoted, EventKind::Leave]
+                    .iter()
+                    .any(|k| *k as i32 == e.kind)
+            })
+            .map(|e| (e.kind, e.member_id, e.index))
+            .collect()
+    };
+    assert_eq!(
+        membership(&streams[survivors[0]]),
+        membership(&streams[survivors[1]])
+    );
+    // The new leader reports the dead one.
+    let failure = position(&streams[new_leader], 0, EventKind::Failure, leader_id);
+    assert!(
+        failure.is_some(),
+        "the new leader reports FAILURE of the old one: {:?}",
+        streams[new_leader]
+    );
 }
