@@ -19,6 +19,9 @@ use kuberaft_operator::local::LocalPlatform;
 use kuberaft_operator::plan::Action;
 use kuberaft_operator::render::parse_manifest;
 
+#[path = "../../node/tests/support/proxy.rs"]
+mod proxy;
+
 const ROUND: Duration = Duration::from_millis(300);
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -66,9 +69,20 @@ struct Harness {
 
 impl Harness {
     async fn start(name: &str, replicas: i32, extra_spec: &str) -> Harness {
+        Self::start_with(name, replicas, extra_spec, |_| {}).await
+    }
+
+    /// `prepare` sees the platform before any member starts.
+    async fn start_with(
+        name: &str,
+        replicas: i32,
+        extra_spec: &str,
+        prepare: impl FnOnce(&LocalPlatform),
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let cluster = parse_manifest(&manifest(name, replicas, extra_spec)).unwrap();
         let platform = LocalPlatform::open(cluster, dir.path(), binary("raft-node"), Vec::new()).unwrap();
+        prepare(&platform);
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let driver = {
@@ -648,4 +662,82 @@ fn raftctl_up_serves_etcdctl_stops_on_ctrl_c_and_keeps_data() {
             std::thread::sleep(Duration::from_millis(300));
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_timing_rises_with_added_peer_latency_and_comes_back_down_without_flapping() {
+    const TIMING: &str = "  timing:\n    mode: Adaptive\n    heartbeatIntervalMs: 100\n    electionTimeoutMs: 1000\n    minHeartbeatIntervalMs: 20\n    maxHeartbeatIntervalMs: 300\n    minElectionTimeoutMs: 200\n    maxElectionTimeoutMs: 3000\n    adaptiveCoolDownSeconds: 5\n";
+    const DELAY: Duration = Duration::from_millis(20);
+    // A delaying proxy in front of every member's peer port; members advertise it.
+    let mut proxies = Vec::new();
+    let h = Harness::start_with("adapt", 3, TIMING, |platform| {
+        for o in 0..3 {
+            let target = platform.ports(o).unwrap().peer;
+            let proxy = proxy::DelayProxy::start(target, Duration::ZERO, Duration::from_secs(600));
+            platform.route_peer_through(o, proxy.port);
+            proxies.push(proxy);
+        }
+    })
+    .await;
+    let heartbeat = |s: &RaftClusterStatus| s.timing.as_ref().map_or(0, |t| t.heartbeat_interval_ms);
+    let election = |s: &RaftClusterStatus| s.timing.as_ref().map_or(0, |t| t.election_timeout_ms);
+    h.wait_for("adaptive timing applied on a fast loopback", |s| {
+        s.phase.as_deref() == Some("Running")
+            && s.timing.as_ref().is_some_and(|t| t.last_change_time.is_some())
+    })
+    .await;
+    let base = h.status();
+    eprintln!(
+        "no delay: heartbeat {} ms, election {} ms",
+        heartbeat(&base),
+        election(&base)
+    );
+
+    for p in &proxies {
+        p.set_delay(DELAY);
+    }
+    // Every round trip now takes at least 2 x 20 ms: the heartbeat must exceed it
+    // (2 x RTT p99 by the rule), and the election timeout follows.
+    h.wait_for("timing raised for the added latency", |s| heartbeat(s) >= 80)
+        .await;
+    let raised = h.status();
+    eprintln!(
+        "20 ms each way: heartbeat {} ms, election {} ms (rtt p99 {:?})",
+        heartbeat(&raised),
+        election(&raised),
+        raised.timing.as_ref().and_then(|t| t.rtt_p99_ms)
+    );
+    assert!(election(&raised) >= 3 * heartbeat(&raised) && election(&raised) > election(&base));
+    // Steady latency: no flapping (at most one more adjustment while it settles).
+    let from = h.records().len();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let changes_while_steady = h.records()[from..]
+        .iter()
+        .filter(|r| matches!(r.action, Some(Action::SetTiming { .. })))
+        .count();
+    assert!(
+        changes_while_steady <= 1,
+        "{changes_while_steady} timing changes under steady latency"
+    );
+
+    for p in &proxies {
+        p.set_delay(Duration::ZERO);
+    }
+    // The delayed samples leave the 60 s RTT window, then timing comes back down.
+    h.wait_for("timing back down", |s| heartbeat(s) <= heartbeat(&base) + 20)
+        .await;
+    let lowered = h.status();
+    eprintln!(
+        "delay removed: heartbeat {} ms, election {} ms",
+        heartbeat(&lowered),
+        election(&lowered)
+    );
+    let changes = h
+        .records()
+        .iter()
+        .filter(|r| matches!(r.action, Some(Action::SetTiming { .. })))
+        .count();
+    assert!(changes <= 6, "{changes} timing changes in all: flapping");
+    h.shutdown().await;
+    drop(proxies);
 }

@@ -25,7 +25,8 @@ pub const SAFETY_FACTOR: f64 = 2.0;
 pub const ELECTION_MULTIPLE: u32 = 10;
 /// A new heartbeat must differ from the current one by more than this fraction.
 pub const HYSTERESIS: f64 = 0.2;
-/// Minimum time between two changes.
+/// Minimum time between two changes, unless `spec.timing.adaptiveCoolDownSeconds` says
+/// otherwise.
 pub const COOL_DOWN_MS: u64 = 5 * 60 * 1000;
 /// raft-node's tick (`node/src/server.rs` TICK_MS): timing is in whole ticks.
 pub const TICK_MS: u32 = 10;
@@ -106,6 +107,18 @@ pub fn decide(
     last_change_ms: Option<u64>,
     now_ms: u64,
 ) -> Option<TimingMs> {
+    decide_with_cool_down(current, latency, bounds, last_change_ms, now_ms, COOL_DOWN_MS)
+}
+
+/// [`decide`] with the cool-down the spec asks for.
+pub fn decide_with_cool_down(
+    current: TimingMs,
+    latency: Latency,
+    bounds: Bounds,
+    last_change_ms: Option<u64>,
+    now_ms: u64,
+    cool_down_ms: u64,
+) -> Option<TimingMs> {
     let wanted = target(latency, bounds)?;
     if wanted == current {
         return None;
@@ -114,7 +127,7 @@ pub fn decide(
     if !bounds.contains(current) {
         return Some(wanted);
     }
-    if last_change_ms.is_some_and(|last| now_ms.saturating_sub(last) < COOL_DOWN_MS) {
+    if last_change_ms.is_some_and(|last| now_ms.saturating_sub(last) < cool_down_ms) {
         return None;
     }
     let current_heartbeat = current.heartbeat_interval_ms.max(1) as f64;

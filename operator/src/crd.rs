@@ -157,6 +157,10 @@ pub struct Timing {
     #[serde(default = "default_max_election")]
     #[schemars(range(min = 30, max = 50000))]
     pub max_election_timeout_ms: u32,
+    /// Adaptive mode: least time between two timing changes (default 300 s).
+    #[serde(default = "default_adaptive_cool_down")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub adaptive_cool_down_seconds: u32,
 }
 
 fn default_heartbeat() -> u32 {
@@ -177,6 +181,9 @@ fn default_min_election() -> u32 {
 fn default_max_election() -> u32 {
     5000
 }
+fn default_adaptive_cool_down() -> u32 {
+    (crate::adaptive::COOL_DOWN_MS / 1000) as u32
+}
 
 impl Default for Timing {
     fn default() -> Self {
@@ -188,6 +195,7 @@ impl Default for Timing {
             max_heartbeat_interval_ms: default_max_heartbeat(),
             min_election_timeout_ms: default_min_election(),
             max_election_timeout_ms: default_max_election(),
+            adaptive_cool_down_seconds: default_adaptive_cool_down(),
         }
     }
 }

@@ -148,6 +148,9 @@ struct Inner {
     restarts: BTreeMap<u32, Restarts>,
     /// The spec and its hash the supervisor starts new processes from.
     cluster: RaftCluster,
+    /// Ordinals whose peer traffic goes through another port (a proxy in front of the
+    /// member's peer listener): the member advertises that port instead.
+    peer_routes: BTreeMap<u32, u16>,
 }
 
 /// Settings of `raftctl up`.
@@ -196,6 +199,7 @@ impl LocalPlatform {
                 processes: BTreeMap::new(),
                 restarts: BTreeMap::new(),
                 cluster,
+                peer_routes: BTreeMap::new(),
             })),
         };
         platform.stop_leftovers();
@@ -214,18 +218,40 @@ impl LocalPlatform {
         self.lock().state.ports.get(&ordinal).copied()
     }
 
-    /// Naming of the members: `<name>-<ordinal>`, peer URLs on the reserved ports.
+    /// Naming of the members: `<name>-<ordinal>`, peer URLs on the reserved ports (or
+    /// on the port their peer traffic is routed through).
     pub fn naming(&self) -> Naming {
-        let ports = self.lock().state.ports.clone();
+        let inner = self.lock();
+        let ports: BTreeMap<u32, u16> = inner
+            .state
+            .ports
+            .iter()
+            .map(|(o, p)| (*o, inner.peer_routes.get(o).copied().unwrap_or(p.peer)))
+            .collect();
         Naming {
             prefix: self.name.clone(),
             peer_url: Arc::new(move |o| {
                 ports
                     .get(&o)
-                    .map(|p| format!("http://127.0.0.1:{}", p.peer))
+                    .map(|port| format!("http://127.0.0.1:{port}"))
                     .unwrap_or_default()
             }),
         }
+    }
+
+    /// Routes the peer traffic of `ordinal` through 127.0.0.1:`port` (for example a
+    /// proxy that forwards to the member's peer port): members started from now on
+    /// advertise that port and list it in `--initial-cluster`.
+    pub fn route_peer_through(&self, ordinal: u32, port: u16) {
+        self.lock().peer_routes.insert(ordinal, port);
+    }
+
+    fn advertised_peer_port(inner: &Inner, ordinal: u32) -> u16 {
+        inner
+            .peer_routes
+            .get(&ordinal)
+            .copied()
+            .unwrap_or(inner.state.ports[&ordinal].peer)
     }
 
     /// The directory of one member (its two "volumes" live inside).
@@ -303,12 +329,19 @@ impl LocalPlatform {
         let ports = state.ports[&ordinal];
         let replicas = state.workload_replicas.unwrap_or(spec.replicas).max(1) as u32;
         let initial_cluster = (0..replicas.max(ordinal + 1))
-            .map(|o| format!("{}-{o}=http://127.0.0.1:{}", self.name, state.ports[&o].peer))
+            .map(|o| {
+                format!(
+                    "{}-{o}=http://127.0.0.1:{}",
+                    self.name,
+                    Self::advertised_peer_port(inner, o)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let dir = self.member_dir(ordinal);
         let client = format!("http://127.0.0.1:{}", ports.client);
         let peer = format!("http://127.0.0.1:{}", ports.peer);
+        let advertised_peer = format!("http://127.0.0.1:{}", Self::advertised_peer_port(inner, ordinal));
         let mut args = vec![
             format!("--name={}-{ordinal}", self.name),
             format!("--data-dir={}", dir.display()),
@@ -317,7 +350,7 @@ impl LocalPlatform {
             format!("--listen-client-urls={client}"),
             format!("--advertise-client-urls={client}"),
             format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={advertised_peer}"),
             format!("--listen-metrics-urls=http://127.0.0.1:{}", ports.metrics),
             format!("--initial-cluster={initial_cluster}"),
             format!(

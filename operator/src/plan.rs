@@ -715,12 +715,13 @@ pub fn plan(
             };
             (fixed != current).then_some((fixed, "spec.timing (Fixed)".to_string()))
         }
-        TimingMode::Adaptive => adaptive::decide(
+        TimingMode::Adaptive => adaptive::decide_with_cool_down(
             current,
             latency,
             Bounds::from_spec(&spec.timing),
             last_change_ms(status),
             observed.now_ms,
+            u64::from(spec.timing.adaptive_cool_down_seconds) * 1000,
         )
         .map(|t| {
             (

@@ -1,5 +1,6 @@
-//! A TCP proxy that delays every byte by a fixed time in both directions, to add
-//! latency to one link between members (`tc netem` is not available here).
+//! A TCP proxy that delays every byte by a set time in both directions, to add
+//! latency to a link between members (`tc netem` is not available here). The delay
+//! can be changed while it runs ([`DelayProxy::set_delay`]).
 //!
 //! It runs on its own thread and runtime (so a test's blocking waits do not delay it
 //! further), accepts at most [`CONNECTIONS_MAX`] connections, buffers at most
@@ -7,6 +8,8 @@
 //! lifetime, whichever comes first.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +25,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 pub struct DelayProxy {
     /// Where to connect instead of the target.
     pub port: u16,
+    delay_us: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -33,6 +37,8 @@ impl DelayProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel::<()>();
+        let delay_us = Arc::new(AtomicU64::new(delay.as_micros() as u64));
+        let delay = delay_us.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -51,9 +57,17 @@ impl DelayProxy {
         });
         DelayProxy {
             port,
+            delay_us,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+}
+
+impl DelayProxy {
+    /// Bytes read from now on wait `delay` (bytes already queued keep their time).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 }
 
@@ -68,7 +82,7 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, delay: Duration) {
+async fn accept(listener: TcpListener, target: SocketAddr, delay: Arc<AtomicU64>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
@@ -78,6 +92,7 @@ async fn accept(listener: TcpListener, target: SocketAddr, delay: Duration) {
         if connections.len() >= CONNECTIONS_MAX {
             continue; // refused: dropped at once
         }
+        let delay = delay.clone();
         connections.spawn(async move {
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
@@ -86,13 +101,16 @@ async fn accept(listener: TcpListener, target: SocketAddr, delay: Duration) {
             let _ = outbound.set_nodelay(true);
             let (in_read, in_write) = inbound.into_split();
             let (out_read, out_write) = outbound.into_split();
-            tokio::join!(pipe(in_read, out_write, delay), pipe(out_read, in_write, delay));
+            tokio::join!(
+                pipe(in_read, out_write, delay.clone()),
+                pipe(out_read, in_write, delay)
+            );
         });
     }
 }
 
-/// Copies `from` to `to`, writing each chunk `delay` after it was read.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+/// Copies `from` to `to`, writing each chunk the current delay after it was read.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<AtomicU64>) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(CHUNKS_QUEUED_MAX);
     let reading = async move {
         loop {
@@ -101,7 +119,8 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) 
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     chunk.truncate(n);
-                    if tx.send((Instant::now() + delay, chunk)).await.is_err() {
+                    let due = Instant::now() + Duration::from_micros(delay.load(Ordering::SeqCst));
+                    if tx.send((due, chunk)).await.is_err() {
                         return;
                     }
                 }
