@@ -18,6 +18,7 @@ pub mod linearizability;
 pub mod metrics;
 pub mod raft;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -174,6 +174,7 @@ async fn metrics(State(probe): State<Probe>) -> String {
             fsync.quantile_us(q) as f64 / 1e6
         );
     }
+    crate::security::write_metrics(&mut out);
     out
 }
 

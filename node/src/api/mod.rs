@@ -29,6 +29,7 @@ use crate::kv::{
 };
 use crate::raft::NodeId;
 use crate::runtime::{self, NodeHandle};
+use crate::security::auth::forward;
 use crate::transport::Directory;
 
 /// etcd's default `--max-request-bytes`.
@@ -87,8 +88,7 @@ impl KvService {
             return Ok(KvClient::new(channel.clone()));
         }
         // Lazily connected; a broken connection is re-established by tonic itself.
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Status::internal(e.to_string()))?
+        let channel = crate::security::tls::client_port_endpoint(&url)?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -181,7 +181,7 @@ impl Kv for KvService {
                 Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = self.leader_client(leader_hint).await?;
-                    leader.put(r).await
+                    leader.put(forward(r)).await
                 }
                 Err(e) => Err(to_status(e)),
             };
@@ -200,7 +200,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.put(r).await
+                leader.put(forward(r)).await
             }
             Err(e) => Err(to_status(e)),
         }
@@ -233,7 +233,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.delete_range(r).await
+                leader.delete_range(forward(r)).await
             }
             Err(e) => Err(to_status(e)),
         }
@@ -254,7 +254,7 @@ impl Kv for KvService {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.txn(r).await
+                leader.txn(forward(r)).await
             }
             Err(e) => Err(to_status(e)),
         }
@@ -277,7 +277,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.compact(r).await
+                leader.compact(forward(r)).await
             }
             Err(e) => Err(to_status(e)),
         }

@@ -61,6 +61,9 @@ pub struct TransportConfig {
     pub client_urls: Vec<String>,
     /// Client URLs peers told us, by member id.
     pub directory: Directory,
+    /// Mutual TLS toward peers (https:// peer URLs): the peer CA and this member's
+    /// peer certificate, read at each connection so a rotated one is used next time.
+    pub tls: Option<crate::security::tls::ClientTlsFiles>,
 }
 
 /// The client URLs of the members, as they announced them.
@@ -82,6 +85,7 @@ impl TransportConfig {
             zstd_level: 1,
             client_urls: Vec::new(),
             directory: Directory::default(),
+            tls: None,
         }
     }
 
@@ -227,8 +231,8 @@ impl PeerTask {
     }
 
     async fn connect_and_send(&self, queue: &mut mpsc::Receiver<Message>) -> Result<(), String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .map_err(|e| format!("bad peer url {}: {e}", self.url))?
+        let endpoint = crate::security::tls::ClientTlsFiles::endpoint(self.config.tls.as_ref(), &self.url)
+            .map_err(|e| format!("peer url {}: {e}", self.url))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;

@@ -34,11 +34,23 @@ pub struct Member {
 pub struct ProcCluster {
     pub members: Vec<Member>,
     pub token: String,
+    /// `http` or `https` (with the TLS flags in the members' extra arguments).
+    pub client_scheme: &'static str,
+    pub peer_scheme: &'static str,
     _base: tempfile::TempDir,
 }
 
 impl ProcCluster {
     pub fn start(size: usize, extra: &[&str]) -> ProcCluster {
+        Self::start_with_schemes(size, extra, "http", "http")
+    }
+
+    pub fn start_with_schemes(
+        size: usize,
+        extra: &[&str],
+        client_scheme: &'static str,
+        peer_scheme: &'static str,
+    ) -> ProcCluster {
         let base = tempfile::tempdir().unwrap();
         let ports = free_ports(3 * size);
         let members: Vec<Member> = (0..size)
@@ -55,6 +67,8 @@ impl ProcCluster {
         let mut cluster = ProcCluster {
             members,
             token: format!("test-{}", std::process::id()),
+            client_scheme,
+            peer_scheme,
             _base: base,
         };
         for i in 0..size {
@@ -66,7 +80,7 @@ impl ProcCluster {
     pub fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}={}://127.0.0.1:{}", m.name, self.peer_scheme, m.peer))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -74,6 +88,7 @@ impl ProcCluster {
     pub fn spawn(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let token = self.token.clone();
+        let (client_scheme, peer_scheme) = (self.client_scheme, self.peer_scheme);
         let m = &mut self.members[i];
         std::fs::create_dir_all(&m.dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -84,8 +99,8 @@ impl ProcCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.dir.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            .arg(format!("--listen-client-urls={client_scheme}://127.0.0.1:{}", m.client))
+            .arg(format!("--listen-peer-urls={peer_scheme}://127.0.0.1:{}", m.peer))
             .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
             .arg(format!("--initial-cluster={initial}"))
             .arg(format!("--initial-cluster-token={token}"))
