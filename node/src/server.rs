@@ -216,7 +216,12 @@ fn listen_addr(flag: &'static str, urls: &str) -> Result<(SocketAddr, bool), Fla
     let (rest, https) = match (first.strip_prefix("http://"), first.strip_prefix("https://")) {
         (Some(rest), _) => (rest, false),
         (_, Some(rest)) => (rest, true),
-        _ => return Err(flag_error(flag, format!("{first:?} must be an http:// or https:// URL"))),
+        _ => {
+            return Err(flag_error(
+                flag,
+                format!("{first:?} must be an http:// or https:// URL"),
+            ))
+        }
     };
     let addr = rest
         .trim_end_matches('/')
@@ -262,7 +267,10 @@ impl ServeArgs {
         let (peer_addr, peer_https) = listen_addr("listen-peer-urls", &self.listen_peer_urls)?;
         let (metrics_addr, metrics_https) = listen_addr("listen-metrics-urls", &self.listen_metrics_urls)?;
         if metrics_https {
-            return Err(flag_error("listen-metrics-urls", "the metrics port serves plain HTTP only"));
+            return Err(flag_error(
+                "listen-metrics-urls",
+                "the metrics port serves plain HTTP only",
+            ));
         }
         self.security
             .check(client_https, peer_https)
@@ -600,7 +608,10 @@ mod tests {
                 &["--listen-client-urls=https://127.0.0.1:1"],
                 "--listen-client-urls",
             ),
-            (&["--listen-client-urls=ftp://127.0.0.1:1"], "--listen-client-urls"),
+            (
+                &["--listen-client-urls=ftp://127.0.0.1:1"],
+                "--listen-client-urls",
+            ),
             (
                 &["--client-cert-auth", "--trusted-ca-file=/x"],
                 "--client-cert-auth",

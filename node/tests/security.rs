@@ -59,7 +59,10 @@ impl Pki {
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         params.distinguished_name.push(DnType::CommonName, cn);
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (cert_path, key_path) = (self.path(&format!("{stem}.crt")), self.path(&format!("{stem}.key")));
+        let (cert_path, key_path) = (
+            self.path(&format!("{stem}.crt")),
+            self.path(&format!("{stem}.key")),
+        );
         replace(&cert_path, cert.pem().as_bytes());
         replace(&key_path, key.serialize_pem().as_bytes());
         (cert_path, key_path)
@@ -216,7 +219,10 @@ async fn a_tls_member_refuses_plaintext_clients_and_certificates_of_another_ca()
     assert!(!ok, "plaintext must be refused: {out}");
     let (ok, out) = etcdctl(&url, &[&tls[0], "get", "greeting"]);
     assert!(!ok, "a client without a certificate must be refused: {out}");
-    let foreign = [format!("--cert={}", s(&foreign_cert)), format!("--key={}", s(&foreign_key))];
+    let foreign = [
+        format!("--cert={}", s(&foreign_cert)),
+        format!("--key={}", s(&foreign_key)),
+    ];
     let (ok, out) = etcdctl(&url, &[&tls[0], &foreign[0], &foreign[1], "get", "greeting"]);
     assert!(!ok, "a certificate of another CA must be refused: {out}");
 
@@ -227,7 +233,10 @@ async fn a_tls_member_refuses_plaintext_clients_and_certificates_of_another_ca()
         refused(&url, Some(&pem), Some((&foreign_cert, &foreign_key))).await,
         "a client certificate of another CA"
     );
-    assert!(refused(&url.replace("https", "http"), None, None).await, "plaintext");
+    assert!(
+        refused(&url.replace("https", "http"), None, None).await,
+        "plaintext"
+    );
     let mut kv = KvClient::new(
         channel(&url, Some(&pem), Some((&client_cert, &client_key)))
             .await
@@ -241,7 +250,15 @@ async fn a_tls_member_refuses_plaintext_clients_and_certificates_of_another_ca()
         refused(&url, Some(&wrong_ca), Some((&client_cert, &client_key))).await,
         "a client trusting another CA must not be served"
     );
-    assert!(labelled_metric(&cluster, 0, "kuberaft_tls_handshake_failures_total{port=\"client\"}").unwrap() >= 2);
+    assert!(
+        labelled_metric(
+            &cluster,
+            0,
+            "kuberaft_tls_handshake_failures_total{port=\"client\"}"
+        )
+        .unwrap()
+            >= 2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +304,13 @@ async fn a_peer_with_a_certificate_of_another_clusters_ca_cannot_join_or_disturb
 
     wait_until("peer handshakes refused", Duration::from_secs(20), || {
         (0..3).any(|i| {
-            labelled_metric(&cluster, i, "kuberaft_tls_handshake_failures_total{port=\"peer\"}").unwrap_or(0) > 0
+            labelled_metric(
+                &cluster,
+                i,
+                "kuberaft_tls_handshake_failures_total{port=\"peer\"}",
+            )
+            .unwrap_or(0)
+                > 0
         })
     });
     let rogue_metrics = support::http_get(ports[2], "/metrics").unwrap();
@@ -295,8 +318,16 @@ async fn a_peer_with_a_certificate_of_another_clusters_ca_cannot_join_or_disturb
         rogue_metrics.lines().any(|l| l == "kuberaft_has_leader 0"),
         "the rogue never hears a leader"
     );
-    assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), leader, "leadership did not move");
-    assert_eq!(cluster.metric(leader, "kuberaft_term"), Some(term), "no election was forced");
+    assert_eq!(
+        cluster.wait_for_leader(&[0, 1, 2]),
+        leader,
+        "leadership did not move"
+    );
+    assert_eq!(
+        cluster.metric(leader, "kuberaft_term"),
+        Some(term),
+        "no election was forced"
+    );
     assert_eq!(cluster.metric(leader, "kuberaft_voters"), Some(3));
     let (ok, out) = etcdctl(&cluster.endpoint(leader), &["put", "k", "after"]);
     assert!(ok, "{out}");
@@ -332,11 +363,20 @@ async fn roles_decide_what_each_identity_may_do() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     // readwrite writes, through a follower that forwards to the leader with the token.
-    kv.put(with_token(put("k", b"v1"), Some("rw-token"))).await.unwrap();
+    kv.put(with_token(put("k", b"v1"), Some("rw-token")))
+        .await
+        .unwrap();
     // readonly reads but cannot write or change membership.
-    let got = kv.range(with_token(range("k"), Some("ro-token"))).await.unwrap().into_inner();
+    let got = kv
+        .range(with_token(range("k"), Some("ro-token")))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.kvs[0].value, b"v1");
-    let status = kv.put(with_token(put("k", b"v2"), Some("ro-token"))).await.unwrap_err();
+    let status = kv
+        .put(with_token(put("k", b"v2"), Some("ro-token")))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("readonly"), "{}", status.message());
     let mut members = ClusterClient::new(channel(&url(leader), Some(&pem), None).await.unwrap());
@@ -344,9 +384,15 @@ async fn roles_decide_what_each_identity_may_do() {
         peer_ur_ls: vec!["http://127.0.0.1:1".into()],
         is_learner: true,
     };
-    let status = members.member_add(with_token(add.clone(), Some("ro-token"))).await.unwrap_err();
+    let status = members
+        .member_add(with_token(add.clone(), Some("ro-token")))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    let status = members.member_add(with_token(add, Some("rw-token"))).await.unwrap_err();
+    let status = members
+        .member_add(with_token(add, Some("rw-token")))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut admin = kuberaft_proto::admin::admin_client::AdminClient::new(
         channel(&url(leader), Some(&pem), None).await.unwrap(),
@@ -356,11 +402,18 @@ async fn roles_decide_what_each_identity_may_do() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    admin.status(with_token(Default::default(), Some("adm-token"))).await.unwrap();
+    admin
+        .status(with_token(Default::default(), Some("adm-token")))
+        .await
+        .unwrap();
 
     // A client certificate names the caller: "reader" is readonly.
     let (ca, cert, key) = (s(&pki.ca_file()), s(&reader_cert), s(&reader_key));
-    let tls = [format!("--cacert={ca}"), format!("--cert={cert}"), format!("--key={key}")];
+    let tls = [
+        format!("--cacert={ca}"),
+        format!("--cert={cert}"),
+        format!("--key={key}"),
+    ];
     let (ok, out) = etcdctl(&url(leader), &[&tls[0], &tls[1], &tls[2], "get", "k"]);
     assert!(ok && out.contains("v1"), "{out}");
     let (ok, out) = etcdctl(&url(leader), &[&tls[0], &tls[1], &tls[2], "put", "k", "v3"]);
@@ -369,25 +422,51 @@ async fn roles_decide_what_each_identity_may_do() {
     assert!(!ok, "{out}");
 
     // Nothing a refused caller sent changed anything.
-    let got = kv.range(with_token(range("k"), Some("ro-token"))).await.unwrap().into_inner();
+    let got = kv
+        .range(with_token(range("k"), Some("ro-token")))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.kvs[0].value, b"v1");
     assert_eq!(got.kvs[0].version, 1);
     let denied: u64 = (0..3)
-        .filter_map(|i| labelled_metric(&cluster, i, "kuberaft_auth_denied_total{reason=\"permission_denied\"}"))
+        .filter_map(|i| {
+            labelled_metric(
+                &cluster,
+                i,
+                "kuberaft_auth_denied_total{reason=\"permission_denied\"}",
+            )
+        })
         .sum();
     let unauthenticated: u64 = (0..3)
-        .filter_map(|i| labelled_metric(&cluster, i, "kuberaft_auth_denied_total{reason=\"unauthenticated\"}"))
+        .filter_map(|i| {
+            labelled_metric(
+                &cluster,
+                i,
+                "kuberaft_auth_denied_total{reason=\"unauthenticated\"}",
+            )
+        })
         .sum();
     assert!(denied >= 5, "permission denials counted: {denied}");
-    assert!(unauthenticated >= 3, "unauthenticated requests counted: {unauthenticated}");
-    assert!(cluster.log(leader).contains("permission denied"), "denials are logged");
+    assert!(
+        unauthenticated >= 3,
+        "unauthenticated requests counted: {unauthenticated}"
+    );
+    assert!(
+        cluster.log(leader).contains("permission denied"),
+        "denials are logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_is_throttled_and_recovers_while_another_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "noisy-token readwrite noisy\nquiet-token readwrite quiet\n").unwrap();
+    std::fs::write(
+        &tokens,
+        "noisy-token readwrite noisy\nquiet-token readwrite quiet\n",
+    )
+    .unwrap();
     let auth = format!("--auth-token-file={}", s(&tokens));
     let cluster = ProcCluster::start(1, &[&auth, "--rate-limit-rps=1", "--rate-limit-burst=3"]);
     cluster.wait_for_leader(&[0]);
@@ -397,11 +476,17 @@ async fn a_client_over_its_rate_is_throttled_and_recovers_while_another_is_not()
     // 20 requests at once: at most the burst plus what refills meanwhile get through.
     let calls = (0..20).map(|i| {
         let mut kv = kv.clone();
-        async move { kv.put(with_token(put(&format!("n{i}"), b"x"), Some("noisy-token"))).await }
+        async move {
+            kv.put(with_token(put(&format!("n{i}"), b"x"), Some("noisy-token")))
+                .await
+        }
     });
     let results = futures::future::join_all(calls).await;
     let throttled: Vec<&tonic::Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(!throttled.is_empty(), "some of 20 requests at once must be throttled");
+    assert!(
+        !throttled.is_empty(),
+        "some of 20 requests at once must be throttled"
+    );
     for status in &throttled {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("retry after"), "{}", status.message());
@@ -462,12 +547,26 @@ async fn oversized_requests_and_too_many_txn_ops_are_refused_and_change_nothing(
                 .unwrap(),
         );
         kv.put(put("small", b"ok")).await.unwrap();
-        let before = kv.range(range("small")).await.unwrap().into_inner().header.unwrap().revision;
+        let before = kv
+            .range(range("small"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
 
         // Just over etcd's 1.5 MiB request limit: etcd's own error.
-        let status = kv.put(put("big", &vec![b'x'; 1536 * 1024 + 1])).await.unwrap_err();
+        let status = kv
+            .put(put("big", &vec![b'x'; 1536 * 1024 + 1]))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains("request is too large"), "{}", status.message());
+        assert!(
+            status.message().contains("request is too large"),
+            "{}",
+            status.message()
+        );
         // Far over it: refused before it is decoded.
         let status = kv.put(put("big", &vec![b'x'; 3 << 20])).await.unwrap_err();
         assert_ne!(status.code(), Code::Ok);
@@ -485,10 +584,18 @@ async fn oversized_requests_and_too_many_txn_ops_are_refused_and_change_nothing(
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains("too many operations"), "{}", status.message());
+        assert!(
+            status.message().contains("too many operations"),
+            "{}",
+            status.message()
+        );
         // 128 is fine... but first: nothing changed.
         let after = kv.range(range("small")).await.unwrap().into_inner();
-        assert_eq!(after.header.unwrap().revision, before, "a refused request changed the store");
+        assert_eq!(
+            after.header.unwrap().revision,
+            before,
+            "a refused request changed the store"
+        );
         assert!(kv.range(range("big")).await.unwrap().into_inner().kvs.is_empty());
     }
     let mut kv = KvClient::new(
@@ -516,11 +623,12 @@ async fn served_certificate(port: u16, ca: &Path) -> Vec<u8> {
     for cert in rustls_pki_types_pem(&pem) {
         roots.add(cert).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
@@ -626,7 +734,10 @@ async fn certificates_rotate_under_load_without_failed_requests_or_a_leader_chan
         if found {
             break;
         }
-        assert!(Instant::now() < deadline, "the restarted follower did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), leader, "no leader change");

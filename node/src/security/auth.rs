@@ -138,7 +138,12 @@ impl TokenFile {
             if file.by_name.insert(name.to_string(), role).is_some() {
                 return Err(format!("line {}: name {name:?} appears twice", number + 1));
             }
-            if token != "-" && file.by_token.insert(token.to_string(), (role, Arc::from(name))).is_some() {
+            if token != "-"
+                && file
+                    .by_token
+                    .insert(token.to_string(), (role, Arc::from(name)))
+                    .is_some()
+            {
                 return Err(format!("line {}: a token appears twice", number + 1));
             }
         }
@@ -216,7 +221,9 @@ impl Authenticator {
                             loaded.file = Arc::new(file);
                             loaded.modified = now;
                         }
-                        Err(e) => tracing::warn!(error = %e, "auth token file cannot be used; keeping the previous one"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "auth token file cannot be used; keeping the previous one")
+                        }
                     }
                 }
             }
@@ -297,7 +304,11 @@ impl Authenticator {
 
 fn deny_unauthenticated(path: &str, message: &str) -> Status {
     COUNTERS.unauthenticated.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(method = path, reason = message, "request refused: unauthenticated");
+    tracing::info!(
+        method = path,
+        reason = message,
+        "request refused: unauthenticated"
+    );
     Status::unauthenticated(message)
 }
 
@@ -309,8 +320,14 @@ fn deny_permission(path: &str, who: &str, message: String) -> Status {
 
 /// `authorization: Bearer T`, or etcd's `token: T`.
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
             return Some(token.trim());
         }
     }
@@ -435,8 +452,10 @@ mod tests {
 
     #[test]
     fn the_token_file_is_parsed_and_bad_lines_are_named() {
-        let file = TokenFile::parse("# who\nt1 admin ops\n\n- readonly reader-cert  # cert only\nt3 readwrite app\n")
-            .unwrap();
+        let file = TokenFile::parse(
+            "# who\nt1 admin ops\n\n- readonly reader-cert  # cert only\nt3 readwrite app\n",
+        )
+        .unwrap();
         assert_eq!(file.by_token.len(), 2);
         assert_eq!(file.by_name.get("reader-cert"), Some(&Role::ReadOnly));
         assert_eq!(file.by_token.get("t3").map(|(r, _)| *r), Some(Role::ReadWrite));
@@ -480,8 +499,15 @@ mod tests {
         );
         let denied = auth.check(put, &headers("r"), None).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        assert!(denied.message().contains("needs readwrite"), "{}", denied.message());
-        assert_eq!(auth.check(put, &headers("w"), None).unwrap().name.as_ref(), "writer");
+        assert!(
+            denied.message().contains("needs readwrite"),
+            "{}",
+            denied.message()
+        );
+        assert_eq!(
+            auth.check(put, &headers("w"), None).unwrap().name.as_ref(),
+            "writer"
+        );
         let cert = |cn: &str| ConnInfo {
             remote: None,
             certificate_identity: Some(Arc::from(cn)),
@@ -491,7 +517,9 @@ mod tests {
             .unwrap();
         assert_eq!(admin.role, Role::Admin);
         assert_eq!(
-            auth.check(put, &none, Some(&cert("stranger"))).unwrap_err().code(),
+            auth.check(put, &none, Some(&cert("stranger")))
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         assert!(auth.check("/grpc.health.v1.Health/Check", &none, None).is_ok());
@@ -501,7 +529,11 @@ mod tests {
     fn without_a_token_file_everyone_may_do_everything() {
         let auth = Authenticator::new(None).unwrap();
         let identity = auth
-            .check("/kuberaft.admin.v1.Admin/SetTiming", &http::HeaderMap::new(), None)
+            .check(
+                "/kuberaft.admin.v1.Admin/SetTiming",
+                &http::HeaderMap::new(),
+                None,
+            )
             .unwrap();
         assert_eq!(identity.role, Role::Admin);
         assert!(!identity.authenticated);

@@ -91,7 +91,10 @@ impl SecurityArgs {
             _ => {}
         }
         if self.client_cert_auth && !client_https {
-            return refuse("client-cert-auth", "needs an https:// client URL with --cert-file");
+            return refuse(
+                "client-cert-auth",
+                "needs an https:// client URL with --cert-file",
+            );
         }
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             return refuse("client-cert-auth", "needs --trusted-ca-file");
@@ -103,7 +106,9 @@ impl SecurityArgs {
                     "peers always use mutual TLS when peer TLS is on",
                 );
             }
-            if self.peer_cert_file.is_none() || self.peer_key_file.is_none() || self.peer_trusted_ca_file.is_none()
+            if self.peer_cert_file.is_none()
+                || self.peer_key_file.is_none()
+                || self.peer_trusted_ca_file.is_none()
             {
                 return refuse(
                     "listen-peer-urls",
@@ -142,12 +147,18 @@ impl SecurityArgs {
                 )
             }
             (Some(_), Some(_)) => {
-                tracing::warn!("--cert-file is set but the client URL is http://: clients are served in plaintext");
+                tracing::warn!(
+                    "--cert-file is set but the client URL is http://: clients are served in plaintext"
+                );
                 None
             }
             _ => None,
         };
-        let (peer_tls, peer_client) = match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
+        let (peer_tls, peer_client) = match (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ) {
             (Some(cert), Some(key), Some(ca)) if peer_https => {
                 let files = TlsFiles {
                     cert: cert.clone(),
@@ -164,13 +175,17 @@ impl SecurityArgs {
             }
             _ => {
                 if self.peer_cert_file.is_some() {
-                    tracing::warn!("--peer-cert-file is set but the peer URL is http://: peers talk in plaintext");
+                    tracing::warn!(
+                        "--peer-cert-file is set but the peer URL is http://: peers talk in plaintext"
+                    );
                 }
                 (None, None)
             }
         };
         if client_tls.is_some() && self.trusted_ca_file.is_none() {
-            tracing::warn!("no --trusted-ca-file: a follower cannot verify the leader's client port to forward writes");
+            tracing::warn!(
+                "no --trusted-ca-file: a follower cannot verify the leader's client port to forward writes"
+            );
         }
         let client_port_client = client_tls.as_ref().map(|_| ClientTlsFiles {
             ca: self.trusted_ca_file.clone(),

@@ -56,7 +56,8 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().expect("not poisoned");
         if buckets.len() >= BUCKETS_MAX && !buckets.contains_key(who) {
             let (per_second, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.refilled).as_secs_f64() * per_second < burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.refilled).as_secs_f64() * per_second < burst);
             if buckets.len() >= BUCKETS_MAX {
                 // Every tracked caller is busy: forget them all rather than grow.
                 buckets.clear();
@@ -168,14 +169,23 @@ mod tests {
             assert!(limiter.take(&a, start).is_ok());
         }
         let wait = limiter.take(&a, start).unwrap_err();
-        assert!(wait > Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}");
-        assert!(limiter.take(&b, start).is_ok(), "another caller has its own bucket");
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert!(
+            limiter.take(&b, start).is_ok(),
+            "another caller has its own bucket"
+        );
         assert!(limiter.take(&a, start + Duration::from_millis(100)).is_ok());
         assert!(limiter.take(&a, start + Duration::from_millis(100)).is_err());
         for _ in 0..3 {
             assert!(limiter.take(&a, start + Duration::from_secs(10)).is_ok());
         }
-        assert!(limiter.take(&a, start + Duration::from_secs(10)).is_err(), "never above the burst");
+        assert!(
+            limiter.take(&a, start + Duration::from_secs(10)).is_err(),
+            "never above the burst"
+        );
     }
 
     #[test]

@@ -211,7 +211,9 @@ impl ReloadingServerConfig {
                 Err(e) => {
                     // Not recorded as seen: tried again on a later connection.
                     tracing::warn!(port = self.port.name(), error = %e, "changed certificate files cannot be used yet; keeping the previous ones");
-                    COUNTERS.certificate_reload_failures.fetch_add(1, Ordering::Relaxed);
+                    COUNTERS
+                        .certificate_reload_failures
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -446,5 +448,6 @@ pub fn set_client_port_tls(files: ClientTlsFiles) {
 
 /// An endpoint for another member's client URL (https:// when the cluster uses TLS).
 pub fn client_port_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::Status> {
-    ClientTlsFiles::endpoint(CLIENT_PORT_TLS.get(), url).map_err(|e| tonic::Status::unavailable(e.to_string()))
+    ClientTlsFiles::endpoint(CLIENT_PORT_TLS.get(), url)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
 }

@@ -99,7 +99,10 @@ impl ProcCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.dir.display()))
-            .arg(format!("--listen-client-urls={client_scheme}://127.0.0.1:{}", m.client))
+            .arg(format!(
+                "--listen-client-urls={client_scheme}://127.0.0.1:{}",
+                m.client
+            ))
             .arg(format!("--listen-peer-urls={peer_scheme}://127.0.0.1:{}", m.peer))
             .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
             .arg(format!("--initial-cluster={initial}"))
