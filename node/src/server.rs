@@ -613,7 +613,12 @@ mod tests {
                 "--listen-client-urls",
             ),
             (
-                &["--client-cert-auth", "--trusted-ca-file=/x"],
+                &[
+                    "--client-cert-auth",
+                    "--listen-client-urls=https://127.0.0.1:2379",
+                    "--cert-file=/c",
+                    "--key-file=/k",
+                ],
                 "--client-cert-auth",
             ),
             (

@@ -340,11 +340,12 @@ async fn roles_decide_what_each_identity_may_do() {
     let pki = Pki::new("roles-ca");
     let (server_cert, server_key) = pki.issue("member", "server");
     let (reader_cert, reader_key) = pki.issue("reader", "reader");
+    let (writer_cert, writer_key) = pki.issue("writer", "writer");
     let tokens = pki.path("tokens");
     std::fs::write(
         &tokens,
         "# token role name\nro-token readonly viewer\nrw-token readwrite app\nadm-token admin ops\n\
-         - readonly reader\n- admin member\n",
+         - readonly reader\n- readwrite writer\n- admin member\n",
     )
     .unwrap();
     let mut args = client_tls_args(&pki, &server_cert, &server_key, false);
@@ -420,6 +421,16 @@ async fn roles_decide_what_each_identity_may_do() {
     assert!(!ok && out.contains("permission denied"), "{out}");
     let (ok, out) = etcdctl(&url(leader), &[&tls[0], "get", "k"]);
     assert!(!ok, "{out}");
+    // "writer" writes through a follower, which forwards with its own certificate.
+    let writer = [
+        format!("--cert={}", s(&writer_cert)),
+        format!("--key={}", s(&writer_key)),
+    ];
+    let (ok, out) = etcdctl(
+        &url(follower),
+        &[&tls[0], &writer[0], &writer[1], "put", "w", "by-cert"],
+    );
+    assert!(ok, "{out}");
 
     // Nothing a refused caller sent changed anything.
     let got = kv

@@ -90,13 +90,7 @@ impl SecurityArgs {
             (None, Some(_)) => return refuse("cert-file", "--key-file needs --cert-file"),
             _ => {}
         }
-        if self.client_cert_auth && !client_https {
-            return refuse(
-                "client-cert-auth",
-                "needs an https:// client URL with --cert-file",
-            );
-        }
-        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+        if self.client_cert_auth && client_https && self.trusted_ca_file.is_none() {
             return refuse("client-cert-auth", "needs --trusted-ca-file");
         }
         if peer_https {
@@ -147,8 +141,10 @@ impl SecurityArgs {
                 )
             }
             (Some(_), Some(_)) => {
+                // etcd's behaviour: the URL scheme decides.
                 tracing::warn!(
-                    "--cert-file is set but the client URL is http://: clients are served in plaintext"
+                    "--cert-file is set but the client URL is http://: clients are served in plaintext \
+                     and --client-cert-auth has no effect"
                 );
                 None
             }
