@@ -526,6 +526,24 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_token_file_is_used_and_a_broken_one_is_not() {
+        let (dir, auth) = authenticator("old readwrite app\n");
+        let put = "/etcdserverpb.KV/Put";
+        assert!(auth.check(put, &headers("old"), None).is_ok());
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "new readwrite app\n").unwrap();
+        std::thread::sleep(RELOAD_CHECK_INTERVAL + std::time::Duration::from_millis(100));
+        assert!(auth.check(put, &headers("new"), None).is_ok());
+        assert!(auth.check(put, &headers("old"), None).is_err());
+        std::fs::write(&path, "this line is broken\n").unwrap();
+        std::thread::sleep(RELOAD_CHECK_INTERVAL + std::time::Duration::from_millis(100));
+        assert!(
+            auth.check(put, &headers("new"), None).is_ok(),
+            "the previous file stays"
+        );
+    }
+
+    #[test]
     fn without_a_token_file_everyone_may_do_everything() {
         let auth = Authenticator::new(None).unwrap();
         let identity = auth

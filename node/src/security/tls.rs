@@ -451,3 +451,77 @@ pub fn client_port_endpoint(url: &str) -> Result<tonic::transport::Endpoint, ton
     ClientTlsFiles::endpoint(CLIENT_PORT_TLS.get(), url)
         .map_err(|e| tonic::Status::unavailable(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.signed_by(&key, ca, ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_half_done_rotation_keeps_the_previous_certificate_until_the_key_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            ca: Some(dir.path().join("ca.crt")),
+        };
+        write(files.ca.as_ref().unwrap(), &ca.pem());
+        let (cert_a, key_a) = issue(&ca, &ca_key);
+        write(&files.cert, &cert_a);
+        write(&files.key, &key_a);
+        let server = ReloadingServerConfig::new(files.clone(), ClientAuth::Required, Port::Client).unwrap();
+        let first = server.current();
+        assert!(
+            Arc::ptr_eq(&first, &server.current()),
+            "unchanged files: the same config"
+        );
+
+        // The new certificate is there, its key not yet.
+        let (cert_b, key_b) = issue(&ca, &ca_key);
+        write(&files.cert, &cert_b);
+        std::thread::sleep(RELOAD_CHECK_INTERVAL + Duration::from_millis(100));
+        assert!(
+            Arc::ptr_eq(&first, &server.current()),
+            "a mismatched pair is not used"
+        );
+
+        write(&files.key, &key_b);
+        std::thread::sleep(RELOAD_CHECK_INTERVAL + Duration::from_millis(100));
+        let second = server.current();
+        assert!(!Arc::ptr_eq(&first, &second), "the completed rotation is used");
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("missing.crt"),
+            key: dir.path().join("missing.key"),
+            ca: None,
+        };
+        let error = files.server_config(ClientAuth::None).unwrap_err().to_string();
+        assert!(error.contains("missing.crt"), "{error}");
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        let error = files.server_config(ClientAuth::None).unwrap_err().to_string();
+        assert!(
+            error.contains("missing.crt") && error.contains("no certificate"),
+            "{error}"
+        );
+    }
+}
