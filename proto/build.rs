@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "etcd/etcdserverpb/rpc.proto",
     "kuberaft/raft.proto",
     "kuberaft/admin.proto",
+    "kuberaft/membership.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

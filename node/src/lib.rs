@@ -10,15 +10,29 @@
 //! - [`linearizability`]: a checker for client histories against a key-value model,
 //!   used by the simulator and by the end-to-end tests.
 //!
-//! The state machine, the transport and the server join as their issues land.
+//! - [`kv`] and [`members`]: the replicated state machine: the MVCC key-value store,
+//!   and the member table (names and URLs of the members).
+//! - [`runtime`]: the task that owns the core and executes its commands.
+//! - [`transport`]: the gRPC peer service; [`join`]: member discovery, joining and
+//!   publishing on the peer port.
+//! - [`stats`]: latency windows (EWMA, p50, p99) and Prometheus histograms, for peer
+//!   round-trip times and WAL fsync latency; [`log_events`]: membership and snapshot
+//!   events for the admin event stream.
+//! - [`api`]: the etcd v3 services (KV, Watch, Lease, Cluster, Maintenance) and the admin service;
+//!   [`server`]: flags and listeners of `raft-node`; [`restore`]: `raft-node restore`.
 
 pub mod api;
+pub mod join;
 pub mod kv;
 pub mod linearizability;
+pub mod log_events;
+pub mod members;
 pub mod metrics;
 pub mod raft;
+pub mod restore;
 pub mod runtime;
 pub mod security;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod transport;

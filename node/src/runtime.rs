@@ -28,9 +28,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::kv::{KvCommand, KvResult, KvStore};
+use crate::log_events::{LogEvent, LogEvents};
+use crate::members::{MemberCommand, MemberTable};
 use crate::raft::{
-    Command, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody, NodeId,
-    PeerStatus, RaftCore, ReadFailure, Status, Term, Timing,
+    Command, ConfChange, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody,
+    NodeId, PeerStatus, RaftCore, ReadFailure, Status, Term, Timing,
 };
 use crate::storage::{self, LogStore, PersistRequest, SnapshotStore, WalConfig, WalWriter, WriterConfig};
 
@@ -114,6 +116,12 @@ enum Request {
         target: NodeId,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// A membership change or a member command; answered with the entry's index once
+    /// it is applied here.
+    ProposeEntry {
+        entry: Proposal,
+        reply: oneshot::Sender<Result<Index>>,
+    },
     /// Answered once the Timing entry is applied here (the new timing is in force on
     /// this member), with its index.
     ProposeTiming {
@@ -171,12 +179,35 @@ pub enum Input {
     Fatal(String),
 }
 
+/// What `ProposeEntry` proposes.
+enum Proposal {
+    ConfChange(ConfChange),
+    Member(MemberCommand),
+}
+
+/// Who waits for an entry to be applied.
+enum Waiter {
+    /// A key-value command's client: gets the command's result.
+    Kv(oneshot::Sender<Result<KvResult>>),
+    /// Gets the entry's index once it is applied.
+    Applied(oneshot::Sender<Result<Index>>),
+}
+
+impl Waiter {
+    fn fail(self, error: Error) {
+        match self {
+            Waiter::Kv(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Waiter::Applied(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 enum ApplyJob {
-    Register {
-        index: Index,
-        term: Term,
-        reply: oneshot::Sender<Result<KvResult>>,
-    },
+    Register { index: Index, term: Term, reply: Waiter },
     Entries(Vec<crate::raft::Entry>),
     Restore(crate::raft::SnapshotMeta),
     Snapshot(crate::raft::SnapshotMeta),
@@ -215,8 +246,10 @@ pub struct NodeHandle {
     last_contact: LastContact,
     counters: Arc<Counters>,
     store: watch::Receiver<KvStore>,
+    members: watch::Receiver<MemberTable>,
     snapshots: SnapshotStore,
     writer: WalWriter,
+    log_events: LogEvents,
 }
 
 impl NodeHandle {
@@ -252,6 +285,12 @@ impl NodeHandle {
         self.store.borrow().clone()
     }
 
+    /// The applied store as it is published after each applied batch (watchers
+    /// follow it).
+    pub fn applied_store(&self) -> watch::Receiver<KvStore> {
+        self.store.clone()
+    }
+
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -271,6 +310,31 @@ impl NodeHandle {
             .await
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Proposes one membership change (leader only) and waits until it is applied here.
+    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<Index> {
+        self.propose_entry(Proposal::ConfChange(change)).await
+    }
+
+    /// Replicates a member command (leader only) and waits until it is applied here.
+    pub async fn propose_member(&self, command: MemberCommand) -> Result<Index> {
+        self.propose_entry(Proposal::Member(command)).await
+    }
+
+    async fn propose_entry(&self, entry: Proposal) -> Result<Index> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ProposeEntry { entry, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// The applied member table (names, URLs, learners, removed ids); every change
+    /// of membership or member attributes is published here, in log order.
+    pub fn members(&self) -> watch::Receiver<MemberTable> {
+        self.members.clone()
     }
 
     pub fn status(&self) -> watch::Receiver<Status> {
@@ -320,6 +384,16 @@ impl NodeHandle {
     pub fn fsync_histogram(&self) -> storage::FsyncHistogram {
         self.writer.fsync_histogram()
     }
+
+    /// WAL commit latency over the last minute (EWMA, p50, p99).
+    pub fn fsync_recent(&self) -> crate::stats::LatencySummary {
+        self.writer.fsync_recent()
+    }
+
+    /// Membership changes applied and snapshots taken or installed, from now on.
+    pub fn log_events(&self) -> tokio::sync::broadcast::Receiver<LogEvent> {
+        self.log_events.subscribe()
+    }
 }
 
 /// Recovers the node from its directories and starts its tasks. The returned handle
@@ -359,12 +433,12 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
             },
         )?
     };
-    let kv = match &recovered.snapshot {
+    let (kv, members) = match &recovered.snapshot {
         Some(info) if info.meta.index == snapshot_meta.index && snapshot_meta.index > 0 => {
             let mut reader = recovered.snapshots.open_reader(info)?;
-            KvStore::read_snapshot(&mut reader).map_err(|e| Error::Snapshot(e.to_string()))?
+            read_state_machine(&mut reader).map_err(Error::Snapshot)?
         }
-        _ => KvStore::default(),
+        _ => (KvStore::default(), MemberTable::default()),
     };
     let timing_state = match snapshot_meta.timing {
         Some(timing) if snapshot_meta.index > 0 => TimingState {
@@ -399,13 +473,15 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let last_contact = LastContact::default();
     let counters = Arc::new(Counters::default());
     let (store_tx, store_rx) = watch::channel(kv.clone());
+    let (members_tx, members_rx) = watch::channel(members.clone());
     let (persist_tx, persist_rx) = mpsc::channel::<(Option<u64>, storage::Ack)>(config.request_capacity);
+    let log_events = LogEvents::default();
 
     tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
     tokio::spawn(apply_loop(
-        kv,
+        (kv, members),
         apply_rx,
-        store_tx,
+        (store_tx, members_tx),
         snapshots.clone(),
         inbox_tx.clone(),
         counters.clone(),
@@ -421,8 +497,10 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         last_contact: last_contact.clone(),
         counters: counters.clone(),
         store: store_rx,
+        members: members_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
+        log_events: log_events.clone(),
     };
     let task = CoreTask {
         core,
@@ -442,6 +520,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         pending_reads: HashMap::new(),
         next_read_id: 1,
         snapshot_records: Vec::new(),
+        log_events,
     };
     let join = tokio::spawn(task.run(config.tick, config.input_batch_max.max(1), inbox_rx, request_rx));
     Ok((handle, join))
@@ -469,6 +548,7 @@ struct CoreTask {
     next_read_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
     snapshot_records: Vec<crate::raft::SnapshotMeta>,
+    log_events: LogEvents,
 }
 
 /// Inputs handled per wake-up before the commands are executed, so bursts of
@@ -539,6 +619,10 @@ impl CoreTask {
                 // The WAL learns that the log may start after the snapshot, before the
                 // compaction the core asks for next (both go out in `execute`, in order).
                 self.snapshot_records.push(meta.clone());
+                self.log_events.publish(LogEvent::SnapshotBuilt {
+                    index: meta.index,
+                    term: meta.term,
+                });
                 self.core.snapshot_built(meta);
             }
             Input::SnapshotBuildFailed => self.core.snapshot_build_failed(),
@@ -557,7 +641,11 @@ impl CoreTask {
                     self.counters.proposals.fetch_add(1, Ordering::Relaxed);
                     if self
                         .apply_tx
-                        .send(ApplyJob::Register { index, term, reply })
+                        .send(ApplyJob::Register {
+                            index,
+                            term,
+                            reply: Waiter::Kv(reply),
+                        })
                         .await
                         .is_err()
                     {
@@ -580,6 +668,31 @@ impl CoreTask {
             }
             Request::TransferLeadership { target, reply } => {
                 let _ = reply.send(self.core.transfer_leadership(target).map_err(Error::from));
+            }
+            Request::ProposeEntry { entry, reply } => {
+                let proposed = match entry {
+                    Proposal::ConfChange(change) => self.core.propose_conf_change(change),
+                    Proposal::Member(command) => self.core.propose(command.encode()),
+                };
+                match proposed {
+                    Ok((index, term)) => {
+                        let reply = Waiter::Applied(reply);
+                        if self
+                            .apply_tx
+                            .send(ApplyJob::Register { index, term, reply })
+                            .await
+                            .is_err()
+                        {
+                            tracing::error!("apply task stopped");
+                        }
+                    }
+                    Err(crate::raft::Error::NotLeader { leader_hint }) => {
+                        let _ = reply.send(Err(Error::NotLeader { leader_hint }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
             }
             Request::ProposeTiming { timing, reply } => match self.core.propose_timing(timing) {
                 Ok((index, term)) => {
@@ -655,12 +768,17 @@ impl CoreTask {
                     }
                     Command::Apply(entries) => {
                         self.note_applied_timing(&entries);
+                        self.log_events.entries_applied(&entries, self.replayed_through);
                         if self.apply_tx.send(ApplyJob::Entries(entries)).await.is_err() {
                             return false;
                         }
                     }
                     Command::RestoreSnapshot(meta) => {
                         self.note_restored_timing(&meta);
+                        self.log_events.publish(LogEvent::SnapshotInstalled {
+                            index: meta.index,
+                            term: meta.term,
+                        });
                         if self.apply_tx.send(ApplyJob::Restore(meta)).await.is_err() {
                             return false;
                         }
@@ -824,30 +942,41 @@ async fn wait_for_persistence(
 
 /// Applies committed entries to the state machine and answers the clients.
 async fn apply_loop(
-    mut kv: KvStore,
+    (mut kv, mut members): (KvStore, MemberTable),
     mut jobs: mpsc::Receiver<ApplyJob>,
-    published: watch::Sender<KvStore>,
+    (published, members_published): (watch::Sender<KvStore>, watch::Sender<MemberTable>),
     snapshots: SnapshotStore,
     inbox: mpsc::Sender<Input>,
     counters: Arc<Counters>,
 ) {
-    let mut waiting: HashMap<Index, (Term, oneshot::Sender<Result<KvResult>>)> = HashMap::new();
+    let mut waiting: HashMap<Index, (Term, Waiter)> = HashMap::new();
     while let Some(job) = jobs.recv().await {
         match job {
             ApplyJob::Register { index, term, reply } => {
                 if index <= kv.applied() {
                     // Overtaken (a snapshot jumped past it): the outcome is unknown here.
-                    let _ = reply.send(Err(Error::ProposalDropped));
+                    reply.fail(Error::ProposalDropped);
                 } else {
                     waiting.insert(index, (term, reply));
                 }
             }
             ApplyJob::Entries(entries) => {
+                let members_before = members.clone();
                 for entry in entries {
                     if entry.index <= kv.applied() {
                         continue; // re-delivered after a snapshot restore
                     }
                     let result = match &entry.payload {
+                        EntryPayload::Normal(data) if MemberCommand::is_member_command(data) => {
+                            match MemberCommand::decode(Bytes::clone(data)) {
+                                Ok(command) => members.apply_command(&command),
+                                Err(e) => {
+                                    tracing::error!(index = entry.index, error = %e, "undecodable member command skipped");
+                                }
+                            }
+                            kv.skip(entry.index);
+                            None
+                        }
                         EntryPayload::Normal(data) => match KvCommand::decode(Bytes::clone(data)) {
                             Ok(command) => Some(kv.apply(entry.index, &command)),
                             Err(e) => {
@@ -857,20 +986,40 @@ async fn apply_loop(
                                 None
                             }
                         },
+                        EntryPayload::ConfChange(change) => {
+                            members.apply_conf_change(change);
+                            kv.skip(entry.index);
+                            None
+                        }
                         _ => {
                             kv.skip(entry.index);
                             None
                         }
                     };
-                    if let Some((term, reply)) = waiting.remove(&entry.index) {
-                        let answer = match result {
-                            Some(result) if term == entry.term => Ok(result),
-                            _ => Err(Error::ProposalDropped),
-                        };
-                        let _ = reply.send(answer);
+                    match waiting.remove(&entry.index) {
+                        // Same index and term: the very entry that was proposed.
+                        Some((term, Waiter::Kv(reply))) => {
+                            let answer = match result {
+                                Some(result) if term == entry.term => Ok(result),
+                                _ => Err(Error::ProposalDropped),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        Some((term, Waiter::Applied(reply))) => {
+                            let answer = if term == entry.term {
+                                Ok(entry.index)
+                            } else {
+                                Err(Error::ProposalDropped)
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        None => {}
                     }
                 }
                 published.send_replace(kv.clone());
+                if members != members_before {
+                    members_published.send_replace(members.clone());
+                }
             }
             ApplyJob::Restore(meta) => {
                 let loaded = snapshots
@@ -881,19 +1030,21 @@ async fn apply_loop(
                             .ok_or_else(|| "missing".to_string())
                     })
                     .and_then(|info| snapshots.open_reader(&info).map_err(|e| e.to_string()))
-                    .and_then(|mut reader| KvStore::read_snapshot(&mut reader).map_err(|e| e.to_string()));
+                    .and_then(|mut reader| read_state_machine(&mut reader));
                 match loaded {
-                    Ok(store) => {
+                    Ok((store, table)) => {
                         counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
                         kv = store;
+                        members = table;
                         for (index, (_, reply)) in std::mem::take(&mut waiting) {
                             if index <= kv.applied() {
-                                let _ = reply.send(Err(Error::ProposalDropped));
+                                reply.fail(Error::ProposalDropped);
                             } else {
                                 waiting.insert(index, (0, reply));
                             }
                         }
                         published.send_replace(kv.clone());
+                        members_published.send_replace(members.clone());
                     }
                     Err(e) => {
                         let _ = inbox
@@ -910,13 +1061,13 @@ async fn apply_loop(
                     "snapshot asked for at the applied index"
                 );
                 let frozen = kv.clone();
+                let frozen_members = members.clone();
                 let snapshots = snapshots.clone();
                 let inbox = inbox.clone();
                 let counters = counters.clone();
                 tokio::task::spawn_blocking(move || {
                     let written = snapshots.create(&meta).and_then(|mut writer| {
-                        frozen
-                            .write_snapshot(&mut writer)
+                        write_state_machine(&frozen, &frozen_members, &mut writer)
                             .map_err(|e| storage::Error::io("write snapshot", snapshots.dir(), e))?;
                         writer.finish()
                     });
@@ -934,4 +1085,22 @@ async fn apply_loop(
             }
         }
     }
+}
+
+/// Writes the state machine as a snapshot's data: the key-value store, then the
+/// member table (its own section, see [`MemberTable::write_snapshot`]).
+pub fn write_state_machine(
+    kv: &KvStore,
+    members: &MemberTable,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    kv.write_snapshot(out)?;
+    members.write_snapshot(out)
+}
+
+/// Reads what [`write_state_machine`] wrote.
+pub fn read_state_machine(input: &mut dyn std::io::Read) -> Result<(KvStore, MemberTable), String> {
+    let kv = KvStore::read_snapshot(input).map_err(|e| e.to_string())?;
+    let members = MemberTable::read_snapshot(input).map_err(|e| e.to_string())?;
+    Ok((kv, members))
 }

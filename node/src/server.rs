@@ -10,7 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
+use crate::api::cluster::ClusterService;
+use crate::api::lease::LeaseService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
 use crate::api::KvService;
+use crate::join::{self, MembershipService};
 use crate::raft::{Config as RaftConfig, NodeId, Role, Status, Timing};
 use crate::runtime::{self, NodeHandle, RuntimeConfig};
 use crate::transport::{GrpcTransport, PeerService, TransportConfig};
@@ -356,15 +361,70 @@ impl ServeArgs {
     }
 }
 
-/// Runs a member until SIGTERM or SIGINT.
+/// How long a member started with `--initial-cluster-state existing` and no data
+/// waits to find itself in the cluster's member list (added by MemberAdd).
+pub const JOIN_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// What a member says when it finds it was removed (and stops).
+pub const REMOVED_LOG: &str = "this member was removed from the cluster";
+
+impl ServeArgs {
+    /// The peer URLs this member advertises.
+    pub fn advertise_peer_urls(&self) -> Vec<String> {
+        self.initial_advertise_peer_urls
+            .clone()
+            .unwrap_or_else(|| self.listen_peer_urls.clone())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// Runs a member until SIGTERM or SIGINT, or until it finds it was removed from the
+/// cluster (then it stops with an error).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let plan = args.plan()?;
+    let mut plan = args.plan()?;
     let security = args
         .security
         .load(plan.client_https, plan.peer_https)
         .map_err(|refused| flag_error(refused.flag, refused.reason))?;
     if let Some(files) = security.client_port_client.clone() {
         crate::security::tls::set_client_port_tls(files);
+    }
+    if let Some(files) = security.peer_client.clone() {
+        crate::security::tls::set_peer_port_tls(files);
+    }
+    let own_peer_urls = args.advertise_peer_urls();
+    // A member joining an existing cluster learns its id and the cluster's from the
+    // cluster (first start) or from its WAL (restarts).
+    let mut joined_peers = None;
+    if !plan.bootstrap {
+        match crate::storage::read_identity(&plan.wal_dir)? {
+            Some((cluster_id, id)) => {
+                plan.id = id;
+                plan.cluster_id = cluster_id;
+            }
+            None => {
+                let seeds: Vec<String> = plan
+                    .members
+                    .values()
+                    .map(|(_, url)| url.clone())
+                    .filter(|url| !own_peer_urls.iter().any(|own| crate::members::same_url(own, url)))
+                    .collect();
+                if seeds.is_empty() {
+                    anyhow::bail!(
+                        "--initial-cluster: with --initial-cluster-state existing it must name at least one existing member"
+                    );
+                }
+                let joined =
+                    join::discover(&args.initial_cluster_token, &own_peer_urls, &seeds, JOIN_WAIT_MAX)
+                        .await?;
+                plan.id = joined.id;
+                plan.cluster_id = joined.cluster_id;
+                joined_peers = Some(joined.peers);
+            }
+        }
     }
     std::fs::create_dir_all(&plan.wal_dir)?;
     std::fs::create_dir_all(&plan.snapshot_dir)?;
@@ -397,16 +457,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Reconnect attempts back off, but never past half an election timeout.
     transport_config.backoff_max = Duration::from_millis((args.election_timeout / 2).clamp(20, 400));
     let directory = transport_config.directory.clone();
+    let links = transport_config.links.clone();
     directory
         .lock()
         .expect("not poisoned")
         .insert(plan.id, plan.advertise_client_urls.clone());
-    let peer_urls: HashMap<NodeId, String> = plan
-        .members
-        .iter()
-        .filter(|(id, _)| **id != plan.id)
-        .map(|(id, (_, url))| (*id, url.clone()))
-        .collect();
+    let peer_urls: HashMap<NodeId, String> = joined_peers.unwrap_or_else(|| {
+        plan.members
+            .iter()
+            .filter(|(id, _)| **id != plan.id)
+            .map(|(id, (_, url))| (*id, url.clone()))
+            .collect()
+    });
     let transport = GrpcTransport::new(transport_config.clone(), peer_urls);
     let (node, mut core_task) = runtime::start(config, Arc::new(transport.clone())).await?;
     transport.attach(node.inbox(), node.snapshots().clone());
@@ -420,6 +482,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(join::follow_members(
+        node.clone(),
+        plan.id,
+        transport.clone(),
+        directory.clone(),
+        transport_config.removed.clone(),
+    ));
+    tokio::spawn(join::publish(
+        node.clone(),
+        join::Attributes {
+            id: plan.id,
+            name: args.name.clone(),
+            peer_urls: own_peer_urls.clone(),
+            client_urls: plan.advertise_client_urls.clone(),
+            cluster_id: plan.cluster_id,
+            cluster_token: args.initial_cluster_token.clone(),
+        },
+        plan.members.clone(),
+        shutdown_rx.clone(),
+    ));
+    let membership_service = MembershipService::new(
+        node.clone(),
+        plan.id,
+        plan.cluster_id,
+        args.initial_cluster_token.clone(),
+        plan.members.clone(),
+    );
+    let removed_notice = transport_config.removed_notice.subscribe();
     let peer_service = PeerService::new(transport_config, node.inbox(), node.snapshots().clone());
     let peer_server = {
         let mut stop = shutdown_rx.clone();
@@ -427,6 +517,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(peer_service.into_server())
+                .add_service(membership_service.into_server())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -438,6 +529,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .set_serving::<kuberaft_proto::etcdserverpb::kv_server::KvServer<KvService>>()
         .await;
     let kv = KvService::new(node.clone(), plan.id, plan.cluster_id, directory.clone());
+    let watch = WatchService::new(kv.clone(), crate::api::watch::PROGRESS_NOTIFY_INTERVAL);
+    let lease = LeaseService::new(kv.clone());
+    tokio::spawn(crate::api::lease::run_expiry(
+        node.clone(),
+        lease.lessor(),
+        shutdown_rx.clone(),
+    ));
+    let cluster = ClusterService::new(
+        node.clone(),
+        plan.id,
+        plan.cluster_id,
+        plan.members.clone(),
+        directory.clone(),
+    );
+    let maintenance = MaintenanceService::new(node.clone(), plan.id, plan.cluster_id);
     let admin = AdminService::new(
         node.clone(),
         plan.id,
@@ -445,7 +551,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan.cluster_id,
         plan.members.clone(),
         directory,
-    );
+    )
+    .with_peer_links(links.clone());
     let client_server = {
         let mut stop = shutdown_rx.clone();
         let incoming = crate::security::tls::incoming(plan.client_addr, security.client_tls.clone()).await?;
@@ -461,6 +568,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .layer(rate_limit)
                 .add_service(health_service)
                 .add_service(kv.into_server())
+                .add_service(watch.into_server())
+                .add_service(lease.into_server())
+                .add_service(cluster.into_server())
+                .add_service(maintenance.into_server())
                 .add_service(admin.into_server())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -478,15 +589,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    let metrics_server = crate::metrics::serve(plan.metrics_addr, node.clone(), shutdown_rx.clone()).await?;
+    let metrics_server =
+        crate::metrics::serve(plan.metrics_addr, node.clone(), links, shutdown_rx.clone()).await?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut removed = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = terminate.recv() => tracing::info!("terminating"),
         result = &mut core_task => tracing::error!(?result, "the core stopped"),
+        _ = wait_for_removal(&node, plan.id, removed_notice) => {
+            tracing::error!(id = format_args!("{:#x}", plan.id), "{REMOVED_LOG}; it stops serving");
+            removed = true;
+            // Lets the answer to the MemberRemove that removed it (if it came here) go out.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
-    hand_over_leadership(&node).await;
+    if !removed {
+        hand_over_leadership(&node).await;
+    }
     // From here on this member takes no part in Raft: while the listeners drain, it
     // must not vote, campaign or accept a leadership transfer (TimeoutNow) it would
     // drop a moment later. Everything the core handed to the WAL is flushed below.
@@ -501,7 +622,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = metrics_server.await;
     })
     .await;
+    if removed {
+        anyhow::bail!(
+            "{REMOVED_LOG} (id {:#x}); wipe its data directories before it joins again",
+            plan.id
+        );
+    }
     Ok(())
+}
+
+/// Resolves once this member is removed: it applied its own removal, or a peer
+/// refused it as removed.
+async fn wait_for_removal(node: &NodeHandle, me: NodeId, mut notice: watch::Receiver<bool>) {
+    let mut members = node.members();
+    loop {
+        if members.borrow_and_update().is_removed(me) || *notice.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            changed = members.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            changed = notice.changed() => if changed.is_err() { std::future::pending::<()>().await },
+        }
+    }
 }
 
 /// Revision-based auto-compaction (like etcd's `--auto-compaction-mode=revision`):

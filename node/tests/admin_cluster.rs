@@ -1,5 +1,7 @@
 //! The admin API (`kuberaft.admin.v1`) against real `raft-node` processes on
-//! 127.0.0.1: live timing through the log, and leadership transfer.
+//! 127.0.0.1: live timing through the log, leadership transfer, round-trip times
+//! (with latency added to one link by a delaying proxy), fsync latency, and the
+//! FAILURE, RECOVERED and SNAPSHOT events.
 //!
 //! Every wait is bounded, and every process started here is ended by its PID when
 //! the test ends (also on failure).
@@ -13,6 +15,7 @@ use kuberaft_proto::admin::{
     Event, EventKind, Role, SetTimingRequest, StatusRequest, StatusResponse, TimingSource,
     TransferLeaderRequest, WatchEventsRequest,
 };
+use support::proxy::DelayProxy;
 use support::ProcCluster;
 use tonic::transport::Channel;
 
@@ -301,4 +304,285 @@ async fn watch_events_replays_the_election_then_reports_timing_and_leader_change
     let moved = next_event(&mut stream, EventKind::LeaderChanged).await;
     assert_eq!(moved.member_name, cluster.members[target].name);
     assert!(moved.term > elected.term);
+}
+
+/// The leader's view of the peer named `name`.
+fn peer<'a>(leader: &'a StatusResponse, name: &str) -> &'a kuberaft_proto::admin::PeerStatus {
+    leader
+        .peers
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("the leader reports no peer {name}: {leader:#?}"))
+}
+
+/// The series of a labelled metric on member `i`: (labels, value).
+fn series(cluster: &ProcCluster, i: usize, name: &str) -> Vec<(String, f64)> {
+    let body = support::http_get(cluster.members[i].metrics, "/metrics").expect("/metrics answers");
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None; // another metric with this name as a prefix
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rtt_the_leader_reports_rises_by_the_injected_delay_on_that_link_only() {
+    // Every byte into m2's peer port waits DELAY, and so does every byte back on
+    // those connections. The leader's probes to m2 and their echoes travel on the
+    // connection it opened to m2, so each round trip to m2 takes at least 2 x DELAY;
+    // its link to the other follower is direct. (m2's own streams to the others are
+    // not delayed, so m2 must not be the leader.)
+    const DELAY: Duration = Duration::from_millis(100);
+    let mut cluster = ProcCluster::new(3, &[]);
+    let proxy = DelayProxy::start(cluster.members[2].peer, DELAY, Duration::from_secs(180));
+    cluster.members[2].peer_via = Some(proxy.port);
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    let mut leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    if leader == 2 {
+        cluster
+            .admin(2)
+            .await
+            .transfer_leader(TransferLeaderRequest {
+                target_name: "m0".into(),
+                deadline_ms: 10_000,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("transfer to m0: {e}"));
+        leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+        assert_ne!(leader, 2);
+    }
+    let direct = if leader == 0 { "m1" } else { "m0" };
+    let samples_enough = |s: &StatusResponse| {
+        s.role == Role::Leader as i32
+            && s.peers.len() == 2
+            && s.peers.iter().all(|p| p.rtt.is_some_and(|r| r.samples >= 20))
+    };
+    cluster
+        .wait_for_status(leader, "20 RTT samples per peer", samples_enough)
+        .await;
+    let status = cluster.status(leader).await.unwrap();
+    let slow = peer(&status, "m2").rtt.unwrap();
+    let fast = peer(&status, direct).rtt.unwrap();
+    let round_trip_delay_ms = 2.0 * DELAY.as_secs_f64() * 1e3;
+    eprintln!("delayed link {slow:?}\ndirect link {fast:?}");
+    assert!(
+        slow.p50_ms >= round_trip_delay_ms - 1.0,
+        "every round trip to m2 waits 2 x {DELAY:?}: p50 {} ms",
+        slow.p50_ms
+    );
+    assert!(
+        slow.p50_ms - fast.p50_ms >= 0.8 * round_trip_delay_ms,
+        "the delayed link is slower by about the delay: {} vs {} ms",
+        slow.p50_ms,
+        fast.p50_ms
+    );
+    assert!(
+        slow.p50_ms < 2.0 * round_trip_delay_ms,
+        "a sample is one round trip, not several: p50 {} ms",
+        slow.p50_ms
+    );
+    assert!(
+        fast.p50_ms < DELAY.as_secs_f64() * 1e3,
+        "the direct link does not rise: p50 {} ms",
+        fast.p50_ms
+    );
+    assert!(slow.p99_ms >= slow.p50_ms && slow.ewma_ms >= round_trip_delay_ms - 1.0);
+    assert_eq!(slow.window_ms, 60_000);
+
+    // The same on /metrics: no round trip to m2 below 2 x DELAY, every one counted.
+    let m2_id = cluster.status(2).await.unwrap().id;
+    let name = "kuberaft_peer_round_trip_time_seconds";
+    let m2_series = |suffix: &str, le: Option<&str>| {
+        let labels = match le {
+            Some(le) => format!("{{peer=\"{m2_id:x}\",le=\"{le}\"}}"),
+            None => format!("{{peer=\"{m2_id:x}\"}}"),
+        };
+        series(&cluster, leader, &format!("{name}{suffix}"))
+            .into_iter()
+            .find(|(l, _)| *l == labels)
+            .unwrap_or_else(|| panic!("no {name}{suffix}{labels} on the leader"))
+            .1
+    };
+    let count = m2_series("_count", None);
+    assert!(count >= 20.0, "{count} round trips counted");
+    assert_eq!(m2_series("_bucket", Some("0.1024")), 0.0, "none under 102 ms");
+    assert_eq!(m2_series("_bucket", Some("+Inf")), count);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_past_the_election_timeout_is_reported_failed_then_recovered() {
+    let cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    let victim = (leader + 1) % 3;
+    let victim_id = cluster.status(victim).await.unwrap().id;
+    let leader_id = cluster.status(leader).await.unwrap().id;
+    let mut stream = cluster
+        .admin(leader)
+        .await
+        .watch_events(WatchEventsRequest { replay: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let stopped_at = std::time::SystemTime::now();
+    cluster.signal(victim, "STOP");
+    let failure = next_event(&mut stream, EventKind::Failure).await;
+    assert_eq!(failure.member_id, victim_id, "{failure:?}");
+    assert_eq!(failure.member_name, cluster.members[victim].name);
+    assert_eq!(failure.reporter_id, leader_id);
+    assert!(failure.term > 0 && failure.index > 0, "{failure:?}");
+    let stopped_ms = stopped_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Silence counts from the victim's last answer, which came at most a few
+    // heartbeats (100 ms each) before the stop: never reported right away.
+    assert!(
+        failure.time_unix_ms >= stopped_ms + 700,
+        "reported only after about the election timeout (1000 ms): {} ms after the stop",
+        failure.time_unix_ms - stopped_ms
+    );
+    let silent_ms: u64 = failure
+        .detail
+        .split_whitespace()
+        .skip_while(|w| *w != "for")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the detail says how long: {failure:?}"));
+    assert!(
+        silent_ms >= 1000,
+        "more than the election timeout, in whole ms: {failure:?}"
+    );
+    let status = cluster.status(leader).await.unwrap();
+    let seen = peer(&status, &cluster.members[victim].name);
+    assert_eq!(
+        seen.reachability,
+        kuberaft_proto::admin::Reachability::Failed as i32
+    );
+    assert!(seen.last_contact_ms >= 1000, "{seen:?}");
+
+    cluster.signal(victim, "CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        let event = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("RECOVERED within 10 s of SIGCONT")
+            .expect("the stream stays healthy")
+            .expect("the stream stays open");
+        if event.kind == EventKind::Failure as i32 {
+            assert_eq!(
+                event.member_id, victim_id,
+                "only the stopped member failed: {event:?}"
+            );
+        }
+        if event.kind == EventKind::Recovered as i32 {
+            break event;
+        }
+    };
+    assert_eq!(recovered.member_id, victim_id);
+    assert!(recovered.time_unix_ms >= failure.time_unix_ms);
+    cluster
+        .wait_for_status(leader, "the member reachable again", |s| {
+            s.peers
+                .iter()
+                .all(|p| p.reachability == kuberaft_proto::admin::Reachability::Ok as i32 && p.stream_up)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_reported_as_events_and_fsync_and_rtt_histograms_are_on_metrics() {
+    let cluster = ProcCluster::start(3, &["--snapshot-count=100"]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let follower_id = cluster.status(follower).await.unwrap().id;
+    let mut stream = cluster
+        .admin(follower)
+        .await
+        .watch_events(WatchEventsRequest { replay: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = support::client(&cluster.endpoints()).await;
+    for i in 0..150 {
+        client.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    let snapshot = next_event(&mut stream, EventKind::Snapshot).await;
+    assert_eq!(
+        (snapshot.member_id, snapshot.reporter_id),
+        (follower_id, follower_id)
+    );
+    assert!(snapshot.index >= 100 && snapshot.term > 0, "{snapshot:?}");
+    assert!(snapshot.detail.contains("taken"), "{snapshot:?}");
+
+    // fsync: a histogram whose buckets add up to its count, and recent percentiles.
+    for i in 0..3 {
+        let count = cluster
+            .metric(i, "kuberaft_wal_fsync_duration_seconds_count")
+            .unwrap();
+        let buckets = series(&cluster, i, "kuberaft_wal_fsync_duration_seconds_bucket");
+        assert!(count > 0, "m{i} fsynced");
+        assert_eq!(
+            buckets.last().unwrap(),
+            &("{le=\"+Inf\"}".to_string(), count as f64)
+        );
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "cumulative: {buckets:?}"
+        );
+        let fsync = cluster.status(i).await.unwrap().fsync.unwrap();
+        assert!(
+            fsync.samples > 0 && fsync.p50_ms > 0.0 && fsync.p99_ms >= fsync.p50_ms,
+            "{fsync:?}"
+        );
+    }
+    // RTT: one histogram per peer on the leader, each with samples.
+    let counts = series(&cluster, leader, "kuberaft_peer_round_trip_time_seconds_count");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.iter().all(|(_, n)| *n > 0.0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_follower_shows_a_broken_stream_backing_off_until_it_returns() {
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_agreed_leader(&[0, 1, 2]).await;
+    let victim = (leader + 1) % 3;
+    let name = cluster.members[victim].name.clone();
+    cluster
+        .wait_for_status(leader, "every stream up", |s| {
+            s.peers.len() == 2 && s.peers.iter().all(|p| p.stream_up)
+        })
+        .await;
+    cluster.kill(victim);
+    cluster
+        .wait_for_status(leader, "the stream down and backing off", |s| {
+            s.peers.iter().any(|p| {
+                p.name == name
+                    && !p.stream_up
+                    && p.reconnect_failures >= 2
+                    && p.backoff_ms > 0
+                    && p.reachability == kuberaft_proto::admin::Reachability::Failed as i32
+            })
+        })
+        .await;
+    cluster.spawn(victim);
+    cluster
+        .wait_for_status(leader, "the stream up again", |s| {
+            s.peers.iter().any(|p| {
+                p.name == name
+                    && p.stream_up
+                    && p.reconnect_failures == 0
+                    && p.backoff_ms == 0
+                    && p.reachability == kuberaft_proto::admin::Reachability::Ok as i32
+            })
+        })
+        .await;
 }

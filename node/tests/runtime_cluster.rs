@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kuberaft_node::api::admin::AdminService;
 use kuberaft_node::kv::{KvCommand, KvResult};
-use kuberaft_node::raft::{Config, Message, MessageBody, NodeId, Role, Timing};
+use kuberaft_node::raft::{ConfChange, Config, Message, MessageBody, NodeId, Role, Timing};
 use kuberaft_node::runtime::{self, Input, NodeHandle, Outbox, RuntimeConfig};
 use tokio::task::JoinHandle;
 
@@ -81,6 +82,15 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: NodeId) {
+        self.start_node_as(id, Some(self.voters.clone())).await;
+    }
+
+    /// Starts a node that is not among the bootstrap voters: it waits to be added.
+    async fn start_joiner(&mut self, id: NodeId) {
+        self.start_node_as(id, None).await;
+    }
+
+    async fn start_node_as(&mut self, id: NodeId, bootstrap: Option<Vec<NodeId>>) {
         let mut raft = Config::new(id);
         raft.timing = Timing {
             heartbeat_ticks: 2,
@@ -90,7 +100,7 @@ impl Cluster {
         raft.log_tail_entries = 5;
         let mut config = RuntimeConfig::new(raft, 0xc1, self.dir(id, "wal"), self.dir(id, "snap"));
         config.tick = Duration::from_millis(5);
-        config.bootstrap = Some(self.voters.clone());
+        config.bootstrap = bootstrap;
         let outbox = Arc::new(MemOutbox {
             registry: self.registry.clone(),
         });
@@ -141,6 +151,19 @@ impl Cluster {
             }
         }
         panic!("put {key} never succeeded");
+    }
+
+    /// Proposes a membership change through whoever leads, until it is accepted.
+    async fn change_membership(&self, change: ConfChange) -> u64 {
+        for _ in 0..500 {
+            let leader = self.leader().await;
+            match self.node(leader).propose_conf_change(change).await {
+                Ok(index) => return index,
+                // Not yet: an earlier change is in flight, the learner is catching up...
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("{change:?} never accepted");
     }
 }
 
@@ -292,4 +315,74 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
         None,
         "the write the isolated leader took never happened"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_reports_join_promotion_and_leave_in_log_order() {
+    use kuberaft_proto::admin::admin_server::Admin;
+    use kuberaft_proto::admin::{EventKind, WatchEventsRequest};
+    use tokio_stream::StreamExt;
+
+    let mut cluster = Cluster::start(&[1, 2, 3], 0).await;
+    cluster.put("before", "1").await;
+    let names: BTreeMap<NodeId, (String, String)> = (1..=4)
+        .map(|id| (id, (format!("n{id}"), format!("http://n{id}"))))
+        .collect();
+    let mut streams = Vec::new();
+    for id in [1, 2, 3] {
+        let admin = AdminService::new(
+            cluster.node(id),
+            id,
+            format!("n{id}"),
+            0xc1,
+            names.clone(),
+            Default::default(),
+        );
+        let stream = admin
+            .watch_events(tonic::Request::new(WatchEventsRequest { replay: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push((id, stream));
+    }
+
+    cluster.start_joiner(4).await;
+    let added = cluster.change_membership(ConfChange::AddLearner(4)).await;
+    cluster.put("while a learner", "2").await;
+    let promoted = cluster.change_membership(ConfChange::Promote(4)).await;
+    let removed = cluster.change_membership(ConfChange::Remove(4)).await;
+    assert!(added < promoted && promoted < removed);
+
+    let membership_kinds = [EventKind::Join, EventKind::Promoted, EventKind::Leave];
+    for (id, stream) in &mut streams {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("n{id}: only {seen:?} within 10 s"))
+                .expect("the stream stays open")
+                .expect("the stream stays healthy");
+            if membership_kinds.iter().any(|k| *k as i32 == event.kind) {
+                seen.push(event);
+            }
+        }
+        let summary: Vec<(i32, u64, String)> = seen
+            .iter()
+            .map(|e| (e.kind, e.index, e.member_name.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (EventKind::Join as i32, added, "n4".to_string()),
+                (EventKind::Promoted as i32, promoted, "n4".to_string()),
+                (EventKind::Leave as i32, removed, "n4".to_string()),
+            ],
+            "n{id}"
+        );
+        for event in &seen {
+            assert_eq!((event.member_id, event.reporter_id), (4, *id));
+            assert!(event.term > 0 && event.time_unix_ms > 0, "{event:?}");
+        }
+    }
+    cluster.kill(4);
 }

@@ -221,7 +221,10 @@ pub struct PodTemplateOverrides {
 }
 
 /// Certificates for client and peer traffic, from a `kubernetes.io/tls` Secret (keys
-/// `tls.crt`, `tls.key`, `ca.crt`), mounted read-only at `/etc/kuberaft/tls`.
+/// `tls.crt`, `tls.key`, `ca.crt`), mounted read-only at `/etc/kuberaft/tls` and named to
+/// raft-node in `KUBERAFT_CERT_FILE`, `KUBERAFT_KEY_FILE`, `KUBERAFT_TRUSTED_CA_FILE` and
+/// `KUBERAFT_CLIENT_CERT_AUTH` (etcd's flag names). raft-node does not terminate TLS yet:
+/// until it does, traffic stays plain HTTP/2 and these settings only stage the files.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Tls {

@@ -6,8 +6,15 @@
 //! when two do, as during a partition), the lag of a member is how far its applied
 //! index is behind the leader's commit index, and a member is healthy when it
 //! answered, knows the current leader, is not far behind, and the leader hears from it.
+//! The RTT of a member is the leader's view of its link to it (p99 over the leader's
+//! window); fsync is each member's own WAL commit latency (p99 over its window).
+//!
+//! Every command's answer is also a JSON value, printed as JSON or YAML by `-o`.
 
-use kuberaft_proto::admin::{PeerStatus, Reachability, Role, StatusResponse, TimingInfo, TimingSource};
+use kuberaft_proto::admin::{
+    Event, EventKind, LatencyStats, PeerStatus, Reachability, Role, StatusResponse, TimingInfo, TimingSource,
+};
+use kuberaft_proto::etcdserverpb::Member as EtcdMember;
 use serde_json::{json, Value};
 
 /// A member is reported `lagging` beyond this many entries behind the leader's commit.
@@ -21,7 +28,7 @@ pub struct Probe {
 }
 
 /// One row of `raftctl status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MemberRow {
     pub endpoint: String,
     pub id: Option<u64>,
@@ -32,6 +39,11 @@ pub struct MemberRow {
     pub applied: Option<u64>,
     /// Entries behind the leader's commit index; `None` when unknown.
     pub lag: Option<u64>,
+    /// p99 round-trip time from the leader to this member, in ms; `None` for the
+    /// leader itself and when the leader has no sample.
+    pub rtt_p99_ms: Option<f64>,
+    /// p99 of this member's recent WAL commits, in ms; `None` without a sample.
+    pub fsync_p99_ms: Option<f64>,
     pub health: String,
 }
 
@@ -78,6 +90,8 @@ pub fn rows(probes: &[Probe]) -> Vec<MemberRow> {
                 commit: None,
                 applied: None,
                 lag: None,
+                rtt_p99_ms: None,
+                fsync_p99_ms: None,
                 health: format!("unreachable: {error}"),
             },
             Ok(status) => {
@@ -112,6 +126,8 @@ pub fn rows(probes: &[Probe]) -> Vec<MemberRow> {
                     commit: Some(status.commit_index),
                     applied: Some(status.applied_index),
                     lag,
+                    rtt_p99_ms: seen_by_leader.and_then(|p| p99_ms(p.rtt.as_ref())),
+                    fsync_p99_ms: p99_ms(status.fsync.as_ref()),
                     health,
                 }
             }
@@ -146,6 +162,20 @@ fn cell(value: Option<u64>) -> String {
     value.map_or("-".to_string(), |v| v.to_string())
 }
 
+fn p99_ms(stats: Option<&LatencyStats>) -> Option<f64> {
+    stats.filter(|s| s.samples > 0).map(|s| s.p99_ms)
+}
+
+/// Milliseconds for people: three significant digits at most, unit attached.
+pub fn ms_cell(value: Option<f64>) -> String {
+    match value {
+        None => "-".into(),
+        Some(ms) if ms < 10.0 => format!("{ms:.2}ms"),
+        Some(ms) if ms < 100.0 => format!("{ms:.1}ms"),
+        Some(ms) => format!("{ms:.0}ms"),
+    }
+}
+
 pub fn status_table(probes: &[Probe]) -> String {
     let lines: Vec<Vec<String>> = rows(probes)
         .into_iter()
@@ -159,13 +189,25 @@ pub fn status_table(probes: &[Probe]) -> String {
                 cell(r.commit),
                 cell(r.applied),
                 cell(r.lag),
+                ms_cell(r.rtt_p99_ms),
+                ms_cell(r.fsync_p99_ms),
                 r.health,
             ]
         })
         .collect();
     let mut out = render(
         &[
-            "ENDPOINT", "ID", "NAME", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "HEALTH",
+            "ENDPOINT",
+            "ID",
+            "NAME",
+            "ROLE",
+            "TERM",
+            "COMMIT",
+            "APPLIED",
+            "LAG",
+            "RTT_P99",
+            "FSYNC_P99",
+            "HEALTH",
         ],
         &lines,
     );
@@ -270,10 +312,12 @@ pub fn status_json(probes: &[Probe]) -> Value {
                 "first_log_index": s.first_log_index,
                 "snapshot_index": s.snapshot_index,
                 "lag": row.lag,
+                "rtt_p99_ms": row.rtt_p99_ms,
+                "fsync_p99_ms": row.fsync_p99_ms,
                 "health": row.health,
                 "voters": s.voters.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
                 "learners": s.learners.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
-                "fsync": s.fsync.as_ref().map(|f| json!({"p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "samples": f.samples})),
+                "fsync": s.fsync.as_ref().map(latency_json),
                 "timing": s.timing.as_ref().map(timing_json),
                 "peers": s.peers.iter().map(|p| json!({
                     "id": format!("{:x}", p.id),
@@ -285,6 +329,10 @@ pub fn status_json(probes: &[Probe]) -> Value {
                     "replication_state": p.replication_state().as_str_name(),
                     "reachability": p.reachability().as_str_name(),
                     "last_contact_ms": p.last_contact_ms,
+                    "rtt": p.rtt.as_ref().map(latency_json),
+                    "stream_up": p.stream_up,
+                    "reconnect_failures": p.reconnect_failures,
+                    "backoff_ms": p.backoff_ms,
                 })).collect::<Vec<_>>(),
                 "revision": s.revision,
                 "uptime_seconds": s.uptime_seconds,
@@ -293,6 +341,167 @@ pub fn status_json(probes: &[Probe]) -> Value {
         })
         .collect();
     Value::Array(members)
+}
+
+/// `raftctl member list`: one row per member, sorted by id as the server lists them.
+pub fn members_table(members: &[EtcdMember]) -> String {
+    let lines: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{:x}", m.id),
+                if m.name.is_empty() {
+                    "-".into()
+                } else {
+                    m.name.clone()
+                },
+                if m.name.is_empty() { "unstarted" } else { "started" }.into(),
+                if m.is_learner { "learner" } else { "voter" }.into(),
+                m.peer_ur_ls.join(","),
+                if m.client_ur_ls.is_empty() {
+                    "-".into()
+                } else {
+                    m.client_ur_ls.join(",")
+                },
+            ]
+        })
+        .collect();
+    render(
+        &["ID", "NAME", "STATUS", "ROLE", "PEER_URLS", "CLIENT_URLS"],
+        &lines,
+    )
+}
+
+pub fn member_json(m: &EtcdMember) -> Value {
+    json!({
+        "id": format!("{:x}", m.id),
+        "name": m.name,
+        "started": !m.name.is_empty(),
+        "learner": m.is_learner,
+        "peer_urls": m.peer_ur_ls,
+        "client_urls": m.client_ur_ls,
+    })
+}
+
+/// The member a user means by `who`: a name, or an id in hex (as etcdctl and
+/// `member list` print it, with or without `0x`). A name wins over an id that reads
+/// the same.
+pub fn resolve_member(members: &[EtcdMember], who: &str) -> Result<u64, String> {
+    let by_name: Vec<&EtcdMember> = members
+        .iter()
+        .filter(|m| !m.name.is_empty() && m.name == who)
+        .collect();
+    match by_name.as_slice() {
+        [one] => return Ok(one.id),
+        [] => {}
+        _ => {
+            return Err(format!(
+                "{who:?} names {} members; give the id instead",
+                by_name.len()
+            ))
+        }
+    }
+    let hex = who.strip_prefix("0x").unwrap_or(who);
+    if let Ok(id) = u64::from_str_radix(hex, 16) {
+        if members.iter().any(|m| m.id == id) {
+            return Ok(id);
+        }
+    }
+    let known: Vec<String> = members
+        .iter()
+        .map(|m| {
+            if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                format!("{} ({:x})", m.name, m.id)
+            }
+        })
+        .collect();
+    Err(format!(
+        "no member named or with id {who:?} (members: {})",
+        known.join(", ")
+    ))
+}
+
+/// The `--initial-cluster` a member added as `name` is started with: every member
+/// with a name and peer URL, plus the new one.
+pub fn initial_cluster_for(members: &[EtcdMember], added_id: u64, name: &str) -> String {
+    members
+        .iter()
+        .filter_map(|m| {
+            let label = if m.id == added_id { name } else { m.name.as_str() };
+            (!label.is_empty()).then(|| m.peer_ur_ls.iter().map(move |url| format!("{label}={url}")))
+        })
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn latency_json(stats: &LatencyStats) -> Value {
+    json!({
+        "ewma_ms": stats.ewma_ms,
+        "p50_ms": stats.p50_ms,
+        "p99_ms": stats.p99_ms,
+        "samples": stats.samples,
+        "window_ms": stats.window_ms,
+    })
+}
+
+pub fn event_kind_name(kind: i32) -> &'static str {
+    match EventKind::try_from(kind).unwrap_or(EventKind::Unspecified) {
+        EventKind::Join => "JOIN",
+        EventKind::Leave => "LEAVE",
+        EventKind::Promoted => "PROMOTED",
+        EventKind::Failure => "FAILURE",
+        EventKind::Recovered => "RECOVERED",
+        EventKind::LeaderChanged => "LEADER_CHANGED",
+        EventKind::TimingChanged => "TIMING_CHANGED",
+        EventKind::Snapshot => "SNAPSHOT",
+        EventKind::Unspecified => "UNKNOWN",
+    }
+}
+
+/// `raftctl events -o json|yaml`: one object per event.
+pub fn event_json(event: &Event) -> Value {
+    json!({
+        "kind": event_kind_name(event.kind),
+        "time_unix_ms": event.time_unix_ms,
+        "term": event.term,
+        "index": event.index,
+        "member_id": format!("{:x}", event.member_id),
+        "member_name": event.member_name,
+        "reporter_id": format!("{:x}", event.reporter_id),
+        "timing": event.timing.as_ref().map(timing_json),
+        "detail": event.detail,
+    })
+}
+
+/// One event, in the columns of [`event_header`].
+pub fn event_line(event: &Event) -> String {
+    let time = u64::try_from(event.time_unix_ms).unwrap_or(0);
+    let (seconds, millis) = (time / 1000, time % 1000);
+    let (h, m, s) = ((seconds / 3600) % 24, (seconds / 60) % 60, seconds % 60);
+    let member = if event.member_name.is_empty() {
+        format!("{:x}", event.member_id)
+    } else {
+        event.member_name.clone()
+    };
+    format!(
+        "{h:02}:{m:02}:{s:02}.{millis:03}Z  {:<14}  {:<8}  {:>5}  {:>8}  {}",
+        event_kind_name(event.kind),
+        member,
+        event.term,
+        event.index,
+        event.detail
+    )
+}
+
+/// The header above [`event_line`]s.
+pub fn event_header() -> String {
+    format!(
+        "{:<13}  {:<14}  {:<8}  {:>5}  {:>8}  DETAIL",
+        "TIME (UTC)", "KIND", "MEMBER", "TERM", "INDEX"
+    )
 }
 
 #[cfg(test)]
@@ -339,9 +548,105 @@ mod tests {
     }
 
     #[test]
+    fn the_rtt_column_shows_the_leaders_view_of_each_follower() {
+        let mut probes = vec![
+            member(1, "a", Role::Leader, 1, 50, 50),
+            member(2, "b", Role::Follower, 1, 50, 50),
+            member(3, "c", Role::Follower, 1, 50, 50),
+        ];
+        let rtt = |p99_ms, samples| LatencyStats {
+            p99_ms,
+            samples,
+            ..Default::default()
+        };
+        if let Ok(leader) = &mut probes[0].answer {
+            leader.peers = vec![
+                PeerStatus {
+                    id: 2,
+                    rtt: Some(rtt(1.234, 10)),
+                    reachability: Reachability::Ok as i32,
+                    ..Default::default()
+                },
+                PeerStatus {
+                    id: 3,
+                    rtt: Some(rtt(0.0, 0)),
+                    reachability: Reachability::Ok as i32,
+                    ..Default::default()
+                },
+            ];
+        }
+        if let Ok(b) = &mut probes[1].answer {
+            b.fsync = Some(rtt(4.5, 3));
+        }
+        let rows = rows(&probes);
+        assert_eq!(rows[0].rtt_p99_ms, None, "the leader has no link to itself");
+        assert_eq!(rows[1].rtt_p99_ms, Some(1.234));
+        assert_eq!(rows[2].rtt_p99_ms, None, "no sample yet");
+        assert_eq!(rows[1].fsync_p99_ms, Some(4.5));
+        let table = status_table(&probes);
+        let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+        let b: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        let column = header.iter().position(|h| *h == "RTT_P99").unwrap();
+        assert_eq!(b[column], "1.23ms", "{table}");
+        assert_eq!(b[column + 1], "4.50ms", "{table}");
+    }
+
+    #[test]
+    fn an_event_line_names_the_kind_the_member_and_the_position_in_the_log() {
+        let event = Event {
+            kind: EventKind::Failure as i32,
+            time_unix_ms: 3_723_004, // 01:02:03.004 on the first day
+            term: 7,
+            index: 42,
+            member_id: 0xab,
+            member_name: "m2".into(),
+            reporter_id: 1,
+            timing: None,
+            detail: "m2 silent for 1200 ms".into(),
+        };
+        let line = event_line(&event);
+        assert!(line.starts_with("01:02:03.004Z  FAILURE "), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&words[1..5], ["FAILURE", "m2", "7", "42"], "{line}");
+        assert_eq!(event_json(&event)["kind"], "FAILURE");
+        assert_eq!(event_json(&event)["member_id"], "ab");
+    }
+
+    #[test]
     fn without_an_answering_leader_lag_is_unknown() {
         let probes = vec![member(2, "b", Role::Follower, 1, 10, 10)];
         assert_eq!(rows(&probes)[0].lag, None);
         assert!(status_table(&probes).contains("no leader among the members that answered"));
+    }
+
+    fn etcd_member(id: u64, name: &str, learner: bool) -> EtcdMember {
+        EtcdMember {
+            id,
+            name: name.into(),
+            peer_ur_ls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_ur_ls: if name.is_empty() {
+                vec![]
+            } else {
+                vec![format!("http://127.0.0.1:{}", 2379 + id)]
+            },
+            is_learner: learner,
+        }
+    }
+
+    #[test]
+    fn members_are_found_by_name_or_hex_id_and_a_miss_lists_the_members() {
+        let members = vec![etcd_member(0xab, "a", false), etcd_member(0x1f, "", true)];
+        assert_eq!(resolve_member(&members, "a"), Ok(0xab));
+        assert_eq!(resolve_member(&members, "1f"), Ok(0x1f));
+        assert_eq!(resolve_member(&members, "0xab"), Ok(0xab));
+        let error = resolve_member(&members, "zz").unwrap_err();
+        assert!(error.contains("a (ab)") && error.contains("1f"), "{error}");
+        let table = members_table(&members);
+        assert!(table.lines().nth(1).unwrap().contains("started"), "{table}");
+        assert!(table.lines().nth(2).unwrap().contains("unstarted"), "{table}");
+        assert_eq!(
+            initial_cluster_for(&members, 0x1f, "new"),
+            "a=http://127.0.0.1:2551,new=http://127.0.0.1:2411"
+        );
     }
 }

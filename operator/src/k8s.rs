@@ -414,7 +414,12 @@ pub fn status_of(
     RaftClusterStatus {
         phase: Some(phase.into()),
         observed_generation: generation,
-        replicas: plan.members.iter().filter(|m| !m.learner).count() as i32,
+        // Voters as the leader reports them; the last known count while there is none.
+        replicas: if plan.leader.is_some() {
+            plan.members.iter().filter(|m| !m.learner).count() as i32
+        } else {
+            previous.replicas
+        },
         ready_replicas: observed.pods.iter().filter(|p| p.ready).count() as i32,
         leader: plan.leader.clone(),
         term: plan.term,
@@ -584,6 +589,7 @@ pub fn error_label(error: &Error) -> &'static str {
         Error::Kube(_) => "kube",
         Error::Node { .. } => "node",
         Error::Manifest(_) => "manifest",
+        Error::Local(_) => "local",
         Error::Finalizer(inner) => match inner.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => error_label(e),

@@ -9,6 +9,7 @@
 //! - [`platform`]: the effects of a step (Kubernetes or local processes) and `execute`.
 //! - [`node`]: calls to members (admin Status, etcd Cluster, TransferLeader, SetTiming).
 //! - [`k8s`]: the kube-rs controller: observe, apply, status, events, finalizer.
+//! - [`local`]: the same planner on local `raft-node` processes (`raftctl up`).
 //! - [`lease`]: leader election on a coordination Lease.
 //! - [`ctl`]: what `raftctl` (`src/bin/raftctl.rs`) shows, computed from the admin
 //!   API's answers (`kuberaft.admin.v1`): the status table, lag and health.
@@ -18,6 +19,7 @@ pub mod crd;
 pub mod ctl;
 pub mod k8s;
 pub mod lease;
+pub mod local;
 pub mod node;
 pub mod plan;
 pub mod platform;
@@ -32,6 +34,8 @@ pub enum Error {
     Manifest(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("local cluster: {0}")]
+    Local(String),
     #[error("member {endpoint}: {message}")]
     Node { endpoint: String, message: String },
 }

@@ -168,3 +168,74 @@ pub async fn set_timing(endpoint: &str, timing: TimingMs, reason: &str) -> Resul
         .map_err(|e| node_error(endpoint, e.message()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuberaft_proto::admin::{LatencyStats, PeerStatus, TimingInfo};
+
+    fn stats(p99_ms: f64, samples: u64) -> Option<LatencyStats> {
+        Some(LatencyStats {
+            p99_ms,
+            samples,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_adapter_reads_roles_peers_latency_and_timing_from_the_admin_status() {
+        let status = StatusResponse {
+            id: 7,
+            name: "demo-0".into(),
+            role: admin::Role::Leader as i32,
+            term: 3,
+            leader_id: 7,
+            commit_index: 50,
+            voters: vec![7, 8],
+            learners: vec![9],
+            peers: vec![
+                PeerStatus {
+                    id: 8,
+                    name: "demo-1".into(),
+                    match_index: 49,
+                    reachability: Reachability::Ok as i32,
+                    rtt: stats(4.5, 10),
+                    peer_url: "http://demo-1:2380".into(),
+                    ..Default::default()
+                },
+                PeerStatus {
+                    id: 9,
+                    learner: true,
+                    reachability: Reachability::Failed as i32,
+                    // No samples yet: no latency, not a zero.
+                    rtt: stats(0.0, 0),
+                    ..Default::default()
+                },
+            ],
+            fsync: stats(2.0, 100),
+            timing: Some(TimingInfo {
+                heartbeat_interval_ms: 100,
+                election_timeout_ms: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = observation_from_status(&status);
+        assert_eq!((m.id, m.role, m.term, m.commit_index), (7, Role::Leader, 3, 50));
+        assert_eq!((m.voters, m.learners), (vec![7, 8], vec![9]));
+        assert_eq!(m.fsync_p99_ms, Some(2.0));
+        assert_eq!(m.timing.election_timeout_ms, 1000);
+        assert_eq!(
+            (
+                m.peers[0].reachable,
+                m.peers[0].rtt_p99_ms,
+                m.peers[0].match_index
+            ),
+            (true, Some(4.5), 49)
+        );
+        assert_eq!(
+            (m.peers[1].reachable, m.peers[1].rtt_p99_ms, m.peers[1].learner),
+            (false, None, true)
+        );
+    }
+}

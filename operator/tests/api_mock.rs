@@ -5,15 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
-use kube::Client;
+use http::{Method, StatusCode};
 use kuberaft_operator::crd::RaftCluster;
 use kuberaft_operator::k8s::{self, Context, Metrics, FIELD_MANAGER, FINALIZER};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
+use support::{empty_list, expect, not_found, ApiHandle};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+mod support;
 
 fn cluster(finalizer: bool, deleting: bool, reclaim: &str) -> RaftCluster {
     let mut value = json!({
@@ -45,8 +43,7 @@ fn cluster(finalizer: bool, deleting: bool, reclaim: &str) -> RaftCluster {
 }
 
 fn context() -> (Arc<Context>, ApiHandle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, handle) = support::client();
     (
         Arc::new(Context::new(
             client,
@@ -55,49 +52,6 @@ fn context() -> (Arc<Context>, ApiHandle) {
         )),
         handle,
     )
-}
-
-/// One expected request: checks it, answers it, and returns its query and body.
-async fn expect(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    answer: Value,
-) -> (String, Value) {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-        .expect("the client is alive");
-    assert_eq!(
-        (request.method(), request.uri().path()),
-        (&method, path),
-        "unexpected request {} {}",
-        request.method(),
-        request.uri()
-    );
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    (query, body)
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-}
-
-fn empty_list(kind: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []})
 }
 
 const RC: &str = "/apis/kuberaft.io/v1alpha1/namespaces/default/raftclusters/demo";
@@ -331,6 +285,111 @@ async fn deleting_a_cluster_with_reclaim_retain_keeps_its_volume_claims() {
     });
     k8s::reconcile(rc, ctx).await.expect("cleanup succeeds");
     tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_warning_and_left_alone() {
+    let (ctx, mut handle) = context();
+    let mut rc = cluster(true, false, "Retain");
+    rc.status = Some(kuberaft_operator::crd::RaftClusterStatus {
+        bootstrapped: true,
+        ..Default::default()
+    });
+    let rc = Arc::new(rc);
+    let server = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/default";
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "demo", "namespace": "default"},
+            "spec": {"replicas": 3, "selector": {}, "template": {}}});
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            StatusCode::OK,
+            sts,
+        )
+        .await;
+        // Pods exist (not ready); their members cannot be reached from here.
+        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": (0..3).map(|o| json!({
+            "metadata": {"name": format!("demo-{o}"), "namespace": "default",
+                         "annotations": {"kuberaft.io/template-hash": "x"}},
+        })).collect::<Vec<_>>()});
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/pods"),
+            StatusCode::OK,
+            pods,
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/persistentvolumeclaims"),
+            StatusCode::OK,
+            empty_list("PersistentVolumeClaimList"),
+        )
+        .await;
+        let mut statefulset = Value::Null;
+        for path in [
+            format!("{ns}/services/demo-peer"),
+            format!("{ns}/services/demo"),
+            "/apis/apps/v1/namespaces/default/statefulsets/demo".to_string(),
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo".to_string(),
+        ] {
+            let (_, body) = expect(&mut handle, Method::PATCH, &path, StatusCode::OK, json!({})).await;
+            if path.contains("statefulsets") {
+                statefulset = body;
+            }
+        }
+        // The StatefulSet keeps its size, and new pods would join, not bootstrap.
+        assert_eq!(statefulset["spec"]["replicas"], 3);
+        let env = statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "KUBERAFT_INITIAL_CLUSTER_STATE" && e["value"] == "existing"));
+
+        let (_, event) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (event["reason"].as_str(), event["type"].as_str()),
+            (Some("QuorumLost"), Some("Warning")),
+            "{event}"
+        );
+        let answer = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+        let (_, status) = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{RC}/status"),
+            StatusCode::OK,
+            answer,
+        )
+        .await;
+        assert_eq!(status["status"]["phase"], "Degraded");
+        let conditions = status["status"]["conditions"].as_array().unwrap();
+        let degraded = conditions.iter().find(|c| c["type"] == "Degraded").unwrap();
+        assert_eq!(
+            (degraded["status"].as_str(), degraded["reason"].as_str()),
+            (Some("True"), Some("QuorumLost"))
+        );
+        let available = conditions.iter().find(|c| c["type"] == "Available").unwrap();
+        assert_eq!(available["status"], "False");
+    });
+    // Nothing else may be called: no pod deleted, no claim deleted, no scale.
+    k8s::reconcile(rc, ctx).await.expect("reconcile succeeds");
+    tokio::time::timeout(Duration::from_secs(30), server)
         .await
         .unwrap()
         .unwrap();

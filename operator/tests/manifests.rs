@@ -271,3 +271,38 @@ mod cel_rules {
         assert_eq!(errors(&scaled, Some(&old)), Vec::<String>::new());
     }
 }
+
+#[test]
+fn the_binary_prints_the_committed_crd_and_renders_examples_and_rejects_bad_input() {
+    let bin = env!("CARGO_BIN_EXE_raft-operator");
+    let crd = std::process::Command::new(bin).arg("crd").output().unwrap();
+    assert!(crd.status.success());
+    let committed = std::fs::read_to_string(root().join("crds/raftcluster.yaml")).unwrap();
+    assert!(
+        String::from_utf8(crd.stdout).unwrap() == committed,
+        "raft-operator crd differs from the file"
+    );
+
+    let rc = example("production.yaml");
+    let out = std::process::Command::new(bin)
+        .args(["render", "-f"])
+        .arg(root().join("examples/production.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        render(&rc, &fresh(5)).to_yaml()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["render", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected kind RaftCluster"));
+}

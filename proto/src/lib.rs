@@ -9,6 +9,7 @@
 //! | [`etcdserverpb`] | `etcdserverpb` | `etcd/etcdserverpb/rpc.proto` | etcd v3 services KV, Watch, Lease, Cluster, Maintenance |
 //! | [`raft`] | `kuberaft.raft.v1` | `kuberaft/raft.proto` | the `Peer` service between members |
 //! | [`admin`] | `kuberaft.admin.v1` | `kuberaft/admin.proto` | the `Admin` service for the operator and `raftctl` |
+//! | [`membership`] | `kuberaft.membership.v1` | `kuberaft/membership.proto` | member discovery and announcement (peer port) |
 //!
 //! The etcd packages are wire compatible with etcd 3.4+ clients: package, service,
 //! method and message names and every field number are etcd's (see
@@ -46,6 +47,13 @@ pub mod raft {
 #[allow(clippy::all, missing_docs)]
 pub mod admin {
     tonic::include_proto!("kuberaft.admin.v1");
+}
+
+/// `kuberaft.membership.v1`: member discovery for joining members and the
+/// announcement of a member's name and client URLs (peer port).
+#[allow(clippy::all, missing_docs)]
+pub mod membership {
+    tonic::include_proto!("kuberaft.membership.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every .proto in this crate, for gRPC server

@@ -90,8 +90,14 @@ fn raft_messages_round_trip() {
         })),
         compression: Compression::None as i32,
         uncompressed_size: 0,
+        probe: 17,
+        probe_echo: 0,
     };
     round_trip(&batch);
+    round_trip(&PeerEnvelope {
+        probe_echo: 17,
+        ..Default::default()
+    });
     round_trip(&PeerEnvelope {
         content: Some(peer_envelope::Content::Hello(Hello {
             cluster_token: "tok".into(),
@@ -139,6 +145,7 @@ fn admin_messages_round_trip() {
                 p50_ms: 0.3,
                 p99_ms: 1.5,
                 samples: 100,
+                window_ms: 60_000,
             }),
             reachability: Reachability::Suspect as i32,
             backoff_ms: 0,

@@ -14,12 +14,14 @@
 //! the leader it knows), so tools may talk to any member.
 //!
 //! - `WatchEvents` streams what this member observes: LEADER_CHANGED (from the status
-//!   `watch`) and TIMING_CHANGED (from the timing `watch`). One recorder task per
-//!   process keeps the last [`EVENTS_KEPT`] for replay and fans them out; a watcher
-//!   that falls [`EVENTS_QUEUED_MAX`] behind gets DATA_LOSS and must watch again.
-//!
-//! Not served yet: the JOIN, LEAVE, PROMOTED, FAILURE, RECOVERED and SNAPSHOT
-//! events, RTT statistics and transport back-off in `PeerStatus`.
+//!   `watch`), TIMING_CHANGED (from the timing `watch`), JOIN, LEAVE, PROMOTED and
+//!   SNAPSHOT (from the runtime's log events), and on the leader FAILURE and RECOVERED
+//!   (its peers' last contact, checked every [`PEER_CHECK_INTERVAL`]; rules in
+//!   [`health`]). One recorder task per process keeps the last [`EVENTS_KEPT`] for
+//!   replay and fans them out; a watcher that falls [`EVENTS_QUEUED_MAX`] behind gets
+//!   DATA_LOSS and must watch again.
+//! - `Status` reports per peer the round-trip times and stream state the transport
+//!   measures ([`crate::transport::rtt`]) and the WAL's recent fsync latency.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,10 +34,14 @@ use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
+use crate::log_events::LogEvent;
 use crate::raft::{NodeId, ReplicationState, Role};
 use crate::runtime::{self, NodeHandle, TimingSource, TimingState};
 use crate::server::{self, TICK_MS};
+use crate::transport::rtt::PeerLinks;
 use crate::transport::Directory;
+
+mod health;
 
 /// Metadata key set on a request a follower forwards to the leader.
 const FORWARDED_HEADER: &str = "kuberaft-forwarded-by";
@@ -51,6 +57,8 @@ pub const EVENTS_QUEUED_MAX: usize = 256;
 pub const WATCHERS_MAX: usize = 64;
 /// Events buffered per stream between the fan-out and gRPC.
 const WATCH_STREAM_BUFFER: usize = 32;
+/// How often the leader looks for peers that failed or recovered.
+pub const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Events this member observed: the recent ones for replay, and the live fan-out.
 struct EventLog {
@@ -97,6 +105,7 @@ pub struct AdminService {
     started: Instant,
     events: Arc<EventLog>,
     watchers: Arc<Semaphore>,
+    links: Arc<PeerLinks>,
 }
 
 impl AdminService {
@@ -111,7 +120,15 @@ impl AdminService {
         directory: Directory,
     ) -> Self {
         let events = Arc::new(EventLog::new());
-        tokio::spawn(record_events(node.clone(), id, members.clone(), events.clone()));
+        // Subscribed here, so no event of the runtime is missed once `new` returns.
+        let log_events = node.log_events();
+        tokio::spawn(record_events(
+            node.clone(),
+            log_events,
+            id,
+            members.clone(),
+            events.clone(),
+        ));
         AdminService {
             node,
             id,
@@ -122,7 +139,15 @@ impl AdminService {
             started: Instant::now(),
             events,
             watchers: Arc::new(Semaphore::new(WATCHERS_MAX)),
+            links: Arc::default(),
         }
+    }
+
+    /// Where `Status` reads the peers' round-trip times and stream state (the
+    /// transport's `TransportConfig::links`).
+    pub fn with_peer_links(mut self, links: Arc<PeerLinks>) -> Self {
+        self.links = links;
+        self
     }
 
     pub fn into_server(self) -> AdminServer<AdminService> {
@@ -239,6 +264,7 @@ impl AdminService {
 /// Turns changes of the status and timing `watch`es into events, until the node stops.
 async fn record_events(
     node: NodeHandle,
+    mut log_events: broadcast::Receiver<LogEvent>,
     id: NodeId,
     members: BTreeMap<NodeId, (String, String)>,
     events: Arc<EventLog>,
@@ -246,6 +272,10 @@ async fn record_events(
     let name_of = |member: NodeId| members.get(&member).map(|(n, _)| n.clone()).unwrap_or_default();
     let mut status = node.status();
     let mut timing = node.timing();
+    let mut membership = health::MembershipEvents::new(status.borrow().membership.learners.iter().copied());
+    let mut detector = health::FailureDetector::default();
+    let mut check_peers = tokio::time::interval(PEER_CHECK_INTERVAL);
+    check_peers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader: Option<NodeId> = None;
     let mut timing_seen = {
         let state = timing.borrow_and_update();
@@ -289,7 +319,81 @@ async fn record_events(
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
             changed = timing.changed() => if changed.is_err() { return },
+            event = log_events.recv() => match event {
+                Ok(event) => {
+                    let (kind, member, detail) = membership.describe(&event);
+                    let (LogEvent::ConfChangeApplied { index, term, .. }
+                    | LogEvent::SnapshotBuilt { index, term }
+                    | LogEvent::SnapshotInstalled { index, term }) = event;
+                    let member = member.unwrap_or(id);
+                    events.publish(pb::Event {
+                        kind: kind as i32,
+                        time_unix_ms: unix_ms(SystemTime::now()),
+                        term,
+                        index,
+                        member_id: member,
+                        member_name: name_of(member),
+                        reporter_id: id,
+                        timing: None,
+                        detail,
+                    });
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the event recorder fell behind the runtime; events lost");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = check_peers.tick() => {
+                let now = status.borrow().clone();
+                let heartbeat = Duration::from_millis(u64::from(now.timing.heartbeat_ticks) * TICK_MS);
+                let election = Duration::from_millis(u64::from(now.timing.election_ticks) * TICK_MS);
+                let leading = now.role == Role::Leader;
+                let sightings: Vec<health::PeerSighting> = if leading {
+                    node.peers()
+                        .into_iter()
+                        .map(|p| health::PeerSighting {
+                            id: p.id,
+                            contact_age: node.last_contact(p.id),
+                            match_index: p.match_index,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for change in detector.check(Instant::now(), leading, &sightings, heartbeat, election) {
+                    let detail = match change.kind {
+                        pb::EventKind::Failure => format!(
+                            "{} silent for {} ms (election timeout {} ms)",
+                            name_of(change.id),
+                            change.silent_for.as_millis(),
+                            election.as_millis()
+                        ),
+                        _ => format!("{} answers again", name_of(change.id)),
+                    };
+                    events.publish(pb::Event {
+                        kind: change.kind as i32,
+                        time_unix_ms: unix_ms(SystemTime::now()),
+                        term: now.term,
+                        index: change.match_index,
+                        member_id: change.id,
+                        member_name: name_of(change.id),
+                        reporter_id: id,
+                        timing: None,
+                        detail,
+                    });
+                }
+            }
         }
+    }
+}
+
+fn latency_stats(summary: &crate::stats::LatencySummary) -> pb::LatencyStats {
+    pb::LatencyStats {
+        ewma_ms: summary.ewma_ms,
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms,
+        samples: summary.samples,
+        window_ms: summary.window_ms,
     }
 }
 
@@ -352,16 +456,14 @@ impl Admin for AdminService {
         let heartbeat = Duration::from_millis(u64::from(timing.timing.heartbeat_ticks) * TICK_MS);
         let election = Duration::from_millis(u64::from(timing.timing.election_ticks) * TICK_MS);
         let peers = if status.role == Role::Leader {
+            let now = Instant::now();
             self.node
                 .peers()
                 .into_iter()
                 .map(|p| {
                     let contact = self.node.last_contact(p.id);
-                    let reachability = match contact {
-                        Some(ago) if ago <= 2 * heartbeat => pb::Reachability::Ok,
-                        Some(ago) if ago < election => pb::Reachability::Suspect,
-                        _ => pb::Reachability::Failed,
-                    };
+                    let link = self.links.status(p.id, now);
+                    let reachability = health::reachability(contact, link.as_ref(), heartbeat, election);
                     pb::PeerStatus {
                         id: p.id,
                         name: self.name_of(p.id),
@@ -375,9 +477,11 @@ impl Admin for AdminService {
                             ReplicationState::Snapshot { .. } => pb::ReplicationState::Snapshot,
                         } as i32,
                         last_contact_ms: contact.map_or(0, |d| d.as_millis() as u64),
-                        rtt: None,
+                        rtt: link.map(|l| latency_stats(&l.rtt)),
                         reachability: reachability as i32,
-                        backoff_ms: 0,
+                        backoff_ms: link.map_or(0, |l| l.backoff_remaining.as_millis() as u64),
+                        stream_up: link.is_some_and(|l| l.stream_up),
+                        reconnect_failures: link.map_or(0, |l| l.reconnect_failures),
                         peer_url: self
                             .members
                             .get(&p.id)
@@ -389,7 +493,6 @@ impl Admin for AdminService {
         } else {
             Vec::new()
         };
-        let fsync = self.node.fsync_histogram();
         let leader_id = status.leader.unwrap_or(0);
         Ok(Response::new(pb::StatusResponse {
             id: self.id,
@@ -407,13 +510,7 @@ impl Admin for AdminService {
             voters: membership.voters.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
             peers,
-            fsync: Some(pb::LatencyStats {
-                // The histogram keeps counts since start-up; no moving average yet.
-                ewma_ms: 0.0,
-                p50_ms: fsync.quantile_us(0.5) as f64 / 1000.0,
-                p99_ms: fsync.quantile_us(0.99) as f64 / 1000.0,
-                samples: fsync.count,
-            }),
+            fsync: Some(latency_stats(&self.node.fsync_recent())),
             timing: Some(timing_info(&timing)),
             uptime_seconds: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,16 +1,32 @@
 //! The client API: etcd v3 gRPC services, wire compatible with etcd 3.4+ clients.
 //!
-//! Today: the KV service (`Put`, `Range` at any revision not compacted, `DeleteRange`,
-//! `Txn` and `Compact`), enough for `etcdctl put/get/del/txn/compaction` and any etcd
-//! client library's KV use. Watch, Lease, Cluster and Maintenance arrive with the
-//! etcd API issue and answer UNIMPLEMENTED until then.
+//! What each RPC serves:
+//!
+//! | Service | RPC | Served |
+//! | --- | --- | --- |
+//! | KV | Range, Put, DeleteRange, Txn, Compact | fully: every option, at any revision not compacted; puts (plain and in txns) attach keys to leases |
+//! | Watch | Watch | key, range, prefix and from-key; `start_revision` (history from the MVCC store), `prev_kv`, NOPUT/NODELETE filters, `progress_notify` (every 10 min, as etcd) and progress requests, client- or server-chosen `watch_id`, cancel; a compacted start revision is canceled with `compact_revision`. `fragment` is ignored: a revision's events always travel in one response |
+//! | Lease | LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases | fully, with etcd's minimum TTL and errors; expiry driven by the leader through the log |
+//! | Cluster | MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote | see [`cluster`] |
+//! | Maintenance | Status, MoveLeader, Alarm, HashKV, Hash, Defragment, Snapshot | see [`maintenance`] |
 //!
 //! Any member accepts any request. Writes on a follower are forwarded to the leader
 //! (whose client URLs the transport learned in the peers' hello); linearizable reads
 //! are served locally after a ReadIndex round through the leader; serializable reads
-//! are served from what this member has applied. Errors carry etcd's gRPC codes and
-//! messages, so clients retry and fail the same way as against etcd.
+//! are served from what this member has applied. Watches are served by the member
+//! the client is connected to, from its applied history (the same on every member);
+//! lease keepalives and TimeToLive need the leader's clock and are forwarded to it.
+//! Errors carry etcd's gRPC codes and messages, so clients retry and fail the same
+//! way as against etcd.
+//!
+//! Layout: this file holds the KV service and what the services share (headers,
+//! forwarding, error mapping); `watch.rs` and `lease.rs` the Watch and Lease
+//! services; `admin.rs` the kuberaft admin service.
 pub mod admin;
+pub mod cluster;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,7 +77,7 @@ impl KvService {
         pb::kv_server::KvServer::new(self).max_decoding_message_size(REQUEST_BYTES_MAX + 4096)
     }
 
-    fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+    pub(crate) fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
@@ -75,6 +91,11 @@ impl KvService {
         &self,
         hint: Option<NodeId>,
     ) -> Result<KvClient<tonic::transport::Channel>, Status> {
+        Ok(KvClient::new(self.leader_channel(hint)?))
+    }
+
+    /// A connection to the leader (for any of its client services).
+    pub(crate) fn leader_channel(&self, hint: Option<NodeId>) -> Result<tonic::transport::Channel, Status> {
         let leader = hint.ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
         let url = self
             .directory
@@ -85,7 +106,7 @@ impl KvService {
             .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
         let key = (leader, url.clone());
         if let Some(channel) = self.leaders.lock().expect("not poisoned").get(&key) {
-            return Ok(KvClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
         // Lazily connected; a broken connection is re-established by tonic itself.
         let channel = crate::security::tls::client_port_endpoint(&url)?
@@ -98,7 +119,7 @@ impl KvService {
             leaders.clear();
         }
         leaders.insert(key, channel.clone());
-        Ok(KvClient::new(channel))
+        Ok(channel)
     }
 
     async fn linearizable_store(&self) -> Result<KvStore, Status> {
@@ -106,7 +127,7 @@ impl KvService {
     }
 }
 
-fn to_status(error: runtime::Error) -> Status {
+pub(crate) fn to_status(error: runtime::Error) -> Status {
     match error {
         runtime::Error::NotLeader { .. } => Status::unavailable("etcdserver: no leader"),
         runtime::Error::ProposalDropped => Status::unavailable("etcdserver: leader changed"),
@@ -122,7 +143,7 @@ fn to_status(error: runtime::Error) -> Status {
     }
 }
 
-fn kv_to_pb(kv: &KeyValue) -> mvccpb::KeyValue {
+pub(crate) fn kv_to_pb(kv: &KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key.to_vec(),
         create_revision: kv.create_revision,
@@ -189,7 +210,7 @@ impl Kv for KvService {
         let command = KvCommand::Put {
             key: Bytes::from(r.key.clone()),
             value: Bytes::from(r.value.clone()),
-            lease: 0,
+            lease: r.lease,
             prev_kv: r.prev_kv,
         };
         match self.node.propose(command).await {
@@ -197,6 +218,7 @@ impl Kv for KvService {
                 header: self.header(revision),
                 prev_kv: prev.as_ref().map(kv_to_pb),
             })),
+            Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
@@ -343,13 +365,16 @@ impl KvService {
     }
 }
 
-fn kv_status(error: KvError) -> Status {
+pub(crate) fn kv_status(error: KvError) -> Status {
     match error {
         KvError::Compacted | KvError::FutureRevision => Status::out_of_range(error.to_string()),
         KvError::DuplicateKey | KvError::TooManyOps | KvError::TooDeep => {
             Status::invalid_argument(error.to_string())
         }
-        KvError::KeyNotFound => Status::not_found(error.to_string()),
+        KvError::KeyNotFound | KvError::LeaseNotFound => Status::not_found(error.to_string()),
+        KvError::LeaseExists => Status::failed_precondition(error.to_string()),
+        KvError::LeaseTtlTooLarge => Status::out_of_range(error.to_string()),
+        KvError::TooManyLeases => Status::resource_exhausted(error.to_string()),
     }
 }
 
@@ -406,9 +431,6 @@ fn put_checks(r: &pb::PutRequest) -> Result<(), Status> {
     if r.ignore_lease && r.lease != 0 {
         return Err(Status::invalid_argument("etcdserver: lease is provided"));
     }
-    if r.lease != 0 {
-        return Err(Status::not_found("etcdserver: requested lease not found"));
-    }
     Ok(())
 }
 
@@ -416,7 +438,7 @@ fn put_op(r: &pb::PutRequest) -> TxnOp {
     TxnOp::Put {
         key: Bytes::from(r.key.clone()),
         value: Bytes::from(r.value.clone()),
-        lease: 0,
+        lease: r.lease,
         prev_kv: r.prev_kv,
         ignore_value: r.ignore_value,
         ignore_lease: r.ignore_lease,

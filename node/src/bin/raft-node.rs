@@ -2,6 +2,7 @@
 //!
 //!     raft-node --name n1 --initial-cluster n1=http://127.0.0.1:2380,... [etcd-style flags]
 //!     raft-node wal dump --wal-dir DIR [--records]
+//!     raft-node restore --snapshot FILE --name n1 --initial-cluster ... [--data-dir DIR]
 //!
 //! Every flag also reads from an environment variable (`KUBERAFT_NAME`, ...).
 
@@ -31,6 +32,16 @@ enum Command {
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+    /// Create a new member's data directories from a backup (`etcdctl snapshot save`
+    /// against kuberaft). Run it for every member of the new cluster with the flags
+    /// that member will be started with, then start them all.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        snapshot: PathBuf,
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
     },
 }
 
@@ -79,6 +90,16 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("raft-node: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Restore { snapshot, serve }) => {
+            init_logging(serve.log_json);
+            match kuberaft_node::restore::restore(&serve, &snapshot) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("raft-node: restore: {e:#}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -12,10 +12,15 @@
 //! the log format is ours and does not change when the client API does.
 //!
 //! Layout: this file holds the store, the commands and their codec; `txn.rs` holds
-//! transactions (compares, operations, their validation and their codec).
-//! Leases and watches arrive with the etcd API issue.
+//! transactions (compares, operations, their validation and their codec);
+//! `lease.rs` the leases (granted TTLs and attached keys; deadlines are the
+//! leader's, in `api::lease`); `watch.rs` the events watchers read from the history
+//! and the per-stream set of watchers.
 
+mod hash;
+mod lease;
 mod txn;
+pub mod watch;
 
 use std::io::{Read, Write};
 
@@ -24,6 +29,7 @@ use imbl::{OrdMap, Vector};
 
 use crate::raft::types::Index;
 
+pub use lease::{Lease, LEASES_MAX, LEASE_TTL_MAX_SECONDS};
 pub use txn::{Compare, CompareResult, CompareTarget, OpResult, Txn, TxnOp, TXN_DEPTH_MAX, TXN_OPS_MAX};
 
 /// One version of a key, as etcd reports it.
@@ -57,6 +63,11 @@ pub enum KvCommand {
     Compact { revision: i64 },
     /// Compares, then one branch of operations, all at one new revision.
     Txn(Txn),
+    /// Creates lease `id` (chosen before proposing) with `ttl` seconds (already raised
+    /// to the minimum).
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Deletes lease `id` and every key attached to it.
+    LeaseRevoke { id: i64 },
 }
 
 /// What a command did, for the client that asked.
@@ -79,6 +90,15 @@ pub enum KvResult {
         succeeded: bool,
         responses: Vec<OpResult>,
     },
+    LeaseGrant {
+        revision: i64,
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+        deleted: i64,
+    },
     /// The command was refused and changed nothing (every member refuses it alike).
     Failed {
         revision: i64,
@@ -94,6 +114,8 @@ impl KvResult {
             | KvResult::DeleteRange { revision, .. }
             | KvResult::Compact { revision }
             | KvResult::Txn { revision, .. }
+            | KvResult::LeaseGrant { revision, .. }
+            | KvResult::LeaseRevoke { revision, .. }
             | KvResult::Failed { revision, .. } => *revision,
         }
     }
@@ -114,6 +136,14 @@ pub enum KvError {
     TooDeep,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: too many leases")]
+    TooManyLeases,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -181,6 +211,8 @@ const TAG_PUT: u8 = 1;
 const TAG_DELETE_RANGE: u8 = 2;
 const TAG_COMPACT: u8 = 3;
 const TAG_TXN: u8 = 4;
+const TAG_LEASE_GRANT: u8 = 5;
+const TAG_LEASE_REVOKE: u8 = 6;
 
 impl KvCommand {
     pub fn encode(&self) -> Bytes {
@@ -216,6 +248,15 @@ impl KvCommand {
                 out.put_u8(TAG_TXN);
                 txn.encode_into(&mut out);
             }
+            KvCommand::LeaseGrant { id, ttl } => {
+                out.put_u8(TAG_LEASE_GRANT);
+                out.put_i64_le(*id);
+                out.put_i64_le(*ttl);
+            }
+            KvCommand::LeaseRevoke { id } => {
+                out.put_u8(TAG_LEASE_REVOKE);
+                out.put_i64_le(*id);
+            }
         }
         out.freeze()
     }
@@ -237,6 +278,13 @@ impl KvCommand {
                 revision: get_i64(&mut buf)?,
             },
             TAG_TXN => KvCommand::Txn(Txn::decode_from(&mut buf, 0)?),
+            TAG_LEASE_GRANT => KvCommand::LeaseGrant {
+                id: get_i64(&mut buf)?,
+                ttl: get_i64(&mut buf)?,
+            },
+            TAG_LEASE_REVOKE => KvCommand::LeaseRevoke {
+                id: get_i64(&mut buf)?,
+            },
             other => return Err(CodecError::UnknownType(other)),
         };
         if buf.has_remaining() {
@@ -307,6 +355,14 @@ pub struct KvStore {
     compacted: i64,
     /// The last log index applied.
     applied: Index,
+    /// The keys written at each revision from the compacted one on, in the order
+    /// they were written (what watchers read; see `watch.rs`).
+    changes: OrdMap<i64, Vector<Bytes>>,
+    /// Leases by id (see `lease.rs`).
+    leases: lease::Leases,
+    /// The log index that last granted or revoked a lease (or of the snapshot the
+    /// store was read from), so the leader's lessor rescans only when it moved.
+    leases_changed_at: Index,
 }
 
 /// How a range read orders its answer.
@@ -418,6 +474,12 @@ impl KvStore {
                 lease,
                 prev_kv,
             } => {
+                if *lease != 0 && !self.leases.contains_key(lease) {
+                    return KvResult::Failed {
+                        revision: self.revision,
+                        error: KvError::LeaseNotFound,
+                    };
+                }
                 let revision = self.revision + 1;
                 let prev = self.write_put(revision, key, value, *lease);
                 self.revision = revision;
@@ -451,6 +513,8 @@ impl KvStore {
                 },
             },
             KvCommand::Txn(txn) => self.apply_txn(txn),
+            KvCommand::LeaseGrant { id, ttl } => self.grant_lease(*id, *ttl),
+            KvCommand::LeaseRevoke { id } => self.revoke_lease(*id),
         }
     }
 
@@ -474,6 +538,8 @@ impl KvStore {
         if prev.is_none() {
             self.live += 1;
         }
+        self.changes.entry(revision).or_default().push_back(key.clone());
+        self.reattach(key, prev.as_ref().map_or(0, |p| p.lease), lease);
         prev
     }
 
@@ -484,6 +550,11 @@ impl KvStore {
             let history = self.keys.get_mut(&kv.key).expect("scanned key exists");
             assert!(history.last().is_some_and(|v| v.revision() < revision));
             history.push_back(Version::Tombstone(revision));
+            self.changes
+                .entry(revision)
+                .or_default()
+                .push_back(kv.key.clone());
+            self.reattach(&kv.key, kv.lease, 0);
         }
         self.live -= doomed.len();
         doomed
@@ -641,8 +712,12 @@ impl KvStore {
                 Err(0) => continue,
                 Err(i) => i - 1,
             };
-            // A tombstone at or below the compaction point says nothing a read needs.
-            let keep_from = keep_from + usize::from(history[keep_from].live().is_none());
+            // A tombstone below the compaction point says nothing a read needs; one at
+            // it stays, so a watch from the compacted revision sees that delete.
+            let keep_from = keep_from
+                + usize::from(
+                    history[keep_from].live().is_none() && history[keep_from].revision() < revision,
+                );
             if keep_from == 0 {
                 continue;
             }
@@ -659,6 +734,11 @@ impl KvStore {
                 }
             }
         }
+        let (_, at, mut later) = self.changes.split_lookup(&revision);
+        if let Some(at) = at {
+            later.insert(revision, at);
+        }
+        self.changes = later;
         self.compacted = revision;
         Ok(())
     }
@@ -696,6 +776,9 @@ impl KvStore {
             }
             out.write_all(&record)?;
         }
+        self.write_changes_section(out)?;
+        // Leases: a separate section (see `lease.rs`).
+        self.write_lease_section(out)?;
         Ok(())
     }
 
@@ -772,18 +855,26 @@ impl KvStore {
             keys.insert(key.clone(), history);
             last_key = Some(key);
         }
-        Ok(KvStore {
+        let mut store = KvStore {
             keys,
             live,
             revision,
             compacted,
             applied,
-        })
+            changes: OrdMap::new(),
+            leases: lease::Leases::new(),
+            leases_changed_at: applied,
+        };
+        store.read_changes_section(input)?;
+        store.read_lease_section(input)?;
+        Ok(store)
     }
 }
 
-/// The snapshot format tag: version 2 carries the history and the compacted revision.
-const SNAPSHOT_MAGIC: &[u8] = b"KRKV2";
+/// The snapshot format tag: version 2 carries the history and the compacted revision;
+/// version 3 adds the order of the keys written at each revision (watch) and the
+/// leases.
+const SNAPSHOT_MAGIC: &[u8] = b"KRKV3";
 
 #[cfg(test)]
 mod tests {
@@ -1020,12 +1111,15 @@ mod tests {
                 KvResult::Failed { revision: 6, error }
             );
         }
-        // Compacting at the present drops every tombstone and every old version.
+        // Compacting at the present drops every old version and every tombstone but
+        // the one at the compaction revision itself (b's, which a watch from revision
+        // 6 must still report).
         assert_eq!(
             store.apply(20, &KvCommand::Compact { revision: 6 }),
             KvResult::Compact { revision: 6 }
         );
-        assert_eq!(store.versions(), 1);
+        assert_eq!(store.versions(), 2);
+        assert_eq!(at(&store, "b", 6), Ok(None));
         assert_eq!(at(&store, "a", 6).unwrap().unwrap().value, Bytes::from("3"));
         assert_eq!(at(&store, "a", 5), Err(KvError::Compacted));
     }

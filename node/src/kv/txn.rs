@@ -461,6 +461,7 @@ impl KvStore {
                 TxnOp::Txn(inner) => self.check_txn_reads(inner)?,
                 TxnOp::Put {
                     key,
+                    lease,
                     ignore_value,
                     ignore_lease,
                     ..
@@ -469,6 +470,9 @@ impl KvStore {
                         && self.scan_at(key, &[], self.revision).next().is_none()
                     {
                         return Err(KvError::KeyNotFound);
+                    }
+                    if !*ignore_lease && *lease != 0 && self.lease(*lease).is_none() {
+                        return Err(KvError::LeaseNotFound);
                     }
                 }
                 TxnOp::DeleteRange { .. } => {}

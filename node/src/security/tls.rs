@@ -446,6 +446,19 @@ pub fn set_client_port_tls(files: ClientTlsFiles) {
     let _ = CLIENT_PORT_TLS.set(files);
 }
 
+/// How this member dials other members' peer ports outside the Raft streams (the
+/// member list when joining, publishing its attributes): set once at start-up.
+static PEER_PORT_TLS: OnceLock<ClientTlsFiles> = OnceLock::new();
+
+pub fn set_peer_port_tls(files: ClientTlsFiles) {
+    let _ = PEER_PORT_TLS.set(files);
+}
+
+/// An endpoint for another member's peer URL (mutual TLS when it is https://).
+pub fn peer_port_endpoint(url: &str) -> Result<tonic::transport::Endpoint> {
+    ClientTlsFiles::endpoint(PEER_PORT_TLS.get(), url)
+}
+
 /// An endpoint for another member's client URL (https:// when the cluster uses TLS).
 pub fn client_port_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::Status> {
     ClientTlsFiles::endpoint(CLIENT_PORT_TLS.get(), url)

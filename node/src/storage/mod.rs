@@ -40,7 +40,7 @@ pub use fs::{FaultControl, FaultFs, StdFs, WalFile, WalFs};
 pub use log::{LogStore, MemLogStore, PersistRequest};
 
 pub use dump::{dump_wal, DumpSummary};
-pub use recovery::{check_membership, recover, Recovered};
+pub use recovery::{check_membership, read_identity, recover, Recovered};
 pub use snapshot::{SnapshotInfo, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use wal::{Wal, WalConfig, WalLogStore};
 pub use writer::{Ack, CommitMode, FsyncHistogram, WalWriter, WriterConfig};

@@ -82,3 +82,29 @@ pub fn check_membership(node_id: NodeId, membership: &Membership) -> Result<()> 
         learners: membership.learners.iter().copied().collect(),
     })
 }
+
+/// The cluster id and member id a WAL directory was written for (from the header of
+/// its first segment), or `None` when it holds no segment. A member that joined an
+/// existing cluster learns its id from the cluster; on a restart it reads it here.
+pub fn read_identity(wal_dir: &Path) -> Result<Option<(u64, NodeId)>> {
+    use std::io::Read;
+
+    use crate::storage::codec::{SegmentHeader, SEGMENT_HEADER_BYTES};
+    use crate::storage::fs::StdFs;
+
+    if !wal_dir.exists() {
+        return Ok(None);
+    }
+    let segments = crate::storage::wal::list_segments(&StdFs, wal_dir)?;
+    for segment in segments {
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let read = std::fs::File::open(&segment.path).and_then(|mut file| file.read_exact(&mut header));
+        if read.is_err() {
+            continue; // a segment cut short at creation; recovery deals with it
+        }
+        if let Ok(header) = SegmentHeader::decode(&header) {
+            return Ok(Some((header.cluster_id, header.node_id)));
+        }
+    }
+    Ok(None)
+}

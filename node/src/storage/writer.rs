@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::stats::{LatencySummary, LatencyWindow};
 use crate::storage::log::{LogStore, PersistRequest};
 use crate::storage::wal::WalLogStore;
 use crate::storage::{Error, Result};
@@ -68,17 +69,41 @@ impl Default for WriterConfig {
 /// `[2^i, 2^(i+1))` µs (bucket 0 also holds 0 µs).
 pub const FSYNC_BUCKETS: usize = 32;
 
-#[derive(Debug, Default)]
+/// Commits the recent fsync latency covers (`WalWriter::fsync_recent`): at most the
+/// last 60 s and the last 4096 groups.
+pub const FSYNC_WINDOW: Duration = Duration::from_secs(60);
+pub const FSYNC_WINDOW_SAMPLES_MAX: usize = 4096;
+
+#[derive(Debug)]
 struct FsyncStats {
     buckets: [AtomicU64; FSYNC_BUCKETS],
     count: AtomicU64,
     sum_us: AtomicU64,
     max_us: AtomicU64,
     submissions: AtomicU64,
+    /// Written once per group by the writer task; read by status calls.
+    recent: std::sync::Mutex<LatencyWindow>,
+}
+
+impl Default for FsyncStats {
+    fn default() -> Self {
+        FsyncStats {
+            buckets: Default::default(),
+            count: AtomicU64::default(),
+            sum_us: AtomicU64::default(),
+            max_us: AtomicU64::default(),
+            submissions: AtomicU64::default(),
+            recent: std::sync::Mutex::new(LatencyWindow::new(FSYNC_WINDOW, FSYNC_WINDOW_SAMPLES_MAX)),
+        }
+    }
 }
 
 impl FsyncStats {
     fn record(&self, elapsed: Duration, submissions: usize) {
+        self.recent
+            .lock()
+            .expect("not poisoned")
+            .record(Instant::now(), elapsed);
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         let bucket = (63 - us.max(1).leading_zeros() as usize).min(FSYNC_BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -206,6 +231,16 @@ impl WalWriter {
     /// The highest sequence number known durable (every one below it is too).
     pub fn durable_seq(&self) -> watch::Receiver<u64> {
         self.durable.clone()
+    }
+
+    /// Latency of the recent group commits (write plus fdatasync): moving average,
+    /// p50 and p99 over [`FSYNC_WINDOW`].
+    pub fn fsync_recent(&self) -> LatencySummary {
+        self.stats
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .summary(Instant::now())
     }
 
     pub fn fsync_histogram(&self) -> FsyncHistogram {

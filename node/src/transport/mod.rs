@@ -14,14 +14,20 @@
 //!
 //! Every stream starts with a `Hello`: a peer of another cluster (token or id) or a
 //! message for another member is refused with FAILED_PRECONDITION and changes nothing.
+//!
+//! Round-trip times are measured on the streams themselves: the receiver echoes the
+//! probe number some batches carry on the response side of the same call ([`rtt`]);
+//! the per-peer tasks also record whether their stream is up and how long they back
+//! off, in `TransportConfig::links`, for the admin API and `/metrics`.
 
 pub mod convert;
+pub mod rtt;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kuberaft_proto::raft as pb;
 use kuberaft_proto::raft::peer_client::PeerClient;
@@ -61,10 +67,23 @@ pub struct TransportConfig {
     pub client_urls: Vec<String>,
     /// Client URLs peers told us, by member id.
     pub directory: Directory,
+    /// Ids removed from the cluster: their streams are refused (kept in step with the
+    /// member table by `join::follow_members`).
+    pub removed: RemovedSet,
+    /// Set when a peer refused this member because it was removed.
+    pub removed_notice: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Round-trip times and stream state per peer (read by the admin API and metrics).
+    pub links: Arc<rtt::PeerLinks>,
     /// Mutual TLS toward peers (https:// peer URLs): the peer CA and this member's
     /// peer certificate, read at each connection so a rotated one is used next time.
     pub tls: Option<crate::security::tls::ClientTlsFiles>,
 }
+
+/// Ids of removed members.
+pub type RemovedSet = Arc<Mutex<std::collections::HashSet<NodeId>>>;
+
+/// In the status a peer refuses a removed member with; the removed member looks for it.
+pub const REMOVED_MESSAGE: &str = "was removed from the cluster";
 
 /// The client URLs of the members, as they announced them.
 pub type Directory = Arc<Mutex<HashMap<NodeId, Vec<String>>>>;
@@ -85,6 +104,9 @@ impl TransportConfig {
             zstd_level: 1,
             client_urls: Vec::new(),
             directory: Directory::default(),
+            removed: RemovedSet::default(),
+            removed_notice: Arc::new(tokio::sync::watch::channel(false).0),
+            links: Arc::default(),
             tls: None,
         }
     }
@@ -98,6 +120,15 @@ impl TransportConfig {
             protocol_version: PROTOCOL_VERSION,
             client_urls: self.client_urls.clone(),
         }
+    }
+
+    fn check_not_removed(&self, from: NodeId) -> Result<(), Status> {
+        if self.removed.lock().expect("not poisoned").contains(&from) {
+            return Err(Status::failed_precondition(format!(
+                "member {from:#x} {REMOVED_MESSAGE}"
+            )));
+        }
+        Ok(())
     }
 
     /// Why a peer's hello is refused, if it is.
@@ -123,6 +154,7 @@ impl TransportConfig {
         if hello.from_id == 0 || hello.from_id == self.id {
             return Err(Status::invalid_argument("hello from an invalid member id"));
         }
+        self.check_not_removed(hello.from_id)?;
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "peer speaks protocol version {}, this member {PROTOCOL_VERSION}",
@@ -157,6 +189,11 @@ impl GrpcTransport {
     pub fn attach(&self, inbox: mpsc::Sender<Input>, snapshots: SnapshotStore) {
         *self.inbox.lock().expect("not poisoned") = Some(inbox);
         *self.snapshots.lock().expect("not poisoned") = Some(snapshots);
+    }
+
+    /// The address this transport uses for a member.
+    pub fn peer_url(&self, id: NodeId) -> Option<String> {
+        self.urls.lock().expect("not poisoned").get(&id).cloned()
     }
 
     /// Learns (or changes) the address of a member.
@@ -215,22 +252,37 @@ impl PeerTask {
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
         let mut backoff = self.config.backoff_initial;
         loop {
-            match self.connect_and_send(&mut queue).await {
+            let mut was_up = false;
+            match self.connect_and_send(&mut queue, &mut was_up).await {
                 Ok(()) => return, // queue closed: the node stopped
                 Err(e) => {
+                    if e.contains(REMOVED_MESSAGE) {
+                        tracing::error!(to = self.to, error = %e, "a peer says this member was removed from the cluster");
+                        self.config.removed_notice.send_replace(true);
+                    }
                     tracing::debug!(to = self.to, error = %e, "peer stream ended");
                     let _ = self.inbox.try_send(Input::Unreachable(self.to));
                 }
             }
+            if was_up {
+                backoff = self.config.backoff_initial;
+            }
             // Drop what queued up meanwhile: it is stale, and Raft resends.
             while queue.try_recv().is_ok() {}
             let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            let wait = backoff + Duration::from_millis(jitter);
+            self.config.links.stream_down(self.to, Instant::now() + wait);
+            tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(self.config.backoff_max);
         }
     }
 
-    async fn connect_and_send(&self, queue: &mut mpsc::Receiver<Message>) -> Result<(), String> {
+    /// Sets `was_up` once the peer accepted the stream.
+    async fn connect_and_send(
+        &self,
+        queue: &mut mpsc::Receiver<Message>,
+        was_up: &mut bool,
+    ) -> Result<(), String> {
         let endpoint = crate::security::tls::ClientTlsFiles::endpoint(self.config.tls.as_ref(), &self.url)
             .map_err(|e| format!("peer url {}: {e}", self.url))?
             .connect_timeout(Duration::from_secs(1))
@@ -251,7 +303,10 @@ impl PeerTask {
             .await
             .map_err(|e| e.to_string())?;
         let mut replies = response.into_inner();
-        // The peer answers with its hello; anything else on this stream is ignored.
+        *was_up = true;
+        self.config.links.stream_up(self.to);
+        let mut prober = rtt::Prober::default();
+        // The peer answers with its hello, then echoes probes; nothing else comes back.
         let mut batch = Vec::with_capacity(self.config.batch_messages_max);
         loop {
             tokio::select! {
@@ -265,7 +320,12 @@ impl PeerTask {
                         }
                     }
                     let mut plain = Vec::with_capacity(batch.len());
+                    let mut timed = false;
                     for message in batch.drain(..) {
+                        timed |= matches!(
+                            message.body,
+                            MessageBody::Heartbeat { .. } | MessageBody::AppendRequest { .. }
+                        );
                         if let MessageBody::InstallSnapshot { meta } = &message.body {
                             // Data first, then the announcement on the stream.
                             match self.send_snapshot(&mut client, meta).await {
@@ -282,12 +342,20 @@ impl PeerTask {
                     if plain.is_empty() {
                         continue;
                     }
-                    let envelope = encode_batch(plain, self.config.compress_threshold_bytes, self.config.zstd_level);
+                    let mut envelope = encode_batch(plain, self.config.compress_threshold_bytes, self.config.zstd_level);
+                    envelope.probe = prober.probe(Instant::now(), timed);
                     tx.send(envelope).await.map_err(|_| "stream closed".to_string())?;
                 }
                 reply = replies.next() => {
                     match reply {
-                        Some(Ok(_)) => {}
+                        Some(Ok(envelope)) => {
+                            if envelope.probe_echo != 0 {
+                                let now = Instant::now();
+                                if let Some(rtt) = prober.echoed(envelope.probe_echo, now) {
+                                    self.config.links.record_rtt(self.to, now, rtt);
+                                }
+                            }
+                        }
                         Some(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
                         None => return Err("peer closed the stream".into()),
                     }
@@ -362,6 +430,8 @@ impl PeerTask {
     }
 }
 
+/// Probe echoes queued on one stream's response side before new ones are dropped.
+const ECHOES_QUEUED_MAX: usize = 64;
 /// Attempts at one snapshot transfer (each resuming the last) before giving up.
 const SNAPSHOT_ATTEMPTS: u32 = 4;
 /// How a receiver asks the sender to continue from the offset it holds.
@@ -524,10 +594,34 @@ impl Peer for PeerService {
         let envelope_bytes_max = self.config.envelope_bytes_max;
         let inbox = self.inbox.clone();
         let snapshots = self.snapshots.clone();
+        let config = self.config.clone();
+        let (replies, replies_rx) = mpsc::channel(ECHOES_QUEUED_MAX);
+        let hello = pb::PeerEnvelope {
+            content: Some(pb::peer_envelope::Content::Hello(self.config.hello(from))),
+            ..Default::default()
+        };
+        replies
+            .try_send(Ok(hello))
+            .expect("an empty queue takes the hello");
         tokio::spawn(async move {
             loop {
+                if let Err(refused) = config.check_not_removed(from) {
+                    // Removed while its stream was open: tell it, and take nothing more.
+                    let _ = replies.send(Err(refused)).await;
+                    return;
+                }
                 let envelope = match incoming.message().await {
-                    Ok(Some(envelope)) => envelope,
+                    Ok(Some(envelope)) => {
+                        if envelope.probe != 0 {
+                            // Echoed before anything else is done with the batch. A full
+                            // queue loses the echo: the sender counts the probe as lost.
+                            let _ = replies.try_send(Ok(pb::PeerEnvelope {
+                                probe_echo: envelope.probe,
+                                ..Default::default()
+                            }));
+                        }
+                        envelope
+                    }
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(from, %status, "peer stream broke");
@@ -575,12 +669,9 @@ impl Peer for PeerService {
                 }
             }
         });
-        let reply = pb::PeerEnvelope {
-            content: Some(pb::peer_envelope::Content::Hello(self.config.hello(from))),
-            ..Default::default()
-        };
-        // Keep the response stream open (and idle) for as long as the peer does.
-        let stream = tokio_stream::once(Ok(reply)).chain(tokio_stream::pending());
+        // The response side carries the hello and the echoes, for as long as the peer
+        // keeps its side open.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(replies_rx);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -703,6 +794,7 @@ pub fn encode_batch(messages: Vec<pb::Message>, threshold_bytes: usize, level: i
                     content: Some(pb::peer_envelope::Content::Compressed(compressed.into())),
                     compression: pb::Compression::Zstd as i32,
                     uncompressed_size: size as u64,
+                    ..Default::default()
                 };
             }
             Ok(_) => {} // incompressible: send as is

@@ -5,6 +5,8 @@
 //! the cluster is dropped (also when a test fails).
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ pub struct Member {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Where the other members reach this one's peer port when not directly (a proxy
+    /// in front of `peer`).
+    pub peer_via: Option<u16>,
 }
 
 pub struct ProcCluster {
@@ -45,12 +50,24 @@ impl ProcCluster {
         Self::start_with_schemes(size, extra, "http", "http")
     }
 
+    /// Like `start`, with `https` client and/or peer URLs (the TLS flags go in `extra`).
     pub fn start_with_schemes(
         size: usize,
         extra: &[&str],
         client_scheme: &'static str,
         peer_scheme: &'static str,
     ) -> ProcCluster {
+        let mut cluster = ProcCluster::new(size, extra);
+        cluster.client_scheme = client_scheme;
+        cluster.peer_scheme = peer_scheme;
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// The members and their ports, none started yet (`spawn` each).
+    pub fn new(size: usize, extra: &[&str]) -> ProcCluster {
         let base = tempfile::tempdir().unwrap();
         let ports = free_ports(3 * size);
         let members: Vec<Member> = (0..size)
@@ -62,25 +79,25 @@ impl ProcCluster {
                 dir: base.path().join(format!("m{i}")),
                 child: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                peer_via: None,
             })
             .collect();
-        let mut cluster = ProcCluster {
+        ProcCluster {
             members,
             token: format!("test-{}", std::process::id()),
-            client_scheme,
-            peer_scheme,
+            client_scheme: "http",
+            peer_scheme: "http",
             _base: base,
-        };
-        for i in 0..size {
-            cluster.spawn(i);
         }
-        cluster
     }
 
     pub fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}={}://127.0.0.1:{}", m.name, self.peer_scheme, m.peer))
+            .map(|m| {
+                let port = m.peer_via.unwrap_or(m.peer);
+                format!("{}={}://127.0.0.1:{port}", m.name, self.peer_scheme)
+            })
             .collect::<Vec<_>>()
             .join(",")
     }

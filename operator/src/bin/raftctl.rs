@@ -1,12 +1,23 @@
 //! `raftctl`: the command line of the kuberaft admin API (`kuberaft.admin.v1`).
 //!
-//!     raftctl [--endpoints HOST:PORT,...] [-o table|json] status
+//!     raftctl [--endpoints HOST:PORT,...] [-o table|json|yaml] status
 //!     raftctl timing get
 //!     raftctl timing set --heartbeat-interval MS --election-timeout MS
 //!     raftctl leader transfer [--to NAME|ID] [--deadline MS]
+//!     raftctl member list
+//!     raftctl member add NAME --peer-urls URL[,URL] [--learner]
+//!     raftctl member promote NAME|ID
+//!     raftctl member remove NAME|ID
 //!
-//! `status` and `timing get` ask every endpoint; `timing set` and `leader transfer`
-//! go to the first endpoint that answers (a follower forwards them to the leader).
+//!     raftctl events [--replay N] [--count N]
+//!
+//! `status` and `timing get` ask every endpoint; `timing set`, `leader transfer` and
+//! the `member` commands go to the first endpoint that answers (a follower forwards
+//! them to the leader). The `member` commands use the etcd Cluster service, so they
+//! do what `etcdctl member ...` does; a member is named by name or hex id.
+//! `events` follows the event stream of the first endpoint that answers, until it
+//! ends, `--count` events were shown, or the user interrupts. With `-o json` each
+//! event is one line of JSON; with `-o yaml` one YAML document.
 //! Exit status: 0 on success, 1 when the cluster refused or did not answer, 2 on
 //! bad usage.
 
@@ -31,7 +42,11 @@ macro_rules! outln {
 use clap::{Parser, Subcommand, ValueEnum};
 use kuberaft_operator::ctl::{self, Probe};
 use kuberaft_proto::admin::admin_client::AdminClient;
-use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest};
+use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest, WatchEventsRequest};
+use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
+use kuberaft_proto::etcdserverpb::{
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -64,6 +79,18 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    Yaml,
+}
+
+/// Prints a JSON value as JSON (pretty) or YAML.
+fn print_value(output: Output, value: &serde_json::Value) {
+    match output {
+        Output::Yaml => match serde_norway::to_string(value) {
+            Ok(yaml) => out!("{yaml}"),
+            Err(e) => eprintln!("raftctl: cannot write YAML: {e}"),
+        },
+        _ => outln!("{value:#}"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -81,6 +108,68 @@ enum Command {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// Membership, through the etcd Cluster service.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Follows the membership, health, leadership, timing and snapshot events one
+    /// member observes (FAILURE and RECOVERED come from the leader).
+    Events {
+        /// First show up to this many recent events (at most 128 are kept).
+        #[arg(long, default_value_t = 0)]
+        replay: u32,
+        /// Stop after this many events (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Runs a RaftCluster manifest as local raft-node processes, driven by the
+    /// operator's planner, until Ctrl-C. Editing the file is like `kubectl apply`.
+    Up(UpArgs),
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Every member: id, name, started or not, voter or learner, URLs.
+    List,
+    /// Adds a member (one change at a time); then start it with
+    /// `--initial-cluster-state existing` and the printed flags.
+    Add {
+        /// The new member's name (what it will be started with).
+        name: String,
+        /// Its advertised peer URLs, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add it as a learner (it receives the log but does not vote until promoted).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Makes a learner a voter; refused until it has caught up with the leader.
+    Promote {
+        /// Name or hex id.
+        member: String,
+    },
+    /// Removes a member; it stops once it learns it was removed.
+    Remove {
+        /// Name or hex id.
+        member: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The RaftCluster manifest.
+    #[arg(short = 'f', long = "filename")]
+    file: std::path::PathBuf,
+    /// Where members keep their data (one directory per cluster inside).
+    #[arg(long, default_value = "kuberaft-data")]
+    data_dir: std::path::PathBuf,
+    /// The raft-node binary (default: next to raftctl, else on PATH).
+    #[arg(long)]
+    node_binary: Option<std::path::PathBuf>,
+    /// Milliseconds between two planner rounds.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    interval_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -137,26 +226,31 @@ impl Cli {
 }
 
 async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
+    channel(patience, endpoint, true).await.map(AdminClient::new)
+}
+
+/// `limit_requests`: each request must finish within `patience.request` (not for a
+/// stream that is followed for as long as it lasts).
+async fn channel(patience: Patience, endpoint: &str, limit_requests: bool) -> Result<Channel, String> {
+    let mut target = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|e| format!("bad endpoint: {e}"))?
-        .connect_timeout(patience.dial)
-        .timeout(patience.request)
-        .connect()
-        .await
-        .map_err(|e| {
-            // tonic says "transport error"; the causes below it say what went wrong.
-            let mut causes: Vec<String> = Vec::new();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                let text = c.to_string();
-                if causes.last() != Some(&text) {
-                    causes.push(text);
-                }
-                cause = c.source();
+        .connect_timeout(patience.dial);
+    if limit_requests {
+        target = target.timeout(patience.request);
+    }
+    target.connect().await.map_err(|e| {
+        // tonic says "transport error"; the causes below it say what went wrong.
+        let mut causes: Vec<String> = Vec::new();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if causes.last() != Some(&text) {
+                causes.push(text);
             }
-            format!("cannot connect: {}", causes.join(": "))
-        })?;
-    Ok(AdminClient::new(channel))
+            cause = c.source();
+        }
+        format!("cannot connect: {}", causes.join(": "))
+    })
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -206,15 +300,20 @@ fn no_answer(cli: &Cli, probes: &[Probe]) -> ExitCode {
 /// Sends one request to the first endpoint that is reachable and serving; stops at
 /// the first answer that is a decision (success or a refusal that another member
 /// would repeat).
-async fn first_answer<T, F, Fut>(cli: &Cli, patience: Patience, mut call: F) -> Result<(String, T), String>
+async fn first_answer<C, T, F, Fut>(
+    cli: &Cli,
+    patience: Patience,
+    make: fn(Channel) -> C,
+    mut call: F,
+) -> Result<(String, T), String>
 where
-    F: FnMut(AdminClient<Channel>) -> Fut,
+    F: FnMut(C) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let mut errors = Vec::new();
     for endpoint in &cli.endpoints {
-        let client = match connect(patience, endpoint).await {
-            Ok(client) => client,
+        let client = match channel(patience, endpoint, true).await {
+            Ok(channel) => make(channel),
             Err(e) => {
                 errors.push(format!("  {endpoint}: {e}"));
                 continue;
@@ -237,6 +336,7 @@ where
 
 async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
+        Command::Up(args) => up(args).await,
         Command::Status => {
             let probes = probe_all(cli).await;
             let answered = probes.iter().filter(|p| p.answer.is_ok()).count();
@@ -245,7 +345,7 @@ async fn run(cli: &Cli) -> ExitCode {
             }
             match cli.output {
                 Output::Table => out!("{}", ctl::status_table(&probes)),
-                Output::Json => outln!("{:#}", ctl::status_json(&probes)),
+                output => print_value(output, &ctl::status_json(&probes)),
             }
             if answered == probes.len() {
                 ExitCode::SUCCESS
@@ -262,7 +362,7 @@ async fn run(cli: &Cli) -> ExitCode {
             }
             match cli.output {
                 Output::Table => out!("{}", ctl::timing_table(&probes)),
-                Output::Json => {
+                output => {
                     let items: Vec<_> = probes
                         .iter()
                         .map(|p| match &p.answer {
@@ -274,7 +374,7 @@ async fn run(cli: &Cli) -> ExitCode {
                             Err(e) => serde_json::json!({"endpoint": p.endpoint, "error": e}),
                         })
                         .collect();
-                    outln!("{:#}", serde_json::Value::Array(items));
+                    print_value(output, &serde_json::Value::Array(items));
                 }
             }
             ExitCode::SUCCESS
@@ -291,7 +391,7 @@ async fn run(cli: &Cli) -> ExitCode {
                 election_timeout_ms: *election_timeout,
                 reason: "raftctl".into(),
             };
-            let answer = first_answer(cli, cli.patience(), |mut client| {
+            let answer = first_answer(cli, cli.patience(), AdminClient::new, |mut client| {
                 let request = request.clone();
                 async move { client.set_timing(request).await.map(|r| r.into_inner()) }
             })
@@ -304,9 +404,9 @@ async fn run(cli: &Cli) -> ExitCode {
                             "timing set: {}; every member switches when it learns the commit",
                             ctl::describe_timing(&timing)
                         ),
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)})
+                        output => print_value(
+                            output,
+                            &serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)}),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -317,6 +417,8 @@ async fn run(cli: &Cli) -> ExitCode {
                 }
             }
         }
+        Command::Member { command } => run_member(cli, command).await,
+        Command::Events { replay, count } => follow_events(cli, *replay, *count).await,
         Command::Leader {
             command: LeaderCommand::Transfer { to, deadline },
         } => {
@@ -327,7 +429,7 @@ async fn run(cli: &Cli) -> ExitCode {
             let mut patience = cli.patience();
             // The server waits up to its deadline (by default a few election timeouts).
             patience.request += Duration::from_millis(if *deadline == 0 { 30_000 } else { *deadline });
-            let answer = first_answer(cli, patience, |mut client| {
+            let answer = first_answer(cli, patience, AdminClient::new, |mut client| {
                 let request = request.clone();
                 async move { client.transfer_leader(request).await.map(|r| r.into_inner()) }
             })
@@ -341,13 +443,13 @@ async fn run(cli: &Cli) -> ExitCode {
                             response.leader_id,
                             response.term
                         ),
-                        Output::Json => outln!(
-                            "{:#}",
-                            serde_json::json!({
+                        output => print_value(
+                            output,
+                            &serde_json::json!({
                                 "leader_id": format!("{:x}", response.leader_id),
                                 "leader_name": response.leader_name,
                                 "term": response.term,
-                            })
+                            }),
                         ),
                     }
                     ExitCode::SUCCESS
@@ -359,6 +461,248 @@ async fn run(cli: &Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The member list from the first endpoint that answers.
+async fn list_members(cli: &Cli) -> Result<Vec<kuberaft_proto::etcdserverpb::Member>, String> {
+    first_answer(cli, cli.patience(), ClusterClient::new, |mut client| async move {
+        client
+            .member_list(MemberListRequest { linearizable: false })
+            .await
+    })
+    .await
+    .map(|(_, r)| r.into_inner().members)
+}
+
+async fn run_member(cli: &Cli, command: &MemberCommand) -> ExitCode {
+    // Membership changes wait for the change to be applied.
+    let mut patience = cli.patience();
+    patience.request += Duration::from_secs(20);
+    let members = match list_members(cli).await {
+        Ok(members) => members,
+        Err(e) => {
+            eprintln!("raftctl: cannot list the members: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let resolve = |who: &str| ctl::resolve_member(&members, who);
+    match command {
+        MemberCommand::List => {
+            match cli.output {
+                Output::Table => out!("{}", ctl::members_table(&members)),
+                Output::Json | Output::Yaml => print_value(
+                    cli.output,
+                    &serde_json::Value::Array(members.iter().map(ctl::member_json).collect()),
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let request = MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: *learner,
+            };
+            let answer = first_answer(cli, patience, ClusterClient::new, |mut client| {
+                let request = request.clone();
+                async move { client.member_add(request).await }
+            })
+            .await;
+            match answer {
+                Ok((_, response)) => {
+                    let response = response.into_inner();
+                    let id = response.member.as_ref().map_or(0, |m| m.id);
+                    let initial = ctl::initial_cluster_for(&response.members, id, name);
+                    match cli.output {
+                        Output::Table => {
+                            outln!(
+                                "member {name} added as a {} with id {id:x}; start it with:",
+                                if *learner { "learner" } else { "voter" }
+                            );
+                            outln!(
+                                "  raft-node --name {name} --initial-cluster-state existing \\\n    --initial-advertise-peer-urls {} \\\n    --initial-cluster {initial}",
+                                peer_urls.join(",")
+                            );
+                        }
+                        Output::Json | Output::Yaml => print_value(
+                            cli.output,
+                            &serde_json::json!({
+                                "id": format!("{id:x}"),
+                                "name": name,
+                                "learner": learner,
+                                "peer_urls": peer_urls,
+                                "initial_cluster": initial,
+                                "initial_cluster_state": "existing",
+                            }),
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: member {name} not added: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        MemberCommand::Promote { member } | MemberCommand::Remove { member } => {
+            let promote = matches!(command, MemberCommand::Promote { .. });
+            let verb = if promote { "promoted" } else { "removed" };
+            let id = match resolve(member) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("raftctl: member not {verb}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let answer = first_answer(cli, patience, ClusterClient::new, |mut client| async move {
+                if promote {
+                    client
+                        .member_promote(MemberPromoteRequest { id })
+                        .await
+                        .map(|r| r.into_inner().members)
+                } else {
+                    client
+                        .member_remove(MemberRemoveRequest { id })
+                        .await
+                        .map(|r| r.into_inner().members)
+                }
+            })
+            .await;
+            match answer {
+                Ok((_, members)) => {
+                    match cli.output {
+                        Output::Table => outln!("member {member} ({id:x}) {verb}"),
+                        Output::Json | Output::Yaml => print_value(
+                            cli.output,
+                            &serde_json::json!({
+                                "id": format!("{id:x}"),
+                                "done": verb,
+                                "members": members.iter().map(ctl::member_json).collect::<Vec<_>>(),
+                            }),
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftctl: member {member} ({id:x}) not {verb}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// The raft-node next to this raftctl (a cargo target directory or an install
+/// prefix), else the one on PATH.
+fn default_node_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("raft-node")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join("raft-node"))
+                        .find(|p| p.exists())
+                })
+                .unwrap_or_else(|| "raft-node".into())
+        })
+}
+
+async fn up(args: &UpArgs) -> ExitCode {
+    let config = kuberaft_operator::local::UpConfig {
+        manifest: args.file.clone(),
+        data_dir: args.data_dir.clone(),
+        node_binary: args.node_binary.clone().unwrap_or_else(default_node_binary),
+        interval: Duration::from_millis(args.interval_ms),
+        node_args: Vec::new(),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match kuberaft_operator::local::up(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftctl up: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `raftctl events`: follows one member's stream.
+async fn follow_events(cli: &Cli, replay: u32, count: Option<u64>) -> ExitCode {
+    let patience = cli.patience();
+    let mut errors = Vec::new();
+    let mut opened = None;
+    for endpoint in &cli.endpoints {
+        let mut client = match channel(patience, endpoint, false).await.map(AdminClient::new) {
+            Ok(client) => client,
+            Err(e) => {
+                errors.push(format!("  {endpoint}: {e}"));
+                continue;
+            }
+        };
+        let request = WatchEventsRequest { replay };
+        match tokio::time::timeout(patience.request, client.watch_events(request)).await {
+            Ok(Ok(response)) => {
+                opened = Some((endpoint.clone(), response.into_inner()));
+                break;
+            }
+            Ok(Err(status)) => errors.push(format!("  {endpoint}: {}", describe(&status))),
+            Err(_) => errors.push(format!(
+                "  {endpoint}: no answer within {} ms",
+                cli.command_timeout_ms
+            )),
+        }
+    }
+    let Some((endpoint, mut stream)) = opened else {
+        eprintln!(
+            "raftctl: no member answered at {}\n{}",
+            cli.endpoints.join(","),
+            errors.join("\n")
+        );
+        return ExitCode::from(1);
+    };
+    if cli.output == Output::Table {
+        eprintln!("events seen by {endpoint}:");
+        outln!("{}", ctl::event_header());
+    }
+    let mut shown = 0u64;
+    while count.is_none_or(|n| shown < n) {
+        let event = tokio::select! {
+            event = stream.message() => event,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        match event {
+            Ok(Some(event)) => {
+                match cli.output {
+                    Output::Table => outln!("{}", ctl::event_line(&event)),
+                    Output::Json => outln!("{}", ctl::event_json(&event)),
+                    Output::Yaml => {
+                        out!("---\n");
+                        print_value(Output::Yaml, &ctl::event_json(&event));
+                    }
+                }
+                shown += 1;
+            }
+            Ok(None) => {
+                eprintln!("raftctl: {endpoint} ended the event stream");
+                return ExitCode::from(1);
+            }
+            Err(status) => {
+                eprintln!(
+                    "raftctl: event stream from {endpoint} failed: {}",
+                    describe(&status)
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {

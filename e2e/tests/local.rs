@@ -1,0 +1,651 @@
+//! The operator's orchestration on real `raft-node` processes: the planner of
+//! `raft-operator`, driven through the local platform of `raftctl up`, against clusters
+//! on 127.0.0.1, with the `etcd-client` crate and etcdctl as clients.
+//!
+//! Each test starts its own cluster in a temporary directory; a driver task runs one
+//! planner round every `ROUND` and records what it saw and did, so the tests can check
+//! the order of steps afterwards. Every wait and every load loop is bounded.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use kuberaft_operator::crd::RaftClusterStatus;
+use kuberaft_operator::local::LocalPlatform;
+use kuberaft_operator::plan::Action;
+use kuberaft_operator::render::parse_manifest;
+
+const ROUND: Duration = Duration::from_millis(300);
+const WAIT: Duration = Duration::from_secs(120);
+
+/// target/debug (or release) of this test binary, where `cargo test --workspace` also
+/// puts raft-node and raftctl.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (cargo build -p kuberaft-node -p kuberaft-operator)",
+        path.display()
+    );
+    path
+}
+
+fn manifest(name: &str, replicas: i32, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  storage:\n    wal:\n      size: 1Gi\n    snapshots:\n      size: 1Gi\n{extra_spec}"
+    )
+}
+
+/// One planner round as the driver saw it.
+#[derive(Clone, Debug)]
+struct Record {
+    at: Instant,
+    action: Option<Action>,
+    status: RaftClusterStatus,
+}
+
+struct Harness {
+    platform: LocalPlatform,
+    records: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    driver: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(name: &str, replicas: i32, extra_spec: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = parse_manifest(&manifest(name, replicas, extra_spec)).unwrap();
+        let platform = LocalPlatform::open(cluster, dir.path(), binary("raft-node"), Vec::new()).unwrap();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = {
+            let platform = platform.clone();
+            let records = records.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // Bounded: a test never runs longer than this many rounds.
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let round = platform.round().await;
+                    for note in &round.notes {
+                        eprintln!("[up] {note}");
+                    }
+                    if let Some(a) = &round.plan.action {
+                        if !matches!(a, Action::Wait { .. }) {
+                            eprintln!("[up] step: {a}");
+                        }
+                    }
+                    records.lock().unwrap().push(Record {
+                        at: Instant::now(),
+                        action: round.plan.action.clone(),
+                        status: round.status,
+                    });
+                    tokio::time::sleep(ROUND).await;
+                }
+            })
+        };
+        Harness {
+            platform,
+            records,
+            stop,
+            driver: Some(driver),
+            _dir: dir,
+        }
+    }
+
+    fn status(&self) -> RaftClusterStatus {
+        self.platform.status().unwrap_or_default()
+    }
+
+    async fn wait_for(&self, what: &str, mut ok: impl FnMut(&RaftClusterStatus) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status();
+            if ok(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Running, with `voters` healthy voters, no learner, and nothing in progress.
+    async fn wait_steady(&self, voters: usize) {
+        self.wait_for(&format!("{voters} healthy voters, steady"), |s| {
+            s.phase.as_deref() == Some("Running")
+                && s.members.len() == voters
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+        })
+        .await;
+    }
+
+    fn set_spec(&self, replicas: i32, extra_spec: &str) {
+        let name = self.platform.cluster().metadata.name.clone().unwrap();
+        self.platform
+            .set_cluster(parse_manifest(&manifest(&name, replicas, extra_spec)).unwrap());
+    }
+
+    fn endpoints(&self, ordinals: impl IntoIterator<Item = u32>) -> Vec<String> {
+        ordinals
+            .into_iter()
+            .map(|o| format!("127.0.0.1:{}", self.platform.ports(o).unwrap().client))
+            .collect()
+    }
+
+    fn ordinal_of(&self, name: &str) -> u32 {
+        name.rsplit('-').next().unwrap().parse().unwrap()
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.records.lock().unwrap().clone()
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(d) = self.driver.take() {
+            let _ = d.await;
+        }
+        let platform = self.platform.clone();
+        tokio::task::spawn_blocking(move || platform.stop_all())
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // A failed test still stops every process it started (by PID).
+        self.stop.store(true, Ordering::SeqCst);
+        self.platform.stop_all();
+    }
+}
+
+async fn client(endpoints: &[String]) -> Client {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(options)).await.unwrap()
+}
+
+/// Writers that keep putting distinct keys until stopped (or a bound is reached) and
+/// remember which puts were acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    async fn start(endpoints: Vec<String>, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let mut client = client(&endpoints).await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for seq in 0..200_000u64 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let key = format!("load/{w}/{seq:08}");
+                    match client.put(key.clone(), format!("v{seq}"), None).await {
+                        Ok(_) => acked.push(key),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                acked
+            }));
+        }
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut acked = Vec::new();
+        for t in self.tasks {
+            acked.extend(t.await.unwrap());
+        }
+        acked
+    }
+}
+
+/// Every acknowledged key is readable (linearizably) through `endpoints`.
+async fn assert_all_present(endpoints: &[String], acked: &[String]) {
+    assert!(!acked.is_empty(), "the load acknowledged no write at all");
+    let mut client = client(endpoints).await;
+    let response = client
+        .get("load/", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
+    let present: BTreeSet<Vec<u8>> = response.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+    let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_bytes())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes are lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .output()
+        .expect("etcdctl (Debian etcd-client) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} against {endpoint} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_three_members_and_use_etcdctl_on_each() {
+    let h = Harness::start("boot", 3, "").await;
+    h.wait_steady(3).await;
+    let endpoints = h.endpoints(0..3);
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let key = format!("greeting-{i}");
+        etcdctl(endpoint, &["put", &key, &format!("hello from {i}")]);
+    }
+    for endpoint in &endpoints {
+        for i in 0..3 {
+            let out = etcdctl(endpoint, &["get", &format!("greeting-{i}"), "--print-value-only"]);
+            assert_eq!(out.trim(), format!("hello from {i}"), "read through {endpoint}");
+        }
+    }
+    let status = h.status();
+    assert_eq!(status.replicas, 3);
+    assert!(status.bootstrapped);
+    assert!(status.leader.is_some());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_three_to_five_and_back_under_writes_loses_nothing() {
+    let h = Harness::start("scale", 3, "").await;
+    h.wait_steady(3).await;
+    let stable = h.endpoints(0..3);
+    let load = Load::start(stable.clone(), 4).await;
+
+    h.set_spec(5, "");
+    h.wait_steady(5).await;
+    assert_eq!(h.platform.workload_replicas(), Some(5));
+    // Learner first, then promotion: every member added was a learner before it voted.
+    let records = h.records();
+    let adds = records
+        .iter()
+        .filter(|r| matches!(r.action, Some(Action::AddLearner { .. })))
+        .count();
+    let promotes = records
+        .iter()
+        .filter(|r| matches!(r.action, Some(Action::Promote { .. })))
+        .count();
+    assert!(adds >= 2 && promotes >= 2, "adds {adds}, promotes {promotes}");
+
+    h.set_spec(3, "");
+    h.wait_steady(3).await;
+    h.wait_for("the workload back at 3", |_| {
+        h.platform.workload_replicas() == Some(3)
+    })
+    .await;
+    // The removed members' directories go away (a later scale-up starts clean).
+    let deadline = Instant::now() + WAIT;
+    while (h.platform.member_dir(3).exists() || h.platform.member_dir(4).exists())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !h.platform.member_dir(3).exists(),
+        "data of removed member 3 kept"
+    );
+    assert!(
+        !h.platform.member_dir(4).exists(),
+        "data of removed member 4 kept"
+    );
+    let names: BTreeSet<String> = h.status().members.iter().map(|m| m.name.clone()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["scale-0".into(), "scale-1".into(), "scale-2".into()])
+    );
+
+    // Scaled-down members come back without stale-data trouble.
+    h.set_spec(5, "");
+    h.wait_steady(5).await;
+
+    let acked = load.finish().await;
+    assert_all_present(&stable, &acked).await;
+    eprintln!("acknowledged writes during 3 -> 5 -> 3 -> 5: {}", acked.len());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_restarts_the_leader_last_and_loses_nothing() {
+    let h = Harness::start("roll", 3, "").await;
+    h.wait_steady(3).await;
+    let endpoints = h.endpoints(0..3);
+    let leader_before = h.status().leader.unwrap();
+    let pids_before = h.platform.pids();
+    let load = Load::start(endpoints.clone(), 4).await;
+    let start = h.records().len();
+
+    // A change of a node setting is a pod template change.
+    h.set_spec(3, "  snapshotCount: 5000\n");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pids = h.platform.pids();
+        let all_new = (0..3).all(|o| pids.get(&o).is_some() && pids.get(&o) != pids_before.get(&o));
+        let status = h.status();
+        if all_new
+            && status.phase.as_deref() == Some("Running")
+            && status.members.iter().all(|m| m.healthy)
+            && status.members.len() == 3
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the roll did not finish: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acked = load.finish().await;
+    assert_all_present(&endpoints, &acked).await;
+
+    let records: Vec<Record> = h.records().into_iter().skip(start).collect();
+    let restarts: Vec<(usize, u32)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r.action {
+            Some(Action::RestartMember { ordinal }) => Some((i, ordinal)),
+            _ => None,
+        })
+        .collect();
+    let order: Vec<u32> = restarts.iter().map(|(_, o)| *o).collect();
+    eprintln!("restart order: {order:?}, leader before: {leader_before}");
+    assert_eq!(order.len(), 3, "each member restarted once: {order:?}");
+    assert_eq!(order.iter().collect::<BTreeSet<_>>().len(), 3);
+    let leader_ordinal = h.ordinal_of(&leader_before);
+    assert_eq!(*order.last().unwrap(), leader_ordinal, "the leader restarts last");
+    let (last_index, _) = restarts[2];
+    let transfer = records[..last_index]
+        .iter()
+        .position(|r| matches!(r.action, Some(Action::TransferLeader { .. })));
+    assert!(
+        transfer.is_some(),
+        "leadership was transferred before the leader restarted"
+    );
+    // Each restart only when every member was healthy and caught up.
+    for (i, ordinal) in &restarts {
+        let before = &records[*i].status;
+        assert!(
+            before.members.len() == 3 && before.members.iter().all(|m| m.healthy),
+            "member {ordinal} restarted while the cluster was not healthy: {:#?}",
+            before.members
+        );
+    }
+    // Leader changes: at most one per restart beyond the planned transfer.
+    let mut leaders: Vec<String> = Vec::new();
+    for r in &records {
+        if let Some(l) = &r.status.leader {
+            if leaders.last() != Some(l) {
+                leaders.push(l.clone());
+            }
+        }
+    }
+    let changes = leaders.len().saturating_sub(1);
+    assert!(changes <= 1 + 3, "leader changed {changes} times: {leaders:?}");
+    // Unavailability per member: from its restart step to its next ready round.
+    for (i, ordinal) in &restarts {
+        let name = format!("roll-{ordinal}");
+        let back = records[i + 1..]
+            .iter()
+            .find(|r| r.status.members.iter().any(|m| m.name == name && m.healthy))
+            .map(|r| r.at.duration_since(records[*i].at));
+        eprintln!("member {name} unavailable for about {back:?}");
+    }
+    eprintln!("acknowledged writes during the roll: {}", acked.len());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_restarted_and_rejoins() {
+    let h = Harness::start("failover", 3, "").await;
+    h.wait_steady(3).await;
+    let endpoints = h.endpoints(0..3);
+    let leader = h.status().leader.unwrap();
+    let ordinal = h.ordinal_of(&leader);
+    let old_pid = h.platform.pids()[&ordinal];
+    let killed_at = Instant::now();
+    h.platform.kill_member(ordinal);
+
+    // A new leader, and a write acknowledged.
+    let mut client = client(&endpoints).await;
+    let deadline = Instant::now() + WAIT;
+    let first_write = loop {
+        if client.put("after-failover", "yes", None).await.is_ok() {
+            break killed_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write acknowledged after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("leader kill -> first acknowledged write: {first_write:?}");
+    h.wait_for("another leader", |s| {
+        s.leader.as_ref().is_some_and(|l| *l != leader)
+    })
+    .await;
+    // The supervisor restarts the killed member, and it catches up.
+    h.wait_for("the killed member back", |_| {
+        h.platform.pids().get(&ordinal).is_some_and(|p| *p != old_pid)
+    })
+    .await;
+    h.wait_steady(3).await;
+    let out = etcdctl(
+        &h.endpoints([ordinal])[0],
+        &["get", "after-failover", "--print-value-only", "--consistency=s"],
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut out = out;
+    while out.trim() != "yes" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        out = etcdctl(
+            &h.endpoints([ordinal])[0],
+            &["get", "after-failover", "--print-value-only", "--consistency=s"],
+        );
+    }
+    assert_eq!(out.trim(), "yes", "the restarted member caught up");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_quorum_degrades_without_removing_anyone_and_recovers() {
+    let h = Harness::start("quorum", 3, "").await;
+    h.wait_steady(3).await;
+    let pids = h.platform.pids();
+    let frozen = [pids[&1], pids[&2]];
+    for pid in frozen {
+        assert!(Command::new("kill")
+            .arg("-STOP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+    h.wait_for("Degraded with quorum lost", |s| {
+        s.phase.as_deref() == Some("Degraded")
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "QuorumLost")
+    })
+    .await;
+    // Hold it there for a while: nothing destructive happens.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let records = h.records();
+    let destructive = records.iter().rev().take(10).any(|r| {
+        matches!(
+            r.action,
+            Some(
+                Action::RemoveMember { .. }
+                    | Action::DeleteVolumes { .. }
+                    | Action::RestartMember { .. }
+                    | Action::ScaleWorkload { .. }
+            )
+        )
+    });
+    for pid in frozen {
+        assert!(Command::new("kill")
+            .arg("-CONT")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+    assert!(!destructive, "a destructive step was taken without quorum");
+    assert_eq!(h.platform.workload_replicas(), Some(3));
+    for o in 0..3 {
+        assert!(h.platform.member_dir(o).exists(), "member {o}'s data was touched");
+    }
+    let degraded = h
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone());
+    eprintln!("degraded reason while frozen: {degraded:?}");
+    h.wait_steady(3).await;
+    let status = h.status();
+    assert!(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True"));
+    h.shutdown().await;
+}
+
+/// The quick start as a user runs it: `raftctl up -f FILE`, etcdctl, Ctrl-C, and again.
+#[test]
+fn raftctl_up_serves_etcdctl_stops_on_ctrl_c_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, manifest("quick", 3, "")).unwrap();
+    let data = dir.path().join("data");
+    let run = |check: &dyn Fn(&str)| {
+        let out_path = dir.path().join("up.out");
+        let out = std::fs::File::create(&out_path).unwrap();
+        let mut child = Command::new(binary("raftctl"))
+            .arg("up")
+            .arg("-f")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--node-binary")
+            .arg(binary("raft-node"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let endpoints = loop {
+            let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("client endpoints: ")) {
+                break line.trim_start_matches("client endpoints: ").to_string();
+            }
+            if Instant::now() >= deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("raftctl up printed no endpoints:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        check(&endpoints);
+        let pids: Vec<u32> = {
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(data.join("quick/state.json")).unwrap()).unwrap();
+            state["pids"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(pids.len(), 3);
+        // Ctrl-C.
+        assert!(Command::new("kill")
+            .arg("-INT")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("raftctl up did not stop on Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "raftctl up exited with {status}");
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")),
+                "member pid {pid} still runs after Ctrl-C"
+            );
+        }
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        assert!(text.contains("stopped; data kept in"), "{text}");
+    };
+    run(&|endpoints| {
+        let first = endpoints.split(',').next().unwrap();
+        etcdctl(endpoints, &["put", "quick", "start"]);
+        assert_eq!(
+            etcdctl(first, &["get", "quick", "--print-value-only"]).trim(),
+            "start"
+        );
+    });
+    // Started again: the same cluster, the same data.
+    run(&|endpoints| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .args(["get", "quick", "--print-value-only"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "start" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the data did not survive a restart of raftctl up"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+}
