@@ -756,3 +756,111 @@ async fn certificates_rotate_under_load_without_failed_requests_or_a_leader_chan
     assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), leader, "no leader change");
     assert_eq!(cluster.metric(leader, "kuberaft_term"), Some(term), "no election");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_adds_a_member_and_it_joins_a_tls_cluster_over_mutual_tls() {
+    let pki = Pki::new("join-ca");
+    let (server_cert, server_key) = pki.issue("member", "server");
+    let (peer_cert, peer_key) = pki.issue("peer", "peer");
+    let (ops_cert, ops_key) = pki.issue("ops", "ops");
+    let (reader_cert, reader_key) = pki.issue("reader", "reader");
+    let tokens = pki.path("tokens");
+    std::fs::write(
+        &tokens,
+        "ro-token readonly viewer\n- admin ops\n- readonly reader\n- admin member\n",
+    )
+    .unwrap();
+    let mut args = client_tls_args(&pki, &server_cert, &server_key, true);
+    args.extend(peer_tls_args(&pki, &peer_cert, &peer_key));
+    args.push(format!("--auth-token-file={}", s(&tokens)));
+    let mut cluster = ProcCluster::start_with_schemes(3, &refs(&args), "https", "https");
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let url = format!("https://{}", cluster.endpoint(leader));
+    let ca = format!("--cacert={}", s(&pki.ca_file()));
+    let ops = [
+        format!("--cert={}", s(&ops_cert)),
+        format!("--key={}", s(&ops_key)),
+    ];
+    let reader = [
+        format!("--cert={}", s(&reader_cert)),
+        format!("--key={}", s(&reader_key)),
+    ];
+    let (ok, out) = etcdctl(&url, &[&ca, &ops[0], &ops[1], "put", "before-join", "yes"]);
+    assert!(ok, "{out}");
+
+    let ports = support::free_ports(3);
+    let base = cluster.members[0].dir.parent().unwrap().to_path_buf();
+    let mut extra = args.clone();
+    extra.push("--initial-cluster-state=existing".into());
+    cluster.members.push(support::Member {
+        name: "m3".into(),
+        client: ports[0],
+        peer: ports[1],
+        metrics: ports[2],
+        dir: base.join("m3"),
+        child: None,
+        peer_via: None,
+        extra,
+    });
+    let peer_url = format!("--peer-urls=https://127.0.0.1:{}", ports[1]);
+    let (ok, out) = etcdctl(
+        &url,
+        &[
+            &ca,
+            &reader[0],
+            &reader[1],
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &peer_url,
+        ],
+    );
+    assert!(
+        !ok && out.contains("permission denied"),
+        "a readonly identity: {out}"
+    );
+    let (ok, out) = etcdctl(
+        &url,
+        &[
+            &ca,
+            &ops[0],
+            &ops[1],
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &peer_url,
+        ],
+    );
+    assert!(ok, "an admin identity: {out}");
+    cluster.spawn(3);
+
+    // The learner finds itself in the member list over mutual TLS and catches up.
+    let new_url = format!("https://127.0.0.1:{}", ports[0]);
+    let pem = pki.ca_pem();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = match channel(&new_url, Some(&pem), Some((&reader_cert, &reader_key))).await {
+            Ok(ch) => KvClient::new(ch)
+                .range(pb::RangeRequest {
+                    serializable: true,
+                    ..range("before-join")
+                })
+                .await
+                .map(|r| !r.into_inner().kvs.is_empty())
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new member did not join: {}",
+            cluster.log(3)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(cluster.metric(3, "kuberaft_learners"), Some(1));
+}
