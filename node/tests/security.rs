@@ -369,6 +369,24 @@ async fn roles_decide_what_each_identity_may_do() {
     kv.put(with_token(put("k", b"v1"), Some("rw-token")))
         .await
         .unwrap();
+    // Leases through the follower too, the keepalive stream included.
+    let mut leases = kuberaft_proto::etcdserverpb::lease_client::LeaseClient::new(
+        channel(&url(follower), Some(&pem), None).await.unwrap(),
+    );
+    let grant = pb::LeaseGrantRequest { ttl: 60, id: 0 };
+    let lease = leases
+        .lease_grant(with_token(grant, Some("rw-token")))
+        .await
+        .unwrap()
+        .into_inner();
+    let keepalive = tokio_stream::once(pb::LeaseKeepAliveRequest { id: lease.id });
+    let mut answers = leases
+        .lease_keep_alive(with_token(keepalive, Some("rw-token")))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("a keepalive answer");
+    assert!(answer.ttl > 0, "the forwarded keepalive renewed the lease: {answer:?}");
     // readonly reads but cannot write or change membership.
     let got = kv
         .range(with_token(range("k"), Some("ro-token")))

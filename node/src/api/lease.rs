@@ -392,7 +392,9 @@ impl Lease for LeaseService {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSES_MAX);
         let service = self.clone();
-        tokio::spawn(async move {
+        // Keepalives a follower forwards go out as the caller.
+        let token = crate::security::auth::current_token();
+        tokio::spawn(crate::security::auth::with_caller_token(token, async move {
             let _permit = permit;
             loop {
                 let request = tokio::select! {
@@ -406,7 +408,7 @@ impl Lease for LeaseService {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -350,6 +350,17 @@ pub fn forward<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// The token of the request being handled, to carry into a task it spawns.
+pub fn current_token() -> Option<String> {
+    FORWARD_TOKEN.try_with(|t| t.clone()).ok().flatten()
+}
+
+/// Runs `future` (a task spawned by a handler) with the caller's token, so what it
+/// forwards is checked as the caller.
+pub async fn with_caller_token<F: std::future::Future>(token: Option<String>, future: F) -> F::Output {
+    FORWARD_TOKEN.scope(token, future).await
+}
+
 /// The layer: authenticates, authorizes, and hands the [`Identity`] on in the request's
 /// extensions.
 #[derive(Clone)]
