@@ -386,7 +386,10 @@ async fn roles_decide_what_each_identity_may_do() {
         .unwrap()
         .into_inner();
     let answer = answers.message().await.unwrap().expect("a keepalive answer");
-    assert!(answer.ttl > 0, "the forwarded keepalive renewed the lease: {answer:?}");
+    assert!(
+        answer.ttl > 0,
+        "the forwarded keepalive renewed the lease: {answer:?}"
+    );
     // readonly reads but cannot write or change membership.
     let got = kv
         .range(with_token(range("k"), Some("ro-token")))
