@@ -358,7 +358,7 @@ async fn rolling_restart_restarts_the_leader_last_and_loses_nothing() {
     let deadline = Instant::now() + WAIT;
     loop {
         let pids = h.platform.pids();
-        let all_new = (0..3).all(|o| pids.get(&o).is_some() && pids.get(&o) != pids_before.get(&o));
+        let all_new = (0..3).all(|o| pids.contains_key(&o) && pids.get(&o) != pids_before.get(&o));
         let status = h.status();
         if all_new
             && status.phase.as_deref() == Some("Running")
