@@ -151,7 +151,7 @@ pub struct Joined {
 }
 
 async fn list_members(url: &str, token: &str) -> Result<pb::ListResponse, String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+    let channel = crate::security::tls::peer_port_endpoint(url)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -312,7 +312,7 @@ pub async fn publish(
 }
 
 async fn publish_to(leader_peer_url: &str, me: &Attributes) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(leader_peer_url.to_string())
+    let channel = crate::security::tls::peer_port_endpoint(leader_peer_url)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))

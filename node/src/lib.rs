@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod raft;
 pub mod restore;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod stats;
 pub mod storage;

@@ -470,8 +470,11 @@ pub fn check_urls(urls: &[String]) -> Result<(), String> {
         if url.len() > TEXT_BYTES_MAX {
             return Err("URL too long".into());
         }
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(format!("{url:?} is not an http:// URL"));
+        let Some(rest) = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+        else {
+            return Err(format!("{url:?} is not an http:// or https:// URL"));
         };
         let host_port = rest.trim_end_matches('/');
         let Some((host, port)) = host_port.rsplit_once(':') else {
@@ -613,9 +616,10 @@ mod tests {
     fn urls_must_be_http_host_port() {
         assert!(check_urls(&urls(&["http://10.0.0.1:2380"])).is_ok());
         assert!(check_urls(&urls(&["http://node-1.peers:2380/"])).is_ok());
+        assert!(check_urls(&urls(&["https://node-1.peers:2380"])).is_ok());
         for bad in [
             "10.0.0.1:2380",
-            "https://a:1",
+            "ftp://a:1",
             "http://a",
             "http://:1",
             "http://a:x",

@@ -209,6 +209,7 @@ async fn metrics(State(probe): State<Probe>) -> String {
         fsync.count
     );
     probe.links.write_prometheus(&mut out);
+    crate::security::write_metrics(&mut out);
     out
 }
 

@@ -99,6 +99,8 @@ pub struct ServeArgs {
     /// seconds (0: never; the MVCC history lives in memory, so the default is on).
     #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value_t = 10_000)]
     pub auto_compaction_retention: i64,
+    #[command(flatten)]
+    pub security: crate::security::flags::SecurityArgs,
 }
 
 /// Upper bound on the heartbeat interval (flags and `SetTiming`).
@@ -213,17 +215,24 @@ pub fn stable_id(parts: &[&str]) -> u64 {
     hash.max(1)
 }
 
-fn listen_addr(flag: &'static str, urls: &str) -> Result<SocketAddr, FlagError> {
+/// The address of the first URL, and whether it is https://.
+fn listen_addr(flag: &'static str, urls: &str) -> Result<(SocketAddr, bool), FlagError> {
     let first = urls.split(',').next().unwrap_or_default().trim();
-    let rest = first.strip_prefix("http://").ok_or_else(|| {
-        flag_error(
-            flag,
-            format!("{first:?} must be an http:// URL (TLS arrives with the security issue)"),
-        )
-    })?;
-    rest.trim_end_matches('/')
+    let (rest, https) = match (first.strip_prefix("http://"), first.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            return Err(flag_error(
+                flag,
+                format!("{first:?} must be an http:// or https:// URL"),
+            ))
+        }
+    };
+    let addr = rest
+        .trim_end_matches('/')
         .parse()
-        .map_err(|e| flag_error(flag, format!("{first:?} is not host:port with a numeric IP: {e}")))
+        .map_err(|e| flag_error(flag, format!("{first:?} is not host:port with a numeric IP: {e}")))?;
+    Ok((addr, https))
 }
 
 /// What the flags describe, checked.
@@ -240,6 +249,9 @@ pub struct Plan {
     pub advertise_client_urls: Vec<String>,
     pub timing: Timing,
     pub bootstrap: bool,
+    /// TLS on the client and peer ports (https:// URLs).
+    pub client_https: bool,
+    pub peer_https: bool,
 }
 
 impl ServeArgs {
@@ -256,9 +268,18 @@ impl ServeArgs {
         if wal_dir == snapshot_dir {
             return Err(flag_error("snapshot-dir", "must differ from --wal-dir"));
         }
-        let client_addr = listen_addr("listen-client-urls", &self.listen_client_urls)?;
-        let peer_addr = listen_addr("listen-peer-urls", &self.listen_peer_urls)?;
-        let metrics_addr = listen_addr("listen-metrics-urls", &self.listen_metrics_urls)?;
+        let (client_addr, client_https) = listen_addr("listen-client-urls", &self.listen_client_urls)?;
+        let (peer_addr, peer_https) = listen_addr("listen-peer-urls", &self.listen_peer_urls)?;
+        let (metrics_addr, metrics_https) = listen_addr("listen-metrics-urls", &self.listen_metrics_urls)?;
+        if metrics_https {
+            return Err(flag_error(
+                "listen-metrics-urls",
+                "the metrics port serves plain HTTP only",
+            ));
+        }
+        self.security
+            .check(client_https, peer_https)
+            .map_err(|refused| flag_error(refused.flag, refused.reason))?;
         if client_addr == peer_addr || client_addr == metrics_addr || peer_addr == metrics_addr {
             return Err(flag_error(
                 "listen-peer-urls",
@@ -290,10 +311,11 @@ impl ServeArgs {
             let (name, url) = item
                 .split_once('=')
                 .ok_or_else(|| flag_error("initial-cluster", format!("{item:?} is not name=url")))?;
-            if !url.starts_with("http://") {
+            let scheme = if peer_https { "https://" } else { "http://" };
+            if !url.starts_with(scheme) {
                 return Err(flag_error(
                     "initial-cluster",
-                    format!("{url:?} must be an http:// URL"),
+                    format!("{url:?} must be an {scheme} URL, like --listen-peer-urls"),
                 ));
             }
             let id = stable_id(&[&self.initial_cluster_token, name]);
@@ -333,6 +355,8 @@ impl ServeArgs {
             advertise_client_urls,
             timing,
             bootstrap,
+            client_https,
+            peer_https,
         })
     }
 }
@@ -361,6 +385,16 @@ impl ServeArgs {
 /// cluster (then it stops with an error).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut plan = args.plan()?;
+    let security = args
+        .security
+        .load(plan.client_https, plan.peer_https)
+        .map_err(|refused| flag_error(refused.flag, refused.reason))?;
+    if let Some(files) = security.client_port_client.clone() {
+        crate::security::tls::set_client_port_tls(files);
+    }
+    if let Some(files) = security.peer_client.clone() {
+        crate::security::tls::set_peer_port_tls(files);
+    }
     let own_peer_urls = args.advertise_peer_urls();
     // A member joining an existing cluster learns its id and the cluster's from the
     // cluster (first start) or from its WAL (restarts).
@@ -419,6 +453,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TransportConfig::new(plan.id, args.initial_cluster_token.clone(), plan.cluster_id);
     transport_config.client_urls = plan.advertise_client_urls.clone();
     transport_config.compress_threshold_bytes = args.peer_compression_threshold_bytes;
+    transport_config.tls = security.peer_client.clone();
     // Reconnect attempts back off, but never past half an election timeout.
     transport_config.backoff_max = Duration::from_millis((args.election_timeout / 2).clamp(20, 400));
     let directory = transport_config.directory.clone();
@@ -478,13 +513,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let peer_service = PeerService::new(transport_config, node.inbox(), node.snapshots().clone());
     let peer_server = {
         let mut stop = shutdown_rx.clone();
-        let addr = plan.peer_addr;
+        let incoming = crate::security::tls::incoming(plan.peer_addr, security.peer_tls.clone()).await?;
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(peer_service.into_server())
                 .add_service(membership_service.into_server())
-                .serve_with_shutdown(addr, async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -521,11 +555,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .with_peer_links(links.clone());
     let client_server = {
         let mut stop = shutdown_rx.clone();
-        let addr = plan.client_addr;
+        let incoming = crate::security::tls::incoming(plan.client_addr, security.client_tls.clone()).await?;
+        let max_concurrent_streams = args.security.max_concurrent_streams;
+        let auth = crate::security::auth::AuthLayer::new(security.auth.clone());
+        let rate_limit = crate::security::ratelimit::RateLimitLayer::new(security.rate_limiter.clone());
         tokio::spawn(async move {
+            // Layers run in the order added: authentication, then the rate limit.
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .concurrency_limit_per_connection(256)
+                .max_concurrent_streams(max_concurrent_streams)
+                .layer(auth)
+                .layer(rate_limit)
                 .add_service(health_service)
                 .add_service(kv.into_server())
                 .add_service(watch.into_server())
@@ -533,7 +573,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .add_service(cluster.into_server())
                 .add_service(maintenance.into_server())
                 .add_service(admin.into_server())
-                .serve_with_shutdown(addr, async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -710,6 +750,49 @@ mod tests {
                 &["--listen-client-urls=https://127.0.0.1:1"],
                 "--listen-client-urls",
             ),
+            (
+                &["--listen-client-urls=ftp://127.0.0.1:1"],
+                "--listen-client-urls",
+            ),
+            (
+                &[
+                    "--client-cert-auth",
+                    "--listen-client-urls=https://127.0.0.1:2379",
+                    "--cert-file=/c",
+                    "--key-file=/k",
+                ],
+                "--client-cert-auth",
+            ),
+            (
+                &[
+                    "--listen-peer-urls=https://127.0.0.1:2380",
+                    "--initial-cluster=default=https://127.0.0.1:2380",
+                ],
+                "--listen-peer-urls",
+            ),
+            (
+                &[
+                    "--listen-peer-urls=https://127.0.0.1:2380",
+                    "--initial-cluster=default=http://127.0.0.1:2380",
+                    "--peer-cert-file=/c",
+                    "--peer-key-file=/k",
+                    "--peer-trusted-ca-file=/ca",
+                ],
+                "--initial-cluster",
+            ),
+            (
+                &[
+                    "--listen-peer-urls=https://127.0.0.1:2380",
+                    "--initial-cluster=default=https://127.0.0.1:2380",
+                    "--peer-cert-file=/c",
+                    "--peer-key-file=/k",
+                    "--peer-trusted-ca-file=/ca",
+                    "--peer-client-cert-auth=false",
+                ],
+                "--peer-client-cert-auth",
+            ),
+            (&["--cert-file=/c"], "--key-file"),
+            (&["--rate-limit-rps=-1"], "--rate-limit-rps"),
             (
                 &["--listen-peer-urls=http://127.0.0.1:2379"],
                 "--listen-peer-urls",

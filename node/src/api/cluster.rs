@@ -202,8 +202,7 @@ impl ClusterService {
             .get(&leader)
             .and_then(|urls| urls.first().cloned())
             .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Status::internal(e.to_string()))?
+        let channel = crate::security::tls::client_port_endpoint(&url)?
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
@@ -212,7 +211,8 @@ impl ClusterService {
     }
 
     fn forwarded<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        // With the caller's token, so the leader checks the same identity.
+        let mut request = crate::security::auth::forward(message);
         if let Ok(value) = format!("{:x}", self.member_id).parse() {
             request.metadata_mut().insert(FORWARDED_HEADER, value);
         }

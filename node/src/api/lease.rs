@@ -293,7 +293,9 @@ impl LeaseService {
             None => self.keep_alive_here(id).await,
             Some(mut leader) => {
                 let mut answers = leader
-                    .lease_keep_alive(tokio_stream::once(pb::LeaseKeepAliveRequest { id }))
+                    .lease_keep_alive(crate::security::auth::forward(tokio_stream::once(
+                        pb::LeaseKeepAliveRequest { id },
+                    )))
                     .await?
                     .into_inner();
                 let mut answer = answers
@@ -351,10 +353,12 @@ impl Lease for LeaseService {
                 Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                    return leader.lease_grant(r).await.map(|mut response| {
-                        self.kv.restamp(&mut response.get_mut().header);
-                        response
-                    });
+                    return leader.lease_grant(crate::security::auth::forward(r)).await.map(
+                        |mut response| {
+                            self.kv.restamp(&mut response.get_mut().header);
+                            response
+                        },
+                    );
                 }
                 Err(e) => return Err(to_status(e)),
             }
@@ -375,10 +379,13 @@ impl Lease for LeaseService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                leader.lease_revoke(r).await.map(|mut response| {
-                    self.kv.restamp(&mut response.get_mut().header);
-                    response
-                })
+                leader
+                    .lease_revoke(crate::security::auth::forward(r))
+                    .await
+                    .map(|mut response| {
+                        self.kv.restamp(&mut response.get_mut().header);
+                        response
+                    })
             }
             Err(e) => Err(to_status(e)),
         }
@@ -398,7 +405,9 @@ impl Lease for LeaseService {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSES_MAX);
         let service = self.clone();
-        tokio::spawn(async move {
+        // Keepalives a follower forwards go out as the caller.
+        let token = crate::security::auth::current_token();
+        tokio::spawn(crate::security::auth::with_caller_token(token, async move {
             let _permit = permit;
             loop {
                 let request = tokio::select! {
@@ -412,7 +421,7 @@ impl Lease for LeaseService {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -422,10 +431,13 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
         if let Some(mut leader) = self.leader()? {
-            return leader.lease_time_to_live(r).await.map(|mut response| {
-                self.kv.restamp(&mut response.get_mut().header);
-                response
-            });
+            return leader
+                .lease_time_to_live(crate::security::auth::forward(r))
+                .await
+                .map(|mut response| {
+                    self.kv.restamp(&mut response.get_mut().header);
+                    response
+                });
         }
         let (store, lease) = self.lookup(r.id).await?;
         let Some(lease) = lease else {

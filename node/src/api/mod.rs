@@ -50,6 +50,7 @@ use crate::kv::{
 };
 use crate::raft::NodeId;
 use crate::runtime::{self, NodeHandle};
+use crate::security::auth::forward;
 use crate::transport::Directory;
 
 /// etcd's default `--max-request-bytes`.
@@ -128,8 +129,7 @@ impl KvService {
             return Ok(channel.clone());
         }
         // Lazily connected; a broken connection is re-established by tonic itself.
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Status::internal(e.to_string()))?
+        let channel = crate::security::tls::client_port_endpoint(&url)?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -222,7 +222,7 @@ impl Kv for KvService {
                 Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = self.leader_client(leader_hint).await?;
-                    leader.put(r).await.map(|mut response| {
+                    leader.put(forward(r)).await.map(|mut response| {
                         self.restamp(&mut response.get_mut().header);
                         response
                     })
@@ -245,7 +245,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.put(r).await.map(|mut response| {
+                leader.put(forward(r)).await.map(|mut response| {
                     self.restamp(&mut response.get_mut().header);
                     response
                 })
@@ -281,7 +281,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.delete_range(r).await.map(|mut response| {
+                leader.delete_range(forward(r)).await.map(|mut response| {
                     self.restamp(&mut response.get_mut().header);
                     response
                 })
@@ -305,7 +305,7 @@ impl Kv for KvService {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.txn(r).await.map(|mut response| {
+                leader.txn(forward(r)).await.map(|mut response| {
                     self.restamp(&mut response.get_mut().header);
                     response
                 })
@@ -331,7 +331,7 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.compact(r).await.map(|mut response| {
+                leader.compact(forward(r)).await.map(|mut response| {
                     self.restamp(&mut response.get_mut().header);
                     response
                 })

@@ -74,6 +74,9 @@ pub struct TransportConfig {
     pub removed_notice: Arc<tokio::sync::watch::Sender<bool>>,
     /// Round-trip times and stream state per peer (read by the admin API and metrics).
     pub links: Arc<rtt::PeerLinks>,
+    /// Mutual TLS toward peers (https:// peer URLs): the peer CA and this member's
+    /// peer certificate, read at each connection so a rotated one is used next time.
+    pub tls: Option<crate::security::tls::ClientTlsFiles>,
 }
 
 /// Ids of removed members.
@@ -104,6 +107,7 @@ impl TransportConfig {
             removed: RemovedSet::default(),
             removed_notice: Arc::new(tokio::sync::watch::channel(false).0),
             links: Arc::default(),
+            tls: None,
         }
     }
 
@@ -279,8 +283,8 @@ impl PeerTask {
         queue: &mut mpsc::Receiver<Message>,
         was_up: &mut bool,
     ) -> Result<(), String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .map_err(|e| format!("bad peer url {}: {e}", self.url))?
+        let endpoint = crate::security::tls::ClientTlsFiles::endpoint(self.config.tls.as_ref(), &self.url)
+            .map_err(|e| format!("peer url {}: {e}", self.url))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;

@@ -39,12 +39,27 @@ pub struct Member {
 pub struct ProcCluster {
     pub members: Vec<Member>,
     pub token: String,
+    /// `http` or `https` (with the TLS flags in the members' extra arguments).
+    pub client_scheme: &'static str,
+    pub peer_scheme: &'static str,
     _base: tempfile::TempDir,
 }
 
 impl ProcCluster {
     pub fn start(size: usize, extra: &[&str]) -> ProcCluster {
+        Self::start_with_schemes(size, extra, "http", "http")
+    }
+
+    /// Like `start`, with `https` client and/or peer URLs (the TLS flags go in `extra`).
+    pub fn start_with_schemes(
+        size: usize,
+        extra: &[&str],
+        client_scheme: &'static str,
+        peer_scheme: &'static str,
+    ) -> ProcCluster {
         let mut cluster = ProcCluster::new(size, extra);
+        cluster.client_scheme = client_scheme;
+        cluster.peer_scheme = peer_scheme;
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -70,6 +85,8 @@ impl ProcCluster {
         ProcCluster {
             members,
             token: format!("test-{}", std::process::id()),
+            client_scheme: "http",
+            peer_scheme: "http",
             _base: base,
         }
     }
@@ -77,7 +94,10 @@ impl ProcCluster {
     pub fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_via.unwrap_or(m.peer)))
+            .map(|m| {
+                let port = m.peer_via.unwrap_or(m.peer);
+                format!("{}={}://127.0.0.1:{port}", m.name, self.peer_scheme)
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -85,6 +105,7 @@ impl ProcCluster {
     pub fn spawn(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let token = self.token.clone();
+        let (client_scheme, peer_scheme) = (self.client_scheme, self.peer_scheme);
         let m = &mut self.members[i];
         std::fs::create_dir_all(&m.dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -95,12 +116,15 @@ impl ProcCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.dir.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            .arg(format!(
+                "--listen-client-urls={client_scheme}://127.0.0.1:{}",
+                m.client
+            ))
+            .arg(format!("--listen-peer-urls={peer_scheme}://127.0.0.1:{}", m.peer))
             // Behind a proxy, a member advertises the proxy (it also publishes this URL
             // in the replicated member table, which peers follow).
             .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                "--initial-advertise-peer-urls={peer_scheme}://127.0.0.1:{}",
                 m.peer_via.unwrap_or(m.peer)
             ))
             .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", m.metrics))
