@@ -78,11 +78,8 @@ impl State {
                 .map_err(|e| local_error(format!("{} is not a state file: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let n = (REPLICAS_MAX as usize + 1) * 3;
-                let listeners = (0..n)
-                    .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|e| local_error(format!("cannot reserve ports on 127.0.0.1: {e}")))?;
-                let port = |i: usize| listeners[i].local_addr().map(|a| a.port()).unwrap_or(0);
+                let reserved = reserve_ports(n)?;
+                let port = |i: usize| reserved[i];
                 let ports = (0..=REPLICAS_MAX as u32)
                     .map(|o| {
                         let i = o as usize * 3;
@@ -121,6 +118,51 @@ impl State {
         };
         write().map_err(|e| local_error(format!("cannot write {}: {e}", path.display())))
     }
+}
+
+/// `n` distinct ports that are free now, chosen below the kernel's ephemeral port range:
+/// a port from that range, released and bound again later by a member, can meanwhile be
+/// taken by any outgoing connection (a member that restarts would then find its port
+/// in use). Every candidate is bound until all are chosen. Tests use this too.
+pub fn reserve_ports(n: usize) -> Result<Vec<u16>> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32_768)
+        .clamp(LOWEST + 1_000, 65_535);
+    let span = ephemeral_low - LOWEST;
+    // Spread processes and calls over the range, so concurrent tests rarely probe the
+    // same ports (the bind check settles the rest).
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id().wrapping_mul(7_919) ^ nonce)
+        .wrapping_add(NEXT.fetch_add(n as u32 * 3, Ordering::Relaxed))
+        % span;
+    let mut held = Vec::with_capacity(n);
+    for k in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = (LOWEST + (start + k) % span) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        return Err(local_error(format!(
+            "only {} free ports below {ephemeral_low} on 127.0.0.1",
+            held.len()
+        )));
+    }
+    Ok(held
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect())
 }
 
 fn local_error(message: impl Into<String>) -> Error {

@@ -25,12 +25,9 @@ fn raft_node_bin() -> PathBuf {
     path
 }
 
-/// `n` distinct free ports: every listener is held until all are chosen.
+/// `n` distinct free ports below the ephemeral range (see `reserve_ports`).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    kuberaft_operator::local::reserve_ports(n).unwrap()
 }
 
 struct Cluster {

@@ -15,12 +15,32 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
-/// `n` distinct free ports: every listener is held until all are chosen.
+/// `n` distinct free ports, chosen below the kernel's ephemeral range: a port from that
+/// range, released here and bound by a child process a moment later, can meanwhile be
+/// taken by any outgoing connection of a concurrent test. Every candidate is bound
+/// until all are chosen. (The same rule as `kuberaft_operator::local::reserve_ports`.)
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32_768)
+        .clamp(LOWEST + 1_000, 65_535);
+    let span = ephemeral_low - LOWEST;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id().wrapping_mul(7_919) ^ nonce)
+        .wrapping_add(NEXT.fetch_add(n as u32 * 3, Ordering::Relaxed))
+        % span;
+    let held: Vec<std::net::TcpListener> = (0..span)
+        .filter_map(|k| std::net::TcpListener::bind(("127.0.0.1", (LOWEST + (start + k) % span) as u16)).ok())
+        .take(n)
         .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    assert_eq!(held.len(), n, "not enough free ports below {ephemeral_low}");
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 pub struct Member {
