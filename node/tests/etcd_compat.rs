@@ -340,12 +340,24 @@ impl Target {
                 .cloned()
                 .unwrap_or_else(|| c[0].to_string())
         });
-        let id = Regex::new(r"\b[0-9a-f]{6,20}\b").unwrap();
+        // etcdctl prints IDs with `%16x`: an ID with a leading zero digit is padded with
+        // spaces. A known ID takes its padding with it (the IDs differ, so may their
+        // widths); one separating space is always kept.
+        let id = Regex::new(r"( *)\b([0-9a-f]{6,20})\b").unwrap();
         let text = id.replace_all(&text, |c: &regex::Captures| {
-            self.tokens
-                .get(&c[0])
-                .cloned()
-                .unwrap_or_else(|| c[0].to_string())
+            let (spaces, hex) = (&c[1], &c[2]);
+            match self.tokens.get(hex) {
+                Some(placeholder) => {
+                    let pad = 16usize.saturating_sub(hex.len());
+                    let keep = if spaces.len() > pad {
+                        spaces.len() - pad
+                    } else {
+                        spaces.len()
+                    };
+                    format!("{}{placeholder}", &spaces[..keep])
+                }
+                None => c[0].to_string(),
+            }
         });
         // `member add` prints the members in the order of the member list, which is by
         // (random) member ID: compared sorted.
