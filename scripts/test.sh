@@ -26,8 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
-etcdctl version | head -1
-etcd --version | head -1
+etcdctl version | sed -n 1p   # sed reads all input: head would close the pipe early (SIGPIPE under pipefail)
+etcd --version | sed -n 1p
 protoc --version
 
 step "cargo fmt --check"
