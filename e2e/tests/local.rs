@@ -741,3 +741,173 @@ async fn adaptive_timing_rises_with_added_peer_latency_and_comes_back_down_witho
     h.shutdown().await;
     drop(proxies);
 }
+
+/// etcdctl over TLS with the client certificate `raftctl up` made (`DIR/tls`).
+fn etcdctl_tls(platform: &LocalPlatform, endpoint: &str, args: &[&str]) -> std::process::Output {
+    let tls = platform.tls_dir();
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("client.crt").display()))
+        .arg(format!("--key={}", tls.join("client.key").display()))
+        .args(args)
+        .output()
+        .expect("etcdctl (Debian etcd-client) is installed by scripts/test.sh")
+}
+
+/// `kuberaft_tls_certificate_reloads_total` of one member (its metrics port is plain HTTP).
+fn certificate_reloads(metrics_port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("kuberaft_tls_certificate_reloads_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// `spec.tls.mode: Auto` on local processes, as the operator does it on Kubernetes: a
+/// CA and certificates are made, members serve https with mutual TLS between peers and
+/// require client certificates, the planner itself reaches them with its client
+/// certificate (the cluster could not become steady otherwise), etcdctl works with the
+/// printed flags and fails without a certificate or over plaintext. Then a member
+/// certificate close to expiry is planted (as if 89 days had passed): the next planner
+/// round issues a new one under the same CA, members pick it up without a restart, and
+/// a writer running all along sees no failed request and no leader change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_auto_serves_mutual_tls_and_renews_certificates_under_load_without_a_restart() {
+    use kuberaft_operator::certs;
+    let tls_spec = "  tls:\n    mode: Auto\n    clientCertAuth: true\n";
+    let h = Harness::start("sec", 3, tls_spec).await;
+    h.wait_steady(3).await;
+    let https: Vec<String> = h
+        .endpoints(0..3)
+        .into_iter()
+        .map(|e| format!("https://{e}"))
+        .collect();
+    for (i, endpoint) in https.iter().enumerate() {
+        let out = etcdctl_tls(&h.platform, endpoint, &["put", &format!("tls-{i}"), "secret"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = etcdctl_tls(&h.platform, &https[2], &["get", "tls-0", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "secret");
+    // No client certificate: refused by the members (client-cert-auth).
+    let tls = h.platform.tls_dir();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", https[0]))
+        .arg("--command-timeout=3s")
+        .arg("--dial-timeout=2s")
+        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+        .args(["get", "tls-0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a client without a certificate was served");
+    // Plaintext against a TLS port: refused.
+    let plain = etcdctl_plain_fails(&h.endpoints(0..1)[0]);
+    assert!(plain, "a plaintext client was served");
+
+    // Plant a member certificate that expires in a day, as if 89 days had passed.
+    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
+    let ca = certs::Pem {
+        cert: read("ca.crt"),
+        key: read("ca.key"),
+    };
+    let before = certs::facts(&read("member.crt")).unwrap();
+    let day = Duration::from_secs(86_400);
+    let planted = certs::issue(
+        &ca,
+        &certs::Request {
+            common_name: "sec member".into(),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            server: true,
+        },
+        std::time::SystemTime::now() - 89 * day,
+        90 * day,
+    )
+    .unwrap();
+    let metrics: Vec<u16> = (0..3).map(|o| h.platform.ports(o).unwrap().metrics).collect();
+    let reloads_before: Vec<u64> = metrics
+        .iter()
+        .map(|p| certificate_reloads(*p).expect("metrics answer"))
+        .collect();
+    let pids = h.platform.pids();
+    let (leader, term) = (h.status().leader, h.status().term);
+
+    // A writer through etcdctl, bounded in count and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let platform = h.platform.clone();
+        let endpoints = https.join(",");
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let started = Instant::now();
+            for seq in 0..2_000u32 {
+                if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(90) {
+                    break;
+                }
+                let out = etcdctl_tls(&platform, &endpoints, &["put", &format!("w/{seq:05}"), "x"]);
+                if out.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(tls.join("member.key.new"), &planted.key).unwrap();
+    std::fs::rename(tls.join("member.key.new"), tls.join("member.key")).unwrap();
+    std::fs::write(tls.join("member.crt.new"), &planted.cert).unwrap();
+    std::fs::rename(tls.join("member.crt.new"), tls.join("member.crt")).unwrap();
+
+    // The planner renews it (a fresh 90-day certificate under the same CA) and every
+    // member re-reads its files twice (the planted pair, then the renewed one).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = certs::facts(&read("member.crt")).unwrap();
+        let renewed = now.not_after > before.not_after - day && now.issuer == before.issuer;
+        let reloaded = metrics
+            .iter()
+            .zip(&reloads_before)
+            .all(|(p, b)| certificate_reloads(*p).is_some_and(|r| r >= b + 2));
+        if renewed && reloaded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "renewal not seen: renewed={renewed} reloaded={reloaded}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = writer.join().unwrap();
+    assert!(failed.is_empty(), "{} of {} writes failed during renewal: {failed:?}", failed.len(), ok as usize + failed.len());
+    assert!(ok >= 5, "the writer made only {ok} writes");
+    assert_eq!(h.platform.pids(), pids, "a member was restarted");
+    assert_eq!((h.status().leader, h.status().term), (leader, term), "leadership changed");
+    // The renewed certificate works for a new connection.
+    let out = etcdctl_tls(&h.platform, &https[1], &["get", "w/00000", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x");
+    h.shutdown().await;
+}
+
+/// True when etcdctl over plaintext cannot use `endpoint`.
+fn etcdctl_plain_fails(endpoint: &str) -> bool {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=3s")
+        .arg("--dial-timeout=2s")
+        .args(["get", "tls-0"])
+        .output()
+        .unwrap();
+    !out.status.success()
+}

@@ -50,6 +50,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/kuberaft/raft-node:0.1.0";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("TLS cannot be turned on or off after creation"))]
 pub struct RaftClusterSpec {
     /// Number of voting members (1 to 9; odd numbers tolerate the most failures).
     #[schemars(range(min = 1, max = 9))]
@@ -228,19 +229,86 @@ pub struct PodTemplateOverrides {
     pub containers: Vec<Container>,
 }
 
-/// Certificates for client and peer traffic, from a `kubernetes.io/tls` Secret (keys
-/// `tls.crt`, `tls.key`, `ca.crt`), mounted read-only at `/etc/kuberaft/tls` and named to
-/// raft-node in `KUBERAFT_CERT_FILE`, `KUBERAFT_KEY_FILE`, `KUBERAFT_TRUSTED_CA_FILE` and
-/// `KUBERAFT_CLIENT_CERT_AUTH` (etcd's flag names). raft-node does not terminate TLS yet:
-/// until it does, traffic stays plain HTTP/2 and these settings only stage the files.
+/// TLS on the client and peer ports. Members then serve `https://` on both, peers
+/// always authenticate each other with certificates of the cluster's CA (mutual TLS),
+/// and the operator reaches members with a client certificate. TLS cannot be turned on
+/// or off, nor its mode changed, after creation (members' peer URLs would change scheme
+/// mid-way); create a new cluster and restore a snapshot instead.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode == oldSelf.mode").message("tls.mode cannot change after creation"),
+    validation = Rule::new("self.mode != 'Secret' || has(self.secretName)").message("tls.mode Secret needs tls.secretName"),
+    validation = Rule::new("self.mode != 'Auto' || (!has(self.secretName) && !has(self.operatorSecretName))").message("tls.secretName and tls.operatorSecretName are for mode Secret; mode Auto names its own Secrets"),
+    validation = Rule::new("self.renewBeforeDays < self.certificateValidityDays").message("renewBeforeDays must be less than certificateValidityDays")
+)]
 pub struct Tls {
+    /// `Auto`: the operator creates a CA (Secret `NAME-ca`), the members' certificate
+    /// (`NAME-tls`) and its own client certificate (`NAME-operator-tls`), and renews the
+    /// certificates before they expire; members pick renewed files up without a restart.
+    /// `Secret`: you provide them.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Mode `Secret`: a `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and
+    /// `ca.crt`, used on the client and the peer port (so it needs server and client
+    /// use, and names covering `*.NAME-peer.NAMESPACE.svc` and `NAME.NAMESPACE.svc`).
+    /// Mounted read-only at `/etc/kuberaft/tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
-    /// Require client certificates signed by `ca.crt`.
+    pub secret_name: Option<String>,
+    /// Mode `Secret`: the operator's client certificate (`tls.crt`, `tls.key`,
+    /// `ca.crt`); without it the operator presents none, which members refuse when
+    /// `clientCertAuth` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub operator_secret_name: Option<String>,
+    /// Require client certificates signed by the cluster's CA on the client port (the
+    /// peer port always does).
     #[serde(default)]
     pub client_cert_auth: bool,
+    /// Mode `Auto`: how long an issued certificate is valid.
+    #[serde(default = "default_certificate_validity_days")]
+    #[schemars(range(min = 2, max = 825))]
+    pub certificate_validity_days: u32,
+    /// Mode `Auto`: a certificate is issued again when it has less than this left.
+    #[serde(default = "default_renew_before_days")]
+    #[schemars(range(min = 1, max = 824))]
+    pub renew_before_days: u32,
+}
+
+fn default_certificate_validity_days() -> u32 {
+    90
+}
+
+fn default_renew_before_days() -> u32 {
+    30
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The operator makes and renews the CA and the certificates.
+    #[default]
+    Auto,
+    /// Certificates come from Secrets you provide (cert-manager, your own CA).
+    Secret,
+}
+
+impl Tls {
+    /// The Secret mounted into members.
+    pub fn member_secret(&self, cluster: &str) -> String {
+        match self.mode {
+            TlsMode::Auto => format!("{cluster}-tls"),
+            TlsMode::Secret => self.secret_name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The Secret with the operator's client certificate, if there is one.
+    pub fn operator_secret(&self, cluster: &str) -> Option<String> {
+        match self.mode {
+            TlsMode::Auto => Some(format!("{cluster}-operator-tls")),
+            TlsMode::Secret => self.operator_secret_name.clone(),
+        }
+    }
 }
 
 /// What the operator observed and did, for people and for the next reconcile.

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -30,7 +31,8 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::crd::{MemberStatus, RaftCluster, RaftClusterStatus, ReclaimPolicy, TimingStatus};
+use crate::certs;
+use crate::crd::{MemberStatus, RaftCluster, RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode};
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
@@ -147,14 +149,19 @@ pub struct KubePlatform {
     client: Client,
     name: String,
     namespace: String,
+    scheme: &'static str,
+    access: node::Access,
 }
 
 impl KubePlatform {
-    pub fn new(client: Client, rc: &RaftCluster) -> Self {
+    /// `access`: how members are reached ([`tls_access`]).
+    pub fn new(client: Client, rc: &RaftCluster, access: node::Access) -> Self {
         KubePlatform {
             client,
             name: rc.name_any(),
             namespace: render::namespace(rc),
+            scheme: render::scheme(&rc.spec),
+            access,
         }
     }
 
@@ -180,9 +187,14 @@ fn ignore_not_found(result: kube::Result<impl Sized>) -> Result<()> {
 }
 
 impl Platform for KubePlatform {
+    fn access(&self) -> node::Access {
+        self.access.clone()
+    }
+
     fn client_endpoint(&self, ordinal: u32) -> String {
         format!(
-            "http://{}-{ordinal}.{}.{}.svc:{}",
+            "{}://{}-{ordinal}.{}.{}.svc:{}",
+            self.scheme,
             self.name,
             render::peer_service_name(&self.name),
             self.namespace,
@@ -219,9 +231,10 @@ impl Platform for KubePlatform {
 pub fn naming(rc: &RaftCluster) -> Naming {
     let name = rc.name_any();
     let namespace = render::namespace(rc);
+    let scheme = render::scheme(&rc.spec);
     Naming {
         prefix: name.clone(),
-        peer_url: Arc::new(move |o| render::peer_url(&name, &namespace, o)),
+        peer_url: Arc::new(move |o| render::peer_url(scheme, &name, &namespace, o)),
     }
 }
 
@@ -288,7 +301,7 @@ pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observ
         workload_replicas: statefulset.map(|s| s.spec.replicas.unwrap_or(1)),
         pods,
         volume_ordinals,
-        members: node::statuses(&endpoints).await,
+        members: platform.access.statuses(&endpoints).await,
         now_ms: now_ms(),
     })
 }
@@ -465,8 +478,165 @@ async fn publish(ctx: &Context, rc: &RaftCluster, type_: EventType, reason: &str
     }
 }
 
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn secret_error(name: &str, what: impl std::fmt::Display) -> Error {
+    Error::Tls(format!("Secret {name}: {what}"))
+}
+
+/// The Secrets of `spec.tls` and how the operator reaches members with them.
+///
+/// Mode `Auto`: creates the CA (`NAME-ca`, once: it is never replaced while it exists),
+/// and issues the members' certificate (`NAME-tls`) and the operator's client
+/// certificate (`NAME-operator-tls`) when [`certs::renewal`] says so — missing, another
+/// CA, names not covered, or within `renewBeforeDays` of expiry. Each issue is
+/// returned as a line for an Event. Mode `Secret`: reads the user's Secrets; a missing
+/// Secret or key is an error that names it.
+pub async fn tls_access(client: &Client, rc: &RaftCluster, now: SystemTime) -> Result<(node::Access, Vec<String>)> {
+    let Some(tls) = &rc.spec.tls else {
+        return Ok((node::Access::plain(), Vec::new()));
+    };
+    let name = rc.name_any();
+    let namespace = render::namespace(rc);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let read = |secret: &Secret, secret_name: &str, key: &str| {
+        secret_text(secret, key).ok_or_else(|| secret_error(secret_name, format!("no {key} (or not UTF-8 PEM)")))
+    };
+    match tls.mode {
+        TlsMode::Secret => {
+            let member = tls.member_secret(&name);
+            let secret = secrets
+                .get_opt(&member)
+                .await?
+                .ok_or_else(|| secret_error(&member, "not found (spec.tls.secretName)"))?;
+            let ca = read(&secret, &member, "ca.crt")?;
+            let identity = match tls.operator_secret(&name) {
+                Some(op) => {
+                    let secret = secrets
+                        .get_opt(&op)
+                        .await?
+                        .ok_or_else(|| secret_error(&op, "not found (spec.tls.operatorSecretName)"))?;
+                    Some((read(&secret, &op, "tls.crt")?, read(&secret, &op, "tls.key")?))
+                }
+                None => None,
+            };
+            let access = node::Access::tls(&ca, identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())));
+            Ok((access, Vec::new()))
+        }
+        TlsMode::Auto => {
+            let mut issued = Vec::new();
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let owned = |secret_name: String, type_: &str, data: BTreeMap<String, String>| Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(secret_name),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(render::labels(&name)),
+                    owner_references: rc.controller_owner_ref(&()).map(|r| vec![r]),
+                    ..Default::default()
+                },
+                type_: Some(type_.into()),
+                data: Some(
+                    data.into_iter()
+                        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            let ca_name = format!("{name}-ca");
+            let ca = match secrets.get_opt(&ca_name).await? {
+                Some(secret) => certs::Pem {
+                    cert: read(&secret, &ca_name, "ca.crt")?,
+                    key: read(&secret, &ca_name, "ca.key")?,
+                },
+                None => {
+                    let ca = certs::new_authority(&format!("{namespace}/{name}"), now)?;
+                    let data = BTreeMap::from([
+                        ("ca.crt".to_string(), ca.cert.clone()),
+                        ("ca.key".to_string(), ca.key.clone()),
+                    ]);
+                    secrets
+                        .patch(&ca_name, &params, &Patch::Apply(owned(ca_name.clone(), "Opaque", data)))
+                        .await?;
+                    issued.push(format!("created the CA in Secret {ca_name}"));
+                    ca
+                }
+            };
+            let valid_for = Duration::from_secs(u64::from(tls.certificate_validity_days) * 86_400);
+            let renew_before = Duration::from_secs(u64::from(tls.renew_before_days) * 86_400);
+            let requests = [
+                (
+                    tls.member_secret(&name),
+                    certs::Request {
+                        common_name: format!("{name} member"),
+                        names: certs::member_names(&name, &namespace, &render::peer_service_name(&name)),
+                        server: true,
+                    },
+                ),
+                (
+                    tls.operator_secret(&name).unwrap_or_default(),
+                    certs::Request {
+                        common_name: certs::OPERATOR_CN.into(),
+                        names: Vec::new(),
+                        server: false,
+                    },
+                ),
+            ];
+            let mut operator_identity = None;
+            for (secret_name, request) in requests {
+                let current = secrets.get_opt(&secret_name).await?;
+                let current_cert = current.as_ref().and_then(|s| secret_text(s, "tls.crt"));
+                let current_ca = current.as_ref().and_then(|s| secret_text(s, "ca.crt"));
+                let why = certs::renewal(current_cert.as_deref(), &ca.cert, &request, now, renew_before).or_else(
+                    || (current_ca.as_deref() != Some(ca.cert.as_str())).then(|| "its ca.crt is not the CA".into()),
+                );
+                let pem = match (why, current) {
+                    (None, Some(secret)) => certs::Pem {
+                        cert: read(&secret, &secret_name, "tls.crt")?,
+                        key: read(&secret, &secret_name, "tls.key")?,
+                    },
+                    (why, _) => {
+                        let pem = certs::issue(&ca, &request, now, valid_for)?;
+                        let data = BTreeMap::from([
+                            ("tls.crt".to_string(), pem.cert.clone()),
+                            ("tls.key".to_string(), pem.key.clone()),
+                            ("ca.crt".to_string(), ca.cert.clone()),
+                        ]);
+                        secrets
+                            .patch(
+                                &secret_name,
+                                &params,
+                                &Patch::Apply(owned(secret_name.clone(), "kubernetes.io/tls", data)),
+                            )
+                            .await?;
+                        issued.push(format!(
+                            "issued {} in Secret {secret_name}: {}",
+                            request.common_name,
+                            why.unwrap_or_default()
+                        ));
+                        pem
+                    }
+                };
+                if !request.server {
+                    operator_identity = Some(pem);
+                }
+            }
+            let identity = operator_identity.expect("the operator's certificate is among the requests");
+            let access = node::Access::tls(&ca.cert, Some((&identity.cert, &identity.key)));
+            Ok((access, issued))
+        }
+    }
+}
+
 async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
-    let platform = KubePlatform::new(ctx.client.clone(), &rc);
+    let (access, issued) = tls_access(&ctx.client, &rc, SystemTime::now()).await?;
+    for line in issued {
+        tracing::info!(cluster = %rc.name_any(), "{line}");
+        publish(&ctx, &rc, EventType::Normal, "Certificate", line).await;
+    }
+    let platform = KubePlatform::new(ctx.client.clone(), &rc, access);
     let naming = naming(&rc);
     let observed = observe(&rc, &platform).await?;
     let plan = plan::plan(&rc.spec, rc.status.as_ref(), &observed, &naming);
@@ -525,7 +695,8 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
 }
 
 async fn cleanup(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
-    let platform = KubePlatform::new(ctx.client.clone(), &rc);
+    // Only volumes are touched here: no member is called.
+    let platform = KubePlatform::new(ctx.client.clone(), &rc, node::Access::plain());
     match rc.spec.storage.reclaim_policy {
         ReclaimPolicy::Retain => {
             publish(
@@ -590,6 +761,7 @@ pub fn error_label(error: &Error) -> &'static str {
         Error::Node { .. } => "node",
         Error::Manifest(_) => "manifest",
         Error::Local(_) => "local",
+        Error::Tls(_) => "tls",
         Error::Finalizer(inner) => match inner.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => error_label(e),

@@ -5,6 +5,7 @@
 //! - [`crd`]: the `RaftCluster` types and the CRD generator.
 //! - [`plan`]: the pure planner: desired children and the next orchestration step.
 //! - [`adaptive`]: the adaptive timing rule.
+//! - [`certs`]: the CA and certificates of `spec.tls.mode: Auto`, and when to renew them.
 //! - [`render`]: the children (Services, StatefulSet, PodDisruptionBudget).
 //! - [`platform`]: the effects of a step (Kubernetes or local processes) and `execute`.
 //! - [`node`]: calls to members (admin Status, etcd Cluster, TransferLeader, SetTiming).
@@ -15,6 +16,7 @@
 //!   API's answers (`kuberaft.admin.v1`): the status table, lag and health.
 
 pub mod adaptive;
+pub mod certs;
 pub mod crd;
 pub mod ctl;
 pub mod k8s;
@@ -36,6 +38,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("local cluster: {0}")]
     Local(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("member {endpoint}: {message}")]
     Node { endpoint: String, message: String },
 }

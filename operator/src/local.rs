@@ -28,7 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{RaftCluster, RaftClusterStatus, REPLICAS_MAX};
+use crate::certs;
+use crate::crd::{RaftCluster, RaftClusterStatus, TlsMode, REPLICAS_MAX};
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::{k8s, node, render, Error, Result};
@@ -193,6 +194,8 @@ struct Inner {
     /// Ordinals whose peer traffic goes through another port (a proxy in front of the
     /// member's peer listener): the member advertises that port instead.
     peer_routes: BTreeMap<u32, u16>,
+    /// How members are reached (TLS with the client certificate when `spec.tls`).
+    access: node::Access,
 }
 
 /// Settings of `raftctl up`.
@@ -231,6 +234,10 @@ impl LocalPlatform {
             .map_err(|e| local_error(format!("cannot create {}: {e}", dir.display())))?;
         let state = State::load_or_create(&dir, &name)?;
         state.save(&dir)?;
+        let (access, issued) = local_tls(&dir, &cluster, SystemTime::now())?;
+        for line in issued {
+            tracing::info!("{line}");
+        }
         let platform = LocalPlatform {
             dir,
             node_binary,
@@ -242,6 +249,7 @@ impl LocalPlatform {
                 restarts: BTreeMap::new(),
                 cluster,
                 peer_routes: BTreeMap::new(),
+                access,
             })),
         };
         platform.stop_leftovers();
@@ -270,12 +278,13 @@ impl LocalPlatform {
             .iter()
             .map(|(o, p)| (*o, inner.peer_routes.get(o).copied().unwrap_or(p.peer)))
             .collect();
+        let scheme = render::scheme(&inner.cluster.spec);
         Naming {
             prefix: self.name.clone(),
             peer_url: Arc::new(move |o| {
                 ports
                     .get(&o)
-                    .map(|port| format!("http://127.0.0.1:{port}"))
+                    .map(|port| format!("{scheme}://127.0.0.1:{port}"))
                     .unwrap_or_default()
             }),
         }
@@ -301,14 +310,42 @@ impl LocalPlatform {
         self.dir.join(format!("{}-{ordinal}", self.name))
     }
 
-    /// Client endpoints (`127.0.0.1:PORT`) of the members the supervisor runs.
+    /// Client endpoints (`127.0.0.1:PORT`, `https://127.0.0.1:PORT` with TLS) of the
+    /// members the supervisor runs.
     pub fn client_endpoints(&self) -> Vec<String> {
         let inner = self.lock();
         let n = inner.state.workload_replicas.unwrap_or(0).max(0) as u32;
+        let prefix = if inner.cluster.spec.tls.is_some() {
+            "https://"
+        } else {
+            ""
+        };
         (0..n)
             .filter_map(|o| inner.state.ports.get(&o))
-            .map(|p| format!("127.0.0.1:{}", p.client))
+            .map(|p| format!("{prefix}127.0.0.1:{}", p.client))
             .collect()
+    }
+
+    /// The files of `spec.tls` (`DIR/<cluster>/tls/`): `ca.crt`, the members'
+    /// `member.crt`/`member.key` and the client certificate `client.crt`/`client.key`
+    /// that `raftctl up` itself uses — and etcdctl or raftctl can too.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// How members are reached.
+    pub fn access(&self) -> node::Access {
+        self.lock().access.clone()
+    }
+
+    /// Issues the certificates again where [`certs::renewal`] says so (as the operator
+    /// does each reconcile); members re-read the renewed files without a restart.
+    /// Returns what was issued.
+    pub fn renew_certificates(&self, now: SystemTime) -> Result<Vec<String>> {
+        let cluster = self.cluster();
+        let (access, issued) = local_tls(&self.dir, &cluster, now)?;
+        self.lock().access = access;
+        Ok(issued)
     }
 
     /// PIDs of the running member processes, by ordinal (for tests and the status view).
@@ -373,17 +410,22 @@ impl LocalPlatform {
         let initial_cluster = (0..replicas.max(ordinal + 1))
             .map(|o| {
                 format!(
-                    "{}-{o}=http://127.0.0.1:{}",
+                    "{}-{o}={}://127.0.0.1:{}",
                     self.name,
+                    render::scheme(spec),
                     Self::advertised_peer_port(inner, o)
                 )
             })
             .collect::<Vec<_>>()
             .join(",");
         let dir = self.member_dir(ordinal);
-        let client = format!("http://127.0.0.1:{}", ports.client);
-        let peer = format!("http://127.0.0.1:{}", ports.peer);
-        let advertised_peer = format!("http://127.0.0.1:{}", Self::advertised_peer_port(inner, ordinal));
+        let scheme = render::scheme(spec);
+        let client = format!("{scheme}://127.0.0.1:{}", ports.client);
+        let peer = format!("{scheme}://127.0.0.1:{}", ports.peer);
+        let advertised_peer = format!(
+            "{scheme}://127.0.0.1:{}",
+            Self::advertised_peer_port(inner, ordinal)
+        );
         let mut args = vec![
             format!("--name={}-{ordinal}", self.name),
             format!("--data-dir={}", dir.display()),
@@ -405,6 +447,19 @@ impl LocalPlatform {
         ];
         if let Some(count) = spec.snapshot_count {
             args.push(format!("--snapshot-count={count}"));
+        }
+        if let Some(tls) = &spec.tls {
+            let file = |name: &str| self.tls_dir().join(name).display().to_string();
+            args.extend([
+                format!("--cert-file={}", file("member.crt")),
+                format!("--key-file={}", file("member.key")),
+                format!("--trusted-ca-file={}", file("ca.crt")),
+                format!("--client-cert-auth={}", tls.client_cert_auth),
+                format!("--peer-cert-file={}", file("member.crt")),
+                format!("--peer-key-file={}", file("member.key")),
+                format!("--peer-trusted-ca-file={}", file("ca.crt")),
+                "--peer-client-cert-auth=true".to_string(),
+            ]);
         }
         args.extend(self.node_args.iter().cloned());
         args
@@ -527,7 +582,7 @@ impl LocalPlatform {
 
     /// What exists, in the planner's terms.
     pub async fn observe(&self) -> Observed {
-        let (workload_replicas, pods, endpoints) = {
+        let (workload_replicas, pods, endpoints, access) = {
             let inner = self.lock();
             let pods: Vec<(PodObservation, u16)> = inner
                 .processes
@@ -547,9 +602,15 @@ impl LocalPlatform {
             let endpoints: Vec<String> = pods
                 .iter()
                 .filter(|(p, _)| !p.terminating)
-                .map(|(p, _)| format!("http://127.0.0.1:{}", inner.state.ports[&p.ordinal].client))
+                .map(|(p, _)| {
+                    format!(
+                        "{}://127.0.0.1:{}",
+                        render::scheme(&inner.cluster.spec),
+                        inner.state.ports[&p.ordinal].client
+                    )
+                })
                 .collect();
-            (inner.state.workload_replicas, pods, endpoints)
+            (inner.state.workload_replicas, pods, endpoints, inner.access.clone())
         };
         let mut observed_pods = Vec::with_capacity(pods.len());
         for (mut pod, metrics_port) in pods {
@@ -565,7 +626,7 @@ impl LocalPlatform {
             workload_replicas,
             pods: observed_pods,
             volume_ordinals,
-            members: node::statuses(&endpoints).await,
+            members: access.statuses(&endpoints).await,
             now_ms: now_ms(),
         }
     }
@@ -625,6 +686,10 @@ impl LocalPlatform {
     /// One planner round: supervise, observe, plan, carry out the step, record status.
     pub async fn round(&self) -> Round {
         let mut notes = self.supervise();
+        match self.renew_certificates(SystemTime::now()) {
+            Ok(issued) => notes.extend(issued),
+            Err(e) => notes.push(format!("certificates: {e}")),
+        }
         let observed = self.observe().await;
         let cluster = self.cluster();
         let status = self.status();
@@ -662,9 +727,14 @@ pub struct Round {
 }
 
 impl Platform for LocalPlatform {
+    fn access(&self) -> node::Access {
+        LocalPlatform::access(self)
+    }
+
     fn client_endpoint(&self, ordinal: u32) -> String {
         let port = self.ports(ordinal).map_or(0, |p| p.client);
-        format!("http://127.0.0.1:{port}")
+        let scheme = render::scheme(&self.lock().cluster.spec);
+        format!("{scheme}://127.0.0.1:{port}")
     }
 
     async fn scale_workload(&self, to: i32) -> Result<()> {
@@ -698,6 +768,104 @@ impl Platform for LocalPlatform {
             Err(e) => Err(local_error(format!("cannot delete {}: {e}", dir.display()))),
         }
     }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a reader (a member
+/// re-reading its certificate) sees the old or the new file, never half of one. Keys
+/// are readable by the owner only.
+fn write_atomically(path: &Path, data: &str, private: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        f.write_all(data.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| local_error(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `spec.tls` for local members: mode `Auto` as the operator does it, with files in
+/// `DIR/tls` for Secrets (a CA made once; the member certificate, which covers
+/// 127.0.0.1 and localhost and so serves every local member; the client certificate;
+/// each issued again when [`certs::renewal`] says so). Mode `Secret` names Kubernetes
+/// Secrets, which do not exist here: refused with a message.
+fn local_tls(dir: &Path, cluster: &RaftCluster, now: SystemTime) -> Result<(node::Access, Vec<String>)> {
+    let Some(tls) = &cluster.spec.tls else {
+        return Ok((node::Access::plain(), Vec::new()));
+    };
+    if tls.mode == TlsMode::Secret {
+        return Err(local_error(
+            "spec.tls.mode Secret names Kubernetes Secrets; raftctl up supports mode Auto",
+        ));
+    }
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)
+        .map_err(|e| local_error(format!("cannot create {}: {e}", tls_dir.display())))?;
+    let read = |name: &str| std::fs::read_to_string(tls_dir.join(name)).ok();
+    let mut issued = Vec::new();
+    let ca = match (read("ca.crt"), read("ca.key")) {
+        (Some(cert), Some(key)) => certs::Pem { cert, key },
+        _ => {
+            let ca = certs::new_authority(&format!("local/{}", cluster.name_any()), now)?;
+            write_atomically(&tls_dir.join("ca.key"), &ca.key, true)?;
+            write_atomically(&tls_dir.join("ca.crt"), &ca.cert, false)?;
+            issued.push(format!("created a CA in {}", tls_dir.display()));
+            ca
+        }
+    };
+    let valid_for = Duration::from_secs(u64::from(tls.certificate_validity_days) * 86_400);
+    let renew_before = Duration::from_secs(u64::from(tls.renew_before_days) * 86_400);
+    let requests = [
+        (
+            "member",
+            certs::Request {
+                common_name: format!("{} member", cluster.name_any()),
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+                server: true,
+            },
+        ),
+        (
+            "client",
+            certs::Request {
+                common_name: certs::OPERATOR_CN.into(),
+                names: Vec::new(),
+                server: false,
+            },
+        ),
+    ];
+    let mut client = None;
+    for (stem, request) in requests {
+        let (cert_file, key_file) = (format!("{stem}.crt"), format!("{stem}.key"));
+        let current = read(&cert_file).zip(read(&key_file));
+        let why = certs::renewal(current.as_ref().map(|(c, _)| c.as_str()), &ca.cert, &request, now, renew_before);
+        let pem = match (why, current) {
+            (None, Some((cert, key))) => certs::Pem { cert, key },
+            (why, _) => {
+                let pem = certs::issue(&ca, &request, now, valid_for)?;
+                // Key first: a member that sees the new certificate finds its key.
+                write_atomically(&tls_dir.join(&key_file), &pem.key, true)?;
+                write_atomically(&tls_dir.join(&cert_file), &pem.cert, false)?;
+                issued.push(format!(
+                    "issued {} ({}): {}",
+                    request.common_name,
+                    tls_dir.join(&cert_file).display(),
+                    why.unwrap_or_default()
+                ));
+                pem
+            }
+        };
+        if !request.server {
+            client = Some(pem);
+        }
+    }
+    let client = client.expect("the client certificate is among the requests");
+    Ok((node::Access::tls(&ca.cert, Some((&client.cert, &client.key))), issued))
 }
 
 fn now_ms() -> u64 {
@@ -857,8 +1025,17 @@ pub async fn up(config: UpConfig, shutdown: impl std::future::Future<Output = ()
         }
         let endpoints = platform.client_endpoints();
         if round.plan.available() && endpoints != shown_endpoints {
+            let tls_flags = if platform.cluster().spec.tls.is_some() {
+                let dir = platform.tls_dir();
+                format!(
+                    " --cacert {0}/ca.crt --cert {0}/client.crt --key {0}/client.key",
+                    dir.display()
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "\nclient endpoints: {}\ntry: ETCDCTL_API=3 etcdctl --endpoints {} put hello world\n",
+                "\nclient endpoints: {}\ntry: ETCDCTL_API=3 etcdctl --endpoints {}{tls_flags} put hello world\n",
                 endpoints.join(","),
                 endpoints.join(",")
             );

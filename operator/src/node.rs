@@ -11,7 +11,7 @@ use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::{self, Reachability, StatusRequest, StatusResponse};
 use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
 use kuberaft_proto::etcdserverpb::{MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::adaptive::TimingMs;
 use crate::plan::{MemberObservation, PeerObservation, Role};
@@ -80,93 +80,129 @@ fn node_error(endpoint: &str, message: impl ToString) -> Error {
     }
 }
 
-async fn channel(endpoint: &str, timeout: Duration) -> Result<Channel> {
-    Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| node_error(endpoint, e))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| node_error(endpoint, e))
+/// How the operator (or `raftctl up`) reaches the members of one cluster: plain
+/// HTTP/2, or TLS trusting the cluster's CA and, when there is one, presenting a client
+/// certificate. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    tls: Option<ClientTlsConfig>,
 }
 
-/// One member's status.
-pub async fn status(endpoint: &str) -> Result<MemberObservation> {
-    let mut client = AdminClient::new(channel(endpoint, CALL_TIMEOUT).await?);
-    let answer = client
-        .status(StatusRequest {})
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(observation_from_status(answer.get_ref()))
-}
+impl Access {
+    /// Plaintext (`http://` endpoints).
+    pub fn plain() -> Access {
+        Access::default()
+    }
 
-/// The status of every endpoint that answers within [`CALL_TIMEOUT`], in parallel.
-pub async fn statuses(endpoints: &[String]) -> Vec<MemberObservation> {
-    let calls = endpoints.iter().map(|e| status(e));
-    futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .filter_map(|r| {
-            r.map_err(|e| tracing::debug!(error = %e, "member did not answer"))
-                .ok()
+    /// TLS trusting `ca_pem`, with the client certificate `identity` (cert, key PEM).
+    pub fn tls(ca_pem: &str, identity: Option<(&str, &str)>) -> Access {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Access { tls: Some(config) }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    async fn channel(&self, endpoint: &str, timeout: Duration) -> Result<Channel> {
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| node_error(endpoint, e))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        if endpoint.starts_with("https://") {
+            let Some(tls) = &self.tls else {
+                return Err(node_error(endpoint, "an https:// endpoint but no TLS settings"));
+            };
+            builder = builder.tls_config(tls.clone()).map_err(|e| node_error(endpoint, e))?;
+        }
+        builder.connect().await.map_err(|e| {
+            // tonic's transport error says "transport error"; the cause says why.
+            let cause = std::error::Error::source(&e).map(|c| c.to_string());
+            node_error(endpoint, cause.map_or_else(|| e.to_string(), |c| format!("{e}: {c}")))
         })
-        .collect()
-}
+    }
 
-/// etcd MemberAdd with isLearner; returns the new member's id.
-pub async fn add_learner(endpoint: &str, peer_url: &str) -> Result<u64> {
-    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
-    let answer = client
-        .member_add(MemberAddRequest {
-            peer_ur_ls: vec![peer_url.to_string()],
-            is_learner: true,
-        })
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(answer.get_ref().member.as_ref().map_or(0, |m| m.id))
-}
+    /// One member's status.
+    pub async fn status(&self, endpoint: &str) -> Result<MemberObservation> {
+        let mut client = AdminClient::new(self.channel(endpoint, CALL_TIMEOUT).await?);
+        let answer = client
+            .status(StatusRequest {})
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(observation_from_status(answer.get_ref()))
+    }
 
-pub async fn promote(endpoint: &str, id: u64) -> Result<()> {
-    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
-    client
-        .member_promote(MemberPromoteRequest { id })
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(())
-}
+    /// The status of every endpoint that answers within [`CALL_TIMEOUT`], in parallel.
+    pub async fn statuses(&self, endpoints: &[String]) -> Vec<MemberObservation> {
+        let calls = endpoints.iter().map(|e| self.status(e));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                r.map_err(|e| tracing::debug!(error = %e, "member did not answer"))
+                    .ok()
+            })
+            .collect()
+    }
 
-pub async fn remove(endpoint: &str, id: u64) -> Result<()> {
-    let mut client = ClusterClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
-    client
-        .member_remove(MemberRemoveRequest { id })
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(())
-}
+    /// etcd MemberAdd with isLearner; returns the new member's id.
+    pub async fn add_learner(&self, endpoint: &str, peer_url: &str) -> Result<u64> {
+        let mut client = ClusterClient::new(self.channel(endpoint, CHANGE_TIMEOUT).await?);
+        let answer = client
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec![peer_url.to_string()],
+                is_learner: true,
+            })
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(answer.get_ref().member.as_ref().map_or(0, |m| m.id))
+    }
 
-pub async fn transfer_leader(endpoint: &str, to_name: &str) -> Result<()> {
-    let mut client = AdminClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
-    client
-        .transfer_leader(admin::TransferLeaderRequest {
-            target_name: to_name.to_string(),
-            deadline_ms: CHANGE_TIMEOUT.as_millis() as u64 - 1_000,
-        })
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(())
-}
+    pub async fn promote(&self, endpoint: &str, id: u64) -> Result<()> {
+        let mut client = ClusterClient::new(self.channel(endpoint, CHANGE_TIMEOUT).await?);
+        client
+            .member_promote(MemberPromoteRequest { id })
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(())
+    }
 
-pub async fn set_timing(endpoint: &str, timing: TimingMs, reason: &str) -> Result<()> {
-    let mut client = AdminClient::new(channel(endpoint, CHANGE_TIMEOUT).await?);
-    client
-        .set_timing(admin::SetTimingRequest {
-            heartbeat_interval_ms: timing.heartbeat_interval_ms,
-            election_timeout_ms: timing.election_timeout_ms,
-            reason: reason.to_string(),
-        })
-        .await
-        .map_err(|e| node_error(endpoint, e.message()))?;
-    Ok(())
+    pub async fn remove(&self, endpoint: &str, id: u64) -> Result<()> {
+        let mut client = ClusterClient::new(self.channel(endpoint, CHANGE_TIMEOUT).await?);
+        client
+            .member_remove(MemberRemoveRequest { id })
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(())
+    }
+
+    pub async fn transfer_leader(&self, endpoint: &str, to_name: &str) -> Result<()> {
+        let mut client = AdminClient::new(self.channel(endpoint, CHANGE_TIMEOUT).await?);
+        client
+            .transfer_leader(admin::TransferLeaderRequest {
+                target_name: to_name.to_string(),
+                deadline_ms: CHANGE_TIMEOUT.as_millis() as u64 - 1_000,
+            })
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(())
+    }
+
+    pub async fn set_timing(&self, endpoint: &str, timing: TimingMs, reason: &str) -> Result<()> {
+        let mut client = AdminClient::new(self.channel(endpoint, CHANGE_TIMEOUT).await?);
+        client
+            .set_timing(admin::SetTimingRequest {
+                heartbeat_interval_ms: timing.heartbeat_interval_ms,
+                election_timeout_ms: timing.election_timeout_ms,
+                reason: reason.to_string(),
+            })
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@ use crate::{node, Result};
 /// What differs between Kubernetes and local processes.
 #[allow(async_fn_in_trait)]
 pub trait Platform {
-    /// Client URL (`http://host:2379`) of the member with this ordinal.
+    /// Client URL (`http://host:2379`, `https://` with TLS) of the member with this ordinal.
     fn client_endpoint(&self, ordinal: u32) -> String;
+    /// How members are reached (TLS settings and the client certificate).
+    fn access(&self) -> node::Access;
     /// Run `to` members (ordinals `0..to`).
     async fn scale_workload(&self, to: i32) -> Result<()>;
     /// Stop the member with this ordinal so it comes back from the current template.
@@ -35,17 +37,18 @@ pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) ->
             .unwrap_or(0);
         platform.client_endpoint(ordinal)
     };
+    let access = platform.access();
     match action {
         Action::Bootstrap { .. } | Action::Wait { .. } | Action::Refuse { .. } => Ok(()),
         Action::AddLearner { peer_url, .. } => {
-            node::add_learner(&leader_endpoint(), peer_url).await.map(|_| ())
+            access.add_learner(&leader_endpoint(), peer_url).await.map(|_| ())
         }
         Action::ScaleWorkload { to } => platform.scale_workload(*to).await,
-        Action::Promote { id, .. } => node::promote(&leader_endpoint(), *id).await,
-        Action::TransferLeader { to, .. } => node::transfer_leader(&leader_endpoint(), to).await,
-        Action::RemoveMember { id, .. } => node::remove(&leader_endpoint(), *id).await,
+        Action::Promote { id, .. } => access.promote(&leader_endpoint(), *id).await,
+        Action::TransferLeader { to, .. } => access.transfer_leader(&leader_endpoint(), to).await,
+        Action::RemoveMember { id, .. } => access.remove(&leader_endpoint(), *id).await,
         Action::DeleteVolumes { ordinal } => platform.delete_volumes(*ordinal).await,
         Action::RestartMember { ordinal } => platform.restart_member(*ordinal).await,
-        Action::SetTiming { timing, reason } => node::set_timing(&leader_endpoint(), *timing, reason).await,
+        Action::SetTiming { timing, reason } => access.set_timing(&leader_endpoint(), *timing, reason).await,
     }
 }

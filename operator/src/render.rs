@@ -54,10 +54,19 @@ pub fn peer_service_name(name: &str) -> String {
     format!("{name}-peer")
 }
 
+/// `https` when the cluster uses TLS, else `http`.
+pub fn scheme(spec: &RaftClusterSpec) -> &'static str {
+    if spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Peer URL of ordinal `ordinal` through the headless Service's stable DNS name.
-pub fn peer_url(name: &str, namespace: &str, ordinal: u32) -> String {
+pub fn peer_url(scheme: &str, name: &str, namespace: &str, ordinal: u32) -> String {
     format!(
-        "http://{name}-{ordinal}.{}.{namespace}.svc:{PEER_PORT}",
+        "{scheme}://{name}-{ordinal}.{}.{namespace}.svc:{PEER_PORT}",
         peer_service_name(name)
     )
 }
@@ -89,7 +98,8 @@ pub fn template_hash(spec: &RaftClusterSpec) -> String {
         snapshot_count: Option<u64>,
         resources: &'a Option<k8s_openapi::api::core::v1::ResourceRequirements>,
         pod_template: &'a Option<crate::crd::PodTemplateOverrides>,
-        tls: &'a Option<crate::crd::Tls>,
+        /// What the pods see of TLS (not the renewal settings: renewal restarts nobody).
+        tls: Option<(crate::crd::TlsMode, &'a Option<String>, bool)>,
     }
     let inputs = Inputs {
         image: &spec.image,
@@ -97,7 +107,10 @@ pub fn template_hash(spec: &RaftClusterSpec) -> String {
         snapshot_count: spec.snapshot_count,
         resources: &spec.resources,
         pod_template: &spec.pod_template,
-        tls: &spec.tls,
+        tls: spec
+            .tls
+            .as_ref()
+            .map(|t| (t.mode, &t.secret_name, t.client_cert_auth)),
     };
     let bytes = serde_json::to_vec(&inputs).expect("plain data serializes");
     let digest = Sha256::digest(&bytes);
@@ -221,8 +234,9 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
     let name = rc.name_any();
     let ns = namespace(rc);
     let peer_dns = format!("{}.{ns}.svc", peer_service_name(&name));
+    let scheme = scheme(spec);
     let initial_cluster = (0..children.workload_replicas.max(1) as u32)
-        .map(|o| format!("{name}-{o}={}", peer_url(&name, &ns, o)))
+        .map(|o| format!("{name}-{o}={}", peer_url(scheme, &name, &ns, o)))
         .collect::<Vec<_>>()
         .join(",");
     let token = rc.uid().unwrap_or_else(|| format!("{ns}-{name}"));
@@ -233,16 +247,16 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
         env("KUBERAFT_SNAPSHOT_DIR", SNAPSHOT_DIR),
         env(
             "KUBERAFT_LISTEN_CLIENT_URLS",
-            format!("http://0.0.0.0:{CLIENT_PORT}"),
+            format!("{scheme}://0.0.0.0:{CLIENT_PORT}"),
         ),
         env(
             "KUBERAFT_ADVERTISE_CLIENT_URLS",
-            format!("http://$(POD_NAME).{peer_dns}:{CLIENT_PORT}"),
+            format!("{scheme}://$(POD_NAME).{peer_dns}:{CLIENT_PORT}"),
         ),
-        env("KUBERAFT_LISTEN_PEER_URLS", format!("http://0.0.0.0:{PEER_PORT}")),
+        env("KUBERAFT_LISTEN_PEER_URLS", format!("{scheme}://0.0.0.0:{PEER_PORT}")),
         env(
             "KUBERAFT_INITIAL_ADVERTISE_PEER_URLS",
-            format!("http://$(POD_NAME).{peer_dns}:{PEER_PORT}"),
+            format!("{scheme}://$(POD_NAME).{peer_dns}:{PEER_PORT}"),
         ),
         env(
             "KUBERAFT_LISTEN_METRICS_URLS",
@@ -296,10 +310,20 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
             read_only: Some(true),
             ..Default::default()
         });
-        vars.push(env("KUBERAFT_CERT_FILE", format!("{TLS_DIR}/tls.crt")));
-        vars.push(env("KUBERAFT_KEY_FILE", format!("{TLS_DIR}/tls.key")));
-        vars.push(env("KUBERAFT_TRUSTED_CA_FILE", format!("{TLS_DIR}/ca.crt")));
+        // One certificate for both ports (server and client use); the peer port always
+        // requires the other member's certificate.
+        for (flag, file) in [
+            ("CERT_FILE", "tls.crt"),
+            ("KEY_FILE", "tls.key"),
+            ("TRUSTED_CA_FILE", "ca.crt"),
+            ("PEER_CERT_FILE", "tls.crt"),
+            ("PEER_KEY_FILE", "tls.key"),
+            ("PEER_TRUSTED_CA_FILE", "ca.crt"),
+        ] {
+            vars.push(env(&format!("KUBERAFT_{flag}"), format!("{TLS_DIR}/{file}")));
+        }
         vars.push(env("KUBERAFT_CLIENT_CERT_AUTH", tls.client_cert_auth.to_string()));
+        vars.push(env("KUBERAFT_PEER_CLIENT_CERT_AUTH", "true"));
     }
     Container {
         name: "raft-node".into(),
@@ -422,7 +446,7 @@ pub fn render(rc: &RaftCluster, children: &Children) -> Rendered {
         volumes.push(Volume {
             name: "tls".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
+                secret_name: Some(tls.member_secret(&name)),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -562,6 +586,17 @@ pub fn parse_manifest(text: &str) -> crate::Result<RaftCluster> {
             crate::crd::REPLICAS_MAX,
             rc.spec.replicas
         )));
+    }
+    if let Some(tls) = &rc.spec.tls {
+        // The CRD's CEL rules, for where no API server runs them (`raftctl up`).
+        if tls.mode == crate::crd::TlsMode::Secret && tls.secret_name.is_none() {
+            return Err(crate::Error::Manifest("tls.mode Secret needs tls.secretName".into()));
+        }
+        if tls.renew_before_days >= tls.certificate_validity_days {
+            return Err(crate::Error::Manifest(
+                "tls.renewBeforeDays must be less than tls.certificateValidityDays".into(),
+            ));
+        }
     }
     Ok(rc)
 }

@@ -394,3 +394,131 @@ async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_w
         .unwrap()
         .unwrap();
 }
+
+/// `spec.tls.mode: Auto` against the mocked API server: the first reconcile creates the
+/// CA, the members' and the operator's certificates (server-side apply, owned by the
+/// RaftCluster); a later one with those Secrets in place issues nothing; near expiry the
+/// members' certificate is issued again under the same CA.
+#[tokio::test]
+async fn tls_auto_creates_the_ca_and_certificates_then_renews_only_near_expiry() {
+    use std::time::SystemTime;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut value = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+    value["spec"]["tls"] = json!({"mode": "Auto", "clientCertAuth": true});
+    let rc: RaftCluster = serde_json::from_value(value).unwrap();
+    let secrets = "/api/v1/namespaces/default/secrets";
+
+    // First reconcile: nothing exists.
+    let (client, mut handle) = support::client();
+    let server = tokio::spawn(async move {
+        let mut applied = Vec::new();
+        for name in ["demo-ca", "demo-tls", "demo-operator-tls"] {
+            let path = format!("{secrets}/{name}");
+            expect(&mut handle, Method::GET, &path, StatusCode::NOT_FOUND, not_found()).await;
+            // The answer echoes nothing useful; the client only needs a Secret back.
+            let (query, body) = expect(
+                &mut handle,
+                Method::PATCH,
+                &path,
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}),
+            )
+            .await;
+            assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{query}");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "demo", "{body}");
+            applied.push(body);
+        }
+        applied
+    });
+    let now = SystemTime::now();
+    let (access, issued) = k8s::tls_access(&client, &rc, now).await.expect("secrets written");
+    assert!(access.is_tls());
+    assert_eq!(issued.len(), 3, "{issued:?}");
+    let applied = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = |secret: &Value, key: &str| {
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(secret["data"][key].clone())
+            .unwrap_or_else(|e| panic!("{key} in {secret}: {e}"));
+        String::from_utf8(bytes.0).unwrap()
+    };
+    let ca = text(&applied[0], "ca.crt");
+    assert_eq!(applied[0]["type"], "Opaque");
+    for secret in &applied[1..] {
+        assert_eq!(secret["type"], "kubernetes.io/tls");
+        assert_eq!(text(secret, "ca.crt"), ca, "each certificate Secret carries the CA");
+    }
+    let member = text(&applied[1], "tls.crt");
+    let facts = kuberaft_operator::certs::facts(&member).unwrap();
+    assert!(facts.names.contains(&"*.demo-peer.default.svc".to_string()), "{:?}", facts.names);
+    assert_eq!(facts.issuer, kuberaft_operator::certs::facts(&ca).unwrap().subject);
+    let operator = kuberaft_operator::certs::facts(&text(&applied[2], "tls.crt")).unwrap();
+    assert_eq!(operator.common_name, "raft-operator");
+
+    // Later reconciles read the Secrets as they now are.
+    let existing: Vec<Value> = applied
+        .iter()
+        .zip(["demo-ca", "demo-tls", "demo-operator-tls"])
+        .map(|(body, name)| {
+            let mut s = body.clone();
+            s["metadata"]["name"] = json!(name);
+            s
+        })
+        .collect();
+    for (when, renewed) in [(now + DAY, false), (now + 61 * DAY, true)] {
+        let (client, mut handle) = support::client();
+        let existing = existing.clone();
+        let server = tokio::spawn(async move {
+            for (i, name) in ["demo-ca", "demo-tls", "demo-operator-tls"].iter().enumerate() {
+                let path = format!("{secrets}/{name}");
+                expect(&mut handle, Method::GET, &path, StatusCode::OK, existing[i].clone()).await;
+                if renewed && i > 0 {
+                    let (_, body) =
+                        expect(&mut handle, Method::PATCH, &path, StatusCode::OK, existing[i].clone()).await;
+                    assert_ne!(body["data"]["tls.crt"], existing[i]["data"]["tls.crt"]);
+                    assert_eq!(body["data"]["ca.crt"], existing[0]["data"]["ca.crt"], "same CA");
+                }
+            }
+        });
+        let (_, issued) = k8s::tls_access(&client, &rc, when).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
+        if renewed {
+            assert_eq!(issued.len(), 2, "{issued:?}");
+            assert!(issued.iter().all(|l| l.contains("expires in")), "{issued:?}");
+        } else {
+            assert_eq!(issued, Vec::<String>::new());
+        }
+    }
+}
+
+/// Mode Secret: a missing user Secret is an error that names it, and nothing is written.
+#[tokio::test]
+async fn tls_secret_mode_names_a_missing_secret() {
+    let mut value = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+    value["spec"]["tls"] = json!({"mode": "Secret", "secretName": "mine"});
+    let rc: RaftCluster = serde_json::from_value(value).unwrap();
+    let (client, mut handle) = support::client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/mine",
+            StatusCode::NOT_FOUND,
+            not_found(),
+        )
+        .await;
+    });
+    let error = k8s::tls_access(&client, &rc, std::time::SystemTime::now())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Secret mine: not found"), "{error}");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -186,6 +186,60 @@ fn a_pod_template_with_application_containers_runs_raft_node_as_a_native_sidecar
     assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
 }
 
+#[test]
+fn with_tls_members_serve_https_on_both_ports_with_the_operator_made_secret_and_peer_mutual_tls() {
+    let rc = example("production.yaml");
+    let rendered = render(&rc, &fresh(5));
+    let pod = serde_json::to_value(&rendered.statefulset.spec.template).unwrap();
+    let env: std::collections::BTreeMap<String, String> = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    for url in [
+        "KUBERAFT_LISTEN_CLIENT_URLS",
+        "KUBERAFT_ADVERTISE_CLIENT_URLS",
+        "KUBERAFT_LISTEN_PEER_URLS",
+        "KUBERAFT_INITIAL_ADVERTISE_PEER_URLS",
+    ] {
+        assert!(env[url].starts_with("https://"), "{url}={}", env[url]);
+    }
+    assert!(env["KUBERAFT_INITIAL_CLUSTER"]
+        .split(',')
+        .all(|m| m.contains("=https://prod-")));
+    assert_eq!(env["KUBERAFT_PEER_CLIENT_CERT_AUTH"], "true");
+    assert_eq!(env["KUBERAFT_CLIENT_CERT_AUTH"], "true");
+    assert_eq!(env["KUBERAFT_PEER_CERT_FILE"], "/etc/kuberaft/tls/tls.crt");
+    assert_eq!(env["KUBERAFT_TRUSTED_CA_FILE"], "/etc/kuberaft/tls/ca.crt");
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("a tls volume");
+    assert_eq!(volume["secret"]["secretName"], "prod-tls");
+    let mount = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .unwrap()
+        .clone();
+    assert_eq!(mount["readOnly"], true);
+    // Without TLS, plain http everywhere and no certificate flags.
+    let plain = render(&example("minimal.yaml"), &fresh(3));
+    let text = serde_json::to_string(&plain.statefulset).unwrap();
+    assert!(!text.contains("https://") && !text.contains("CERT_FILE"));
+    // Renewal settings restart nobody; the mode or client-cert setting does.
+    let mut renewed = rc.clone();
+    renewed.spec.tls.as_mut().unwrap().renew_before_days = 10;
+    assert_eq!(template_hash(&renewed.spec), template_hash(&rc.spec));
+    let mut no_client_auth = rc.clone();
+    no_client_auth.spec.tls.as_mut().unwrap().client_cert_auth = false;
+    assert_ne!(template_hash(&no_client_auth.spec), template_hash(&rc.spec));
+}
+
 /// The CRD's CEL rules, evaluated client-side with the API server's CEL libraries
 /// (kube-cel), on the examples and on objects each rule must reject.
 mod cel_rules {
@@ -253,6 +307,38 @@ mod cel_rules {
                 "{size}: {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_and_tls_cannot_be_switched_after_creation() {
+        let base = example("production.yaml");
+        let mut secret_without_name = base.clone();
+        secret_without_name["spec"]["tls"] = json!({"mode": "Secret"});
+        let found = errors(&secret_without_name, None);
+        assert!(found.iter().any(|m| m.contains("needs tls.secretName")), "{found:?}");
+        let mut auto_with_name = base.clone();
+        auto_with_name["spec"]["tls"] = json!({"mode": "Auto", "secretName": "x"});
+        let found = errors(&auto_with_name, None);
+        assert!(found.iter().any(|m| m.contains("are for mode Secret")), "{found:?}");
+        let mut renew_too_late = base.clone();
+        renew_too_late["spec"]["tls"] = json!({"certificateValidityDays": 30, "renewBeforeDays": 30});
+        let found = errors(&renew_too_late, None);
+        assert!(found.iter().any(|m| m.contains("renewBeforeDays must be less")), "{found:?}");
+        let mut plain = base.clone();
+        plain["spec"].as_object_mut().unwrap().remove("tls");
+        let found = errors(&plain, Some(&base));
+        assert!(found.iter().any(|m| m.contains("cannot be turned on or off")), "{found:?}");
+        let found = errors(&base, Some(&plain));
+        assert!(found.iter().any(|m| m.contains("cannot be turned on or off")), "{found:?}");
+        let mut secret_mode = base.clone();
+        secret_mode["spec"]["tls"] = json!({"mode": "Secret", "secretName": "mine"});
+        assert_eq!(errors(&secret_mode, None), Vec::<String>::new());
+        let found = errors(&secret_mode, Some(&base));
+        assert!(found.iter().any(|m| m.contains("tls.mode cannot change")), "{found:?}");
+        // Renewal settings may change.
+        let mut longer = base.clone();
+        longer["spec"]["tls"]["certificateValidityDays"] = json!(365);
+        assert_eq!(errors(&longer, Some(&base)), Vec::<String>::new());
     }
 
     #[test]

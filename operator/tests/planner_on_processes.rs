@@ -175,6 +175,10 @@ impl Drop for Processes {
 }
 
 impl Platform for Processes {
+    fn access(&self) -> node::Access {
+        node::Access::plain()
+    }
+
     fn client_endpoint(&self, ordinal: u32) -> String {
         format!(
             "http://127.0.0.1:{}",
@@ -259,7 +263,7 @@ async fn reconcile_until_steady(
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = None;
     while Instant::now() < deadline {
-        let members = node::statuses(&platform.endpoints()).await;
+        let members = node::Access::plain().statuses(&platform.endpoints()).await;
         let observed = platform.observe(members);
         let p = plan(spec, Some(status), &observed, naming);
         status.bootstrapped = p.bootstrapped;
@@ -312,7 +316,7 @@ async fn the_planner_changes_timing_live_and_rolls_a_restart_through_real_member
     assert_eq!(steps.len(), 1, "{steps:?}");
     assert!(matches!(steps[0], Action::SetTiming { .. }));
     for endpoint in platform.endpoints() {
-        let s = node::status(&endpoint).await.unwrap();
+        let s = node::Access::plain().status(&endpoint).await.unwrap();
         assert_eq!(
             s.timing,
             TimingMs {
@@ -325,7 +329,7 @@ async fn the_planner_changes_timing_live_and_rolls_a_restart_through_real_member
     assert!(platform.procs.lock().unwrap().iter().all(|p| p.restarts == 0));
 
     // A new image: a rolling restart, followers first, the leader last after a transfer.
-    let members = node::statuses(&platform.endpoints()).await;
+    let members = node::Access::plain().statuses(&platform.endpoints()).await;
     let leader_before = members
         .iter()
         .find(|m| m.role == kuberaft_operator::plan::Role::Leader)
@@ -364,7 +368,7 @@ async fn the_planner_changes_timing_live_and_rolls_a_restart_through_real_member
         .iter()
         .all(|p| p.hash == hash && p.restarts == 1));
     // Timing survived the restarts (it lives in the log, not in the flags).
-    let members = node::statuses(&platform.endpoints()).await;
+    let members = node::Access::plain().statuses(&platform.endpoints()).await;
     assert_eq!(members.len(), 3);
     assert!(members.iter().all(|m| m.timing.heartbeat_interval_ms == 50));
 }

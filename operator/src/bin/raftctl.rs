@@ -20,6 +20,11 @@
 //! event is one line of JSON; with `-o yaml` one YAML document.
 //! Exit status: 0 on success, 1 when the cluster refused or did not answer, 2 on
 //! bad usage.
+//!
+//! TLS and authentication, named like etcdctl's: `--cacert FILE` (trust this CA; an
+//! endpoint without a scheme is then reached over https), `--cert FILE --key FILE` (a
+//! client certificate), `--token TOKEN` (a bearer token of the members'
+//! `--auth-token-file`; or `RAFTCTL_TOKEN`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,7 +52,72 @@ use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
 use kuberaft_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
 };
-use tonic::transport::Channel;
+use std::sync::OnceLock;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A connection to one member, with the bearer token (if any) on every request.
+type Conn = InterceptedService<Channel, Token>;
+
+/// Adds `authorization: Bearer TOKEN` to every request when `--token` is given.
+#[derive(Clone)]
+struct Token(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// TLS and token settings from the command line, set once in `main`.
+struct Security {
+    tls: Option<ClientTlsConfig>,
+    token: Token,
+}
+
+static SECURITY: OnceLock<Security> = OnceLock::new();
+
+impl Security {
+    fn from_cli(cli: &Cli) -> Result<Security, String> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let identity = match (&cli.cert, &cli.key) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(read("--cert", cert)?, read("--key", key)?)),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
+        };
+        // raftctl carries no system trust store: kuberaft clusters use their own CA.
+        let tls = match (&cli.cacert, identity) {
+            (None, None) => None,
+            (None, Some(_)) => return Err("--cert needs --cacert (the CA that signed the members' certificates)".into()),
+            (Some(ca), identity) => {
+                let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--cacert", ca)?));
+                if let Some(identity) = identity {
+                    config = config.identity(identity);
+                }
+                Some(config)
+            }
+        };
+        let token = match &cli.token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| "--token must be printable ASCII".to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Security {
+            tls,
+            token: Token(token),
+        })
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "raftctl", version, about = "Inspect and operate a kuberaft cluster")]
@@ -64,6 +134,19 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// Trust the CA certificates in this PEM file (TLS; endpoints without a scheme are
+    /// then reached over https).
+    #[arg(long, env = "RAFTCTL_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for members that require one.
+    #[arg(long, env = "RAFTCTL_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// Private key of `--cert` (PEM).
+    #[arg(long, env = "RAFTCTL_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
+    /// Bearer token (a line of the members' --auth-token-file).
+    #[arg(long, env = "RAFTCTL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Time allowed to connect to one endpoint, in milliseconds.
     #[arg(long, default_value_t = 2_000, global = true)]
     dial_timeout_ms: u64,
@@ -201,9 +284,11 @@ enum LeaderCommand {
     },
 }
 
-fn endpoint_url(endpoint: &str) -> String {
+fn endpoint_url(endpoint: &str, tls: bool) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
@@ -225,20 +310,28 @@ impl Cli {
     }
 }
 
-async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Channel>, String> {
+async fn connect(patience: Patience, endpoint: &str) -> Result<AdminClient<Conn>, String> {
     channel(patience, endpoint, true).await.map(AdminClient::new)
 }
 
 /// `limit_requests`: each request must finish within `patience.request` (not for a
 /// stream that is followed for as long as it lasts).
-async fn channel(patience: Patience, endpoint: &str, limit_requests: bool) -> Result<Channel, String> {
-    let mut target = tonic::transport::Endpoint::from_shared(endpoint_url(endpoint))
+async fn channel(patience: Patience, endpoint: &str, limit_requests: bool) -> Result<Conn, String> {
+    let security = SECURITY.get().expect("set in main");
+    let url = endpoint_url(endpoint, security.tls.is_some());
+    let mut target = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad endpoint: {e}"))?
         .connect_timeout(patience.dial);
+    if url.starts_with("https://") {
+        let Some(tls) = security.tls.clone() else {
+            return Err("an https:// endpoint needs --cacert (the CA of the members' certificates)".into());
+        };
+        target = target.tls_config(tls).map_err(|e| format!("TLS settings: {e}"))?;
+    }
     if limit_requests {
         target = target.timeout(patience.request);
     }
-    target.connect().await.map_err(|e| {
+    let channel = target.connect().await.map_err(|e| {
         // tonic says "transport error"; the causes below it say what went wrong.
         let mut causes: Vec<String> = Vec::new();
         let mut cause = std::error::Error::source(&e);
@@ -250,7 +343,8 @@ async fn channel(patience: Patience, endpoint: &str, limit_requests: bool) -> Re
             cause = c.source();
         }
         format!("cannot connect: {}", causes.join(": "))
-    })
+    })?;
+    Ok(InterceptedService::new(channel, security.token.clone()))
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -303,7 +397,7 @@ fn no_answer(cli: &Cli, probes: &[Probe]) -> ExitCode {
 async fn first_answer<C, T, F, Fut>(
     cli: &Cli,
     patience: Patience,
-    make: fn(Channel) -> C,
+    make: fn(Conn) -> C,
     mut call: F,
 ) -> Result<(String, T), String>
 where
@@ -710,6 +804,15 @@ fn main() -> ExitCode {
     if cli.endpoints.iter().all(|e| e.trim().is_empty()) {
         eprintln!("raftctl: --endpoints is empty");
         return ExitCode::from(2);
+    }
+    match Security::from_cli(&cli) {
+        Ok(security) => {
+            let _ = SECURITY.set(security);
+        }
+        Err(e) => {
+            eprintln!("raftctl: {e}");
+            return ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
