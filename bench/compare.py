@@ -9,7 +9,9 @@ both with the same load generator (raft-bench, built on the etcd-client crate):
   client count, alternating systems (A B, then B A, ...) for several rounds;
 - failover: kill -9 of the leader under a steady write load, time until the first
   acknowledged write, N trials per system (etcd with its defaults, 100 ms / 1000 ms,
-  kuberaft with the same fixed timing);
+  kuberaft with the same fixed timing, and kuberaft with the timing the operator's
+  adaptive rule picks from the latency the members measured under a write load
+  (`raftctl timing suggest`, the RaftCluster's default bounds));
 - ablation: kuberaft with pipelining and batching off (one entry per append, one
   append in flight, one fsync per WAL write) against the default, at 64 clients.
 
@@ -38,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 RAFT_NODE = os.path.join(TARGET, "release", "raft-node")
 RAFT_BENCH = os.path.join(TARGET, "release", "raft-bench")
+RAFTCTL = os.path.join(TARGET, "release", "raftctl")
 
 
 def log(*parts):
@@ -49,8 +52,9 @@ def ensure_tools():
         log("installing Debian etcd-server and etcd-client")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "etcd-server", "etcd-client"], check=True)
-    log("building raft-node and raft-bench (release)")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kuberaft-node", "-p", "kuberaft-bench"],
+    log("building raft-node, raft-bench and raftctl (release)")
+    subprocess.run(["cargo", "build", "--release", "-q", "--locked", "-p", "kuberaft-node", "-p", "kuberaft-bench",
+                    "-p", "kuberaft-operator", "--bin", "raft-node", "--bin", "raft-bench", "--bin", "raftctl"],
                    cwd=ROOT, check=True)
 
 
@@ -177,6 +181,20 @@ def failover_trial(cluster, out_dir, tag):
     return json.load(open(path))["failover_ms"]
 
 
+def apply_adaptive_timing(cluster):
+    """Asks `raftctl timing suggest` for the operator's adaptive rule (default bounds:
+    heartbeat 20-500 ms, election 200-5000 ms) and sets what it says."""
+    eps = ",".join(cluster.endpoints())
+    r = subprocess.run([RAFTCTL, f"--endpoints={eps}", "-o", "json", "timing", "suggest"],
+                       capture_output=True, text=True, check=True)
+    s = json.loads(r.stdout)
+    subprocess.run([RAFTCTL, f"--endpoints={eps}", "timing", "set",
+                    f"--heartbeat-interval={s['heartbeat_interval_ms']}",
+                    f"--election-timeout={s['election_timeout_ms']}"], capture_output=True, check=True)
+    time.sleep(1)  # every member applies the committed timing entry
+    return s
+
+
 def environment():
     def first_line(cmd):
         try:
@@ -263,8 +281,10 @@ def main():
     etcd = Cluster("etcd", 25000, work, timing)
     ablated = Cluster("kuberaft", 26000, work, timing + ["--ablate-pipelining-and-batching"],
                       name="ablated")
+    adaptive = Cluster("kuberaft", 27000, work, timing, name="adaptive")
     clusters = [kuberaft, etcd]
-    rows, failovers, ablation = [], {"kuberaft": [], "etcd": []}, []
+    rows, failovers, ablation = [], {"kuberaft": [], "etcd": [], "adaptive": []}, []
+    adaptive_timing = None
     try:
         for c in clusters:
             log("starting", c.name)
@@ -275,12 +295,17 @@ def main():
                 for c in order:
                     log(f"round {rnd + 1}/{args.rounds}: {workload} on {c.name}")
                     rows += bench(c, workload, clients, args.duration, raw, f"{c.name}-{workload}-{rnd}")
+        log("adaptive timing: a write load so members measure RTT and fsync, then the rule")
+        adaptive.start()
+        bench(adaptive, "put", [16], max(args.duration, 5), raw, "adaptive-warmup")
+        adaptive_timing = apply_adaptive_timing(adaptive)
+        log(f"adaptive rule: {adaptive_timing}")
         for trial in range(args.failover_trials):
-            for c in clusters:
+            for c in clusters + [adaptive]:
                 ms = failover_trial(c, raw, f"failover-{c.name}-{trial}")
                 log(f"failover trial {trial + 1}: {c.name} {ms:.0f} ms")
                 failovers[c.name].append(ms)
-        for c in clusters:
+        for c in clusters + [adaptive]:
             c.stop()
         log("ablation: pipelining and batching off")
         try:
@@ -296,15 +321,15 @@ def main():
             ablation += [dict(r, label="kuberaft-default") for r in
                          bench(kuberaft, "put", [64], args.duration, raw, f"default-{rnd}")]
     finally:
-        for c in clusters + [ablated]:
+        for c in clusters + [ablated, adaptive]:
             c.stop()
     medians = median_rows(rows)
-    write_report(args, clients, workloads, medians, failovers, ablation, environment())
+    write_report(args, clients, workloads, medians, failovers, ablation, environment(), adaptive_timing)
     chart(medians, clients, workloads, os.path.join(args.out, "results.png"))
     log("wrote", os.path.join(args.out, "RESULTS.md"), "and results.png; raw data in", raw)
 
 
-def write_report(args, clients, workloads, medians, failovers, ablation, env):
+def write_report(args, clients, workloads, medians, failovers, ablation, env, adaptive_timing=None):
     lines = ["# kuberaft vs etcd: results", "",
              f"Generated by `python3 bench/compare.py{' --quick' if args.quick else ''}` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Medians of {args.rounds} round(s), "
@@ -331,11 +356,19 @@ def write_report(args, clients, workloads, medians, failovers, ablation, env):
     lines += ["", "## Failover (kill -9 of the leader under a steady write load)", "",
               "| system | trials | median ms | min ms | max ms |", "|---|---|---|---|---|"]
     for name, values in failovers.items():
-        if values:
-            lines.append(f"| {name} (100 ms / 1000 ms) | {len(values)} | {statistics.median(values):.0f} | "
-                         f"{min(values):.0f} | {max(values):.0f} |")
-    lines.append("| kuberaft, adaptive timing | - | not measured: the adaptive rule arrives with the operator "
-                 "(issue 7) | | |")
+        if not values:
+            continue
+        if name == "adaptive" and adaptive_timing:
+            t = adaptive_timing
+            label = (f"kuberaft, adaptive ({t['heartbeat_interval_ms']} ms / {t['election_timeout_ms']} ms "
+                     f"from RTT p99 {t['rtt_p99_ms'] or 0:.1f} ms, fsync p99 {t['fsync_p99_ms'] or 0:.1f} ms)")
+        else:
+            label = f"{name} (100 ms / 1000 ms)"
+        lines.append(f"| {label} | {len(values)} | {statistics.median(values):.0f} | "
+                     f"{min(values):.0f} | {max(values):.0f} |")
+    if failovers.get("etcd") and failovers.get("adaptive"):
+        ratio = statistics.median(failovers["adaptive"]) / statistics.median(failovers["etcd"])
+        lines += ["", f"Adaptive kuberaft / etcd defaults, medians: {ratio:.2f}."]
     lines += ["", "## Ablation: pipelining and batching off (put, 64 clients)", ""]
     abl = {}
     for r in ablation:

@@ -380,6 +380,23 @@ fn last_change_ms(status: Option<&RaftClusterStatus>) -> Option<u64> {
     u64::try_from(time.as_millisecond()).ok()
 }
 
+/// What the adaptive rule reads: the worst RTT p99 from the leader to its peers and the
+/// worst fsync p99 of any member.
+pub fn latency(members: &[MemberObservation]) -> Latency {
+    Latency {
+        rtt_p99_ms: find_leader(members).and_then(|l| {
+            l.peers
+                .iter()
+                .filter_map(|p| p.rtt_p99_ms)
+                .max_by(|a, b| a.total_cmp(b))
+        }),
+        fsync_p99_ms: members
+            .iter()
+            .filter_map(|m| m.fsync_p99_ms)
+            .max_by(|a, b| a.total_cmp(b)),
+    }
+}
+
 /// The next step. See the module documentation for the order of concerns.
 pub fn plan(
     spec: &RaftClusterSpec,
@@ -389,19 +406,7 @@ pub fn plan(
 ) -> Plan {
     let template_hash = render::template_hash(spec);
     let leader = find_leader(&observed.members);
-    let latency = Latency {
-        rtt_p99_ms: leader.and_then(|l| {
-            l.peers
-                .iter()
-                .filter_map(|p| p.rtt_p99_ms)
-                .max_by(|a, b| a.total_cmp(b))
-        }),
-        fsync_p99_ms: observed
-            .members
-            .iter()
-            .filter_map(|m| m.fsync_p99_ms)
-            .max_by(|a, b| a.total_cmp(b)),
-    };
+    let latency = latency(&observed.members);
     let mut out = Plan {
         children: Children {
             workload_replicas: observed.workload_replicas.unwrap_or(spec.replicas),

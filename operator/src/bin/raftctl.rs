@@ -3,6 +3,7 @@
 //!     raftctl [--endpoints HOST:PORT,...] [-o table|json|yaml] status
 //!     raftctl timing get
 //!     raftctl timing set --heartbeat-interval MS --election-timeout MS
+//!     raftctl timing suggest [--apply]
 //!     raftctl leader transfer [--to NAME|ID] [--deadline MS]
 //!     raftctl member list
 //!     raftctl member add NAME --peer-urls URL[,URL] [--learner]
@@ -259,6 +260,22 @@ struct UpArgs {
 enum TimingCommand {
     /// The timing in force on every endpoint and where it came from.
     Get,
+    /// What the operator's adaptive rule would set now, from the latency the members
+    /// report (RTT p99 from the leader to its peers, fsync p99 of every member), within
+    /// the bounds (defaults: the RaftCluster's); `--apply` sets it.
+    Suggest {
+        /// Set the suggested timing (through the log, like `timing set`).
+        #[arg(long)]
+        apply: bool,
+        #[arg(long, default_value_t = 20)]
+        min_heartbeat_interval: u32,
+        #[arg(long, default_value_t = 500)]
+        max_heartbeat_interval: u32,
+        #[arg(long, default_value_t = 200)]
+        min_election_timeout: u32,
+        #[arg(long, default_value_t = 5_000)]
+        max_election_timeout: u32,
+    },
     /// Replicates new timing through the log; every member switches when it commits.
     Set {
         /// Milliseconds between heartbeats (a multiple of the 10 ms tick).
@@ -475,42 +492,72 @@ async fn run(cli: &Cli) -> ExitCode {
         }
         Command::Timing {
             command:
+                TimingCommand::Suggest {
+                    apply,
+                    min_heartbeat_interval,
+                    max_heartbeat_interval,
+                    min_election_timeout,
+                    max_election_timeout,
+                },
+        } => {
+            let bounds = kuberaft_operator::adaptive::Bounds {
+                heartbeat_min_ms: *min_heartbeat_interval,
+                heartbeat_max_ms: *max_heartbeat_interval,
+                election_min_ms: *min_election_timeout,
+                election_max_ms: *max_election_timeout,
+            };
+            if bounds.heartbeat_min_ms > bounds.heartbeat_max_ms
+                || bounds.election_min_ms > bounds.election_max_ms
+                || bounds.election_max_ms < 3 * bounds.heartbeat_min_ms
+            {
+                eprintln!("raftctl: inconsistent bounds (min above max, or max election below 3x min heartbeat)");
+                return ExitCode::from(2);
+            }
+            let probes = probe_all(cli).await;
+            let members: Vec<_> = probes
+                .iter()
+                .filter_map(|p| p.answer.as_ref().ok())
+                .map(kuberaft_operator::node::observation_from_status)
+                .collect();
+            if members.is_empty() {
+                return no_answer(cli, &probes);
+            }
+            let latency = kuberaft_operator::plan::latency(&members);
+            let Some(target) = kuberaft_operator::adaptive::target(latency, bounds) else {
+                eprintln!("raftctl: no member reported latency samples yet (no leader, or no traffic)");
+                return ExitCode::from(1);
+            };
+            let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            match cli.output {
+                Output::Table => outln!(
+                    "RTT p99 {}, fsync p99 {}: heartbeat {} ms, election timeout {} ms",
+                    shown(latency.rtt_p99_ms),
+                    shown(latency.fsync_p99_ms),
+                    target.heartbeat_interval_ms,
+                    target.election_timeout_ms
+                ),
+                output => print_value(
+                    output,
+                    &serde_json::json!({
+                        "rtt_p99_ms": latency.rtt_p99_ms,
+                        "fsync_p99_ms": latency.fsync_p99_ms,
+                        "heartbeat_interval_ms": target.heartbeat_interval_ms,
+                        "election_timeout_ms": target.election_timeout_ms,
+                    }),
+                ),
+            }
+            if !*apply {
+                return ExitCode::SUCCESS;
+            }
+            set_timing(cli, target.heartbeat_interval_ms, target.election_timeout_ms, "raftctl timing suggest").await
+        }
+        Command::Timing {
+            command:
                 TimingCommand::Set {
                     heartbeat_interval,
                     election_timeout,
                 },
-        } => {
-            let request = SetTimingRequest {
-                heartbeat_interval_ms: *heartbeat_interval,
-                election_timeout_ms: *election_timeout,
-                reason: "raftctl".into(),
-            };
-            let answer = first_answer(cli, cli.patience(), AdminClient::new, |mut client| {
-                let request = request.clone();
-                async move { client.set_timing(request).await.map(|r| r.into_inner()) }
-            })
-            .await;
-            match answer {
-                Ok((_, response)) => {
-                    let timing = response.timing.unwrap_or_default();
-                    match cli.output {
-                        Output::Table => outln!(
-                            "timing set: {}; every member switches when it learns the commit",
-                            ctl::describe_timing(&timing)
-                        ),
-                        output => print_value(
-                            output,
-                            &serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)}),
-                        ),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("raftctl: timing not changed: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => set_timing(cli, *heartbeat_interval, *election_timeout, "raftctl").await,
         Command::Member { command } => run_member(cli, command).await,
         Command::Events { replay, count } => follow_events(cli, *replay, *count).await,
         Command::Leader {
@@ -722,6 +769,40 @@ async fn up(args: &UpArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("raftctl up: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `timing set`: through the first member that answers (a follower forwards it).
+async fn set_timing(cli: &Cli, heartbeat_interval_ms: u32, election_timeout_ms: u32, reason: &str) -> ExitCode {
+    let request = SetTimingRequest {
+        heartbeat_interval_ms,
+        election_timeout_ms,
+        reason: reason.into(),
+    };
+    let answer = first_answer(cli, cli.patience(), AdminClient::new, |mut client| {
+        let request = request.clone();
+        async move { client.set_timing(request).await.map(|r| r.into_inner()) }
+    })
+    .await;
+    match answer {
+        Ok((_, response)) => {
+            let timing = response.timing.unwrap_or_default();
+            match cli.output {
+                Output::Table => outln!(
+                    "timing set: {}; every member switches when it learns the commit",
+                    ctl::describe_timing(&timing)
+                ),
+                output => print_value(
+                    output,
+                    &serde_json::json!({"index": response.index, "timing": ctl::timing_json(&timing)}),
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftctl: timing not changed: {e}");
             ExitCode::from(1)
         }
     }
