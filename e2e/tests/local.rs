@@ -757,8 +757,9 @@ fn etcdctl_tls(platform: &LocalPlatform, endpoint: &str, args: &[&str]) -> std::
         .expect("etcdctl (Debian etcd-client) is installed by scripts/test.sh")
 }
 
-/// `kuberaft_tls_certificate_reloads_total` of one member (its metrics port is plain HTTP).
-fn certificate_reloads(metrics_port: u16) -> Option<u64> {
+/// A metric of one member (its metrics port is plain HTTP), e.g.
+/// `kuberaft_tls_certificate_reloads_total `.
+fn metric(metrics_port: u16, prefix: &str) -> Option<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -768,7 +769,7 @@ fn certificate_reloads(metrics_port: u16) -> Option<u64> {
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     body.lines()
-        .find_map(|l| l.strip_prefix("kuberaft_tls_certificate_reloads_total "))
+        .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
@@ -834,10 +835,17 @@ async fn tls_auto_serves_mutual_tls_and_renews_certificates_under_load_without_a
     )
     .unwrap();
     let metrics: Vec<u16> = (0..3).map(|o| h.platform.ports(o).unwrap().metrics).collect();
-    let reloads_before: Vec<u64> = metrics
+    const EXPIRY: &str = "kuberaft_tls_certificate_expiry_timestamp_seconds{port=\"client\"} ";
+    let served_expiry: Vec<u64> = metrics
         .iter()
-        .map(|p| certificate_reloads(*p).expect("metrics answer"))
+        .map(|p| metric(*p, EXPIRY).expect("members report their certificate's expiry"))
         .collect();
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(
+        served_expiry.iter().all(|e| *e == unix(before.not_after)),
+        "{served_expiry:?} vs {:?}",
+        unix(before.not_after)
+    );
     let pids = h.platform.pids();
     let (leader, term) = (h.status().leader, h.status().term);
 
@@ -870,29 +878,41 @@ async fn tls_auto_serves_mutual_tls_and_renews_certificates_under_load_without_a
     std::fs::write(tls.join("member.crt.new"), &planted.cert).unwrap();
     std::fs::rename(tls.join("member.crt.new"), tls.join("member.crt")).unwrap();
 
-    // The planner renews it (a fresh 90-day certificate under the same CA) and every
-    // member re-reads its files twice (the planted pair, then the renewed one).
+    // The planner renews it (a fresh 90-day certificate under the same CA), and every
+    // member serves the renewed one on new connections (the writer keeps making them).
     let deadline = Instant::now() + WAIT;
     loop {
         let now = certs::facts(&read("member.crt")).unwrap();
         let renewed = now.not_after > before.not_after - day && now.issuer == before.issuer;
-        let reloaded = metrics
-            .iter()
-            .zip(&reloads_before)
-            .all(|(p, b)| certificate_reloads(*p).is_some_and(|r| r >= b + 2));
+        let reloaded = renewed
+            && metrics
+                .iter()
+                .all(|p| metric(*p, EXPIRY) == Some(unix(now.not_after)));
         if renewed && reloaded {
             break;
         }
-        assert!(Instant::now() < deadline, "renewal not seen: renewed={renewed} reloaded={reloaded}");
+        assert!(
+            Instant::now() < deadline,
+            "renewal not seen: renewed={renewed} reloaded={reloaded}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = writer.join().unwrap();
-    assert!(failed.is_empty(), "{} of {} writes failed during renewal: {failed:?}", failed.len(), ok as usize + failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed during renewal: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
     assert!(ok >= 5, "the writer made only {ok} writes");
     assert_eq!(h.platform.pids(), pids, "a member was restarted");
-    assert_eq!((h.status().leader, h.status().term), (leader, term), "leadership changed");
+    assert_eq!(
+        (h.status().leader, h.status().term),
+        (leader, term),
+        "leadership changed"
+    );
     // The renewed certificate works for a new connection.
     let out = etcdctl_tls(&h.platform, &https[1], &["get", "w/00000", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x");

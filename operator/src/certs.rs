@@ -60,7 +60,9 @@ fn authority_params(common_name: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_error("CA", e))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "kuberaft");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "kuberaft");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
 }
@@ -98,11 +100,14 @@ pub fn issue(ca: &Pem, request: &Request, now: SystemTime, valid_for: Duration) 
         .self_signed(&ca_key)
         .map_err(|e| cert_error("loading the CA", e))?;
     let key = KeyPair::generate().map_err(|e| cert_error("generating a key", e))?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_error("certificate", e))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_error("certificate", e))?;
     params
         .distinguished_name
         .push(DnType::CommonName, request.common_name.clone());
-    params.distinguished_name.push(DnType::OrganizationName, "kuberaft");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "kuberaft");
     for name in &request.names {
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -114,9 +119,15 @@ pub fn issue(ca: &Pem, request: &Request, now: SystemTime, valid_for: Duration) 
         };
         params.subject_alt_names.push(san);
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = if request.server {
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
     } else {
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
@@ -144,9 +155,11 @@ pub struct Facts {
 
 /// Reads the first certificate of a PEM text.
 pub fn facts(cert_pem: &str) -> Result<Facts> {
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| cert_error("not a PEM certificate", e))?;
-    let cert = pem.parse_x509().map_err(|e| cert_error("not an X.509 certificate", e))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| cert_error("not a PEM certificate", e))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| cert_error("not an X.509 certificate", e))?;
     let not_after = cert.validity().not_after.timestamp();
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -255,7 +268,10 @@ mod tests {
         assert_eq!(facts.issuer, super::facts(&ca.cert).unwrap().subject);
         let left = facts.not_after.duration_since(now).unwrap();
         assert!(left > 89 * DAY && left <= 90 * DAY, "{left:?}");
-        assert_eq!(renewal(Some(&leaf.cert), &ca.cert, &member(), now, 30 * DAY), None);
+        assert_eq!(
+            renewal(Some(&leaf.cert), &ca.cert, &member(), now, 30 * DAY),
+            None
+        );
     }
 
     #[test]
@@ -291,7 +307,10 @@ mod tests {
         let first = issue(&ca, &member(), now, 90 * DAY).unwrap();
         let second = issue(&ca, &member(), now + 61 * DAY, 90 * DAY).unwrap();
         assert_ne!(first, second);
-        assert_eq!(facts(&first.cert).unwrap().issuer, facts(&second.cert).unwrap().issuer);
+        assert_eq!(
+            facts(&first.cert).unwrap().issuer,
+            facts(&second.cert).unwrap().issuer
+        );
         assert_eq!(
             renewal(Some(&second.cert), &ca.cert, &member(), now + 61 * DAY, 30 * DAY),
             None

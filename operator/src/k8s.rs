@@ -19,10 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -495,7 +495,11 @@ fn secret_error(name: &str, what: impl std::fmt::Display) -> Error {
 /// CA, names not covered, or within `renewBeforeDays` of expiry. Each issue is
 /// returned as a line for an Event. Mode `Secret`: reads the user's Secrets; a missing
 /// Secret or key is an error that names it.
-pub async fn tls_access(client: &Client, rc: &RaftCluster, now: SystemTime) -> Result<(node::Access, Vec<String>)> {
+pub async fn tls_access(
+    client: &Client,
+    rc: &RaftCluster,
+    now: SystemTime,
+) -> Result<(node::Access, Vec<String>)> {
     let Some(tls) = &rc.spec.tls else {
         return Ok((node::Access::plain(), Vec::new()));
     };
@@ -503,7 +507,8 @@ pub async fn tls_access(client: &Client, rc: &RaftCluster, now: SystemTime) -> R
     let namespace = render::namespace(rc);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let read = |secret: &Secret, secret_name: &str, key: &str| {
-        secret_text(secret, key).ok_or_else(|| secret_error(secret_name, format!("no {key} (or not UTF-8 PEM)")))
+        secret_text(secret, key)
+            .ok_or_else(|| secret_error(secret_name, format!("no {key} (or not UTF-8 PEM)")))
     };
     match tls.mode {
         TlsMode::Secret => {
@@ -558,7 +563,11 @@ pub async fn tls_access(client: &Client, rc: &RaftCluster, now: SystemTime) -> R
                         ("ca.key".to_string(), ca.key.clone()),
                     ]);
                     secrets
-                        .patch(&ca_name, &params, &Patch::Apply(owned(ca_name.clone(), "Opaque", data)))
+                        .patch(
+                            &ca_name,
+                            &params,
+                            &Patch::Apply(owned(ca_name.clone(), "Opaque", data)),
+                        )
                         .await?;
                     issued.push(format!("created the CA in Secret {ca_name}"));
                     ca
@@ -589,9 +598,11 @@ pub async fn tls_access(client: &Client, rc: &RaftCluster, now: SystemTime) -> R
                 let current = secrets.get_opt(&secret_name).await?;
                 let current_cert = current.as_ref().and_then(|s| secret_text(s, "tls.crt"));
                 let current_ca = current.as_ref().and_then(|s| secret_text(s, "ca.crt"));
-                let why = certs::renewal(current_cert.as_deref(), &ca.cert, &request, now, renew_before).or_else(
-                    || (current_ca.as_deref() != Some(ca.cert.as_str())).then(|| "its ca.crt is not the CA".into()),
-                );
+                let why = certs::renewal(current_cert.as_deref(), &ca.cert, &request, now, renew_before)
+                    .or_else(|| {
+                        (current_ca.as_deref() != Some(ca.cert.as_str()))
+                            .then(|| "its ca.crt is not the CA".into())
+                    });
                 let pem = match (why, current) {
                     (None, Some(secret)) => certs::Pem {
                         cert: read(&secret, &secret_name, "tls.crt")?,

@@ -454,12 +454,14 @@ impl LocalPlatform {
                 format!("--cert-file={}", file("member.crt")),
                 format!("--key-file={}", file("member.key")),
                 format!("--trusted-ca-file={}", file("ca.crt")),
-                format!("--client-cert-auth={}", tls.client_cert_auth),
                 format!("--peer-cert-file={}", file("member.crt")),
                 format!("--peer-key-file={}", file("member.key")),
                 format!("--peer-trusted-ca-file={}", file("ca.crt")),
-                "--peer-client-cert-auth=true".to_string(),
+                "--peer-client-cert-auth".to_string(),
             ]);
+            if tls.client_cert_auth {
+                args.push("--client-cert-auth".to_string());
+            }
         }
         args.extend(self.node_args.iter().cloned());
         args
@@ -610,7 +612,12 @@ impl LocalPlatform {
                     )
                 })
                 .collect();
-            (inner.state.workload_replicas, pods, endpoints, inner.access.clone())
+            (
+                inner.state.workload_replicas,
+                pods,
+                endpoints,
+                inner.access.clone(),
+            )
         };
         let mut observed_pods = Vec::with_capacity(pods.len());
         for (mut pod, metrics_port) in pods {
@@ -843,7 +850,13 @@ fn local_tls(dir: &Path, cluster: &RaftCluster, now: SystemTime) -> Result<(node
     for (stem, request) in requests {
         let (cert_file, key_file) = (format!("{stem}.crt"), format!("{stem}.key"));
         let current = read(&cert_file).zip(read(&key_file));
-        let why = certs::renewal(current.as_ref().map(|(c, _)| c.as_str()), &ca.cert, &request, now, renew_before);
+        let why = certs::renewal(
+            current.as_ref().map(|(c, _)| c.as_str()),
+            &ca.cert,
+            &request,
+            now,
+            renew_before,
+        );
         let pem = match (why, current) {
             (None, Some((cert, key))) => certs::Pem { cert, key },
             (why, _) => {
@@ -865,7 +878,10 @@ fn local_tls(dir: &Path, cluster: &RaftCluster, now: SystemTime) -> Result<(node
         }
     }
     let client = client.expect("the client certificate is among the requests");
-    Ok((node::Access::tls(&ca.cert, Some((&client.cert, &client.key))), issued))
+    Ok((
+        node::Access::tls(&ca.cert, Some((&client.cert, &client.key))),
+        issued,
+    ))
 }
 
 fn now_ms() -> u64 {

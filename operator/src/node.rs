@@ -116,12 +116,17 @@ impl Access {
             let Some(tls) = &self.tls else {
                 return Err(node_error(endpoint, "an https:// endpoint but no TLS settings"));
             };
-            builder = builder.tls_config(tls.clone()).map_err(|e| node_error(endpoint, e))?;
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|e| node_error(endpoint, e))?;
         }
         builder.connect().await.map_err(|e| {
             // tonic's transport error says "transport error"; the cause says why.
             let cause = std::error::Error::source(&e).map(|c| c.to_string());
-            node_error(endpoint, cause.map_or_else(|| e.to_string(), |c| format!("{e}: {c}")))
+            node_error(
+                endpoint,
+                cause.map_or_else(|| e.to_string(), |c| format!("{e}: {c}")),
+            )
         })
     }
 

@@ -253,7 +253,10 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
             "KUBERAFT_ADVERTISE_CLIENT_URLS",
             format!("{scheme}://$(POD_NAME).{peer_dns}:{CLIENT_PORT}"),
         ),
-        env("KUBERAFT_LISTEN_PEER_URLS", format!("{scheme}://0.0.0.0:{PEER_PORT}")),
+        env(
+            "KUBERAFT_LISTEN_PEER_URLS",
+            format!("{scheme}://0.0.0.0:{PEER_PORT}"),
+        ),
         env(
             "KUBERAFT_INITIAL_ADVERTISE_PEER_URLS",
             format!("{scheme}://$(POD_NAME).{peer_dns}:{PEER_PORT}"),
@@ -590,7 +593,9 @@ pub fn parse_manifest(text: &str) -> crate::Result<RaftCluster> {
     if let Some(tls) = &rc.spec.tls {
         // The CRD's CEL rules, for where no API server runs them (`raftctl up`).
         if tls.mode == crate::crd::TlsMode::Secret && tls.secret_name.is_none() {
-            return Err(crate::Error::Manifest("tls.mode Secret needs tls.secretName".into()));
+            return Err(crate::Error::Manifest(
+                "tls.mode Secret needs tls.secretName".into(),
+            ));
         }
         if tls.renew_before_days >= tls.certificate_validity_days {
             return Err(crate::Error::Manifest(

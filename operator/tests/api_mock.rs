@@ -414,7 +414,14 @@ async fn tls_auto_creates_the_ca_and_certificates_then_renews_only_near_expiry()
         let mut applied = Vec::new();
         for name in ["demo-ca", "demo-tls", "demo-operator-tls"] {
             let path = format!("{secrets}/{name}");
-            expect(&mut handle, Method::GET, &path, StatusCode::NOT_FOUND, not_found()).await;
+            expect(
+                &mut handle,
+                Method::GET,
+                &path,
+                StatusCode::NOT_FOUND,
+                not_found(),
+            )
+            .await;
             // The answer echoes nothing useful; the client only needs a Secret back.
             let (query, body) = expect(
                 &mut handle,
@@ -424,7 +431,10 @@ async fn tls_auto_creates_the_ca_and_certificates_then_renews_only_near_expiry()
                 json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}),
             )
             .await;
-            assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{query}");
+            assert!(
+                query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{query}"
+            );
             assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "demo", "{body}");
             applied.push(body);
         }
@@ -447,12 +457,23 @@ async fn tls_auto_creates_the_ca_and_certificates_then_renews_only_near_expiry()
     assert_eq!(applied[0]["type"], "Opaque");
     for secret in &applied[1..] {
         assert_eq!(secret["type"], "kubernetes.io/tls");
-        assert_eq!(text(secret, "ca.crt"), ca, "each certificate Secret carries the CA");
+        assert_eq!(
+            text(secret, "ca.crt"),
+            ca,
+            "each certificate Secret carries the CA"
+        );
     }
     let member = text(&applied[1], "tls.crt");
     let facts = kuberaft_operator::certs::facts(&member).unwrap();
-    assert!(facts.names.contains(&"*.demo-peer.default.svc".to_string()), "{:?}", facts.names);
-    assert_eq!(facts.issuer, kuberaft_operator::certs::facts(&ca).unwrap().subject);
+    assert!(
+        facts.names.contains(&"*.demo-peer.default.svc".to_string()),
+        "{:?}",
+        facts.names
+    );
+    assert_eq!(
+        facts.issuer,
+        kuberaft_operator::certs::facts(&ca).unwrap().subject
+    );
     let operator = kuberaft_operator::certs::facts(&text(&applied[2], "tls.crt")).unwrap();
     assert_eq!(operator.common_name, "raft-operator");
 
@@ -472,10 +493,23 @@ async fn tls_auto_creates_the_ca_and_certificates_then_renews_only_near_expiry()
         let server = tokio::spawn(async move {
             for (i, name) in ["demo-ca", "demo-tls", "demo-operator-tls"].iter().enumerate() {
                 let path = format!("{secrets}/{name}");
-                expect(&mut handle, Method::GET, &path, StatusCode::OK, existing[i].clone()).await;
+                expect(
+                    &mut handle,
+                    Method::GET,
+                    &path,
+                    StatusCode::OK,
+                    existing[i].clone(),
+                )
+                .await;
                 if renewed && i > 0 {
-                    let (_, body) =
-                        expect(&mut handle, Method::PATCH, &path, StatusCode::OK, existing[i].clone()).await;
+                    let (_, body) = expect(
+                        &mut handle,
+                        Method::PATCH,
+                        &path,
+                        StatusCode::OK,
+                        existing[i].clone(),
+                    )
+                    .await;
                     assert_ne!(body["data"]["tls.crt"], existing[i]["data"]["tls.crt"]);
                     assert_eq!(body["data"]["ca.crt"], existing[0]["data"]["ca.crt"], "same CA");
                 }

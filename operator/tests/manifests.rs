@@ -315,26 +315,44 @@ mod cel_rules {
         let mut secret_without_name = base.clone();
         secret_without_name["spec"]["tls"] = json!({"mode": "Secret"});
         let found = errors(&secret_without_name, None);
-        assert!(found.iter().any(|m| m.contains("needs tls.secretName")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("needs tls.secretName")),
+            "{found:?}"
+        );
         let mut auto_with_name = base.clone();
         auto_with_name["spec"]["tls"] = json!({"mode": "Auto", "secretName": "x"});
         let found = errors(&auto_with_name, None);
-        assert!(found.iter().any(|m| m.contains("are for mode Secret")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("are for mode Secret")),
+            "{found:?}"
+        );
         let mut renew_too_late = base.clone();
         renew_too_late["spec"]["tls"] = json!({"certificateValidityDays": 30, "renewBeforeDays": 30});
         let found = errors(&renew_too_late, None);
-        assert!(found.iter().any(|m| m.contains("renewBeforeDays must be less")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("renewBeforeDays must be less")),
+            "{found:?}"
+        );
         let mut plain = base.clone();
         plain["spec"].as_object_mut().unwrap().remove("tls");
         let found = errors(&plain, Some(&base));
-        assert!(found.iter().any(|m| m.contains("cannot be turned on or off")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("cannot be turned on or off")),
+            "{found:?}"
+        );
         let found = errors(&base, Some(&plain));
-        assert!(found.iter().any(|m| m.contains("cannot be turned on or off")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("cannot be turned on or off")),
+            "{found:?}"
+        );
         let mut secret_mode = base.clone();
         secret_mode["spec"]["tls"] = json!({"mode": "Secret", "secretName": "mine"});
         assert_eq!(errors(&secret_mode, None), Vec::<String>::new());
         let found = errors(&secret_mode, Some(&base));
-        assert!(found.iter().any(|m| m.contains("tls.mode cannot change")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("tls.mode cannot change")),
+            "{found:?}"
+        );
         // Renewal settings may change.
         let mut longer = base.clone();
         longer["spec"]["tls"]["certificateValidityDays"] = json!(365);

@@ -50,6 +50,9 @@ pub struct Counters {
     pub peer_handshake_failures: AtomicU64,
     pub certificate_reloads: AtomicU64,
     pub certificate_reload_failures: AtomicU64,
+    /// Expiry (Unix seconds) of the certificate each port serves now; 0 without TLS.
+    pub client_certificate_not_after: AtomicU64,
+    pub peer_certificate_not_after: AtomicU64,
 }
 
 /// Process-wide: one member per process, and the metrics endpoint reads them.
@@ -61,6 +64,8 @@ pub static COUNTERS: Counters = Counters {
     peer_handshake_failures: AtomicU64::new(0),
     certificate_reloads: AtomicU64::new(0),
     certificate_reload_failures: AtomicU64::new(0),
+    client_certificate_not_after: AtomicU64::new(0),
+    peer_certificate_not_after: AtomicU64::new(0),
 };
 
 /// Appends the security counters in Prometheus text format.
@@ -102,4 +107,21 @@ pub fn write_metrics(out: &mut String) {
         load(&c.certificate_reloads),
         load(&c.certificate_reload_failures)
     );
+    // Only for ports that serve TLS (a zero would look like an expired certificate).
+    let _ = writeln!(
+        out,
+        "# HELP kuberaft_tls_certificate_expiry_timestamp_seconds when the certificate a port serves now expires\n\
+         # TYPE kuberaft_tls_certificate_expiry_timestamp_seconds gauge"
+    );
+    for (port, value) in [
+        ("client", load(&c.client_certificate_not_after)),
+        ("peer", load(&c.peer_certificate_not_after)),
+    ] {
+        if value > 0 {
+            let _ = writeln!(
+                out,
+                "kuberaft_tls_certificate_expiry_timestamp_seconds{{port=\"{port}\"}} {value}"
+            );
+        }
+    }
 }

@@ -74,6 +74,23 @@ impl Port {
             Port::Peer => "peer",
         }
     }
+
+    /// Where `/metrics` shows the expiry of the certificate this port serves.
+    fn expiry(self) -> &'static std::sync::atomic::AtomicU64 {
+        match self {
+            Port::Client => &COUNTERS.client_certificate_not_after,
+            Port::Peer => &COUNTERS.peer_certificate_not_after,
+        }
+    }
+}
+
+/// Records the expiry (Unix seconds) of the leaf certificate in `path` for `port`.
+fn record_expiry(path: &Path, port: Port) {
+    let not_after = read_certs(path).ok().and_then(|certs| {
+        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).ok()?;
+        u64::try_from(cert.validity().not_after.timestamp()).ok()
+    });
+    port.expiry().store(not_after.unwrap_or(0), Ordering::Relaxed);
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -180,6 +197,7 @@ impl ReloadingServerConfig {
     pub fn new(files: TlsFiles, client_auth: ClientAuth, port: Port) -> Result<Arc<Self>> {
         let fingerprint = fingerprint(&files.paths());
         let config = Arc::new(files.server_config(client_auth)?);
+        record_expiry(&files.cert, port);
         Ok(Arc::new(ReloadingServerConfig {
             files,
             client_auth,
@@ -205,6 +223,7 @@ impl ReloadingServerConfig {
                 Ok(config) => {
                     tracing::info!(port = self.port.name(), cert = %self.files.cert.display(), "certificate files changed: reloaded");
                     COUNTERS.certificate_reloads.fetch_add(1, Ordering::Relaxed);
+                    record_expiry(&self.files.cert, self.port);
                     loaded.config = Arc::new(config);
                     loaded.fingerprint = now;
                 }

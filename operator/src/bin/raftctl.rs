@@ -96,9 +96,12 @@ impl Security {
         // raftctl carries no system trust store: kuberaft clusters use their own CA.
         let tls = match (&cli.cacert, identity) {
             (None, None) => None,
-            (None, Some(_)) => return Err("--cert needs --cacert (the CA that signed the members' certificates)".into()),
+            (None, Some(_)) => {
+                return Err("--cert needs --cacert (the CA that signed the members' certificates)".into())
+            }
             (Some(ca), identity) => {
-                let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--cacert", ca)?));
+                let mut config =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--cacert", ca)?));
                 if let Some(identity) = identity {
                     config = config.identity(identity);
                 }
@@ -510,7 +513,9 @@ async fn run(cli: &Cli) -> ExitCode {
                 || bounds.election_min_ms > bounds.election_max_ms
                 || bounds.election_max_ms < 3 * bounds.heartbeat_min_ms
             {
-                eprintln!("raftctl: inconsistent bounds (min above max, or max election below 3x min heartbeat)");
+                eprintln!(
+                    "raftctl: inconsistent bounds (min above max, or max election below 3x min heartbeat)"
+                );
                 return ExitCode::from(2);
             }
             let probes = probe_all(cli).await;
@@ -549,7 +554,13 @@ async fn run(cli: &Cli) -> ExitCode {
             if !*apply {
                 return ExitCode::SUCCESS;
             }
-            set_timing(cli, target.heartbeat_interval_ms, target.election_timeout_ms, "raftctl timing suggest").await
+            set_timing(
+                cli,
+                target.heartbeat_interval_ms,
+                target.election_timeout_ms,
+                "raftctl timing suggest",
+            )
+            .await
         }
         Command::Timing {
             command:
@@ -775,7 +786,12 @@ async fn up(args: &UpArgs) -> ExitCode {
 }
 
 /// `timing set`: through the first member that answers (a follower forwards it).
-async fn set_timing(cli: &Cli, heartbeat_interval_ms: u32, election_timeout_ms: u32, reason: &str) -> ExitCode {
+async fn set_timing(
+    cli: &Cli,
+    heartbeat_interval_ms: u32,
+    election_timeout_ms: u32,
+    reason: &str,
+) -> ExitCode {
     let request = SetTimingRequest {
         heartbeat_interval_ms,
         election_timeout_ms,
