@@ -814,6 +814,30 @@ async fn tls_auto_serves_mutual_tls_and_renews_certificates_under_load_without_a
     // Plaintext against a TLS port: refused.
     let plain = etcdctl_plain_fails(&h.endpoints(0..1)[0]);
     assert!(plain, "a plaintext client was served");
+    // raftctl with etcdctl's flags: endpoints without a scheme go over https.
+    let raftctl = |with_cert: bool| {
+        let mut cmd = Command::new(binary("raftctl"));
+        cmd.arg(format!("--endpoints={}", h.endpoints(0..3).join(",")))
+            .arg(format!("--cacert={}", tls.join("ca.crt").display()));
+        if with_cert {
+            cmd.arg(format!("--cert={}", tls.join("client.crt").display()))
+                .arg(format!("--key={}", tls.join("client.key").display()));
+        }
+        cmd.args(["-o", "json", "status"]).output().unwrap()
+    };
+    let out = raftctl(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status.to_string().matches("\"role\":\"leader\"").count(),
+        1,
+        "{status}"
+    );
+    let out = raftctl(false);
+    assert!(
+        !out.status.success(),
+        "raftctl without a client certificate was served"
+    );
 
     // Plant a member certificate that expires in a day, as if 89 days had passed.
     let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
