@@ -529,3 +529,56 @@ async fn the_standby_operator_takes_the_lease_when_the_leader_dies_and_keeps_rec
     raft.leader()?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the operator installed: bash e2e/kind/run.sh"]
+async fn tls_auto_makes_owned_secrets_and_members_serve_mutual_tls() -> Result<()> {
+    require_kind_cluster();
+    let ns = Namespace::create("kr-e2e-tls")?;
+    let text = format!(
+        "{}  tls:\n    mode: Auto\n    clientCertAuth: true\n",
+        manifest("e2e", 3, "Delete")
+    );
+    let raft = Raft::apply(&ns.name, "e2e", &text)?;
+    // Available means the operator reached every member's admin API over TLS with its
+    // client certificate, and the members elected a leader over peer mutual TLS.
+    raft.wait_available(3, AVAILABLE_TIMEOUT)?;
+    let uid = raft.uid()?;
+    for (secret, type_) in [
+        ("e2e-ca", "Opaque"),
+        ("e2e-tls", "kubernetes.io/tls"),
+        ("e2e-operator-tls", "kubernetes.io/tls"),
+    ] {
+        let s = raft.json(&["get", "secret", secret])?;
+        assert_eq!(s["type"], type_, "{secret}");
+        assert!(owned_by(&s, &uid), "{secret} is not owned by the RaftCluster");
+    }
+    let sts = raft.statefulset()?;
+    let text = sts.to_string();
+    assert!(
+        text.contains("https://"),
+        "the StatefulSet does not use https URLs"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    for pod in raft.pods()? {
+        let metrics = raft.metrics(&pod.name)?;
+        for port in ["client", "peer"] {
+            let key = format!("kuberaft_tls_certificate_expiry_timestamp_seconds{{port=\"{port}\"}}");
+            let expiry = metrics.get(&key).copied().unwrap_or(0.0);
+            assert!(
+                expiry > now + 80.0 * 86_400.0,
+                "{}: {key} = {expiry} (a fresh 90-day certificate expected)",
+                pod.name
+            );
+        }
+    }
+    // A plaintext client gets nothing from a TLS port.
+    let forward = raft.forward_client(&raft.pods()?[0].name)?;
+    assert!(
+        put(&forward.endpoint(), "k", "v").await.is_err(),
+        "a plaintext client was served"
+    );
+    Ok(())
+}
