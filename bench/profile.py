@@ -33,8 +33,8 @@ def perf_report(data, *args):
 
 
 def top_lines(text, n):
-    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
-    return lines[:n]
+    lines = [l.rstrip(" -") for l in text.splitlines() if l.strip() and not l.startswith("#")]
+    return [l[:160] for l in lines[:n]]
 
 
 def main():
@@ -70,21 +70,23 @@ def main():
         result = compare.json.load(open(os.path.join(work, "load.json")))
     finally:
         cluster.stop()
-    by_pid = perf_report(data, "--sort", "pid", "--no-children", "-g", "none")
-    share = []
-    for line in by_pid.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\S+?):?(\d+)\s*$", line) or re.match(r"\s*([\d.]+)%\s+(\d+):(\S+)", line)
-        if not m:
-            continue
-        pct, a, b = m.groups()
-        pid = int(a) if a.isdigit() else int(b)
-        name = b if a.isdigit() else a
-        share.append((float(pct), pids.get(pid, name)))
+    # Samples per process (perf's own "pid" sort key is per thread).
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "pid", "-G"], capture_output=True, text=True)
+    counts = {}
+    for line in script.stdout.splitlines():
+        line = line.strip()
+        if line.isdigit():
+            counts[int(line)] = counts.get(int(line), 0) + 1
+    total = sum(counts.values()) or 1
+    share = [(100.0 * n / total, pids.get(pid, "idle" if pid == 0 else f"other (pid {pid})"))
+             for pid, n in counts.items()]
     sections = []
     for who, pid in (("leader", str(leader_pid)), ("a follower", str(follower_pid))):
-        self_time = perf_report(data, "--pid", pid, "--no-children", "--sort", "symbol", "-g", "none")
-        children = perf_report(data, "--pid", pid, "--children", "--sort", "symbol", "-g", "none")
-        sections += [f"### {who} ({args.system}, pid {pid}): self time", "", "```",
+        self_time = perf_report(data, "--pid", pid, "--percentage", "relative", "--no-children",
+                                "--sort", "symbol", "-g", "none")
+        children = perf_report(data, "--pid", pid, "--percentage", "relative", "--children",
+                               "--sort", "symbol", "-g", "none")
+        sections += [f"### {who} ({args.system}, pid {pid}): self time (share of this process's samples)", "", "```",
                      *top_lines(self_time, 30), "```", "",
                      f"### {who}: with children (call chains)", "", "```", *top_lines(children, 30), "```", ""]
     ops = [r for r in result if r.get("clients") == args.clients] or result
@@ -93,7 +95,8 @@ def main():
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `perf record -a -g -F 499` over "
              f"{window} s of a {args.seconds} s put run ({ops[0]['ops_per_second']:.0f} ops/s, "
              f"p99 {ops[0]['p99_ms']:.1f} ms) on this {os.cpu_count()}-CPU machine.", "",
-             "## CPU samples by process (whole machine)", "", "| share | process |", "|---|---|"]
+             "## CPU samples by process (whole machine; shares of all samples)", "",
+             "| share | process |", "|---|---|"]
     lines += [f"| {pct:.1f}% | {name} |" for pct, name in sorted(share, reverse=True)[:12]]
     lines += [""] + sections
     with open(args.out, "w") as f:
