@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::kv::{KvCommand, KvResult, KvStore};
+use crate::kv::{Engine, KvCommand, KvResult, KvStore};
 use crate::log_events::{LogEvent, LogEvents};
 use crate::members::{MemberCommand, MemberTable};
 use crate::raft::{
@@ -43,6 +43,11 @@ pub struct RuntimeConfig {
     pub cluster_id: u64,
     pub wal_dir: PathBuf,
     pub snapshot_dir: PathBuf,
+    /// The state store's engine file (default: `state.redb` in the snapshot directory,
+    /// the `--data-dir` of a member).
+    pub state_path: PathBuf,
+    /// When the state store fsyncs (see [`BackendBatch`]).
+    pub backend_batch: BackendBatch,
     /// Length of one core tick.
     pub tick: Duration,
     /// `Some(voters)`: a member of a brand-new cluster (used only when the WAL is
@@ -65,7 +70,9 @@ impl RuntimeConfig {
             raft,
             cluster_id,
             wal_dir,
+            state_path: snapshot_dir.join("state.redb"),
             snapshot_dir,
+            backend_batch: BackendBatch::default(),
             tick: Duration::from_millis(10),
             bootstrap: None,
             keep_snapshots: 3,
@@ -443,13 +450,12 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
             },
         )?
     };
-    let (kv, members) = match &recovered.snapshot {
-        Some(info) if info.meta.index == snapshot_meta.index && snapshot_meta.index > 0 => {
-            let mut reader = recovered.snapshots.open_reader(info)?;
-            read_state_machine(&mut reader).map_err(Error::Snapshot)?
-        }
-        _ => (KvStore::default(), MemberTable::default()),
-    };
+    let (kv, members) = open_state_machine(
+        &config.state_path,
+        &recovered.snapshots,
+        recovered.snapshot.as_ref(),
+        snapshot_meta.index,
+    )?;
     let timing_state = match snapshot_meta.timing {
         Some(timing) if snapshot_meta.index > 0 => TimingState {
             timing,
@@ -488,14 +494,26 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let log_events = LogEvents::default();
 
     tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
-    tokio::spawn(apply_loop(
-        (kv, members),
-        apply_rx,
-        (store_tx, members_tx),
-        snapshots.clone(),
-        inbox_tx.clone(),
-        counters.clone(),
-    ));
+    let applier = Applier {
+        kv,
+        members,
+        published: store_tx,
+        members_published: members_tx,
+        snapshots: snapshots.clone(),
+        state_path: config.state_path.clone(),
+        inbox: inbox_tx.clone(),
+        counters: counters.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        batch: config.backend_batch,
+        waiting: HashMap::new(),
+        answers: Vec::new(),
+        members_changed: false,
+        last_durable: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || apply_thread(applier, apply_rx))
+        .map_err(|e| Error::Snapshot(format!("cannot start the apply thread: {e}")))?;
 
     let handle = NodeHandle {
         requests: request_tx,
@@ -951,151 +969,355 @@ async fn wait_for_persistence(
     }
 }
 
-/// Applies committed entries to the state machine and answers the clients.
-async fn apply_loop(
-    (mut kv, mut members): (KvStore, MemberTable),
-    mut jobs: mpsc::Receiver<ApplyJob>,
-    (published, members_published): (watch::Sender<KvStore>, watch::Sender<MemberTable>),
+/// How the apply thread commits to the state store: every batch is one engine commit
+/// without fsync; one commit is fsynced when `interval` has passed or `entries` were
+/// applied since the last fsynced one (etcd's backend batch interval and limit).
+#[derive(Clone, Copy, Debug)]
+pub struct BackendBatch {
+    pub interval: Duration,
+    pub entries: u64,
+}
+
+impl Default for BackendBatch {
+    fn default() -> Self {
+        BackendBatch {
+            interval: Duration::from_millis(100),
+            entries: 10_000,
+        }
+    }
+}
+
+/// Entries the apply thread applies before it commits and publishes (it takes what is
+/// queued, up to this).
+const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
+
+/// Everything the apply thread owns and talks to.
+struct Applier {
+    kv: KvStore,
+    members: MemberTable,
+    published: watch::Sender<KvStore>,
+    members_published: watch::Sender<MemberTable>,
     snapshots: SnapshotStore,
+    state_path: PathBuf,
     inbox: mpsc::Sender<Input>,
     counters: Arc<Counters>,
-) {
-    let mut waiting: HashMap<Index, (Term, Waiter)> = HashMap::new();
-    while let Some(job) = jobs.recv().await {
-        match job {
-            ApplyJob::Register { index, term, reply } => {
-                if index <= kv.applied() {
-                    // Overtaken (a snapshot jumped past it): the outcome is unknown here.
-                    reply.fail(Error::ProposalDropped);
-                } else {
-                    waiting.insert(index, (term, reply));
+    runtime: tokio::runtime::Handle,
+    batch: BackendBatch,
+    waiting: HashMap<Index, (Term, Waiter)>,
+    /// Answers of the entries applied in this batch, sent once the batch is published.
+    answers: Vec<(Waiter, Result<Option<KvResult>>, Index)>,
+    members_changed: bool,
+    last_durable: Instant,
+}
+
+/// Applies committed entries to the state machine and answers the clients, on a
+/// thread of its own (engine commits and their fsyncs block). Each batch of entries is
+/// one engine commit; the new state is published, and only then are the clients
+/// answered, so a client that reads right after its write sees it on this member.
+fn apply_thread(mut applier: Applier, mut jobs: mpsc::Receiver<ApplyJob>) {
+    while let Some(job) = jobs.blocking_recv() {
+        let mut job = Some(job);
+        let mut applied = 0usize;
+        while let Some(next) = job.take() {
+            match next {
+                ApplyJob::Register { index, term, reply } => applier.register(index, term, reply),
+                ApplyJob::Entries(entries) => {
+                    applied += entries.len();
+                    applier.apply_entries(entries);
                 }
-            }
-            ApplyJob::Entries(entries) => {
-                let members_before = members.clone();
-                for entry in entries {
-                    if entry.index <= kv.applied() {
-                        continue; // re-delivered after a snapshot restore
+                ApplyJob::Restore(meta) => {
+                    if let Err(e) = applier.finish_batch() {
+                        applier.fatal(e);
+                        return;
                     }
-                    let result = match &entry.payload {
-                        EntryPayload::Normal(data) if MemberCommand::is_member_command(data) => {
-                            match MemberCommand::decode(Bytes::clone(data)) {
-                                Ok(command) => members.apply_command(&command),
-                                Err(e) => {
-                                    tracing::error!(index = entry.index, error = %e, "undecodable member command skipped");
-                                }
-                            }
-                            kv.skip(entry.index);
-                            None
-                        }
-                        EntryPayload::Normal(data) => match KvCommand::decode(Bytes::clone(data)) {
-                            Ok(command) => Some(kv.apply(entry.index, &command)),
-                            Err(e) => {
-                                // Every member skips it the same way: deterministic.
-                                tracing::error!(index = entry.index, error = %e, "undecodable entry skipped");
-                                kv.skip(entry.index);
-                                None
-                            }
-                        },
-                        EntryPayload::ConfChange(change) => {
-                            members.apply_conf_change(change);
-                            kv.skip(entry.index);
-                            None
-                        }
-                        _ => {
-                            kv.skip(entry.index);
-                            None
-                        }
-                    };
-                    match waiting.remove(&entry.index) {
-                        // Same index and term: the very entry that was proposed.
-                        Some((term, Waiter::Kv(reply))) => {
-                            let answer = match result {
-                                Some(result) if term == entry.term => Ok(result),
-                                _ => Err(Error::ProposalDropped),
-                            };
-                            let _ = reply.send(answer);
-                        }
-                        Some((term, Waiter::Applied(reply))) => {
-                            let answer = if term == entry.term {
-                                Ok(entry.index)
-                            } else {
-                                Err(Error::ProposalDropped)
-                            };
-                            let _ = reply.send(answer);
-                        }
-                        None => {}
+                    if let Err(e) = applier.restore(&meta) {
+                        applier.fatal(format!("cannot load snapshot {}: {e}", meta.index));
+                        return;
                     }
                 }
-                published.send_replace(kv.clone());
-                if members != members_before {
-                    members_published.send_replace(members.clone());
-                }
-            }
-            ApplyJob::Restore(meta) => {
-                let loaded = snapshots
-                    .latest()
-                    .map_err(|e| e.to_string())
-                    .and_then(|info| {
-                        info.filter(|i| i.meta.index == meta.index)
-                            .ok_or_else(|| "missing".to_string())
-                    })
-                    .and_then(|info| snapshots.open_reader(&info).map_err(|e| e.to_string()))
-                    .and_then(|mut reader| read_state_machine(&mut reader));
-                match loaded {
-                    Ok((store, table)) => {
-                        counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
-                        kv = store;
-                        members = table;
-                        for (index, (_, reply)) in std::mem::take(&mut waiting) {
-                            if index <= kv.applied() {
-                                reply.fail(Error::ProposalDropped);
-                            } else {
-                                waiting.insert(index, (0, reply));
-                            }
-                        }
-                        published.send_replace(kv.clone());
-                        members_published.send_replace(members.clone());
-                    }
-                    Err(e) => {
-                        let _ = inbox
-                            .send(Input::Fatal(format!("cannot load snapshot {}: {e}", meta.index)))
-                            .await;
+                ApplyJob::Snapshot(meta) => {
+                    if let Err(e) = applier.finish_batch().and_then(|()| applier.snapshot(meta)) {
+                        applier.fatal(e);
                         return;
                     }
                 }
             }
-            ApplyJob::Snapshot(meta) => {
-                assert_eq!(
-                    kv.applied(),
-                    meta.index,
-                    "snapshot asked for at the applied index"
-                );
-                let frozen = kv.clone();
-                let frozen_members = members.clone();
-                let snapshots = snapshots.clone();
-                let inbox = inbox.clone();
-                let counters = counters.clone();
-                tokio::task::spawn_blocking(move || {
-                    let written = snapshots.create(&meta).and_then(|mut writer| {
-                        write_state_machine(&frozen, &frozen_members, &mut writer)
-                            .map_err(|e| storage::Error::io("write snapshot", snapshots.dir(), e))?;
-                        writer.finish()
-                    });
-                    match written {
-                        Ok(_) => {
-                            counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
-                            let _ = inbox.blocking_send(Input::SnapshotBuilt(meta));
+            if applied < APPLY_BATCH_ENTRIES_MAX {
+                job = jobs.try_recv().ok();
+            }
+        }
+        if let Err(e) = applier.finish_batch() {
+            applier.fatal(e);
+            return;
+        }
+    }
+}
+
+impl Applier {
+    fn fatal(&self, reason: String) {
+        tracing::error!(%reason, "the apply thread stops");
+        let _ = self.inbox.blocking_send(Input::Fatal(reason));
+    }
+
+    fn register(&mut self, index: Index, term: Term, reply: Waiter) {
+        if index <= self.kv.applied() {
+            // Overtaken (a snapshot jumped past it): the outcome is unknown here.
+            reply.fail(Error::ProposalDropped);
+        } else {
+            self.waiting.insert(index, (term, reply));
+        }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<crate::raft::Entry>) {
+        for entry in entries {
+            if entry.index <= self.kv.applied() {
+                continue; // re-delivered after a snapshot restore, or already in the engine
+            }
+            let result = match &entry.payload {
+                EntryPayload::Normal(data) if MemberCommand::is_member_command(data) => {
+                    match MemberCommand::decode(Bytes::clone(data)) {
+                        Ok(command) => {
+                            let before = self.members.clone();
+                            self.members.apply_command(&command);
+                            self.members_changed |= self.members != before;
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "snapshot failed; will retry at the next one");
-                            let _ = inbox.blocking_send(Input::SnapshotBuildFailed);
+                            tracing::error!(index = entry.index, error = %e, "undecodable member command skipped");
                         }
                     }
-                });
+                    self.kv.skip(entry.index);
+                    None
+                }
+                EntryPayload::Normal(data) => match KvCommand::decode(Bytes::clone(data)) {
+                    Ok(command) => Some(self.kv.apply(entry.index, &command)),
+                    Err(e) => {
+                        // Every member skips it the same way: deterministic.
+                        tracing::error!(index = entry.index, error = %e, "undecodable entry skipped");
+                        self.kv.skip(entry.index);
+                        None
+                    }
+                },
+                EntryPayload::ConfChange(change) => {
+                    let before = self.members.clone();
+                    self.members.apply_conf_change(change);
+                    self.members_changed |= self.members != before;
+                    self.kv.skip(entry.index);
+                    None
+                }
+                _ => {
+                    self.kv.skip(entry.index);
+                    None
+                }
+            };
+            if let Some((term, waiter)) = self.waiting.remove(&entry.index) {
+                // Same index and term: the very entry that was proposed.
+                let answer = if term == entry.term {
+                    Ok(result)
+                } else {
+                    Err(Error::ProposalDropped)
+                };
+                self.answers.push((waiter, answer, entry.index));
             }
         }
     }
+
+    /// Commits what was applied to the engine (fsynced when the batch interval or
+    /// limit says so), publishes the new state, then answers the clients.
+    fn finish_batch(&mut self) -> Result<(), String> {
+        let durable = self.last_durable.elapsed() >= self.batch.interval
+            || self.kv.applied() >= self.kv.durable_applied() + self.batch.entries;
+        self.commit(durable)?;
+        self.published.send_replace(self.kv.clone());
+        if std::mem::take(&mut self.members_changed) {
+            self.members_published.send_replace(self.members.clone());
+        }
+        for (waiter, answer, index) in self.answers.drain(..) {
+            match waiter {
+                Waiter::Kv(reply) => {
+                    let _ = reply.send(match answer {
+                        Ok(Some(result)) => Ok(result),
+                        Ok(None) => Err(Error::ProposalDropped),
+                        Err(e) => Err(e),
+                    });
+                }
+                Waiter::Applied(reply) => {
+                    let _ = reply.send(answer.map(|_| index));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, durable: bool) -> Result<(), String> {
+        let changed =
+            self.kv.has_pending() || self.members_changed || self.kv.applied() != self.committed_applied();
+        if !changed && (!durable || self.kv.durable_applied() == self.kv.applied()) {
+            return Ok(());
+        }
+        let members = if self.members_changed || durable {
+            let mut blob = Vec::new();
+            self.members
+                .write_snapshot(&mut blob)
+                .map_err(|e| format!("cannot encode the member table: {e}"))?;
+            Some(blob)
+        } else {
+            None
+        };
+        self.kv
+            .commit(durable, members.as_deref())
+            .map_err(|e| format!("state store commit failed: {e}"))?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The applied index of the last engine commit (published stores carry it).
+    fn committed_applied(&self) -> Index {
+        self.published.borrow().applied()
+    }
+
+    /// Installs the received snapshot `meta` as the state machine.
+    fn restore(&mut self, meta: &crate::raft::SnapshotMeta) -> Result<(), String> {
+        let info = self
+            .snapshots
+            .latest()
+            .map_err(|e| e.to_string())?
+            .filter(|i| i.meta.index == meta.index)
+            .ok_or_else(|| "missing".to_string())?;
+        let (store, table) = install_snapshot(&self.snapshots, &info, &self.state_path)?;
+        self.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.kv = store;
+        self.members = table;
+        self.last_durable = Instant::now();
+        for (index, (_, reply)) in std::mem::take(&mut self.waiting) {
+            if index <= self.kv.applied() {
+                reply.fail(Error::ProposalDropped);
+            } else {
+                self.waiting.insert(index, (0, reply));
+            }
+        }
+        self.published.send_replace(self.kv.clone());
+        self.members_published.send_replace(self.members.clone());
+        Ok(())
+    }
+
+    /// The core asked for a snapshot at the applied index: the engine is made durable
+    /// there first (so the log below it may go), then the snapshot file is streamed from
+    /// this commit's read view in the background while applies go on.
+    fn snapshot(&mut self, meta: crate::raft::SnapshotMeta) -> Result<(), String> {
+        assert_eq!(
+            self.kv.applied(),
+            meta.index,
+            "snapshot asked for at the applied index"
+        );
+        self.commit(true)?;
+        let frozen = self.kv.clone();
+        let frozen_members = self.members.clone();
+        let snapshots = self.snapshots.clone();
+        let inbox = self.inbox.clone();
+        let counters = self.counters.clone();
+        self.runtime.spawn_blocking(move || {
+            let written = snapshots.create(&meta).and_then(|mut writer| {
+                write_state_machine(&frozen, &frozen_members, &mut writer)
+                    .map_err(|e| storage::Error::io("write snapshot", snapshots.dir(), e))?;
+                writer.finish()
+            });
+            match written {
+                Ok(_) => {
+                    counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+                    let _ = inbox.blocking_send(Input::SnapshotBuilt(meta));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "snapshot failed; will retry at the next one");
+                    let _ = inbox.blocking_send(Input::SnapshotBuildFailed);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Opens the state machine at start-up: the engine at `state_path` when it holds the
+/// state at or after the latest snapshot (then the WAL is replayed only above the
+/// engine's applied index), else the snapshot installed into a new engine.
+fn open_state_machine(
+    state_path: &std::path::Path,
+    snapshots: &SnapshotStore,
+    latest: Option<&storage::SnapshotInfo>,
+    snapshot_index: Index,
+) -> Result<(KvStore, MemberTable)> {
+    if state_path.exists() || snapshot_index == 0 {
+        let engine = Engine::open(state_path).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let (kv, members) = KvStore::load(engine).map_err(|e| Error::Snapshot(e.to_string()))?;
+        if kv.applied() >= snapshot_index {
+            let members = match members {
+                Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| {
+                    Error::Snapshot(format!("state store {}: member table: {e}", state_path.display()))
+                })?,
+                None => MemberTable::default(),
+            };
+            tracing::info!(
+                path = %state_path.display(),
+                applied = kv.applied(),
+                revision = kv.revision(),
+                keys = kv.len(),
+                "state store opened"
+            );
+            return Ok((kv, members));
+        }
+        tracing::warn!(
+            path = %state_path.display(),
+            applied = kv.applied(),
+            snapshot = snapshot_index,
+            "the state store is behind the latest snapshot: installing the snapshot"
+        );
+    }
+    let info = latest
+        .filter(|info| info.meta.index == snapshot_index)
+        .ok_or_else(|| {
+            Error::Snapshot(format!(
+                "the log starts after index {snapshot_index}, but neither the state store {} nor a snapshot holds the state there",
+                state_path.display()
+            ))
+        })?;
+    install_snapshot(snapshots, info, state_path).map_err(Error::Snapshot)
+}
+
+/// Reads snapshot `info` into a new engine file beside `state_path`, makes it durable
+/// and moves it into place (readers of the old store keep their open file).
+fn install_snapshot(
+    snapshots: &SnapshotStore,
+    info: &storage::SnapshotInfo,
+    state_path: &std::path::Path,
+) -> Result<(KvStore, MemberTable), String> {
+    let temp = state_path.with_extension("redb.tmp");
+    if temp.exists() {
+        std::fs::remove_file(&temp).map_err(|e| format!("remove {}: {e}", temp.display()))?;
+    }
+    {
+        let mut reader = snapshots.open_reader(info).map_err(|e| e.to_string())?;
+        let engine = Engine::open(&temp).map_err(|e| e.to_string())?;
+        let mut kv = KvStore::read_snapshot_into(&mut reader, engine).map_err(|e| e.to_string())?;
+        let members = MemberTable::read_snapshot(&mut reader).map_err(|e| e.to_string())?;
+        let mut blob = Vec::new();
+        members
+            .write_snapshot(&mut blob)
+            .map_err(|e| e.to_string())?;
+        kv.commit(true, Some(&blob)).map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&temp, state_path).map_err(|e| format!("rename {}: {e}", temp.display()))?;
+    if let Some(dir) = state_path.parent() {
+        storage::fs::sync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+    }
+    let engine = Engine::open(state_path).map_err(|e| e.to_string())?;
+    let (kv, members) = KvStore::load(engine).map_err(|e| e.to_string())?;
+    let members = match members {
+        Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| e.to_string())?,
+        None => MemberTable::default(),
+    };
+    tracing::info!(index = info.meta.index, applied = kv.applied(), keys = kv.len(), "snapshot installed into the state store");
+    Ok((kv, members))
 }
 
 /// Writes the state machine as a snapshot's data: the key-value store, then the

@@ -144,7 +144,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status().borrow().clone();
         let store = self.node.read_local();
-        let size = store.size_bytes() as i64;
+        let (size, in_use) = store.size_bytes();
         let mut errors = Vec::new();
         if status.leader.is_none() {
             errors.push("etcdserver: no leader".to_string());
@@ -152,13 +152,13 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::StatusResponse {
             header: self.header(store.revision()),
             version: VERSION.to_string(),
-            db_size: size,
+            db_size: size as i64,
             leader: status.leader.unwrap_or(0),
             raft_index: status.commit,
             raft_term: status.term,
             raft_applied_index: store.applied(),
             errors,
-            db_size_in_use: size,
+            db_size_in_use: in_use as i64,
             is_learner: status.membership.is_learner(self.member_id),
             ..Default::default()
         }))

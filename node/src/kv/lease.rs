@@ -80,6 +80,7 @@ impl KvStore {
                 keys: OrdSet::new(),
             },
         );
+        self.pending.leases.insert(id, Some(ttl));
         self.leases_changed_at = self.applied;
         KvResult::LeaseGrant {
             revision: self.revision,
@@ -106,6 +107,7 @@ impl KvStore {
             self.revision = revision;
         }
         self.leases.remove(&id);
+        self.pending.leases.insert(id, None);
         self.leases_changed_at = self.applied;
         KvResult::LeaseRevoke {
             revision: self.revision,

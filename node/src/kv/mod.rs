@@ -4,9 +4,16 @@
 //! create revision, mod revision and version. The store keeps every version of every
 //! key (deletes leave a tombstone) until a compaction drops what lies below the
 //! compacted revision, so a read may ask for any revision between the compacted one
-//! and the current one. The history is a persistent (structurally shared) ordered map
-//! of persistent per-key version lists, so taking a snapshot or serving a read is an
-//! O(1) clone that the snapshot task serialises while writes continue.
+//! and the current one.
+//!
+//! Where it lives (etcd's layout): the values of every version, the key index rows,
+//! the leases, the member table, the compacted revision and the applied Raft index are
+//! in the storage engine (`engine.rs`, one redb file), written in one engine
+//! transaction per applied batch. Memory holds only the key index: a persistent
+//! (structurally shared) ordered map from each key to its versions' numbers (create
+//! revision, mod revision, version, lease; no value), so publishing the store to
+//! readers after a batch is an O(1) clone, and each published store reads values from
+//! the engine view of the commit it was published with.
 //!
 //! Commands reach the store through the Raft log in the encoding of [`KvCommand`];
 //! the log format is ours and does not change when the client API does.
@@ -17,6 +24,7 @@
 //! leader's, in `api::lease`); `watch.rs` the events watchers read from the history
 //! and the per-stream set of watchers.
 
+pub mod engine;
 mod hash;
 mod lease;
 mod txn;
@@ -27,9 +35,11 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use imbl::{OrdMap, Vector};
+use redb::{ReadableDatabase, ReadableTable};
 
 use crate::raft::types::Index;
 
+pub use engine::{Engine, EngineError};
 pub use lease::{Lease, LEASES_MAX, LEASE_TTL_MAX_SECONDS};
 pub use txn::{Compare, CompareResult, CompareTarget, OpResult, Txn, TxnOp, TXN_DEPTH_MAX, TXN_OPS_MAX};
 
@@ -307,10 +317,20 @@ pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     }
 }
 
+/// The numbers of one live version; its value is in the engine, under
+/// `(mod_revision, key)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
 /// One entry of a key's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Version {
-    Live(KeyValue),
+    Live(Meta),
     /// Deleted at this revision.
     Tombstone(i64),
 }
@@ -318,28 +338,27 @@ enum Version {
 impl Version {
     fn revision(&self) -> i64 {
         match self {
-            Version::Live(kv) => kv.mod_revision,
+            Version::Live(meta) => meta.mod_revision,
             Version::Tombstone(revision) => *revision,
         }
     }
 
-    fn live(&self) -> Option<&KeyValue> {
+    fn live(&self) -> Option<&Meta> {
         match self {
-            Version::Live(kv) => Some(kv),
+            Version::Live(meta) => Some(meta),
             Version::Tombstone(_) => None,
         }
     }
 }
 
-/// A key's versions, oldest first, with strictly increasing revisions. Behind an `Arc`:
-/// the store is published to readers after every applied batch, so the next write
-/// copies the B-tree nodes on its path, and copying a node then costs one reference
-/// count per key instead of a clone of every version of every key in it (the profile
-/// at 64 writers showed those clones among the hottest code of a member).
-type History = Arc<Vector<Version>>;
+/// A key's versions, oldest first, with strictly increasing revisions: the key index
+/// (etcd's `keyIndex`), numbers only. Behind an `Arc`: the store is published to readers
+/// after every applied batch, so the next write copies the B-tree nodes on its path, and
+/// copying a node then costs one reference count per key.
+type History = Arc<Vec<Version>>;
 
 /// The version of a key as of `revision`, if it was alive then.
-fn version_at(history: &History, revision: i64) -> Option<&KeyValue> {
+fn version_at(history: &History, revision: i64) -> Option<&Meta> {
     let at = match history.binary_search_by(|v| v.revision().cmp(&revision)) {
         Ok(i) => i,
         Err(0) => return None,
@@ -348,7 +367,31 @@ fn version_at(history: &History, revision: i64) -> Option<&KeyValue> {
     history[at].live()
 }
 
-/// The state machine. Cheap to clone (structural sharing).
+/// Writes applied since the last engine commit (structurally shared, so cloning the
+/// store stays O(1)).
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    /// Values of the versions written: engine key → value (also what reads of this
+    /// batch see before the commit).
+    values: OrdMap<Bytes, Bytes>,
+    /// Index rows written, in order.
+    rows: Vector<(Bytes, engine::IndexRow)>,
+    /// Versions compaction dropped (engine keys).
+    removed: Vector<Bytes>,
+    /// Leases granted (`Some(ttl)`) or revoked (`None`).
+    leases: OrdMap<i64, Option<i64>>,
+    /// Bytes of values and keys waiting.
+    bytes: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.removed.is_empty() && self.leases.is_empty()
+    }
+}
+
+/// The state machine: the key index and the leases in memory, the values in the
+/// storage engine. Cheap to clone (structural sharing; the engine view is shared).
 #[derive(Clone, Debug)]
 pub struct KvStore {
     keys: OrdMap<Bytes, History>,
@@ -371,6 +414,11 @@ pub struct KvStore {
     /// The log index that last granted or revoked a lease (or of the snapshot the
     /// store was read from), so the leader's lessor rescans only when it moved.
     leases_changed_at: Index,
+    /// The engine, and the view of it this store's committed versions are read from.
+    snap: Arc<engine::Snap>,
+    pending: Pending,
+    /// The applied index the engine has durably (fsynced) at least.
+    durable_applied: Index,
 }
 
 /// The revision of a store that has seen no write (etcd's first revision).
@@ -380,8 +428,15 @@ pub const INITIAL_REVISION: i64 = 1;
 pub const NEVER_COMPACTED: i64 = -1;
 
 impl Default for KvStore {
+    /// An empty store on an engine in memory (tests and offline tools).
     fn default() -> Self {
-        KvStore {
+        KvStore::empty(Engine::in_memory()).expect("an in-memory engine reads")
+    }
+}
+
+impl KvStore {
+    fn empty(engine: Arc<Engine>) -> Result<KvStore, EngineError> {
+        Ok(KvStore {
             keys: OrdMap::new(),
             live: 0,
             revision: INITIAL_REVISION,
@@ -390,7 +445,10 @@ impl Default for KvStore {
             changes: OrdMap::new(),
             leases: lease::Leases::new(),
             leases_changed_at: 0,
-        }
+            snap: Arc::new(engine.snapshot()?),
+            pending: Pending::default(),
+            durable_applied: 0,
+        })
     }
 }
 
@@ -468,6 +526,11 @@ impl KvStore {
         self.applied
     }
 
+    /// The applied index the engine holds durably (what a crash now would keep).
+    pub fn durable_applied(&self) -> Index {
+        self.durable_applied
+    }
+
     /// Keys alive at the current revision.
     pub fn len(&self) -> usize {
         self.live
@@ -480,6 +543,46 @@ impl KvStore {
     /// Versions held, tombstones included (what compaction frees).
     pub fn versions(&self) -> usize {
         self.keys.values().map(|h| h.len()).sum()
+    }
+
+    /// The engine under this store.
+    pub fn engine(&self) -> &Arc<Engine> {
+        self.snap.engine()
+    }
+
+    /// Bytes of writes applied but not committed to the engine yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.bytes
+    }
+
+    /// The value of the version of `key` written at `mod_revision`.
+    fn value_of(&self, key: &[u8], mod_revision: i64) -> Bytes {
+        let vkey = engine::version_key(mod_revision, key);
+        if let Some(value) = self.pending.values.get(&vkey) {
+            return value.clone();
+        }
+        match self.snap.value(&vkey) {
+            Ok(Some(value)) => value,
+            // The index and the engine are written in one transaction: a version the
+            // index holds without a value is a damaged store, not a state to serve.
+            Ok(None) => panic!(
+                "state store {}: no value for a version the key index holds (revision {mod_revision})",
+                self.snap.engine().name()
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The whole version: its numbers from the index, its value from the engine.
+    fn key_value(&self, key: &Bytes, meta: &Meta) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            value: self.value_of(key, meta.mod_revision),
+            create_revision: meta.create_revision,
+            mod_revision: meta.mod_revision,
+            version: meta.version,
+            lease: meta.lease,
+        }
     }
 
     /// Records that a log entry without a state-machine effect was applied.
@@ -514,7 +617,11 @@ impl KvStore {
                 self.revision = revision;
                 KvResult::Put {
                     revision,
-                    prev: if *prev_kv { prev } else { None },
+                    prev: if *prev_kv {
+                        prev.map(|meta| self.key_value(key, &meta))
+                    } else {
+                        None
+                    },
                 }
             }
             KvCommand::DeleteRange {
@@ -529,7 +636,11 @@ impl KvStore {
                 KvResult::DeleteRange {
                     revision: self.revision,
                     deleted: doomed.len() as i64,
-                    prev: if *prev_kv { doomed } else { Vec::new() },
+                    prev: if *prev_kv {
+                        doomed.iter().map(|(k, meta)| self.key_value(k, meta)).collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             }
             KvCommand::Compact { revision } => match self.compact(*revision) {
@@ -547,43 +658,82 @@ impl KvStore {
         }
     }
 
+    /// Records a new version (or tombstone) of `key` at `revision`, for the index and
+    /// the engine.
+    fn record(&mut self, key: &Bytes, revision: i64, row: engine::IndexRow, value: Option<&Bytes>) {
+        let written = self.changes.entry(revision).or_default();
+        let row = engine::IndexRow {
+            sub: written.len() as u32,
+            ..row
+        };
+        written.push_back(key.clone());
+        let vkey = engine::version_key(revision, key);
+        self.pending.bytes += vkey.len() + engine::INDEX_ROW_BYTES;
+        if let Some(value) = value {
+            self.pending.bytes += value.len();
+            self.pending.values.insert(vkey.clone(), value.clone());
+        }
+        self.pending.rows.push_back((vkey, row));
+    }
+
     /// Writes `key` at `revision` (which must be above every revision in the store);
     /// answers the version it replaced, if the key was alive.
-    fn write_put(&mut self, revision: i64, key: &Bytes, value: &Bytes, lease: i64) -> Option<KeyValue> {
+    fn write_put(&mut self, revision: i64, key: &Bytes, value: &Bytes, lease: i64) -> Option<Meta> {
         let history = Arc::make_mut(self.keys.entry(key.clone()).or_default());
-        let prev = history.last().and_then(Version::live).cloned();
+        let prev = history.last().and_then(Version::live).copied();
         assert!(
             history.last().is_none_or(|v| v.revision() < revision),
             "key written twice at revision {revision}"
         );
-        history.push_back(Version::Live(KeyValue {
-            key: key.clone(),
-            value: value.clone(),
+        let meta = Meta {
             create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
-        }));
+        };
+        history.push(Version::Live(meta));
         if prev.is_none() {
             self.live += 1;
         }
-        self.changes.entry(revision).or_default().push_back(key.clone());
+        self.record(
+            key,
+            revision,
+            engine::IndexRow {
+                sub: 0,
+                tombstone: false,
+                create_revision: meta.create_revision,
+                version: meta.version,
+                lease,
+            },
+            Some(value),
+        );
         self.reattach(key, prev.as_ref().map_or(0, |p| p.lease), lease);
         prev
     }
 
     /// Deletes the live keys of `[key, range_end)` at `revision`; answers them.
-    fn write_delete(&mut self, revision: i64, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
-        let doomed: Vec<KeyValue> = self.scan_at(key, range_end, i64::MAX).cloned().collect();
-        for kv in &doomed {
-            let history = Arc::make_mut(self.keys.get_mut(&kv.key).expect("scanned key exists"));
+    fn write_delete(&mut self, revision: i64, key: &[u8], range_end: &[u8]) -> Vec<(Bytes, Meta)> {
+        let doomed: Vec<(Bytes, Meta)> = self
+            .scan_at(key, range_end, i64::MAX)
+            .map(|(k, meta)| (k.clone(), *meta))
+            .collect();
+        for (key, meta) in &doomed {
+            let history = Arc::make_mut(self.keys.get_mut(key).expect("scanned key exists"));
             assert!(history.last().is_some_and(|v| v.revision() < revision));
-            history.push_back(Version::Tombstone(revision));
-            self.changes
-                .entry(revision)
-                .or_default()
-                .push_back(kv.key.clone());
-            self.reattach(&kv.key, kv.lease, 0);
+            history.push(Version::Tombstone(revision));
+            self.record(
+                key,
+                revision,
+                engine::IndexRow {
+                    sub: 0,
+                    tombstone: true,
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
+                },
+                None,
+            );
+            self.reattach(key, meta.lease, 0);
         }
         self.live -= doomed.len();
         doomed
@@ -595,12 +745,12 @@ impl KvStore {
         key: &'a [u8],
         range_end: &'a [u8],
         revision: i64,
-    ) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Meta)> + 'a> {
         if range_end.is_empty() {
             return Box::new(
                 self.keys
-                    .get(key)
-                    .and_then(|h| version_at(h, revision))
+                    .get_key_value(key)
+                    .and_then(|(k, h)| version_at(h, revision).map(|meta| (k, meta)))
                     .into_iter(),
             );
         }
@@ -609,8 +759,14 @@ impl KvStore {
             self.keys
                 .range(start..)
                 .take_while(move |(k, _)| in_range(k, key, range_end))
-                .filter_map(move |(_, h)| version_at(h, revision)),
+                .filter_map(move |(k, h)| version_at(h, revision).map(|meta| (k, meta))),
         )
+    }
+
+    /// The live version of `key` now, with its value.
+    fn current(&self, key: &[u8]) -> Option<KeyValue> {
+        let (k, meta) = self.scan_at(key, &[], i64::MAX).next()?;
+        Some(self.key_value(k, meta))
     }
 
     /// Checks a read revision as etcd does (0 or less: the current one) and answers
@@ -674,27 +830,42 @@ impl KvStore {
         } else {
             limit + 1
         };
-        let mut kvs = Vec::new();
+        let mut found: Vec<(&Bytes, &Meta)> = Vec::new();
         let mut count = 0i64;
-        for kv in self.scan_at(&q.key, &q.range_end, at) {
+        for (key, meta) in self.scan_at(&q.key, &q.range_end, at) {
             count += 1;
-            if q.count_only || kvs.len() >= fetch {
+            if q.count_only || found.len() >= fetch {
                 continue;
             }
-            let mut kv = kv.clone();
-            if q.keys_only {
-                kv.value = Bytes::new();
-            }
-            kvs.push(kv);
+            found.push((key, meta));
         }
         if filtered {
-            kvs.retain(|kv| {
-                (q.min_mod_revision == 0 || kv.mod_revision >= q.min_mod_revision)
-                    && (q.max_mod_revision == 0 || kv.mod_revision <= q.max_mod_revision)
-                    && (q.min_create_revision == 0 || kv.create_revision >= q.min_create_revision)
-                    && (q.max_create_revision == 0 || kv.create_revision <= q.max_create_revision)
+            found.retain(|(_, m)| {
+                (q.min_mod_revision == 0 || m.mod_revision >= q.min_mod_revision)
+                    && (q.max_mod_revision == 0 || m.mod_revision <= q.max_mod_revision)
+                    && (q.min_create_revision == 0 || m.create_revision >= q.min_create_revision)
+                    && (q.max_create_revision == 0 || m.create_revision <= q.max_create_revision)
             });
         }
+        // Values are read from the engine only for what is answered (or sorted by).
+        let with_values = !q.keys_only || q.sort_target == SortTarget::Value;
+        let mut kvs: Vec<KeyValue> = found
+            .into_iter()
+            .map(|(key, meta)| {
+                if with_values {
+                    self.key_value(key, meta)
+                } else {
+                    KeyValue {
+                        key: key.clone(),
+                        value: Bytes::new(),
+                        create_revision: meta.create_revision,
+                        mod_revision: meta.mod_revision,
+                        version: meta.version,
+                        lease: meta.lease,
+                    }
+                }
+            })
+            .collect();
         if order != SortOrder::None {
             // Keys that tie on the target stay in key order, in either direction (what
             // etcd's sort of the key-ordered range gives).
@@ -716,6 +887,11 @@ impl KvStore {
         }
         let more = limit > 0 && kvs.len() > limit;
         kvs.truncate(if limit > 0 { limit } else { usize::MAX });
+        if q.keys_only {
+            for kv in &mut kvs {
+                kv.value = Bytes::new();
+            }
+        }
         RangeResult {
             kvs,
             count,
@@ -726,7 +902,8 @@ impl KvStore {
 
     /// Drops the history below `revision`: afterwards reads at `revision` or later
     /// answer as before, and reads below it are refused. For each key the latest
-    /// version at or below `revision` stays if the key was alive then.
+    /// version at or below `revision` stays if the key was alive then. The dropped
+    /// versions leave the engine with the next commit.
     ///
     /// Runs on the apply path and visits every key once (O(keys), sharing every history
     /// it does not shorten); etcd compacts in the background in batches, which a store
@@ -754,7 +931,12 @@ impl KvStore {
             if keep_from == 0 {
                 continue;
             }
-            let rest = Vector::clone(history).split_off(keep_from);
+            for dropped in &history[..keep_from] {
+                let vkey = engine::version_key(dropped.revision(), key);
+                self.pending.bytes += vkey.len();
+                self.pending.removed.push_back(vkey);
+            }
+            let rest = history[keep_from..].to_vec();
             changes.push((key.clone(), (!rest.is_empty()).then(|| Arc::new(rest))));
         }
         for (key, rest) in changes {
@@ -776,8 +958,186 @@ impl KvStore {
         Ok(())
     }
 
-    /// Writes the store to `out` (streamed, record by record): every key with its
-    /// history, and the compacted revision.
+    /// Writes what was applied since the last commit to the engine, in one transaction
+    /// with the applied index, the revision, the compacted revision and (when given)
+    /// the member table. `durable`: fsynced before this returns, with every earlier
+    /// commit. Afterwards this store reads from the new commit.
+    pub fn commit(&mut self, durable: bool, members: Option<&[u8]>) -> Result<(), EngineError> {
+        let engine = self.snap.engine().clone();
+        let mut tx = engine.db().begin_write().map_err(|e| engine.err(e))?;
+        tx.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(|e| engine.err(e))?;
+        {
+            let mut index = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
+            let mut values = tx.open_table(engine::VALUES).map_err(|e| engine.err(e))?;
+            for (vkey, row) in self.pending.rows.iter() {
+                index
+                    .insert(vkey.as_ref(), &row.encode()[..])
+                    .map_err(|e| engine.err(e))?;
+            }
+            for (vkey, value) in self.pending.values.iter() {
+                values
+                    .insert(vkey.as_ref(), value.as_ref())
+                    .map_err(|e| engine.err(e))?;
+            }
+            for vkey in self.pending.removed.iter() {
+                index.remove(vkey.as_ref()).map_err(|e| engine.err(e))?;
+                values.remove(vkey.as_ref()).map_err(|e| engine.err(e))?;
+            }
+            let mut leases = tx.open_table(engine::LEASES).map_err(|e| engine.err(e))?;
+            for (id, ttl) in self.pending.leases.iter() {
+                match ttl {
+                    Some(ttl) => leases.insert(*id, *ttl).map(drop),
+                    None => leases.remove(*id).map(drop),
+                }
+                .map_err(|e| engine.err(e))?;
+            }
+            let mut meta = tx.open_table(engine::META).map_err(|e| engine.err(e))?;
+            for (name, n) in [
+                ("applied", self.applied as i64),
+                ("revision", self.revision),
+                ("compacted", self.compacted),
+            ] {
+                meta.insert(name, &n.to_le_bytes()[..])
+                    .map_err(|e| engine.err(e))?;
+            }
+            if let Some(members) = members {
+                meta.insert("members", members).map_err(|e| engine.err(e))?;
+            }
+        }
+        if durable {
+            engine.note_in_use(&tx);
+        }
+        tx.commit().map_err(|e| engine.err(e))?;
+        self.pending = Pending::default();
+        self.snap = Arc::new(engine.snapshot()?);
+        if durable {
+            self.durable_applied = self.applied;
+        }
+        Ok(())
+    }
+
+    /// Whether anything was applied since the last commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Loads the store from its engine: the key index from the `index` table (values
+    /// stay on disk), the leases, the numbers. Answers the member table's bytes too,
+    /// if the engine holds one.
+    pub fn load(engine: Arc<Engine>) -> Result<(KvStore, Option<Bytes>), EngineError> {
+        let meta = engine::read_meta(&engine)?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: engine.name(),
+            reason,
+        };
+        let mut store = KvStore::empty(engine.clone())?;
+        store.applied = meta.applied;
+        store.durable_applied = meta.applied;
+        store.leases_changed_at = meta.applied;
+        store.revision = meta.revision.unwrap_or(INITIAL_REVISION);
+        store.compacted = meta.compacted.unwrap_or(NEVER_COMPACTED);
+        let mut keys: std::collections::BTreeMap<Bytes, Vec<Version>> = std::collections::BTreeMap::new();
+        let mut changes = OrdMap::new();
+        {
+            let tx = engine.db().begin_read().map_err(|e| engine.err(e))?;
+            let index = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
+            let mut at_revision: Vec<(u32, Bytes)> = Vec::new();
+            let mut current = i64::MIN;
+            let flush = |revision: i64, written: &mut Vec<(u32, Bytes)>, changes: &mut OrdMap<i64, Vector<Bytes>>| {
+                if !written.is_empty() {
+                    written.sort_by_key(|(sub, _)| *sub);
+                    changes.insert(revision, written.drain(..).map(|(_, k)| k).collect());
+                }
+            };
+            for row in index.iter().map_err(|e| engine.err(e))? {
+                let (k, v) = row.map_err(|e| engine.err(e))?;
+                let vkey = k.value();
+                if vkey.len() < 8 {
+                    return Err(corrupt("an index key is shorter than a revision".into()));
+                }
+                let revision = u64::from_be_bytes(vkey[..8].try_into().expect("8 bytes")) as i64;
+                let row = engine::IndexRow::decode(v.value())
+                    .ok_or_else(|| corrupt(format!("index row at revision {revision} is malformed")))?;
+                if revision > store.revision {
+                    return Err(corrupt(format!(
+                        "a version at revision {revision} is above the store's revision {}",
+                        store.revision
+                    )));
+                }
+                let key = Bytes::copy_from_slice(&vkey[8..]);
+                if revision != current {
+                    flush(current, &mut at_revision, &mut changes);
+                    current = revision;
+                }
+                let history = keys.entry(key.clone()).or_default();
+                let version = if row.tombstone {
+                    Version::Tombstone(revision)
+                } else {
+                    Version::Live(Meta {
+                        create_revision: row.create_revision,
+                        mod_revision: revision,
+                        version: row.version,
+                        lease: row.lease,
+                    })
+                };
+                history.push(version);
+                // The watch order is kept from the compacted revision on (older versions
+                // a read still needs stay in the index, not in the order).
+                if revision >= store.compacted {
+                    at_revision.push((row.sub, key));
+                }
+            }
+            flush(current, &mut at_revision, &mut changes);
+            let leases = tx.open_table(engine::LEASES).map_err(|e| engine.err(e))?;
+            for row in leases.iter().map_err(|e| engine.err(e))? {
+                let (id, ttl) = row.map_err(|e| engine.err(e))?;
+                store.leases.insert(
+                    id.value(),
+                    Lease {
+                        ttl: ttl.value(),
+                        keys: imbl::OrdSet::new(),
+                    },
+                );
+            }
+        }
+        // Share one allocation of each key between the index and the watch order.
+        let mut index = OrdMap::new();
+        for (key, history) in keys {
+            if let Some(Version::Live(meta)) = history.last() {
+                store.live += 1;
+                if meta.lease != 0 {
+                    store
+                        .leases
+                        .get_mut(&meta.lease)
+                        .ok_or_else(|| corrupt(format!("a key names lease {} that does not exist", meta.lease)))?
+                        .keys
+                        .insert(key.clone());
+                }
+            }
+            index.insert(key, Arc::new(history));
+        }
+        let changes: OrdMap<i64, Vector<Bytes>> = changes
+            .iter()
+            .map(|(revision, written)| {
+                let shared: Vector<Bytes> = written
+                    .iter()
+                    .map(|key| index.get_key_value(key).map_or_else(|| key.clone(), |(k, _)| k.clone()))
+                    .collect();
+                (*revision, shared)
+            })
+            .collect();
+        store.keys = index;
+        store.changes = changes;
+        Ok((store, meta.members))
+    }
+
+    /// Writes the store to `out` (streamed, record by record, values read from the
+    /// engine as they go): every key with its history, and the compacted revision.
     pub fn write_snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let mut header = BytesMut::new();
         header.put_slice(SNAPSHOT_MAGIC);
@@ -793,13 +1153,13 @@ impl KvStore {
             record.put_u64_le(history.len() as u64);
             for version in history.iter() {
                 match version {
-                    Version::Live(kv) => {
+                    Version::Live(meta) => {
                         record.put_u8(1);
-                        record.put_i64_le(kv.mod_revision);
-                        put_field(&mut record, &kv.value);
-                        record.put_i64_le(kv.create_revision);
-                        record.put_i64_le(kv.version);
-                        record.put_i64_le(kv.lease);
+                        record.put_i64_le(meta.mod_revision);
+                        put_field(&mut record, &self.value_of(key, meta.mod_revision));
+                        record.put_i64_le(meta.create_revision);
+                        record.put_i64_le(meta.version);
+                        record.put_i64_le(meta.lease);
                     }
                     Version::Tombstone(revision) => {
                         record.put_u8(0);
@@ -815,10 +1175,17 @@ impl KvStore {
         Ok(())
     }
 
-    /// Reads a store written by [`KvStore::write_snapshot`].
+    /// Reads a store written by [`KvStore::write_snapshot`] into an engine in memory.
     pub fn read_snapshot(input: &mut dyn Read) -> Result<KvStore, CodecError> {
+        KvStore::read_snapshot_into(input, Engine::in_memory())
+    }
+
+    /// Reads a store written by [`KvStore::write_snapshot`] into `engine` (which must
+    /// be empty), committing as it goes so memory stays bounded, and durably at the end.
+    pub fn read_snapshot_into(input: &mut dyn Read, engine: Arc<Engine>) -> Result<KvStore, CodecError> {
         let io = |e: std::io::Error| CodecError::Snapshot(e.to_string());
         let bad = |what: &str| CodecError::Snapshot(what.to_string());
+        let store_err = |e: EngineError| CodecError::Snapshot(e.to_string());
         let mut header = [0u8; SNAPSHOT_MAGIC.len() + 32];
         input.read_exact(&mut header).map_err(io)?;
         if &header[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
@@ -848,6 +1215,11 @@ impl KvStore {
             input.read_exact(&mut n).map_err(io)?;
             Ok(i64::from_le_bytes(n))
         };
+        let mut store = KvStore::empty(engine).map_err(store_err)?;
+        store.revision = revision;
+        store.compacted = compacted;
+        store.applied = applied;
+        store.leases_changed_at = applied;
         let mut keys = OrdMap::new();
         let mut live = 0;
         let mut last_key: Option<Bytes> = None;
@@ -860,7 +1232,7 @@ impl KvStore {
             if versions <= 0 || versions > revision {
                 return Err(bad("version count out of range"));
             }
-            let mut history = Vector::new();
+            let mut history: Vec<Version> = Vec::new();
             for _ in 0..versions {
                 let mut tag = [0u8; 1];
                 input.read_exact(&mut tag).map_err(io)?;
@@ -868,41 +1240,113 @@ impl KvStore {
                 if mod_revision <= history.last().map_or(0, Version::revision) || mod_revision > revision {
                     return Err(bad("revisions out of order"));
                 }
+                let vkey = engine::version_key(mod_revision, &key);
                 let version = match tag[0] {
-                    0 => Version::Tombstone(mod_revision),
-                    1 => Version::Live(KeyValue {
-                        key: key.clone(),
-                        value: read_field(input)?,
-                        create_revision: read_i64(input)?,
-                        mod_revision,
-                        version: read_i64(input)?,
-                        lease: read_i64(input)?,
-                    }),
+                    0 => {
+                        store.pending.rows.push_back((
+                            vkey,
+                            engine::IndexRow {
+                                sub: 0,
+                                tombstone: true,
+                                create_revision: 0,
+                                version: 0,
+                                lease: 0,
+                            },
+                        ));
+                        Version::Tombstone(mod_revision)
+                    }
+                    1 => {
+                        let value = read_field(input)?;
+                        let meta = Meta {
+                            create_revision: read_i64(input)?,
+                            mod_revision,
+                            version: read_i64(input)?,
+                            lease: read_i64(input)?,
+                        };
+                        store.pending.bytes += vkey.len() + value.len();
+                        store.pending.rows.push_back((
+                            vkey.clone(),
+                            engine::IndexRow {
+                                sub: 0,
+                                tombstone: false,
+                                create_revision: meta.create_revision,
+                                version: meta.version,
+                                lease: meta.lease,
+                            },
+                        ));
+                        store.pending.values.insert(vkey, value);
+                        Version::Live(meta)
+                    }
                     _ => return Err(bad("unknown version tag")),
                 };
-                history.push_back(version);
+                history.push(version);
             }
             if history.last().is_some_and(|v| v.live().is_some()) {
                 live += 1;
             }
             keys.insert(key.clone(), Arc::new(history));
             last_key = Some(key);
+            if store.pending.bytes >= RESTORE_BATCH_BYTES {
+                // Order within a revision is fixed up after the changes section.
+                store.commit(false, None).map_err(store_err)?;
+            }
         }
-        let mut store = KvStore {
-            keys,
-            live,
-            revision,
-            compacted,
-            applied,
-            changes: OrdMap::new(),
-            leases: lease::Leases::new(),
-            leases_changed_at: applied,
-        };
+        store.keys = keys;
+        store.live = live;
         store.read_changes_section(input)?;
         store.read_lease_section(input)?;
+        store.restore_write_order().map_err(store_err)?;
+        for (id, lease) in store.leases.iter() {
+            store.pending.leases.insert(*id, Some(lease.ttl));
+        }
+        store.commit(true, None).map_err(store_err)?;
         Ok(store)
     }
+
+    /// After reading a snapshot: the engine's index rows carry each key's position in
+    /// its revision (the watch order the changes section gave).
+    fn restore_write_order(&mut self) -> Result<(), EngineError> {
+        let mut rows = Vector::new();
+        let changes = self.changes.clone();
+        for (revision, written) in changes.iter() {
+            if written.len() < 2 {
+                continue; // position 0, as written
+            }
+            for (sub, key) in written.iter().enumerate() {
+                let history = self.keys.get(key).expect("checked by the changes section");
+                let at = history
+                    .binary_search_by(|v| v.revision().cmp(revision))
+                    .expect("checked by the changes section");
+                let row = match history[at] {
+                    Version::Live(meta) => engine::IndexRow {
+                        sub: sub as u32,
+                        tombstone: false,
+                        create_revision: meta.create_revision,
+                        version: meta.version,
+                        lease: meta.lease,
+                    },
+                    Version::Tombstone(_) => engine::IndexRow {
+                        sub: sub as u32,
+                        tombstone: true,
+                        create_revision: 0,
+                        version: 0,
+                        lease: 0,
+                    },
+                };
+                rows.push_back((engine::version_key(*revision, key), row));
+                if rows.len() >= 100_000 {
+                    self.pending.rows = std::mem::take(&mut rows);
+                    self.commit(false, None)?;
+                }
+            }
+        }
+        self.pending.rows = rows;
+        Ok(())
+    }
 }
+
+/// Bytes of values a snapshot install holds in memory before it commits them.
+const RESTORE_BATCH_BYTES: usize = 64 << 20;
 
 /// The snapshot format tag: version 2 carries the history and the compacted revision;
 /// version 3 adds the order of the keys written at each revision (watch) and the
@@ -1442,6 +1886,11 @@ mod tests {
                 };
                 let compacted_before = store.compacted();
                 let result = store.apply(index, &command);
+                // Commit to the engine at random points, so reads see a mix of values
+                // still pending and values read back from the engine.
+                if rng.gen_range(0..6) == 0 {
+                    store.commit(rng.gen_bool(0.3), None).unwrap();
+                }
                 if let KvCommand::Compact { revision } = command {
                     let expected = if revision > store.revision() {
                         KvResult::Failed {
@@ -1467,7 +1916,23 @@ mod tests {
             let mut buf = Vec::new();
             store.write_snapshot(&mut buf).unwrap();
             let restored = KvStore::read_snapshot(&mut buf.as_slice()).unwrap();
-            for s in [&store, &restored] {
+            // The engine alone (index rows, values, numbers) rebuilds the same store.
+            store.commit(false, None).unwrap();
+            let (loaded, members) = KvStore::load(store.engine().clone()).unwrap();
+            assert_eq!(members, None);
+            for other in [&restored, &loaded] {
+                assert_eq!(
+                    (other.revision(), other.compacted(), other.applied(), other.len()),
+                    (store.revision(), store.compacted(), store.applied(), store.len()),
+                    "seed {seed}"
+                );
+                assert_eq!(other.hash_kv(i64::MAX), store.hash_kv(i64::MAX), "seed {seed}");
+                let order = |s: &KvStore| -> Vec<(i64, Bytes)> {
+                    s.changes(0, i64::MAX).map(|(r, k)| (r, k.clone())).collect()
+                };
+                assert_eq!(order(other), order(&store), "seed {seed}: watch order");
+            }
+            for s in [&store, &restored, &loaded] {
                 // Revision 0 asks for the current one.
                 for (revision, expected) in model
                     .iter()

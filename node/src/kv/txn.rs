@@ -426,7 +426,24 @@ impl KvStore {
     }
 
     fn compare_holds(&self, c: &Compare) -> bool {
-        let kvs: Vec<&KeyValue> = self.scan_at(&c.key, &c.range_end, self.revision).collect();
+        let with_value = matches!(c.target, CompareTarget::Value(_));
+        let kvs: Vec<KeyValue> = self
+            .scan_at(&c.key, &c.range_end, self.revision)
+            .map(|(key, meta)| {
+                if with_value {
+                    self.key_value(key, meta)
+                } else {
+                    KeyValue {
+                        key: key.clone(),
+                        value: Bytes::new(),
+                        create_revision: meta.create_revision,
+                        mod_revision: meta.mod_revision,
+                        version: meta.version,
+                        lease: meta.lease,
+                    }
+                }
+            })
+            .collect();
         if kvs.is_empty() {
             // A missing key has no value to compare; its numbers count as zero.
             if matches!(c.target, CompareTarget::Value(_)) {
@@ -442,7 +459,7 @@ impl KvStore {
             };
             return compare_kv(c, &absent);
         }
-        kvs.into_iter().all(|kv| compare_kv(c, kv))
+        kvs.iter().all(|kv| compare_kv(c, kv))
     }
 
     /// What etcd checks before a txn runs, on the state before it: the revisions of
@@ -505,14 +522,22 @@ impl KvStore {
                     ignore_value,
                     ignore_lease,
                 } => {
-                    let current = self.scan_at(key, &[], i64::MAX).next().cloned();
+                    let current = if *ignore_value || *ignore_lease {
+                        self.current(key)
+                    } else {
+                        None
+                    };
                     let kept = |keep: bool| if keep { current.as_ref() } else { None };
                     let value = kept(*ignore_value).map_or(value, |kv| &kv.value).clone();
                     let lease = kept(*ignore_lease).map_or(*lease, |kv| kv.lease);
                     let prev = self.write_put(pending, key, &value, lease);
                     *changed = true;
                     OpResult::Put {
-                        prev: if *prev_kv { prev } else { None },
+                        prev: if *prev_kv {
+                            prev.map(|meta| self.key_value(key, &meta))
+                        } else {
+                            None
+                        },
                     }
                 }
                 TxnOp::DeleteRange {
@@ -524,7 +549,11 @@ impl KvStore {
                     *changed |= !doomed.is_empty();
                     OpResult::DeleteRange {
                         deleted: doomed.len() as i64,
-                        prev: if *prev_kv { doomed } else { Vec::new() },
+                        prev: if *prev_kv {
+                            doomed.iter().map(|(k, meta)| self.key_value(k, meta)).collect()
+                        } else {
+                            Vec::new()
+                        },
                     }
                 }
                 TxnOp::Txn(inner) => {

@@ -66,14 +66,14 @@ impl KvStore {
             .binary_search_by(|v| v.revision().cmp(&revision))
             .expect("a change has its version");
         let prev = if with_prev && at > 0 {
-            history[at - 1].live().cloned()
+            history[at - 1].live().map(|meta| self.key_value(key, meta))
         } else {
             None
         };
         match &history[at] {
-            Version::Live(kv) => Event {
+            Version::Live(meta) => Event {
                 kind: EventKind::Put,
-                kv: kv.clone(),
+                kv: self.key_value(key, meta),
                 prev,
             },
             Version::Tombstone(revision) => Event {
