@@ -494,6 +494,20 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
     let log_events = LogEvents::default();
 
     tokio::spawn(wait_for_persistence(persist_rx, inbox_tx.clone()));
+    {
+        // A follower too far behind gets the state streamed from the published store.
+        let store = store_rx.clone();
+        let members = members_rx.clone();
+        snapshots.set_materializer(Arc::new(move |meta, out| {
+            let kv = store.borrow().clone();
+            let members = members.borrow().clone();
+            assert!(
+                kv.applied() >= meta.index,
+                "the state store is behind a snapshot it made"
+            );
+            write_state_machine(&kv, &members, out)
+        }));
+    }
     let applier = Applier {
         kv,
         members,
@@ -503,7 +517,6 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         state_path: config.state_path.clone(),
         inbox: inbox_tx.clone(),
         counters: counters.clone(),
-        runtime: tokio::runtime::Handle::current(),
         batch: config.backend_batch,
         waiting: HashMap::new(),
         answers: Vec::new(),
@@ -1001,7 +1014,6 @@ struct Applier {
     state_path: PathBuf,
     inbox: mpsc::Sender<Input>,
     counters: Arc<Counters>,
-    runtime: tokio::runtime::Handle,
     batch: BackendBatch,
     waiting: HashMap<Index, (Term, Waiter)>,
     /// Answers of the entries applied in this batch, sent once the batch is published.
@@ -1202,38 +1214,30 @@ impl Applier {
         Ok(())
     }
 
-    /// The core asked for a snapshot at the applied index: the engine is made durable
-    /// there first (so the log below it may go), then the snapshot file is streamed from
-    /// this commit's read view in the background while applies go on.
+    /// The core asked for a snapshot at its applied index: the engine is made durable
+    /// here (at or after that index, so the log below it may go) and a marker snapshot
+    /// records it. No copy of the state is written; one is streamed from the engine only
+    /// if a follower needs it (see `SnapshotStore::for_sending`).
     fn snapshot(&mut self, meta: crate::raft::SnapshotMeta) -> Result<(), String> {
-        assert_eq!(
-            self.kv.applied(),
+        // After a snapshot install the engine may be ahead of the core's applied index
+        // (the sender's state was newer than its snapshot's index); never behind.
+        assert!(
+            self.kv.applied() >= meta.index,
+            "snapshot asked for at {} but only {} applied",
             meta.index,
-            "snapshot asked for at the applied index"
+            self.kv.applied()
         );
         self.commit(true)?;
-        let frozen = self.kv.clone();
-        let frozen_members = self.members.clone();
-        let snapshots = self.snapshots.clone();
-        let inbox = self.inbox.clone();
-        let counters = self.counters.clone();
-        self.runtime.spawn_blocking(move || {
-            let written = snapshots.create(&meta).and_then(|mut writer| {
-                write_state_machine(&frozen, &frozen_members, &mut writer)
-                    .map_err(|e| storage::Error::io("write snapshot", snapshots.dir(), e))?;
-                writer.finish()
-            });
-            match written {
-                Ok(_) => {
-                    counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
-                    let _ = inbox.blocking_send(Input::SnapshotBuilt(meta));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "snapshot failed; will retry at the next one");
-                    let _ = inbox.blocking_send(Input::SnapshotBuildFailed);
-                }
+        match self.snapshots.create_marker(&meta) {
+            Ok(_) => {
+                self.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+                let _ = self.inbox.blocking_send(Input::SnapshotBuilt(meta));
             }
-        });
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot failed; will retry at the next one");
+                let _ = self.inbox.blocking_send(Input::SnapshotBuildFailed);
+            }
+        }
         Ok(())
     }
 }
@@ -1275,9 +1279,10 @@ fn open_state_machine(
     }
     let info = latest
         .filter(|info| info.meta.index == snapshot_index)
+        .filter(|info| !snapshots.is_marker(info).unwrap_or(true))
         .ok_or_else(|| {
             Error::Snapshot(format!(
-                "the log starts after index {snapshot_index}, but neither the state store {} nor a snapshot holds the state there",
+                "the log starts after index {snapshot_index}, but neither the state store {} nor a full snapshot holds the state there (the state store file was lost or replaced: this member's data cannot be used; replace the member)",
                 state_path.display()
             ))
         })?;
@@ -1301,9 +1306,7 @@ fn install_snapshot(
         let mut kv = KvStore::read_snapshot_into(&mut reader, engine).map_err(|e| e.to_string())?;
         let members = MemberTable::read_snapshot(&mut reader).map_err(|e| e.to_string())?;
         let mut blob = Vec::new();
-        members
-            .write_snapshot(&mut blob)
-            .map_err(|e| e.to_string())?;
+        members.write_snapshot(&mut blob).map_err(|e| e.to_string())?;
         kv.commit(true, Some(&blob)).map_err(|e| e.to_string())?;
     }
     std::fs::rename(&temp, state_path).map_err(|e| format!("rename {}: {e}", temp.display()))?;
@@ -1316,7 +1319,12 @@ fn install_snapshot(
         Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| e.to_string())?,
         None => MemberTable::default(),
     };
-    tracing::info!(index = info.meta.index, applied = kv.applied(), keys = kv.len(), "snapshot installed into the state store");
+    tracing::info!(
+        index = info.meta.index,
+        applied = kv.applied(),
+        keys = kv.len(),
+        "snapshot installed into the state store"
+    );
     Ok((kv, members))
 }
 

@@ -71,10 +71,11 @@ pub struct ServeArgs {
     /// Milliseconds without a leader before an election.
     #[arg(long, env = "KUBERAFT_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Applied entries between snapshots (etcd's default). A snapshot writes the whole
-    /// store with its history, so taking one every 10,000 entries cost a member about a
-    /// fifth of its write throughput at 64 writers (bench/PROFILE.md).
-    #[arg(long, env = "KUBERAFT_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    /// Applied entries between snapshots (etcd 3.6's default). A snapshot fsyncs the
+    /// state store and writes a marker, then the log below it minus a catch-up tail is
+    /// dropped: it bounds the log kept in memory and replayed at start-up. The state
+    /// itself is copied only when a follower needs it.
+    #[arg(long, env = "KUBERAFT_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
     #[arg(
         long,

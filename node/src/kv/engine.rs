@@ -26,9 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::raft::types::Index;
 
@@ -134,7 +132,8 @@ impl Engine {
 
     fn create_tables(&self) -> Result<(), EngineError> {
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
         {
             tx.open_table(INDEX).map_err(|e| self.err(e))?;
             tx.open_table(VALUES).map_err(|e| self.err(e))?;
@@ -153,7 +152,9 @@ impl Engine {
                 Some(v) => {
                     return Err(EngineError::Corrupt {
                         path: self.name(),
-                        reason: format!("layout version {v:?} is not {FORMAT} (written by another kuberaft version)"),
+                        reason: format!(
+                            "layout version {v:?} is not {FORMAT} (written by another kuberaft version)"
+                        ),
                     })
                 }
             }
@@ -184,7 +185,10 @@ impl Engine {
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
         let in_use = self.in_use.load(Ordering::Relaxed);
-        (file.max(in_use), if file == 0 { in_use } else { in_use.min(file) })
+        (
+            file.max(in_use),
+            if file == 0 { in_use } else { in_use.min(file) },
+        )
     }
 
     /// Records the bytes in use (pages allocated) from a write transaction's
@@ -295,7 +299,10 @@ pub(super) fn read_meta(engine: &Engine) -> Result<StoredMeta, EngineError> {
     let tx = engine.db.begin_read().map_err(|e| engine.err(e))?;
     let meta = tx.open_table(META).map_err(|e| engine.err(e))?;
     let get = |name: &str| -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(meta.get(name).map_err(|e| engine.err(e))?.map(|v| v.value().to_vec()))
+        Ok(meta
+            .get(name)
+            .map_err(|e| engine.err(e))?
+            .map(|v| v.value().to_vec()))
     };
     let num = |name: &str| -> Result<Option<i64>, EngineError> {
         match get(name)? {

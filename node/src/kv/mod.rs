@@ -1048,12 +1048,13 @@ impl KvStore {
             let index = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
             let mut at_revision: Vec<(u32, Bytes)> = Vec::new();
             let mut current = i64::MIN;
-            let flush = |revision: i64, written: &mut Vec<(u32, Bytes)>, changes: &mut OrdMap<i64, Vector<Bytes>>| {
-                if !written.is_empty() {
-                    written.sort_by_key(|(sub, _)| *sub);
-                    changes.insert(revision, written.drain(..).map(|(_, k)| k).collect());
-                }
-            };
+            let flush =
+                |revision: i64, written: &mut Vec<(u32, Bytes)>, changes: &mut OrdMap<i64, Vector<Bytes>>| {
+                    if !written.is_empty() {
+                        written.sort_by_key(|(sub, _)| *sub);
+                        changes.insert(revision, written.drain(..).map(|(_, k)| k).collect());
+                    }
+                };
             for row in index.iter().map_err(|e| engine.err(e))? {
                 let (k, v) = row.map_err(|e| engine.err(e))?;
                 let vkey = k.value();
@@ -1114,7 +1115,9 @@ impl KvStore {
                     store
                         .leases
                         .get_mut(&meta.lease)
-                        .ok_or_else(|| corrupt(format!("a key names lease {} that does not exist", meta.lease)))?
+                        .ok_or_else(|| {
+                            corrupt(format!("a key names lease {} that does not exist", meta.lease))
+                        })?
                         .keys
                         .insert(key.clone());
                 }
@@ -1126,7 +1129,11 @@ impl KvStore {
             .map(|(revision, written)| {
                 let shared: Vector<Bytes> = written
                     .iter()
-                    .map(|key| index.get_key_value(key).map_or_else(|| key.clone(), |(k, _)| k.clone()))
+                    .map(|key| {
+                        index
+                            .get_key_value(key)
+                            .map_or_else(|| key.clone(), |(k, _)| k.clone())
+                    })
                     .collect();
                 (*revision, shared)
             })
@@ -1335,12 +1342,12 @@ impl KvStore {
                 };
                 rows.push_back((engine::version_key(*revision, key), row));
                 if rows.len() >= 100_000 {
-                    self.pending.rows = std::mem::take(&mut rows);
+                    self.pending.rows.append(std::mem::take(&mut rows));
                     self.commit(false, None)?;
                 }
             }
         }
-        self.pending.rows = rows;
+        self.pending.rows.append(rows);
         Ok(())
     }
 }
@@ -1920,7 +1927,9 @@ mod tests {
             store.commit(false, None).unwrap();
             let (loaded, members) = KvStore::load(store.engine().clone()).unwrap();
             assert_eq!(members, None);
-            for other in [&restored, &loaded] {
+            // And a snapshot read into an engine is all in that engine.
+            let (reloaded, _) = KvStore::load(restored.engine().clone()).unwrap();
+            for other in [&restored, &loaded, &reloaded] {
                 assert_eq!(
                     (other.revision(), other.compacted(), other.applied(), other.len()),
                     (store.revision(), store.compacted(), store.applied(), store.len()),

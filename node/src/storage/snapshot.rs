@@ -11,10 +11,19 @@
 //! data:    the state machine's bytes
 //! trailer: data_len u64 | data crc32c u32 | magic "KRSNAPND"
 //! ```
+//!
+//! A node makes its own snapshots as markers: the data is only [`MARKER`], which says
+//! "the state at this index is in the state store" (the engine was fsynced at or after
+//! it before the marker was written, so the log below it may go). No copy of the whole
+//! state is written in steady state. When a follower is too far behind and a marker is
+//! what it needs, [`SnapshotStore::for_sending`] has the registered
+//! [`Materializer`] stream the state from a consistent read view into a full snapshot
+//! file under the same name, once; received snapshots and restores are full files.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::BufMut;
 
@@ -56,12 +65,31 @@ pub struct SnapshotInfo {
     data_offset: u64,
 }
 
+/// The data of a marker snapshot: the state is in the state store.
+pub const MARKER: &[u8] = b"KRSTATE1";
+
+/// Writes the full state for a snapshot whose file is a marker (the runtime registers
+/// one that streams its published store).
+pub type Materializer = Arc<dyn Fn(&SnapshotMeta, &mut dyn Write) -> io::Result<()> + Send + Sync>;
+
 /// The snapshot directory of one node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
     cluster_id: u64,
     keep: usize,
+    /// Serialises materialisation (two peers may need the same snapshot at once).
+    materializer: Arc<Mutex<Option<Materializer>>>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("dir", &self.dir)
+            .field("cluster_id", &self.cluster_id)
+            .field("keep", &self.keep)
+            .finish()
+    }
 }
 
 impl SnapshotStore {
@@ -85,7 +113,65 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             cluster_id,
             keep,
+            materializer: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Registers what turns a marker into a full snapshot file.
+    pub fn set_materializer(&self, materializer: Materializer) {
+        *self.materializer.lock().unwrap_or_else(|e| e.into_inner()) = Some(materializer);
+    }
+
+    /// Writes a marker snapshot for `meta` (the caller made the state store durable at
+    /// or after `meta.index`).
+    pub fn create_marker(&self, meta: &SnapshotMeta) -> Result<SnapshotInfo> {
+        let mut writer = self.create(meta)?;
+        writer
+            .write_all(MARKER)
+            .map_err(|e| Error::io("write", &writer.temp_path, e))?;
+        writer.finish()
+    }
+
+    /// Whether `info` is a marker rather than a full snapshot.
+    pub fn is_marker(&self, info: &SnapshotInfo) -> Result<bool> {
+        if info.data_bytes != MARKER.len() as u64 {
+            return Ok(false);
+        }
+        let mut data = Vec::new();
+        self.open_reader(info)?
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io("read", &info.path, e))?;
+        Ok(data == MARKER)
+    }
+
+    /// The snapshot `meta` as a full file to send to a peer: the held file itself, or,
+    /// if it is a marker, a full file streamed from the state store first. `None`: no
+    /// longer held (a newer snapshot replaced it).
+    pub fn for_sending(&self, meta: &SnapshotMeta) -> Result<Option<SnapshotInfo>> {
+        let materializer = self.materializer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(info) = self.latest()?.filter(|i| &i.meta == meta) else {
+            return Ok(None);
+        };
+        if !self.is_marker(&info)? {
+            return Ok(Some(info));
+        }
+        let Some(materialize) = materializer.as_ref() else {
+            return Err(Error::Config(format!(
+                "snapshot {} is a marker and nothing can materialise it",
+                meta.index
+            )));
+        };
+        let started = std::time::Instant::now();
+        let mut writer = self.create(meta)?;
+        materialize(meta, &mut writer).map_err(|e| Error::io("write snapshot", &self.dir, e))?;
+        let info = writer.finish()?;
+        tracing::info!(
+            index = meta.index,
+            bytes = info.data_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot materialised from the state store to catch a follower up"
+        );
+        Ok(Some(info))
     }
 
     pub fn dir(&self) -> &Path {

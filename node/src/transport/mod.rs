@@ -404,12 +404,15 @@ impl PeerTask {
         meta: &crate::raft::SnapshotMeta,
         start: u64,
     ) -> Result<pb::SnapshotAck, String> {
-        let info = self
-            .snapshots
-            .latest()
-            .map_err(|e| e.to_string())?
-            .filter(|i| &i.meta == meta)
-            .ok_or_else(|| format!("snapshot {} is no longer held", meta.index))?;
+        let info = {
+            let snapshots = self.snapshots.clone();
+            let wanted = meta.clone();
+            tokio::task::spawn_blocking(move || snapshots.for_sending(&wanted))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("snapshot {} is no longer held", meta.index))?
+        };
         let reader = self.snapshots.open_reader(&info).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(4);
         let reading = tokio::task::spawn_blocking({
