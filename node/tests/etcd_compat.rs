@@ -760,7 +760,9 @@ fn cluster_scenario(t: &mut Target) {
     if let Ok(raw) = u64::from_str_radix(&id, 16) {
         t.learn_id(raw, "<id:m3>");
         let last = t.steps.last_mut().unwrap();
-        last.stdout = last.stdout.replace(&id, "<id:m3>");
+        // etcdctl prints the ID with `%16x`: an ID with a leading zero digit comes
+        // with a padding space, which goes with it.
+        last.stdout = last.stdout.replace(&format!("{id:>16}"), "<id:m3>");
     }
     t.run_at(
         Some(0),
