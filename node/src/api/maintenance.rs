@@ -61,6 +61,144 @@ pub fn write_backup(kv: &KvStore, members: &MemberTable) -> std::io::Result<Vec<
 /// Page size the backup is padded to (etcd's bolt page, which etcdctl checks for).
 const BACKUP_PAGE_BYTES: usize = 512;
 
+/// Chunks of a backup queued towards a slow client before the writer waits.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+
+/// Counts and checksums what passes through.
+struct Tally<W: std::io::Write> {
+    inner: W,
+    bytes: u64,
+    crc: u32,
+}
+
+impl<W: std::io::Write> std::io::Write for Tally<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Cuts the backup into `SnapshotResponse` chunks, hashing as it goes.
+struct Framer<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+    header: Option<pb::ResponseHeader>,
+    total: u64,
+    sent: u64,
+    chunk: Vec<u8>,
+    sha: sha2::Sha256,
+}
+
+impl Framer<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        self.sent += self.chunk.len() as u64;
+        let blob = std::mem::replace(&mut self.chunk, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(pb::SnapshotResponse {
+                header: self.header,
+                remaining_bytes: self.total - self.sent,
+                blob,
+                version: VERSION.to_string(),
+            }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+
+    fn emit(&mut self, bytes: &[u8], hashed: bool) -> std::io::Result<()> {
+        use sha2::Digest as _;
+        if hashed {
+            self.sha.update(bytes);
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let take = rest.len().min(SNAPSHOT_CHUNK_BYTES - self.chunk.len());
+            self.chunk.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.chunk.len() == SNAPSHOT_CHUNK_BYTES {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams the backup [`write_backup`] would make, in `SnapshotResponse` chunks, never
+/// holding the state in memory: the state machine is written from the store's read
+/// view to an unlinked temporary file in `dir` (its length goes first in the format),
+/// then framed and sent chunk by chunk as the client takes them.
+fn stream_backup(
+    kv: &KvStore,
+    members: &MemberTable,
+    dir: &std::path::Path,
+    header: Option<pb::ResponseHeader>,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> std::io::Result<()> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, Write};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = dir.join(format!(
+        "backup-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    // Unlinked at once: the space goes back when this returns, even on an error.
+    std::fs::remove_file(&path)?;
+    let mut state = Tally {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        bytes: 0,
+        crc: 0,
+    };
+    runtime::write_state_machine(kv, members, &mut state)?;
+    state.flush()?;
+    let (len, crc) = (state.bytes, state.crc);
+    let mut file = state.inner.into_inner().map_err(|e| e.into_error())?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let framed = (BACKUP_MAGIC.len() as u64 + 8 + len + 4).div_ceil(BACKUP_PAGE_BYTES as u64)
+        * BACKUP_PAGE_BYTES as u64;
+    let total = framed + 32;
+    let mut out = Framer {
+        tx,
+        header,
+        total,
+        sent: 0,
+        chunk: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES),
+        sha: sha2::Sha256::new(),
+    };
+    out.emit(BACKUP_MAGIC, true)?;
+    out.emit(&len.to_le_bytes(), true)?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "backup file shrank"));
+        }
+        out.emit(&buf[..n], true)?;
+        left -= n as u64;
+    }
+    out.emit(&crc.to_le_bytes(), true)?;
+    let padding = framed - (BACKUP_MAGIC.len() as u64 + 8 + len + 4);
+    out.emit(&vec![0u8; padding as usize], true)?;
+    let digest = out.sha.clone().finalize();
+    out.emit(&digest, false)?;
+    if !out.chunk.is_empty() {
+        out.send()?;
+    }
+    let sent = out.sent;
+    debug_assert_eq!(sent, total);
+    Ok(())
+}
+
 /// Checks and reads a backup written by [`write_backup`].
 pub fn read_backup(data: &[u8]) -> Result<(KvStore, MemberTable), String> {
     use sha2::Digest;
@@ -219,27 +357,15 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<SnapshotStream>, Status> {
         let store = self.node.read_local();
         let members = self.node.members().borrow().clone();
-        let revision = store.revision();
-        // The store is in memory already; its serialised form is at most about as large.
-        let data = tokio::task::spawn_blocking(move || write_backup(&store, &members))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("cannot write the backup: {e}")))?;
-        let header = self.header(revision);
-        let total = data.len();
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = data
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .scan(0usize, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(pb::SnapshotResponse {
-                    header,
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: chunk.to_vec(),
-                    version: VERSION.to_string(),
-                }))
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let header = self.header(store.revision());
+        let dir = self.node.snapshots().dir().to_path_buf();
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_QUEUED);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_backup(&store, &members, &dir, header, &tx) {
+                let _ = tx.blocking_send(Err(Status::internal(format!("cannot write the backup: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn move_leader(
@@ -312,5 +438,48 @@ mod tests {
         assert!(read_backup(&damaged).unwrap_err().contains("SHA-256"));
         assert!(read_backup(&data[..data.len() - 1]).is_err());
         assert!(read_backup(b"not a backup at all, not even close to one......").is_err());
+    }
+
+    #[test]
+    fn a_streamed_backup_is_byte_for_byte_the_backup_in_chunks_counting_down() {
+        let mut kv = KvStore::default();
+        for i in 1..=300u64 {
+            kv.apply(
+                i,
+                &KvCommand::Put {
+                    key: Bytes::from(format!("key{}", i % 50)),
+                    value: Bytes::from(vec![b'a' + (i % 26) as u8; 700]),
+                    lease: 0,
+                    prev_kv: false,
+                },
+            );
+            if i % 97 == 0 {
+                kv.commit(false, None).unwrap();
+            }
+        }
+        let members = MemberTable::default();
+        let whole = write_backup(&kv, &members).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let path = dir.path().to_path_buf();
+        let writer = std::thread::spawn(move || stream_backup(&kv, &members, &path, None, &tx));
+        let mut streamed = Vec::new();
+        let mut remaining = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            let chunk = chunk.unwrap();
+            assert!(chunk.blob.len() <= SNAPSHOT_CHUNK_BYTES);
+            streamed.extend_from_slice(&chunk.blob);
+            remaining.push(chunk.remaining_bytes);
+        }
+        writer.join().unwrap().unwrap();
+        assert!(whole.len() > 2 * SNAPSHOT_CHUNK_BYTES, "several chunks");
+        assert_eq!(streamed, whole);
+        assert_eq!(remaining.last(), Some(&0));
+        assert!(remaining.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the temporary file is gone"
+        );
     }
 }
