@@ -232,7 +232,7 @@ fn fix_wal_crcs(data: &mut [u8]) {
 }
 
 /// Recomputes a snapshot file's header and data checksums (layout in storage/snapshot.rs).
-fn fix_snapshot_crcs(data: &mut Vec<u8>) {
+fn fix_snapshot_crcs(data: &mut [u8]) {
     if data.len() < 24 {
         return;
     }
@@ -634,8 +634,7 @@ fn write_corpus() {
 
     // A key-value store with history, a deletion, a compaction and a lease.
     let mut kv = KvStore::default();
-    let mut index = 1;
-    for command in sample_kv_commands()
+    for (index, command) in sample_kv_commands()
         .into_iter()
         .chain([KvCommand::Put {
             key: Bytes::from_static(b"k"),
@@ -644,9 +643,9 @@ fn write_corpus() {
             prev_kv: false,
         }])
         .chain(sample_kv_commands())
+        .enumerate()
     {
-        kv.apply(index, &command);
-        index += 1;
+        kv.apply(index as u64 + 1, &command);
     }
     let mut kv_bytes = Vec::new();
     kv.write_snapshot(&mut kv_bytes).unwrap();

@@ -13,6 +13,7 @@
 //!   list ([`CI_SCENARIOS`]).
 //! - `ROBUST_SECONDS`: seconds of traffic per scenario (default 20); the long mode is
 //!   `ROBUST_SCENARIO=mixed ROBUST_SECONDS=600`.
+//! - `ROBUST_RAFT_NODE`: another `raft-node` binary to test (with crash points).
 //!
 //! Traffic: KV clients (puts, deletes, compare-and-swap txns, linearizable and
 //! serializable reads on a few shared keys; puts on per-client keys), a lease client
@@ -167,7 +168,7 @@ impl Rig {
             .append(true)
             .open(n.dir.join("log.txt"))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_raft-node"));
+        let mut command = Command::new(raft_node());
         command
             .arg(format!("--name={}", n.name))
             .arg(format!("--data-dir={}", n.dir.join("data").display()))
@@ -345,6 +346,9 @@ async fn connect(endpoints: &[String]) -> Option<Client> {
 
 // ------------------------------------------------------------------ recording
 
+/// (response number, revision, key, put?, value) as a watcher received it.
+type WatchedEvent = (u64, i64, Vec<u8>, bool, Vec<u8>);
+
 #[derive(Default)]
 struct Record {
     ops: Vec<Operation>,
@@ -358,7 +362,7 @@ struct Record {
     unique: BTreeMap<Vec<u8>, (i64, i64)>,
     /// Per watcher: start revision and every event as (response number, revision,
     /// key, put?, value).
-    watched: Vec<(i64, Vec<(u64, i64, Vec<u8>, bool, Vec<u8>)>)>,
+    watched: Vec<(i64, Vec<WatchedEvent>)>,
     notes: Vec<String>,
 }
 
@@ -383,7 +387,7 @@ fn shared_key(k: usize) -> Vec<u8> {
 }
 
 async fn kv_client(id: usize, seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (id as u64 + 1) * 0x9e37_79b9);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
     let mut client = None;
     let mut n = 0u64;
     let mut last_seen: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
@@ -1047,11 +1051,16 @@ async fn run_faults(
 
 // ------------------------------------------------------------------ checks
 
+type EventKey<'a> = (i64, &'a [u8]);
+type EventValue<'a> = (bool, &'a [u8]);
+
 /// (revision, key, put?, value) of every event under `r/` from revision 1 on.
 type History = Vec<(i64, Vec<u8>, bool, Vec<u8>)>;
 
 async fn history_from(endpoint: String, through: i64) -> Result<History, String> {
-    let mut c = connect(&[endpoint.clone()]).await.ok_or("no connection")?;
+    let mut c = connect(std::slice::from_ref(&endpoint))
+        .await
+        .ok_or("no connection")?;
     let options = WatchOptions::new().with_prefix().with_start_revision(1);
     let mut stream = c.watch("r/", Some(options)).await.map_err(|e| e.to_string())?;
     let mut history = Vec::new();
@@ -1243,8 +1252,19 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
         failures.push(format!("HashKV at revision {final_rev} differs: {hashes:?}"));
     }
 
+    let versions: HashMap<Vec<u8>, i64> = {
+        let mut c = connect(&endpoints).await.ok_or("no connection")?;
+        let all = c
+            .get("r/u/", Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        all.kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.version()))
+            .collect()
+    };
     let record = shared.record.lock().unwrap();
-    let mut events: HashMap<(i64, &[u8]), (bool, &[u8])> = HashMap::new();
+    let mut events: HashMap<EventKey, EventValue> = HashMap::new();
     for (rev, key, put, value) in &reference {
         if events.insert((*rev, key), (*put, value)).is_some() {
             failures.push(format!(
@@ -1291,16 +1311,6 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
     }
     // No entry applied twice: versions of the per-client keys.
     {
-        let mut c = connect(&endpoints).await.ok_or("no connection")?;
-        let all = c
-            .get("r/u/", Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let versions: HashMap<Vec<u8>, i64> = all
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.version()))
-            .collect();
         for (key, (ok, unknown)) in &record.unique {
             let version = versions.get(key).copied().unwrap_or(0);
             let puts = reference.iter().filter(|e| &e.1 == key).count() as i64;
@@ -1441,6 +1451,14 @@ async fn scenario(name: &str, seed: u64, seconds: u64) -> Result<(), String> {
     ))
 }
 
+/// The binary under test: this build's, or `ROBUST_RAFT_NODE` (a scratch build with an
+/// injected bug, for proving that the runner finds it).
+fn raft_node() -> PathBuf {
+    std::env::var_os("ROBUST_RAFT_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_raft-node")))
+}
+
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
@@ -1468,7 +1486,7 @@ fn robustness() {
             "unknown scenario {s}; known: {SCENARIOS:?}"
         );
     }
-    let failpoints = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+    let failpoints = Command::new(raft_node())
         .arg("failpoints")
         .output()
         .map(|o| {
