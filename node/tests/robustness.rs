@@ -1094,6 +1094,23 @@ async fn history_from(endpoint: String, through: i64) -> Result<History, String>
     Ok(history)
 }
 
+/// Retries a read of the final checks for up to 20 s (an election may be under way).
+async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if Instant::now() > deadline => return Err(e),
+            Err(_) if Instant::now() > deadline => return Err("timed out".into()),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// Waits until every live member serves revision `at` locally.
 async fn wait_applied(endpoints: &[String], at: i64) -> Result<(), String> {
     for endpoint in endpoints {
@@ -1214,11 +1231,15 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let final_rev = {
-        let mut c = connect(&endpoints).await.ok_or("no connection")?;
-        let r = c.get("r/", None).await.map_err(|e| e.to_string())?;
-        r.header().map_or(final_rev, |h| h.revision())
-    };
+    let final_rev = retry(|| {
+        let endpoints = endpoints.clone();
+        async move {
+            let mut c = connect(&endpoints).await.ok_or("no connection")?;
+            let r = c.get("r/", None).await.map_err(|e| e.to_string())?;
+            Ok(r.header().map_or(final_rev, |h| h.revision()))
+        }
+    })
+    .await?;
     wait_applied(&endpoints, final_rev).await?;
 
     // Every member's history and hash at the final revision.
@@ -1239,30 +1260,40 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
                 ));
             }
         }
-        let mut c = connect(std::slice::from_ref(endpoint))
-            .await
-            .ok_or("no connection")?;
-        let hash = c
-            .hash_kv(final_rev)
-            .await
-            .map_err(|e| format!("hash_kv on {endpoint}: {e}"))?;
+        let hash = retry(|| {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut c = connect(std::slice::from_ref(&endpoint))
+                    .await
+                    .ok_or("no connection")?;
+                c.hash_kv(final_rev)
+                    .await
+                    .map_err(|e| format!("hash_kv on {endpoint}: {e}"))
+            }
+        })
+        .await?;
         hashes.push((endpoint.clone(), hash.hash()));
     }
     if hashes.iter().any(|h| h.1 != hashes[0].1) {
         failures.push(format!("HashKV at revision {final_rev} differs: {hashes:?}"));
     }
 
-    let versions: HashMap<Vec<u8>, i64> = {
-        let mut c = connect(&endpoints).await.ok_or("no connection")?;
-        let all = c
-            .get("r/u/", Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| e.to_string())?;
-        all.kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.version()))
-            .collect()
-    };
+    let versions: HashMap<Vec<u8>, i64> = retry(|| {
+        let endpoints = endpoints.clone();
+        async move {
+            let mut c = connect(&endpoints).await.ok_or("no connection")?;
+            let all = c
+                .get("r/u/", Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(all
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.version()))
+                .collect())
+        }
+    })
+    .await?;
     let record = shared.record.lock().unwrap();
     let mut events: HashMap<EventKey, EventValue> = HashMap::new();
     for (rev, key, put, value) in &reference {
