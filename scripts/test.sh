@@ -15,11 +15,12 @@ for component in rustfmt clippy; do
   fi
 done
 
-step "system packages (etcdctl for the client tests, etcd 3.4 for the compatibility test, protoc for the etcd-client crate)"
+step "system packages (etcdctl for the client tests, etcd 3.4 for the compatibility test, protoc for the etcd-client crate, nft for the robustness runner's partitions)"
 missing=()
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -48,6 +49,13 @@ SIM_SEEDS=$SIM_SEEDS SIM_SEED_START=$SIM_SEED_START \
 
 step "the simulator catches three injected consensus bugs (each at least 5 times in the CI seed range)"
 python3 scripts/inject-bugs.py --seeds "$SIM_SEEDS" --require 5
+
+step "fuzz: every decoder of outside bytes, ${FUZZ_SECONDS:=20} s per target (profile sim; a new seed each run, printed)"
+FUZZ_SECONDS=$FUZZ_SECONDS cargo test --profile sim --locked -p kuberaft-node --test fuzz -- --nocapture --test-threads=2
+
+step "robustness runner: real processes, crash points, partitions, membership changes (README \"Robustness\"; a new seed each run, printed)"
+ROBUST_SECONDS=${ROBUST_SECONDS:-20} \
+  cargo test --locked -p kuberaft-node --features failpoints --test robustness -- --ignored --nocapture
 
 echo
 echo "all tests passed"
