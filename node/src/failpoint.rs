@@ -68,6 +68,34 @@ pub const POINTS: &[(&str, &str)] = &[
         "transport/mod.rs: a received snapshot is complete and durable, before it is acknowledged and handed to the core",
     ),
     (
+        "apply-before-commit",
+        "runtime.rs: a batch of entries is applied in memory, before its state-store commit (nothing of it is in the engine yet)",
+    ),
+    (
+        "apply-after-commit",
+        "runtime.rs: a batch is committed to the state store (maybe not fsynced), before it is published and the clients answered",
+    ),
+    (
+        "state-before-durable-commit",
+        "kv/mod.rs: the state store is about to commit with fsync (durable); error = the commit fails (the node stops)",
+    ),
+    (
+        "state-after-durable-commit",
+        "kv/mod.rs: a durable state-store commit returned, before the caller learns it",
+    ),
+    (
+        "snapshot-marker",
+        "runtime.rs: the state store is durable at a snapshot's index, before the marker is written",
+    ),
+    (
+        "snapshot-install",
+        "runtime.rs: a received snapshot is written into a new state-store file, before it is moved into place",
+    ),
+    (
+        "snapshot-materialise",
+        "storage/snapshot.rs: a marker is being turned into a full snapshot for a follower, before the file is finished",
+    ),
+    (
         "transport-peer-batch",
         "transport/mod.rs: a batch of peer messages arrived, before it is handed to the core (sleep delays peer traffic)",
     ),

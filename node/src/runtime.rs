@@ -1138,7 +1138,9 @@ impl Applier {
     fn finish_batch(&mut self) -> Result<(), String> {
         let durable = self.last_durable.elapsed() >= self.batch.interval
             || self.kv.applied() >= self.kv.durable_applied() + self.batch.entries;
+        crate::fail_point!("apply-before-commit");
         self.commit(durable)?;
+        crate::fail_point!("apply-after-commit");
         self.published.send_replace(self.kv.clone());
         if std::mem::take(&mut self.members_changed) {
             self.members_published.send_replace(self.members.clone());
@@ -1228,6 +1230,7 @@ impl Applier {
             self.kv.applied()
         );
         self.commit(true)?;
+        crate::fail_point!("snapshot-marker");
         match self.snapshots.create_marker(&meta) {
             Ok(_) => {
                 self.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
@@ -1309,6 +1312,7 @@ fn install_snapshot(
         members.write_snapshot(&mut blob).map_err(|e| e.to_string())?;
         kv.commit(true, Some(&blob)).map_err(|e| e.to_string())?;
     }
+    crate::fail_point!("snapshot-install");
     std::fs::rename(&temp, state_path).map_err(|e| format!("rename {}: {e}", temp.display()))?;
     if let Some(dir) = state_path.parent() {
         storage::fs::sync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;

@@ -46,7 +46,9 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| rand::thread_rng().gen());
-    println!("crash test: seed {seed}, {rounds} rounds (KUBERAFT_CRASH_SEED={seed} replays the kill schedule)");
+    println!(
+        "crash test: seed {seed}, {rounds} rounds (KUBERAFT_CRASH_SEED={seed} replays the kill schedule)"
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut cluster = ProcCluster::start(3, &["--snapshot-count=500"]);
     cluster.wait_for_leader(&[0, 1, 2]);
@@ -65,7 +67,9 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
             while !stop.load(Ordering::Relaxed) {
                 attempt += 1;
                 let value = attempt.to_string();
-                match tokio::time::timeout(Duration::from_secs(3), c.put(key.as_str(), value.as_str(), None)).await {
+                match tokio::time::timeout(Duration::from_secs(3), c.put(key.as_str(), value.as_str(), None))
+                    .await
+                {
                     Ok(Ok(_)) => {
                         tally.acked += 1;
                         tally.last_acked = attempt;
@@ -140,10 +144,19 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
             );
         }
     }
-    assert!(total_acked > 100, "the load made progress through the kills ({total_acked} acknowledged)");
+    assert!(
+        total_acked > 100,
+        "the load made progress through the kills ({total_acked} acknowledged)"
+    );
 
     // Every member converges on one history: equal HashKV at the same revision.
-    let revision = c.get("writer/0", None).await.unwrap().header().unwrap().revision();
+    let revision = c
+        .get("writer/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let deadline = Instant::now() + Duration::from_secs(30);
     let hashes = loop {
         let mut hashes = Vec::new();
@@ -166,7 +179,11 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(hashes.len(), 3, "every member caught up to revision {revision} (seed {seed})");
+    assert_eq!(
+        hashes.len(),
+        3,
+        "every member caught up to revision {revision} (seed {seed})"
+    );
     assert!(
         hashes.windows(2).all(|w| w[0] == w[1]),
         "members diverged at revision {revision}: {hashes:?} (seed {seed})"

@@ -1011,8 +1011,17 @@ impl KvStore {
         }
         if durable {
             engine.note_in_use(&tx);
+            crate::fail_point!("state-before-durable-commit", |e: std::io::Error| Err(
+                EngineError::Io {
+                    path: engine.name(),
+                    source: e,
+                }
+            ));
         }
         tx.commit().map_err(|e| engine.err(e))?;
+        if durable {
+            crate::fail_point!("state-after-durable-commit");
+        }
         self.pending = Pending::default();
         self.snap = Arc::new(engine.snapshot()?);
         if durable {
