@@ -161,7 +161,7 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
     let hashes = loop {
         let mut hashes = Vec::new();
         for e in &endpoints {
-            let mut m = client(&[e.clone()]).await;
+            let mut m = client(std::slice::from_ref(e)).await;
             let caught_up = m
                 .get("writer/0", Some(GetOptions::new().with_serializable()))
                 .await
