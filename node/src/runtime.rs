@@ -1255,8 +1255,7 @@ fn open_state_machine(
     snapshot_index: Index,
 ) -> Result<(KvStore, MemberTable)> {
     if state_path.exists() || snapshot_index == 0 {
-        let engine = Engine::open(state_path).map_err(|e| Error::Snapshot(e.to_string()))?;
-        let (kv, members) = KvStore::load(engine).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let (kv, members) = open_state_store(state_path).map_err(|e| Error::Snapshot(e.to_string()))?;
         if kv.applied() >= snapshot_index {
             let members = match members {
                 Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| {
@@ -1292,6 +1291,27 @@ fn open_state_machine(
     install_snapshot(snapshots, info, state_path).map_err(Error::Snapshot)
 }
 
+/// Opens the state store at `path` and loads its key index. A damaged file is refused
+/// with an error naming it: the engine panics on some damage it finds, which is caught
+/// here, since a member must stop with a reason (its data cannot be used; the operator
+/// replaces it) rather than crash-loop on a backtrace.
+fn open_state_store(path: &std::path::Path) -> Result<(KvStore, Option<Bytes>), crate::kv::EngineError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Engine::open(path).and_then(KvStore::load)
+    }));
+    opened.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the storage engine failed on it".to_string());
+        Err(crate::kv::EngineError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("{reason}; this member's data cannot be used: replace the member"),
+        })
+    })
+}
+
 /// Reads snapshot `info` into a new engine file beside `state_path`, makes it durable
 /// and moves it into place (readers of the old store keep their open file).
 fn install_snapshot(
@@ -1317,8 +1337,7 @@ fn install_snapshot(
     if let Some(dir) = state_path.parent() {
         storage::fs::sync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
     }
-    let engine = Engine::open(state_path).map_err(|e| e.to_string())?;
-    let (kv, members) = KvStore::load(engine).map_err(|e| e.to_string())?;
+    let (kv, members) = open_state_store(state_path).map_err(|e| e.to_string())?;
     let members = match members {
         Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| e.to_string())?,
         None => MemberTable::default(),

@@ -193,3 +193,47 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
         started.elapsed()
     );
 }
+
+/// A member whose state store file is damaged refuses to start, with an error that
+/// names the file (its data cannot be used; the operator's member replacement rebuilds
+/// it), instead of crash-looping on a panic or serving damaged data.
+#[tokio::test]
+async fn a_damaged_state_store_stops_the_member_with_an_error_naming_the_file() {
+    let mut cluster = ProcCluster::start(1, &[]);
+    cluster.wait_for_leader(&[0]);
+    let mut c = client(&cluster.endpoints()).await;
+    for i in 0..50 {
+        c.put(format!("k{i}"), vec![b'x'; 2000], None).await.unwrap();
+    }
+    drop(c);
+    cluster.kill(0);
+    let path = cluster.members[0].dir.join("snap").join("state.redb");
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    assert!(len > 100_000, "the values are in the state store ({len} bytes)");
+    // Everything after redb's header page is overwritten.
+    let mut data = std::fs::read(&path).unwrap();
+    for b in &mut data[4096..] {
+        *b = 0xff;
+    }
+    std::fs::write(&path, data).unwrap();
+    cluster.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let child = cluster.members[0].child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member kept running on a damaged state store"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{}", cluster.log(0));
+    let log = cluster.log(0);
+    assert!(
+        log.contains(&format!("state store {} is damaged", path.display()))
+            && log.contains("replace the member"),
+        "{log}"
+    );
+}

@@ -971,6 +971,10 @@ impl KvStore {
             redb::Durability::None
         })
         .map_err(|e| engine.err(e))?;
+        // A durable commit also records the allocator state (and commits in two
+        // phases), so reopening after a crash does not walk the whole file to repair it:
+        // measured on 300,000 values of 1 KiB, 519 ms without it, under 1 ms with it.
+        tx.set_quick_repair(durable);
         {
             let mut index = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
             let mut values = tx.open_table(engine::VALUES).map_err(|e| engine.err(e))?;
