@@ -230,7 +230,17 @@ pub struct Counters {
     /// Appends sent, by entry count: bucket `i` counts appends of up to 2^i entries
     /// (the last bucket: more).
     pub append_batch_entries: [AtomicU64; APPEND_BATCH_BUCKETS],
+    /// State-store commits (one per applied batch), and those fsynced.
+    pub backend_commits: AtomicU64,
+    pub backend_durable_commits: AtomicU64,
+    /// Microseconds spent in state-store commits, all and durable ones.
+    pub backend_commit_micros: AtomicU64,
+    /// Durable commits by duration: bucket `i` counts commits of under 2^(i+7) µs
+    /// (128 µs to about 4 s; the last bucket: more).
+    pub backend_durable_commit_buckets: [AtomicU64; BACKEND_COMMIT_BUCKETS],
 }
+
+pub const BACKEND_COMMIT_BUCKETS: usize = 16;
 
 pub const APPEND_BATCH_BUCKETS: usize = 10;
 
@@ -1177,11 +1187,21 @@ impl Applier {
         } else {
             None
         };
+        let started = Instant::now();
         self.kv
             .commit(durable, members.as_deref())
             .map_err(|e| format!("state store commit failed: {e}"))?;
+        let micros = started.elapsed().as_micros() as u64;
+        let c = &self.counters;
+        c.backend_commits.fetch_add(1, Ordering::Relaxed);
+        c.backend_commit_micros.fetch_add(micros, Ordering::Relaxed);
         if durable {
             self.last_durable = Instant::now();
+            c.backend_durable_commits.fetch_add(1, Ordering::Relaxed);
+            let bucket = ((64 - micros.leading_zeros()) as usize)
+                .saturating_sub(7)
+                .min(BACKEND_COMMIT_BUCKETS - 1);
+            c.backend_durable_commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

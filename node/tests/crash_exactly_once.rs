@@ -188,6 +188,21 @@ async fn kill_9_during_heavy_writes_never_loses_or_repeats_a_write() {
         hashes.windows(2).all(|w| w[0] == w[1]),
         "members diverged at revision {revision}: {hashes:?} (seed {seed})"
     );
+    // The state store's metrics tell the same story.
+    for i in 0..3 {
+        assert_eq!(
+            cluster.metric(i, "kuberaft_mvcc_keys"),
+            Some(WRITERS as u64),
+            "member {i}"
+        );
+        assert!(cluster.metric(i, "kuberaft_backend_commits_total").unwrap_or(0) > 0);
+        assert!(
+            cluster
+                .metric(i, "kuberaft_mvcc_db_total_size_in_bytes")
+                .unwrap_or(0)
+                > 0
+        );
+    }
     println!(
         "crash test: {total_acked} acknowledged puts over {rounds} rounds in {:?}; versions exact; HashKV equal",
         started.elapsed()
