@@ -30,6 +30,22 @@ etcdctl version | sed -n 1p   # sed reads all input: head would close the pipe e
 etcd --version | sed -n 1p
 protoc --version
 
+step "real Go peers (scripts/go-peers.sh): etcd, etcdctl, etcdutl 3.6, etcd's benchmark tool, kube-apiserver, kube-controller-manager"
+# Built from their official Go modules once per machine and cached outside the repository
+# (~/.cache/kuberaft-go-peers); a cached run takes about a second. The one-time builds on a
+# 2-core machine: etcd ~2.5 min, the benchmark tool seconds after it, Kubernetes ~10-20 min
+# (README "Tests"). The tests find the binaries through these variables: the etcd 3.6
+# comparisons in node/tests/etcd_compat.rs and the Go-client comparison need them.
+command -v go >/dev/null 2>&1 || { echo "go is required (Go 1.26: the polyglot machines have it)"; exit 1; }
+go version
+go_peers_env=$(bash scripts/go-peers.sh --print-env)
+while IFS='=' read -r name value; do
+  [ -n "$name" ] && export "$name=$value"
+done <<<"$go_peers_env"
+printf '%s\n' "$go_peers_env"
+"$ETCD36_BIN" --version | sed -n 1p
+"$ETCDCTL36_BIN" version | sed -n 1p
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
