@@ -142,10 +142,34 @@ impl KvService {
         Ok(channel)
     }
 
+    /// A write this member forwarded is answered once this member applied it too (its
+    /// store reached the answer's revision), as etcd's followers answer: a client that
+    /// reads from this member next sees its own write. Bounded: if this member lags for
+    /// longer, the write (which did take effect) is answered anyway.
+    async fn applied_here(&self, header: Option<&pb::ResponseHeader>) {
+        let Some(revision) = header.map(|h| h.revision) else {
+            return;
+        };
+        let mut store = self.node.applied_store();
+        let caught_up = store.wait_for(|s| s.revision() >= revision);
+        if tokio::time::timeout(FORWARDED_APPLY_WAIT, caught_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                revision,
+                "a forwarded write is answered before this member applied it (lagging)"
+            );
+        }
+    }
+
     async fn linearizable_store(&self) -> Result<KvStore, Status> {
         self.node.read_linearizable().await.map_err(to_status)
     }
 }
+
+/// How long a member waits to apply a write it forwarded before answering anyway.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) fn to_status(error: runtime::Error) -> Status {
     match error {
@@ -222,10 +246,10 @@ impl Kv for KvService {
                 Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = self.leader_client(leader_hint).await?;
-                    leader.put(forward(r)).await.map(|mut response| {
-                        self.restamp(&mut response.get_mut().header);
-                        response
-                    })
+                    let mut response = leader.put(forward(r)).await?;
+                    self.restamp(&mut response.get_mut().header);
+                    self.applied_here(response.get_ref().header.as_ref()).await;
+                    Ok(response)
                 }
                 Err(e) => Err(to_status(e)),
             };
@@ -245,10 +269,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.put(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.put(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -281,10 +305,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.delete_range(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.delete_range(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -305,10 +329,10 @@ impl Kv for KvService {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.txn(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.txn(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -331,10 +355,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.compact(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.compact(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
