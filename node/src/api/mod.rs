@@ -41,6 +41,7 @@ use bytes::Bytes;
 use kuberaft_proto::etcdserverpb as pb;
 use kuberaft_proto::etcdserverpb::kv_client::KvClient;
 use kuberaft_proto::etcdserverpb::kv_server::Kv;
+use kuberaft_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use kuberaft_proto::mvccpb;
 use tonic::{Request, Response, Status};
 
@@ -163,6 +164,46 @@ impl KvService {
         }
     }
 
+    /// Refuses a write that would grow the store over the quota (etcd's NOSPACE), and
+    /// raises the alarm through the log the first time: proposed here on the leader,
+    /// forwarded to the leader's Maintenance service from a follower.
+    pub(crate) async fn check_quota(&self, command: &KvCommand, cost: u64) -> Result<(), Status> {
+        let raised = match self.node.check_quota(command, cost) {
+            Ok(()) => return Ok(()),
+            Err(raised) => raised,
+        };
+        if !raised {
+            let raise = KvCommand::Alarm {
+                activate: true,
+                member: self.node.id(),
+                alarm: crate::kv::ALARM_NOSPACE,
+            };
+            let outcome = match self.node.propose(raise).await {
+                Ok(_) => Ok(()),
+                Err(runtime::Error::NotLeader { leader_hint }) => match self.leader_channel(leader_hint) {
+                    Ok(channel) => {
+                        let request = pb::AlarmRequest {
+                            action: pb::alarm_request::AlarmAction::Activate as i32,
+                            member_id: self.node.id(),
+                            alarm: crate::kv::ALARM_NOSPACE,
+                        };
+                        MaintenanceClient::new(channel)
+                            .alarm(crate::security::auth::forward(request))
+                            .await
+                            .map(drop)
+                            .map_err(|s| s.message().to_string())
+                    }
+                    Err(s) => Err(s.message().to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "could not raise the NOSPACE alarm (the next write over the quota tries again)");
+            }
+        }
+        Err(kv_status(KvError::NoSpace))
+    }
+
     async fn linearizable_store(&self) -> Result<KvStore, Status> {
         self.node.read_linearizable().await.map_err(to_status)
     }
@@ -232,6 +273,8 @@ impl Kv for KvService {
                 success: vec![put_op(&r)],
                 failure: Vec::new(),
             });
+            self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
+                .await?;
             return match self.node.propose(command).await {
                 Ok(KvResult::Txn {
                     revision, responses, ..
@@ -260,6 +303,8 @@ impl Kv for KvService {
             lease: r.lease,
             prev_kv: r.prev_kv,
         };
+        self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
+            .await?;
         match self.node.propose(command).await {
             Ok(KvResult::Put { revision, prev }) => Ok(Response::new(pb::PutResponse {
                 header: self.header(revision),
@@ -324,7 +369,9 @@ impl Kv for KvService {
             return self.txn_response(store.evaluate_read_only_txn(&txn));
         }
         let command = KvCommand::Txn(txn);
-        check_size("txn", command.encode().len())?;
+        let encoded = command.encode().len();
+        check_size("txn", encoded)?;
+        self.check_quota(&command, encoded as u64).await?;
         match self.node.propose(command).await {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
@@ -459,7 +506,7 @@ pub(crate) fn kv_status(error: KvError) -> Status {
         KvError::LeaseNotFound => Status::not_found(error.to_string()),
         KvError::LeaseExists => Status::failed_precondition(error.to_string()),
         KvError::LeaseTtlTooLarge => Status::out_of_range(error.to_string()),
-        KvError::TooManyLeases => Status::resource_exhausted(error.to_string()),
+        KvError::TooManyLeases | KvError::NoSpace => Status::resource_exhausted(error.to_string()),
     }
 }
 
