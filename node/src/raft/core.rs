@@ -50,8 +50,10 @@ pub struct Config {
     /// ... or as soon as the entries applied since the last one hold this many bytes
     /// (when snapshots are on), so the log kept in memory is bounded in bytes too.
     pub snapshot_bytes: u64,
-    /// Entries kept in the log below a snapshot for followers that lag a little.
+    /// Entries kept in the log below a snapshot for followers that lag a little...
     pub log_tail_entries: u64,
+    /// ... holding at most this many bytes (0: no byte bound).
+    pub log_tail_bytes: u64,
     /// A learner is promoted only once its match index reaches this fraction (in
     /// percent) of the leader's commit index.
     pub promote_min_match_percent: u64,
@@ -75,6 +77,7 @@ impl Config {
             snapshot_entries: 10_000,
             snapshot_bytes: 64 << 20,
             log_tail_entries: 1_000,
+            log_tail_bytes: 16 << 20,
             promote_min_match_percent: 90,
             seed: id,
         }
@@ -845,7 +848,22 @@ impl RaftCore {
             self.applied
         );
         self.snapshot = meta;
-        let through = self.snapshot.index.saturating_sub(self.cfg.log_tail_entries);
+        let mut through = self.snapshot.index.saturating_sub(self.cfg.log_tail_entries);
+        if self.cfg.log_tail_bytes > 0 {
+            // Keep fewer entries when they are large: the tail holds at most
+            // `log_tail_bytes` (a follower further behind gets a snapshot).
+            let mut kept = 0u64;
+            let mut index = self.snapshot.index;
+            while index > through {
+                let Some(entry) = self.log.entry(index) else { break };
+                kept += entry.size_bytes() as u64;
+                if kept > self.cfg.log_tail_bytes {
+                    through = index;
+                    break;
+                }
+                index -= 1;
+            }
+        }
         if through > self.log.base_index() {
             self.compact_log(through);
             self.commands.push(Command::CompactLog { through });

@@ -1262,6 +1262,8 @@ fn a_snapshot_is_asked_for_once_the_entries_applied_since_the_last_hold_enough_b
         let mut cfg = config(id);
         cfg.snapshot_entries = 1_000;
         cfg.snapshot_bytes = 4_000;
+        cfg.log_tail_entries = 100;
+        cfg.log_tail_bytes = 2_000;
         cfg
     });
     net.elect(1);
@@ -1284,6 +1286,18 @@ fn a_snapshot_is_asked_for_once_the_entries_applied_since_the_last_hold_enough_b
         net.propose(1, &big).unwrap();
     }
     assert_eq!(asked(&net), 1, "the byte bound asked for a snapshot");
+    // The tail kept below it is bounded in bytes too: of the 100 entries the count
+    // allows, only the last one fits in 2,000 bytes with these 1.5 kB entries.
+    let meta = net.other[&1]
+        .iter()
+        .find_map(|c| match c {
+            Command::BuildSnapshot(meta) => Some(meta.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.core(1).snapshot_built(meta.clone());
+    net.process(1);
+    assert_eq!(net.nodes[&1].log().base_index(), meta.index - 1);
 }
 
 #[test]
