@@ -764,7 +764,7 @@ impl KvStore {
     }
 
     fn decode_alarms(data: &[u8]) -> Option<imbl::OrdSet<(u64, i32)>> {
-        if data.len() % 12 != 0 || data.len() > 12 * ALARMS_MAX {
+        if !data.len().is_multiple_of(12) || data.len() > 12 * ALARMS_MAX {
             return None;
         }
         Some(
