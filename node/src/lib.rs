@@ -22,6 +22,7 @@
 //!   [`server`]: flags and listeners of `raft-node`; [`restore`]: `raft-node restore`.
 
 pub mod api;
+pub mod failpoint;
 pub mod join;
 pub mod kv;
 pub mod linearizability;

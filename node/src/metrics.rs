@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use std::sync::atomic::Ordering;
 
 use crate::raft::Role;
-use crate::runtime::{NodeHandle, APPEND_BATCH_BUCKETS};
+use crate::runtime::{NodeHandle, APPEND_BATCH_BUCKETS, BACKEND_COMMIT_BUCKETS};
 use crate::storage::writer::FSYNC_BUCKETS;
 use crate::transport::rtt::PeerLinks;
 
@@ -152,6 +152,87 @@ async fn metrics(State(probe): State<Probe>) -> String {
         );
     }
     let _ = writeln!(out, "kuberaft_append_batch_entries_count {cumulative}");
+    // The state store (etcd's names where etcd has the metric).
+    let store = node.read_local();
+    let (db_size, db_in_use) = store.size_bytes();
+    for (name, help, value) in [
+        (
+            "kuberaft_mvcc_db_total_size_in_bytes",
+            "size of the state store file",
+            db_size,
+        ),
+        (
+            "kuberaft_mvcc_db_total_size_in_use_in_bytes",
+            "bytes of the state store file in use (measured at most every 30 s)",
+            db_in_use,
+        ),
+        (
+            "kuberaft_mvcc_keys",
+            "keys alive at the current revision",
+            store.len() as u64,
+        ),
+        (
+            "kuberaft_mvcc_revision",
+            "current revision",
+            store.revision().max(0) as u64,
+        ),
+        (
+            "kuberaft_mvcc_compacted_revision",
+            "revision history is kept from (0: never compacted)",
+            store.compacted().max(0) as u64,
+        ),
+        (
+            "kuberaft_backend_durable_applied_index",
+            "applied index the state store has fsynced (a crash now replays the WAL from here)",
+            store.durable_applied(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    for (name, help, value) in [
+        (
+            "kuberaft_backend_commits_total",
+            "state store commits (one per applied batch)",
+            &counters.backend_commits,
+        ),
+        (
+            "kuberaft_backend_durable_commits_total",
+            "state store commits that were fsynced",
+            &counters.backend_durable_commits,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kuberaft_backend_commit_seconds_total time spent committing to the state store\n# TYPE kuberaft_backend_commit_seconds_total counter\nkuberaft_backend_commit_seconds_total {}",
+        counters.backend_commit_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kuberaft_backend_durable_commit_duration_seconds fsynced state store commit latency\n# TYPE kuberaft_backend_durable_commit_duration_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bucket) in counters.backend_durable_commit_buckets.iter().enumerate() {
+        cumulative += bucket.load(Ordering::Relaxed);
+        let le = if i + 1 == BACKEND_COMMIT_BUCKETS {
+            "+Inf".to_string()
+        } else {
+            ((1u64 << (i + 7)) as f64 / 1e6).to_string()
+        };
+        let _ = writeln!(
+            out,
+            "kuberaft_backend_durable_commit_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "kuberaft_backend_durable_commit_duration_seconds_count {cumulative}"
+    );
     let peers = node.peers();
     if !peers.is_empty() {
         let _ = writeln!(

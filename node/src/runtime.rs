@@ -230,7 +230,17 @@ pub struct Counters {
     /// Appends sent, by entry count: bucket `i` counts appends of up to 2^i entries
     /// (the last bucket: more).
     pub append_batch_entries: [AtomicU64; APPEND_BATCH_BUCKETS],
+    /// State-store commits (one per applied batch), and those fsynced.
+    pub backend_commits: AtomicU64,
+    pub backend_durable_commits: AtomicU64,
+    /// Microseconds spent in state-store commits, all and durable ones.
+    pub backend_commit_micros: AtomicU64,
+    /// Durable commits by duration: bucket `i` counts commits of under 2^(i+7) µs
+    /// (128 µs to about 4 s; the last bucket: more).
+    pub backend_durable_commit_buckets: [AtomicU64; BACKEND_COMMIT_BUCKETS],
 }
+
+pub const BACKEND_COMMIT_BUCKETS: usize = 16;
 
 pub const APPEND_BATCH_BUCKETS: usize = 10;
 
@@ -1138,7 +1148,9 @@ impl Applier {
     fn finish_batch(&mut self) -> Result<(), String> {
         let durable = self.last_durable.elapsed() >= self.batch.interval
             || self.kv.applied() >= self.kv.durable_applied() + self.batch.entries;
+        crate::fail_point!("apply-before-commit");
         self.commit(durable)?;
+        crate::fail_point!("apply-after-commit");
         self.published.send_replace(self.kv.clone());
         if std::mem::take(&mut self.members_changed) {
             self.members_published.send_replace(self.members.clone());
@@ -1175,11 +1187,21 @@ impl Applier {
         } else {
             None
         };
+        let started = Instant::now();
         self.kv
             .commit(durable, members.as_deref())
             .map_err(|e| format!("state store commit failed: {e}"))?;
+        let micros = started.elapsed().as_micros() as u64;
+        let c = &self.counters;
+        c.backend_commits.fetch_add(1, Ordering::Relaxed);
+        c.backend_commit_micros.fetch_add(micros, Ordering::Relaxed);
         if durable {
             self.last_durable = Instant::now();
+            c.backend_durable_commits.fetch_add(1, Ordering::Relaxed);
+            let bucket = ((64 - micros.leading_zeros()) as usize)
+                .saturating_sub(7)
+                .min(BACKEND_COMMIT_BUCKETS - 1);
+            c.backend_durable_commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -1228,6 +1250,7 @@ impl Applier {
             self.kv.applied()
         );
         self.commit(true)?;
+        crate::fail_point!("snapshot-marker");
         match self.snapshots.create_marker(&meta) {
             Ok(_) => {
                 self.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
@@ -1252,8 +1275,7 @@ fn open_state_machine(
     snapshot_index: Index,
 ) -> Result<(KvStore, MemberTable)> {
     if state_path.exists() || snapshot_index == 0 {
-        let engine = Engine::open(state_path).map_err(|e| Error::Snapshot(e.to_string()))?;
-        let (kv, members) = KvStore::load(engine).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let (kv, members) = open_state_store(state_path).map_err(|e| Error::Snapshot(e.to_string()))?;
         if kv.applied() >= snapshot_index {
             let members = match members {
                 Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| {
@@ -1289,6 +1311,27 @@ fn open_state_machine(
     install_snapshot(snapshots, info, state_path).map_err(Error::Snapshot)
 }
 
+/// Opens the state store at `path` and loads its key index. A damaged file is refused
+/// with an error naming it: the engine panics on some damage it finds, which is caught
+/// here, since a member must stop with a reason (its data cannot be used; the operator
+/// replaces it) rather than crash-loop on a backtrace.
+fn open_state_store(path: &std::path::Path) -> Result<(KvStore, Option<Bytes>), crate::kv::EngineError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Engine::open(path).and_then(KvStore::load)
+    }));
+    opened.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the storage engine failed on it".to_string());
+        Err(crate::kv::EngineError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("{reason}; this member's data cannot be used: replace the member"),
+        })
+    })
+}
+
 /// Reads snapshot `info` into a new engine file beside `state_path`, makes it durable
 /// and moves it into place (readers of the old store keep their open file).
 fn install_snapshot(
@@ -1309,12 +1352,12 @@ fn install_snapshot(
         members.write_snapshot(&mut blob).map_err(|e| e.to_string())?;
         kv.commit(true, Some(&blob)).map_err(|e| e.to_string())?;
     }
+    crate::fail_point!("snapshot-install");
     std::fs::rename(&temp, state_path).map_err(|e| format!("rename {}: {e}", temp.display()))?;
     if let Some(dir) = state_path.parent() {
         storage::fs::sync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
     }
-    let engine = Engine::open(state_path).map_err(|e| e.to_string())?;
-    let (kv, members) = KvStore::load(engine).map_err(|e| e.to_string())?;
+    let (kv, members) = open_state_store(state_path).map_err(|e| e.to_string())?;
     let members = match members {
         Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| e.to_string())?,
         None => MemberTable::default(),

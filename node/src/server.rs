@@ -99,7 +99,7 @@ pub struct ServeArgs {
     )]
     pub ablate_pipelining_and_batching: bool,
     /// Keep this many revisions of history; the leader compacts older ones every few
-    /// seconds (0: never; the MVCC history lives in memory, so the default is on).
+    /// seconds (0: never; compaction frees the state store's pages for reuse).
     #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value_t = 10_000)]
     pub auto_compaction_retention: i64,
     #[command(flatten)]

@@ -22,7 +22,7 @@ struct Registry {
 
 /// Delivers messages between nodes of one process. Snapshots are copied from the
 /// sender's snapshot store into the receiver's before the message is delivered, as
-/// the real transport does after streaming the file.
+/// the real transport does after streaming the file (a marker is materialised first).
 struct MemOutbox {
     registry: Arc<Mutex<Registry>>,
 }
@@ -38,9 +38,10 @@ impl Outbox for MemOutbox {
             return;
         };
         if let MessageBody::InstallSnapshot { meta } = &message.body {
+            // As the real transport: a marker is materialised from the state store.
             let info = from
                 .snapshots()
-                .latest()
+                .for_sending(meta)
                 .unwrap()
                 .expect("sender has the snapshot");
             assert_eq!(&info.meta, meta);

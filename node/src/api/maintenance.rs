@@ -181,7 +181,10 @@ fn stream_backup(
         let want = left.min(buf.len() as u64) as usize;
         let n = file.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "backup file shrank"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "backup file shrank",
+            ));
         }
         out.emit(&buf[..n], true)?;
         left -= n as u64;
@@ -365,7 +368,9 @@ impl Maintenance for MaintenanceService {
                 let _ = tx.blocking_send(Err(Status::internal(format!("cannot write the backup: {e}"))));
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(

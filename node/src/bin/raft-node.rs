@@ -3,6 +3,7 @@
 //!     raft-node --name n1 --initial-cluster n1=http://127.0.0.1:2380,... [etcd-style flags]
 //!     raft-node wal dump --wal-dir DIR [--records]
 //!     raft-node restore --snapshot FILE --name n1 --initial-cluster ... [--data-dir DIR]
+//!     raft-node failpoints
 //!
 //! Every flag also reads from an environment variable (`KUBERAFT_NAME`, ...).
 
@@ -43,6 +44,9 @@ enum Command {
         #[command(flatten)]
         serve: Box<ServeArgs>,
     },
+    /// List the crash points (armed with KUBERAFT_FAILPOINTS or KUBERAFT_FAILPOINTS_FILE;
+    /// compiled in only with the cargo feature `failpoints`).
+    Failpoints,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +96,23 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Some(Command::Failpoints) => {
+            use kuberaft_node::failpoint;
+            println!(
+                "crash points: {} (cargo feature `failpoints`); arm with \
+                 KUBERAFT_FAILPOINTS=\"name=[P%][N*]abort|panic|sleep(MS)|error|off;...\" \
+                 or KUBERAFT_FAILPOINTS_FILE=PATH",
+                if failpoint::ENABLED {
+                    "compiled in"
+                } else {
+                    "NOT compiled in, this build has none"
+                }
+            );
+            for (name, place) in failpoint::POINTS {
+                println!("{name:<28} {place}");
+            }
+            ExitCode::SUCCESS
         }
         Some(Command::Restore { snapshot, serve }) => {
             init_logging(serve.log_json);

@@ -164,6 +164,7 @@ impl SnapshotStore {
         let started = std::time::Instant::now();
         let mut writer = self.create(meta)?;
         materialize(meta, &mut writer).map_err(|e| Error::io("write snapshot", &self.dir, e))?;
+        crate::fail_point!("snapshot-materialise");
         let info = writer.finish()?;
         tracing::info!(
             index = meta.index,

@@ -803,8 +803,17 @@ impl Wal {
             self.sync_file()?;
             self.start_segment(&checkpoint)?;
         }
-        match self.file.write_all(&self.pending) {
+        // What a power loss right now would keep (crash point `wal-power-loss`).
+        let synced_len = (!self.unsynced).then_some(self.file_len);
+        match self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| after_write_point())
+        {
             Ok(()) => {
+                if let Some(synced_len) = synced_len {
+                    power_loss_point(&mut *self.file, synced_len);
+                }
                 self.file_len += len;
                 self.pending.clear();
                 self.pending_start = None;
@@ -826,7 +835,10 @@ impl Wal {
         if !self.unsynced {
             return Ok(());
         }
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = before_fsync_point()
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| after_fsync_point())
+        {
             let err = Error::io("fdatasync", self.current_path().to_path_buf(), e);
             return Err(self.make_fatal(err));
         }
@@ -892,6 +904,44 @@ impl Wal {
 /// The offset of the first valid record frame that starts after `offset` in `path`,
 /// if any. Used only when a scan ended early, so reading the rest of one segment
 /// into memory is acceptable.
+/// Crash point after the records are written, before anything is acknowledged. An
+/// `error` is handled like a failed write (cut off again, records kept queued).
+fn after_write_point() -> io::Result<()> {
+    crate::fail_point!("wal-after-write", Err);
+    Ok(())
+}
+
+/// Crash point simulating a power loss after a write that was not yet fsynced: armed
+/// with `abort`, it cuts the segment back to what was durable before the write (the
+/// page cache a power loss would lose), then aborts the process. A process crash
+/// alone keeps unsynced writes in the page cache, so without this point a reply sent
+/// before its fsync would go unnoticed.
+#[cfg(feature = "failpoints")]
+fn power_loss_point(file: &mut dyn WalFile, synced_len: u64) {
+    if crate::failpoint::eval("wal-power-loss") == Some(crate::failpoint::Action::Abort) {
+        let _ = file.truncate(synced_len);
+        let _ = file.sync_data();
+        eprintln!("failpoint wal-power-loss: the unsynced tail after byte {synced_len} is dropped; aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn power_loss_point(_file: &mut dyn WalFile, _synced_len: u64) {}
+
+/// Crash point before the segment's fdatasync; an `error` is a failed fdatasync.
+fn before_fsync_point() -> io::Result<()> {
+    crate::fail_point!("wal-before-fsync", Err);
+    Ok(())
+}
+
+/// Crash point after the segment's fdatasync returned; an `error` is handled like a
+/// failed fdatasync.
+fn after_fsync_point() -> io::Result<()> {
+    crate::fail_point!("wal-after-fsync", Err);
+    Ok(())
+}
+
 fn find_record_after(fs: &dyn WalFs, path: &Path, offset: u64) -> Result<Option<u64>> {
     let mut bytes = Vec::new();
     fs.open_read(path)

@@ -278,13 +278,24 @@ fn commit_group(mut store: WalLogStore, groups: Vec<Vec<PersistRequest>>) -> Gro
         })
         .collect();
     let started = Instant::now();
-    let synced = store.sync();
+    let synced = group_commit_point().and_then(|()| store.sync());
     GroupOutcome {
         store,
         accepted,
         synced,
         elapsed: started.elapsed(),
     }
+}
+
+/// Crash point in a group commit, before its fsync; an `error` fails the group (its
+/// records stay queued for the next one).
+fn group_commit_point() -> Result<()> {
+    crate::fail_point!("wal-writer-group", |e| Err(Error::io(
+        "group commit",
+        std::path::PathBuf::from("failpoint"),
+        e
+    )));
+    Ok(())
 }
 
 async fn run(
@@ -343,6 +354,7 @@ async fn run(
         store = Some(outcome.store);
         match outcome.synced {
             Ok(()) => {
+                crate::fail_point_async!("wal-writer-before-ack");
                 stats.record(outcome.elapsed, count);
                 durable_tx.send_replace(first_seq + count as u64 - 1);
                 for (i, (reply, accepted)) in replies.into_iter().zip(outcome.accepted).enumerate() {

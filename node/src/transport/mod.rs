@@ -510,6 +510,13 @@ enum Received {
     Failed(String),
 }
 
+/// Crash point before a received snapshot chunk is written; an `error` fails the
+/// transfer.
+fn snapshot_chunk_point() -> std::io::Result<()> {
+    crate::fail_point!("transport-snapshot-chunk", Err);
+    Ok(())
+}
+
 fn receive_chunks(mut partial: Partial, mut rx: mpsc::Receiver<pb::SnapshotChunk>) -> Received {
     while let Some(chunk) = rx.blocking_recv() {
         if chunk.offset != partial.received {
@@ -518,7 +525,7 @@ fn receive_chunks(mut partial: Partial, mut rx: mpsc::Receiver<pb::SnapshotChunk
                 chunk.offset, partial.received
             ));
         }
-        if let Err(e) = partial.writer.write_all(&chunk.data) {
+        if let Err(e) = snapshot_chunk_point().and_then(|()| partial.writer.write_all(&chunk.data)) {
             return Received::Failed(format!("cannot write the snapshot: {e}"));
         }
         partial.crc = crc32c::crc32c_append(partial.crc, &chunk.data);
@@ -532,7 +539,10 @@ fn receive_chunks(mut partial: Partial, mut rx: mpsc::Receiver<pb::SnapshotChunk
             }
             let received = partial.received;
             return match partial.writer.finish() {
-                Ok(_) => Received::Complete { received },
+                Ok(_) => {
+                    crate::fail_point!("transport-snapshot-received");
+                    Received::Complete { received }
+                }
                 Err(e) => Received::Failed(format!("cannot store the snapshot: {e}")),
             };
         }
@@ -631,6 +641,7 @@ impl Peer for PeerService {
                         return;
                     }
                 };
+                crate::fail_point_async!("transport-peer-batch");
                 let messages = match decode_envelope(envelope, envelope_bytes_max) {
                     Ok(messages) => messages,
                     Err(reason) => {

@@ -238,14 +238,19 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 pub fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new("etcdctl")
+    etcdctl_bin("etcdctl", endpoint, args)
+}
+
+/// [`etcdctl`] with the given etcdctl binary (a path, or a name found on `PATH`).
+pub fn etcdctl_bin(etcdctl: &str, endpoint: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=5s")
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("etcdctl is required (Debian package etcd-client; scripts/test.sh installs it): {e}")
+            panic!("{etcdctl} is required (Debian package etcd-client, or scripts/go-peers.sh; scripts/test.sh installs both): {e}")
         });
     let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
@@ -276,20 +281,29 @@ pub async fn value_on(endpoint: &str, key: &str, within: Duration) -> Option<Vec
     }
 }
 
-/// A real etcd 3.4 cluster (`/usr/bin/etcd`, Debian `etcd-server`) on free 127.0.0.1
-/// ports with its own data directories, for side-by-side comparison. Members are
-/// named `m0`, `m1`, ... as in [`ProcCluster`]; every process is ended by its PID
-/// when the cluster is dropped.
+/// A real etcd cluster on free 127.0.0.1 ports with its own data directories, for
+/// side-by-side comparison: etcd 3.4 (`/usr/bin/etcd`, Debian `etcd-server`) by
+/// default, or any etcd binary ([`EtcdCluster::start_bin`], e.g. etcd 3.6 built by
+/// `scripts/go-peers.sh`). Members are named `m0`, `m1`, ... as in [`ProcCluster`];
+/// every process is ended by its PID when the cluster is dropped.
 pub struct EtcdCluster {
     pub names: Vec<String>,
     pub clients: Vec<u16>,
     pub peers: Vec<u16>,
     children: Vec<Child>,
     pub base: tempfile::TempDir,
+    /// The etcdctl that [`EtcdCluster::wait_ready`] asks.
+    etcdctl: String,
 }
 
 impl EtcdCluster {
     pub fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_bin("etcd", "etcdctl", size)
+    }
+
+    /// A cluster of the etcd binary `etcd` (a path, or a name found on `PATH`), probed
+    /// with the etcdctl binary `etcdctl`.
+    pub fn start_bin(etcd: &str, etcdctl: &str, size: usize) -> EtcdCluster {
         let base = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * size);
         let names: Vec<String> = (0..size).map(|i| format!("m{i}")).collect();
@@ -305,7 +319,7 @@ impl EtcdCluster {
                 let dir = base.path().join(&names[i]);
                 std::fs::create_dir_all(&dir).unwrap();
                 let log = std::fs::File::create(base.path().join(format!("{}.log", names[i]))).unwrap();
-                Command::new("etcd")
+                Command::new(etcd)
                     .arg(format!("--name={}", names[i]))
                     .arg(format!("--data-dir={}", dir.join("data").display()))
                     .arg(format!("--listen-client-urls=http://127.0.0.1:{}", clients[i]))
@@ -323,7 +337,8 @@ impl EtcdCluster {
                     .spawn()
                     .unwrap_or_else(|e| {
                         panic!(
-                            "etcd is required (Debian package etcd-server; scripts/test.sh installs it): {e}"
+                            "{etcd} is required (Debian package etcd-server, or scripts/go-peers.sh; \
+                             scripts/test.sh installs both): {e}"
                         )
                     })
             })
@@ -334,6 +349,7 @@ impl EtcdCluster {
             peers,
             children,
             base,
+            etcdctl: etcdctl.to_string(),
         }
     }
 
@@ -350,7 +366,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..self.clients.len() {
             loop {
-                let (ok, out) = etcdctl(&self.endpoint(i), &["get", "readiness-probe"]);
+                let (ok, out) = etcdctl_bin(&self.etcdctl, &self.endpoint(i), &["get", "readiness-probe"]);
                 if ok {
                     break;
                 }
