@@ -57,8 +57,8 @@ ETCD_QUOTA = ["--quota-backend-bytes=8589934592"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ETCDCTL_ENV = dict(os.environ, ETCDCTL_API="3")
 # Disk needed per key for one system (3 members, WAL and store, with slack: etcd 3.4
-# took 7.6 KB per key in issue 15's table) plus a backup file and headroom.
-DISK_BYTES_PER_KEY = 9000
+# took 7.6 KB per key in issue 15's table, 7.4 KB at 2M keys here) plus a backup file and headroom.
+DISK_BYTES_PER_KEY = 8000
 DISK_HEADROOM = 4 << 30
 
 
@@ -367,6 +367,37 @@ def ratio(a, b):
     return f"{a / b:.2f}" if b else "n/a"
 
 
+def criteria(ok, sizes):
+    """Issue 15's measurable conditions, each with the numbers behind it."""
+    both = [keys for keys in sizes if ("kuberaft", keys) in ok and ("etcd", keys) in ok]
+    out = []
+
+    def check(text, passed):
+        out.append(f"- {'met' if passed else '**not met**'}: {text}")
+
+    for col, what, unit in (("rss_mb", "member RSS", "MB"), ("follower_ms", "follower restart", "ms"),
+                            ("cluster_ms", "whole-cluster restart", "ms"), ("snapshot_s", "`snapshot save`", "s")):
+        digits = 2 if unit == "s" else 0
+        worse = [f"{fmt_keys(k)} ({ok[('kuberaft', k)][col]:,.{digits}f} vs {ok[('etcd', k)][col]:,.{digits}f} {unit})"
+                 for k in both if ok[("kuberaft", k)][col] > ok[("etcd", k)][col]]
+        check(f"kuberaft's {what} at most etcd's at every size" +
+              (f"; higher at {', '.join(worse)}" if worse else ""), not worse)
+    if ("kuberaft", 400000) in ok and ("kuberaft", 2000000) in ok:
+        for col, what in (("follower_ms", "follower restart"), ("cluster_ms", "whole-cluster restart")):
+            a, b = ok[("kuberaft", 400000)][col], ok[("kuberaft", 2000000)][col]
+            check(f"kuberaft's {what} grows less than 2x from 400k to 2M keys: {a:,.0f} -> {b:,.0f} ms, "
+                  f"{b / a:.1f}x", b / a < 2)
+    if ("kuberaft", 100000) in ok and ("kuberaft", 2000000) in ok:
+        a, b = ok[("kuberaft", 100000)]["load_puts_per_s"], ok[("kuberaft", 2000000)]["load_puts_per_s"]
+        check(f"kuberaft's load throughput at 2M keys at least 80% of that at 100k: {b:,.0f} vs {a:,.0f} puts/s, "
+              f"{b / a:.0%}", b >= 0.8 * a)
+    worse = [f"{fmt_keys(k)} ({ok[('kuberaft', k)]['write_bytes_per_put'] / ok[('etcd', k)]['write_bytes_per_put']:.2f}x)"
+             for k in both]
+    check("bytes written to disk per put in steady state at most 2x etcd's: " + ", ".join(worse),
+          all(ok[("kuberaft", k)]["write_bytes_per_put"] <= 2 * ok[("etcd", k)]["write_bytes_per_put"] for k in both))
+    return out
+
+
 def write_report(args, rows, sizes, env, results_dir, started, elapsed):
     ok = {k: r for k, r in rows.items() if "failed" not in r}
     lines = ["# kuberaft vs etcd 3.4 as the data grows", "",
@@ -444,6 +475,7 @@ def write_report(args, rows, sizes, env, results_dir, started, elapsed):
             lo, hi = min(load), max(load)
             lines.append(f"\n{system}: load throughput at {fmt_keys(hi)} keys is {load[hi] / load[lo]:.0%} of that "
                          f"at {fmt_keys(lo)} ({load[hi]:,.0f} vs {load[lo]:,.0f} puts/s).")
+    lines += ["", "## Issue 15's \"Done when\", checked against this run", ""] + criteria(ok, sizes)
     failed = [r for r in rows.values() if "failed" in r]
     lines += ["", "## Failures", ""]
     if not failed:
