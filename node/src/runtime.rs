@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     pub state_path: PathBuf,
     /// When the state store fsyncs (see [`BackendBatch`]).
     pub backend_batch: BackendBatch,
+    /// The state store's quota (etcd's `--quota-backend-bytes`): over it, writes that
+    /// would grow the store raise the NOSPACE alarm and are refused.
+    pub quota_backend_bytes: u64,
     /// Length of one core tick.
     pub tick: Duration,
     /// `Some(voters)`: a member of a brand-new cluster (used only when the WAL is
@@ -73,6 +76,7 @@ impl RuntimeConfig {
             state_path: snapshot_dir.join("state.redb"),
             snapshot_dir,
             backend_batch: BackendBatch::default(),
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             tick: Duration::from_millis(10),
             bootstrap: None,
             keep_snapshots: 3,
@@ -109,6 +113,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait Outbox: Send + Sync + 'static {
     fn send(&self, message: Message);
 }
+
+/// etcd's default backend quota, 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 
 /// Requests from clients and admin tools.
 enum Request {
@@ -214,7 +221,14 @@ impl Waiter {
 }
 
 enum ApplyJob {
-    Register { index: Index, term: Term, reply: Waiter },
+    Register {
+        index: Index,
+        term: Term,
+        reply: Waiter,
+    },
+    /// Rewrite the state store compactly (Maintenance.Defragment); answers the file's
+    /// size before and after.
+    Defragment(oneshot::Sender<std::result::Result<(u64, u64), String>>),
     Entries(Vec<crate::raft::Entry>),
     Restore(crate::raft::SnapshotMeta),
     Snapshot(crate::raft::SnapshotMeta),
@@ -267,6 +281,9 @@ pub struct NodeHandle {
     snapshots: SnapshotStore,
     writer: WalWriter,
     log_events: LogEvents,
+    id: NodeId,
+    quota_backend_bytes: u64,
+    apply: mpsc::Sender<ApplyJob>,
     /// Subscribed before the core task starts, so the first listener (the admin
     /// service's event recorder) misses nothing applied while the server was still
     /// setting up; later listeners subscribe from the moment they ask.
@@ -275,6 +292,47 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Replicates a write and waits until it is applied here.
+    /// etcd's quota check before a write that may grow the store. `Ok`: go ahead.
+    /// `Err(true)`: the NOSPACE alarm is already raised. `Err(false)`: the state store plus
+    /// `cost` bytes would be over the quota, and the caller raises the alarm (through the
+    /// log, so that every member refuses such writes from then on).
+    pub fn check_quota(&self, command: &KvCommand, cost: u64) -> std::result::Result<(), bool> {
+        if !command.grows_store() {
+            return Ok(());
+        }
+        let store = self.store.borrow();
+        if store.nospace() {
+            return Err(true);
+        }
+        let (size, _) = store.size_bytes();
+        if size.saturating_add(cost) <= self.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size,
+            quota = self.quota_backend_bytes,
+            "the state store is over its quota: raising the NOSPACE alarm"
+        );
+        Err(false)
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Rewrites the state store into a new, compact file (etcd's defragmentation: the
+    /// file shrinks to what the data uses). Applies wait meanwhile, as in etcd. Answers
+    /// the file's size before and after.
+    pub async fn defragment(&self) -> Result<(u64, u64)> {
+        let (reply, answer) = oneshot::channel();
+        self.apply
+            .send(ApplyJob::Defragment(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?.map_err(Error::Snapshot)
+    }
+
     pub async fn propose(&self, command: KvCommand) -> Result<KvResult> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -551,6 +609,9 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         members: members_rx,
         snapshots: snapshots.clone(),
         writer: writer.clone(),
+        id,
+        quota_backend_bytes: config.quota_backend_bytes,
+        apply: apply_tx.clone(),
         first_log_events: Arc::new(std::sync::Mutex::new(Some(log_events.subscribe()))),
         log_events: log_events.clone(),
     };
@@ -1063,6 +1124,13 @@ fn apply_thread(mut applier: Applier, mut jobs: mpsc::Receiver<ApplyJob>) {
                         return;
                     }
                 }
+                ApplyJob::Defragment(reply) => {
+                    if let Err(e) = applier.finish_batch() {
+                        applier.fatal(e);
+                        return;
+                    }
+                    let _ = reply.send(applier.defragment());
+                }
             }
             if applied < APPLY_BATCH_ENTRIES_MAX {
                 job = jobs.try_recv().ok();
@@ -1236,6 +1304,44 @@ impl Applier {
         Ok(())
     }
 
+    /// Rewrites the state store: the published state is streamed into a temporary
+    /// file and installed from it into a new engine file, as a received snapshot is.
+    fn defragment(&mut self) -> std::result::Result<(u64, u64), String> {
+        use std::io::{Seek, Write};
+        self.commit(true)?;
+        let before = self.kv.size_bytes().0;
+        let dir = self
+            .state_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), |d| d.to_path_buf());
+        let path = dir.join(format!("defragment-{}.tmp", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        let _ = std::fs::remove_file(&path); // unlinked: gone whatever happens next
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        write_state_machine(&self.kv, &self.members, &mut out)
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("write the state: {e}"))?;
+        let mut file = out.into_inner().map_err(|e| e.to_string())?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| e.to_string())?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+        let (kv, members) = install_from_reader(&mut input, &self.state_path)?;
+        assert_eq!(kv.applied(), self.kv.applied(), "defragmentation keeps the state");
+        self.kv = kv;
+        self.members = members;
+        self.last_durable = Instant::now();
+        self.published.send_replace(self.kv.clone());
+        let after = self.kv.size_bytes().0;
+        tracing::info!(before, after, "state store defragmented");
+        Ok((before, after))
+    }
+
     /// The core asked for a snapshot at its applied index: the engine is made durable
     /// here (at or after that index, so the log below it may go) and a marker snapshot
     /// records it. No copy of the state is written; one is streamed from the engine only
@@ -1339,15 +1445,37 @@ fn install_snapshot(
     info: &storage::SnapshotInfo,
     state_path: &std::path::Path,
 ) -> Result<(KvStore, MemberTable), String> {
+    if snapshots.is_marker(info).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "snapshot {} is a marker: its state is in a state store this member does not have",
+            info.meta.index
+        ));
+    }
+    let mut reader = snapshots.open_reader(info).map_err(|e| e.to_string())?;
+    let (kv, members) = install_from_reader(&mut reader, state_path)?;
+    tracing::info!(
+        index = info.meta.index,
+        applied = kv.applied(),
+        keys = kv.len(),
+        "snapshot installed into the state store"
+    );
+    Ok((kv, members))
+}
+
+/// Reads a state machine (as [`write_state_machine`] writes it) into a new engine file
+/// beside `state_path`, makes it durable and moves it into place.
+fn install_from_reader(
+    input: &mut dyn std::io::Read,
+    state_path: &std::path::Path,
+) -> Result<(KvStore, MemberTable), String> {
     let temp = state_path.with_extension("redb.tmp");
     if temp.exists() {
         std::fs::remove_file(&temp).map_err(|e| format!("remove {}: {e}", temp.display()))?;
     }
     {
-        let mut reader = snapshots.open_reader(info).map_err(|e| e.to_string())?;
         let engine = Engine::open(&temp).map_err(|e| e.to_string())?;
-        let mut kv = KvStore::read_snapshot_into(&mut reader, engine).map_err(|e| e.to_string())?;
-        let members = MemberTable::read_snapshot(&mut reader).map_err(|e| e.to_string())?;
+        let mut kv = KvStore::read_snapshot_into(input, engine).map_err(|e| e.to_string())?;
+        let members = MemberTable::read_snapshot(input).map_err(|e| e.to_string())?;
         let mut blob = Vec::new();
         members.write_snapshot(&mut blob).map_err(|e| e.to_string())?;
         kv.commit(true, Some(&blob)).map_err(|e| e.to_string())?;
@@ -1362,12 +1490,6 @@ fn install_snapshot(
         Some(blob) => MemberTable::read_snapshot(&mut &blob[..]).map_err(|e| e.to_string())?,
         None => MemberTable::default(),
     };
-    tracing::info!(
-        index = info.meta.index,
-        applied = kv.applied(),
-        keys = kv.len(),
-        "snapshot installed into the state store"
-    );
     Ok((kv, members))
 }
 

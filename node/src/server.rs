@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// itself is copied only when a follower needs it.
     #[arg(long, env = "KUBERAFT_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Bytes the state store may grow to (etcd's flag and default: 0 means 2 GiB). Over
+    /// it, writes that would grow the store raise the NOSPACE alarm and are refused
+    /// until the space is freed (delete, compact, defragment) and the alarm disarmed
+    /// (`etcdctl alarm disarm`).
+    #[arg(long, env = "KUBERAFT_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
     #[arg(
         long,
         env = "KUBERAFT_LISTEN_METRICS_URLS",
@@ -443,6 +449,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan.snapshot_dir.clone(),
     );
     config.tick = Duration::from_millis(TICK_MS);
+    if args.quota_backend_bytes > 0 {
+        config.quota_backend_bytes = args.quota_backend_bytes;
+    }
+    if config.quota_backend_bytes > 8 << 30 {
+        tracing::warn!(
+            quota = config.quota_backend_bytes,
+            "--quota-backend-bytes is above 8 GiB, the most etcd recommends"
+        );
+    }
     config.bootstrap = plan.bootstrap.then(|| plan.members.keys().copied().collect());
     if args.ablate_pipelining_and_batching {
         tracing::warn!("pipelining and batching are off (benchmark ablation)");
@@ -546,7 +561,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan.members.clone(),
         directory.clone(),
     );
-    let maintenance = MaintenanceService::new(node.clone(), plan.id, plan.cluster_id);
+    let maintenance = MaintenanceService::new(node.clone(), plan.id, plan.cluster_id, kv.clone());
     let admin = AdminService::new(
         node.clone(),
         plan.id,

@@ -809,6 +809,13 @@ fn scenario(t: &mut Target, peer: &Peer) {
         &[],
         "compacted",
     );
+    // The cancel's header: etcd's carries no revision.
+    t.watch(
+        "watch from below the compaction -w json",
+        &["--rev=3", "a", "-w", "json"],
+        &[],
+        "CompactRevision",
+    );
 }
 
 impl Target {

@@ -330,7 +330,9 @@ impl Lease for LeaseService {
             } else {
                 rand::thread_rng().gen_range(1..i64::MAX)
             };
-            match self.node().propose(KvCommand::LeaseGrant { id, ttl }).await {
+            let grant = KvCommand::LeaseGrant { id, ttl };
+            self.kv.check_quota(&grant, 16).await?;
+            match self.node().propose(grant).await {
                 Ok(KvResult::LeaseGrant { revision, id, ttl }) => {
                     // The leader's clock starts now; elsewhere the next leader term
                     // starts it (a grant is never answered for a lease that then

@@ -22,11 +22,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use kuberaft_proto::etcdserverpb as pb;
+use kuberaft_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use kuberaft_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::kv::KvStore;
+use crate::kv::{KvCommand, KvResult, KvStore};
 use crate::members::MemberTable;
 use crate::raft::{NodeId, Role};
 use crate::runtime::{self, NodeHandle};
@@ -232,14 +233,17 @@ pub fn read_backup(data: &[u8]) -> Result<(KvStore, MemberTable), String> {
 #[derive(Clone)]
 pub struct MaintenanceService {
     node: NodeHandle,
+    /// Reaches the leader (alarm changes go through the log).
+    kv: crate::api::KvService,
     member_id: NodeId,
     cluster_id: u64,
 }
 
 impl MaintenanceService {
-    pub fn new(node: NodeHandle, member_id: NodeId, cluster_id: u64) -> Self {
+    pub fn new(node: NodeHandle, member_id: NodeId, cluster_id: u64, kv: crate::api::KvService) -> Self {
         MaintenanceService {
             node,
+            kv,
             member_id,
             cluster_id,
         }
@@ -266,16 +270,38 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
         let r = request.into_inner();
-        match AlarmAction::try_from(r.action) {
+        let listed = |alarms: Vec<(u64, i32)>| pb::AlarmResponse {
             // etcd 3.4 answers alarms without a header.
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(Response::new(pb::AlarmResponse {
-                header: None,
-                alarms: Vec::new(),
-            })),
-            Ok(AlarmAction::Activate) => Err(Status::unimplemented(
-                "kuberaft raises no alarms and does not take them by hand (no space quota applies: the store lives in memory)",
-            )),
-            Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+            header: None,
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                .collect(),
+        };
+        let activate = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => {
+                return Ok(Response::new(listed(self.node.read_local().alarms().collect())));
+            }
+            Ok(AlarmAction::Activate) => true,
+            Ok(AlarmAction::Deactivate) => false,
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        if pb::AlarmType::try_from(r.alarm).is_err() {
+            return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
+        }
+        let command = KvCommand::Alarm {
+            activate,
+            member: r.member_id,
+            alarm: r.alarm,
+        };
+        match self.node.propose(command).await {
+            Ok(KvResult::Alarm { changed, .. }) => Ok(Response::new(listed(changed.into_iter().collect()))),
+            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(runtime::Error::NotLeader { leader_hint }) => {
+                let mut leader = MaintenanceClient::new(self.kv.leader_channel(leader_hint)?);
+                leader.alarm(crate::security::auth::forward(r)).await
+            }
+            Err(e) => Err(crate::api::to_status(e)),
         }
     }
 
@@ -289,6 +315,12 @@ impl Maintenance for MaintenanceService {
         let mut errors = Vec::new();
         if status.leader.is_none() {
             errors.push("etcdserver: no leader".to_string());
+        }
+        // As etcd lists raised alarms among a member's errors.
+        for (member, alarm) in store.alarms() {
+            let name = pb::AlarmType::try_from(alarm)
+                .map_or_else(|_| alarm.to_string(), |a| a.as_str_name().to_string());
+            errors.push(format!("memberID:{member} alarm:{name} "));
         }
         Ok(Response::new(pb::StatusResponse {
             header: self.header(store.revision()),
@@ -309,7 +341,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        // The history lives in memory: there is no file to defragment.
+        self.node
+            .defragment()
+            .await
+            .map_err(|e| Status::internal(format!("defragment: {e}")))?;
         Ok(Response::new(pb::DefragmentResponse {
             header: self.header(self.node.read_local().revision()),
         }))

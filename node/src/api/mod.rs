@@ -41,6 +41,7 @@ use bytes::Bytes;
 use kuberaft_proto::etcdserverpb as pb;
 use kuberaft_proto::etcdserverpb::kv_client::KvClient;
 use kuberaft_proto::etcdserverpb::kv_server::Kv;
+use kuberaft_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use kuberaft_proto::mvccpb;
 use tonic::{Request, Response, Status};
 
@@ -142,10 +143,74 @@ impl KvService {
         Ok(channel)
     }
 
+    /// A write this member forwarded is answered once this member applied it too (its
+    /// store reached the answer's revision), as etcd's followers answer: a client that
+    /// reads from this member next sees its own write. Bounded: if this member lags for
+    /// longer, the write (which did take effect) is answered anyway.
+    async fn applied_here(&self, header: Option<&pb::ResponseHeader>) {
+        let Some(revision) = header.map(|h| h.revision) else {
+            return;
+        };
+        let mut store = self.node.applied_store();
+        let caught_up = store.wait_for(|s| s.revision() >= revision);
+        if tokio::time::timeout(FORWARDED_APPLY_WAIT, caught_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                revision,
+                "a forwarded write is answered before this member applied it (lagging)"
+            );
+        }
+    }
+
+    /// Refuses a write that would grow the store over the quota (etcd's NOSPACE), and
+    /// raises the alarm through the log the first time: proposed here on the leader,
+    /// forwarded to the leader's Maintenance service from a follower.
+    pub(crate) async fn check_quota(&self, command: &KvCommand, cost: u64) -> Result<(), Status> {
+        let raised = match self.node.check_quota(command, cost) {
+            Ok(()) => return Ok(()),
+            Err(raised) => raised,
+        };
+        if !raised {
+            let raise = KvCommand::Alarm {
+                activate: true,
+                member: self.node.id(),
+                alarm: crate::kv::ALARM_NOSPACE,
+            };
+            let outcome = match self.node.propose(raise).await {
+                Ok(_) => Ok(()),
+                Err(runtime::Error::NotLeader { leader_hint }) => match self.leader_channel(leader_hint) {
+                    Ok(channel) => {
+                        let request = pb::AlarmRequest {
+                            action: pb::alarm_request::AlarmAction::Activate as i32,
+                            member_id: self.node.id(),
+                            alarm: crate::kv::ALARM_NOSPACE,
+                        };
+                        MaintenanceClient::new(channel)
+                            .alarm(crate::security::auth::forward(request))
+                            .await
+                            .map(drop)
+                            .map_err(|s| s.message().to_string())
+                    }
+                    Err(s) => Err(s.message().to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "could not raise the NOSPACE alarm (the next write over the quota tries again)");
+            }
+        }
+        Err(kv_status(KvError::NoSpace))
+    }
+
     async fn linearizable_store(&self) -> Result<KvStore, Status> {
         self.node.read_linearizable().await.map_err(to_status)
     }
 }
+
+/// How long a member waits to apply a write it forwarded before answering anyway.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) fn to_status(error: runtime::Error) -> Status {
     match error {
@@ -208,6 +273,8 @@ impl Kv for KvService {
                 success: vec![put_op(&r)],
                 failure: Vec::new(),
             });
+            self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
+                .await?;
             return match self.node.propose(command).await {
                 Ok(KvResult::Txn {
                     revision, responses, ..
@@ -222,10 +289,10 @@ impl Kv for KvService {
                 Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
                     let mut leader = self.leader_client(leader_hint).await?;
-                    leader.put(forward(r)).await.map(|mut response| {
-                        self.restamp(&mut response.get_mut().header);
-                        response
-                    })
+                    let mut response = leader.put(forward(r)).await?;
+                    self.restamp(&mut response.get_mut().header);
+                    self.applied_here(response.get_ref().header.as_ref()).await;
+                    Ok(response)
                 }
                 Err(e) => Err(to_status(e)),
             };
@@ -236,6 +303,8 @@ impl Kv for KvService {
             lease: r.lease,
             prev_kv: r.prev_kv,
         };
+        self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
+            .await?;
         match self.node.propose(command).await {
             Ok(KvResult::Put { revision, prev }) => Ok(Response::new(pb::PutResponse {
                 header: self.header(revision),
@@ -245,10 +314,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.put(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.put(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -281,10 +350,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.delete_range(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.delete_range(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -300,15 +369,17 @@ impl Kv for KvService {
             return self.txn_response(store.evaluate_read_only_txn(&txn));
         }
         let command = KvCommand::Txn(txn);
-        check_size("txn", command.encode().len())?;
+        let encoded = command.encode().len();
+        check_size("txn", encoded)?;
+        self.check_quota(&command, encoded as u64).await?;
         match self.node.propose(command).await {
             Ok(result) => self.txn_response(result),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.txn(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.txn(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -331,10 +402,10 @@ impl Kv for KvService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = self.leader_client(leader_hint).await?;
-                leader.compact(forward(r)).await.map(|mut response| {
-                    self.restamp(&mut response.get_mut().header);
-                    response
-                })
+                let mut response = leader.compact(forward(r)).await?;
+                self.restamp(&mut response.get_mut().header);
+                self.applied_here(response.get_ref().header.as_ref()).await;
+                Ok(response)
             }
             Err(e) => Err(to_status(e)),
         }
@@ -435,7 +506,7 @@ pub(crate) fn kv_status(error: KvError) -> Status {
         KvError::LeaseNotFound => Status::not_found(error.to_string()),
         KvError::LeaseExists => Status::failed_precondition(error.to_string()),
         KvError::LeaseTtlTooLarge => Status::out_of_range(error.to_string()),
-        KvError::TooManyLeases => Status::resource_exhausted(error.to_string()),
+        KvError::TooManyLeases | KvError::NoSpace => Status::resource_exhausted(error.to_string()),
     }
 }
 

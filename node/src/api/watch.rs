@@ -213,7 +213,11 @@ impl StreamTask {
                 compact_revision,
                 reason,
             } => pb::WatchResponse {
-                header: self.kv.header(revision),
+                // As etcd: a watcher canceled because compaction overtook it is told so
+                // by a response whose header carries no revision (etcd sends the
+                // compacted watcher's response, which has none); a cancel the client
+                // asked for carries the current one.
+                header: self.kv.header(if compact_revision != 0 { 0 } else { revision }),
                 watch_id,
                 canceled: true,
                 compact_revision,

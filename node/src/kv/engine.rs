@@ -293,6 +293,7 @@ pub(super) struct StoredMeta {
     pub revision: Option<i64>,
     pub compacted: Option<i64>,
     pub members: Option<Bytes>,
+    pub alarms: Option<Bytes>,
 }
 
 pub(super) fn read_meta(engine: &Engine) -> Result<StoredMeta, EngineError> {
@@ -319,5 +320,6 @@ pub(super) fn read_meta(engine: &Engine) -> Result<StoredMeta, EngineError> {
         revision: num("revision")?,
         compacted: num("compacted")?,
         members: get("members")?.map(Bytes::from),
+        alarms: get("alarms")?.map(Bytes::from),
     })
 }

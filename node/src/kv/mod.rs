@@ -79,7 +79,14 @@ pub enum KvCommand {
     LeaseGrant { id: i64, ttl: i64 },
     /// Deletes lease `id` and every key attached to it.
     LeaseRevoke { id: i64 },
+    /// Raises (`activate`) or clears alarm `alarm` (etcd's `AlarmType`: 1 NOSPACE,
+    /// 2 CORRUPT) of member `member`. While a NOSPACE alarm is raised the store refuses
+    /// what would grow it (puts, txns that put, lease grants), as etcd does.
+    Alarm { activate: bool, member: u64, alarm: i32 },
 }
+
+/// etcd's `AlarmType` NOSPACE: the backend is over its quota.
+pub const ALARM_NOSPACE: i32 = 1;
 
 /// What a command did, for the client that asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +117,11 @@ pub enum KvResult {
         revision: i64,
         deleted: i64,
     },
+    /// The alarm that was raised or cleared (`None`: the command changed nothing).
+    Alarm {
+        revision: i64,
+        changed: Option<(u64, i32)>,
+    },
     /// The command was refused and changed nothing (every member refuses it alike).
     Failed {
         revision: i64,
@@ -127,6 +139,7 @@ impl KvResult {
             | KvResult::Txn { revision, .. }
             | KvResult::LeaseGrant { revision, .. }
             | KvResult::LeaseRevoke { revision, .. }
+            | KvResult::Alarm { revision, .. }
             | KvResult::Failed { revision, .. } => *revision,
         }
     }
@@ -155,6 +168,8 @@ pub enum KvError {
     LeaseTtlTooLarge,
     #[error("etcdserver: too many leases")]
     TooManyLeases,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,6 +239,7 @@ const TAG_COMPACT: u8 = 3;
 const TAG_TXN: u8 = 4;
 const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
+const TAG_ALARM: u8 = 7;
 
 impl KvCommand {
     pub fn encode(&self) -> Bytes {
@@ -268,6 +284,16 @@ impl KvCommand {
                 out.put_u8(TAG_LEASE_REVOKE);
                 out.put_i64_le(*id);
             }
+            KvCommand::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                out.put_u8(TAG_ALARM);
+                out.put_u8(u8::from(*activate));
+                out.put_u64_le(*member);
+                out.put_i32_le(*alarm);
+            }
         }
         out.freeze()
     }
@@ -296,6 +322,16 @@ impl KvCommand {
             TAG_LEASE_REVOKE => KvCommand::LeaseRevoke {
                 id: get_i64(&mut buf)?,
             },
+            TAG_ALARM => KvCommand::Alarm {
+                activate: get_bool(&mut buf)?,
+                member: get_i64(&mut buf)? as u64,
+                alarm: {
+                    if buf.remaining() < 4 {
+                        return Err(CodecError::Truncated);
+                    }
+                    buf.get_i32_le()
+                },
+            },
             other => return Err(CodecError::UnknownType(other)),
         };
         if buf.has_remaining() {
@@ -304,6 +340,28 @@ impl KvCommand {
         Ok(command)
     }
 }
+
+impl KvCommand {
+    /// Whether the command may grow the store (what a NOSPACE alarm refuses, as etcd's
+    /// capped applier: puts, txns with a put in any branch, lease grants).
+    pub fn grows_store(&self) -> bool {
+        fn txn_puts(txn: &Txn) -> bool {
+            txn.success.iter().chain(txn.failure.iter()).any(|op| match op {
+                TxnOp::Put { .. } => true,
+                TxnOp::Txn(inner) => txn_puts(inner),
+                _ => false,
+            })
+        }
+        match self {
+            KvCommand::Put { .. } | KvCommand::LeaseGrant { .. } => true,
+            KvCommand::Txn(txn) => txn_puts(txn),
+            _ => false,
+        }
+    }
+}
+
+/// Most alarms the store holds (one per member and type is all etcd raises).
+const ALARMS_MAX: usize = 4096;
 
 /// Is `key` inside the etcd range `[start, end)`? An empty `end` means `start` only;
 /// `end == [0]` means every key from `start` on.
@@ -380,13 +438,15 @@ struct Pending {
     removed: Vector<Bytes>,
     /// Leases granted (`Some(ttl)`) or revoked (`None`).
     leases: OrdMap<i64, Option<i64>>,
+    /// The alarms changed.
+    alarms: bool,
     /// Bytes of values and keys waiting.
     bytes: usize,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.removed.is_empty() && self.leases.is_empty()
+        self.rows.is_empty() && self.removed.is_empty() && self.leases.is_empty() && !self.alarms
     }
 }
 
@@ -414,6 +474,8 @@ pub struct KvStore {
     /// The log index that last granted or revoked a lease (or of the snapshot the
     /// store was read from), so the leader's lessor rescans only when it moved.
     leases_changed_at: Index,
+    /// Raised alarms: (member, alarm type).
+    alarms: imbl::OrdSet<(u64, i32)>,
     /// The engine, and the view of it this store's committed versions are read from.
     snap: Arc<engine::Snap>,
     pending: Pending,
@@ -445,6 +507,7 @@ impl KvStore {
             changes: OrdMap::new(),
             leases: lease::Leases::new(),
             leases_changed_at: 0,
+            alarms: imbl::OrdSet::new(),
             snap: Arc::new(engine.snapshot()?),
             pending: Pending::default(),
             durable_applied: 0,
@@ -599,6 +662,13 @@ impl KvStore {
     /// same result from the same log.
     pub fn apply(&mut self, index: Index, command: &KvCommand) -> KvResult {
         self.skip(index);
+        if self.nospace() && command.grows_store() {
+            // etcd's capped applier: over quota, only what frees space goes through.
+            return KvResult::Failed {
+                revision: self.revision,
+                error: KvError::NoSpace,
+            };
+        }
         match command {
             KvCommand::Put {
                 key,
@@ -655,7 +725,58 @@ impl KvStore {
             KvCommand::Txn(txn) => self.apply_txn(txn),
             KvCommand::LeaseGrant { id, ttl } => self.grant_lease(*id, *ttl),
             KvCommand::LeaseRevoke { id } => self.revoke_lease(*id),
+            KvCommand::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                let changed = if *activate {
+                    self.alarms.insert((*member, *alarm)).is_none()
+                } else {
+                    self.alarms.remove(&(*member, *alarm)).is_some()
+                };
+                self.pending.alarms |= changed;
+                KvResult::Alarm {
+                    revision: self.revision,
+                    changed: changed.then_some((*member, *alarm)),
+                }
+            }
         }
+    }
+
+    /// Raised alarms, as (member, alarm type), in order.
+    pub fn alarms(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
+        self.alarms.iter().copied()
+    }
+
+    /// Whether a NOSPACE alarm is raised (writes that grow the store are refused).
+    pub fn nospace(&self) -> bool {
+        self.alarms.iter().any(|(_, alarm)| *alarm == ALARM_NOSPACE)
+    }
+
+    fn encode_alarms(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 * self.alarms.len());
+        for (member, alarm) in self.alarms.iter() {
+            out.extend_from_slice(&member.to_le_bytes());
+            out.extend_from_slice(&alarm.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode_alarms(data: &[u8]) -> Option<imbl::OrdSet<(u64, i32)>> {
+        if data.len() % 12 != 0 || data.len() > 12 * ALARMS_MAX {
+            return None;
+        }
+        Some(
+            data.chunks(12)
+                .map(|c| {
+                    (
+                        u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+                        i32::from_le_bytes(c[8..].try_into().expect("4 bytes")),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Records a new version (or tombstone) of `key` at `revision`, for the index and
@@ -1024,6 +1145,10 @@ impl KvStore {
             if let Some(members) = members {
                 meta.insert("members", members).map_err(|e| engine.err(e))?;
             }
+            if self.pending.alarms {
+                meta.insert("alarms", &self.encode_alarms()[..])
+                    .map_err(|e| engine.err(e))?;
+            }
         }
         if durable {
             engine.note_in_use(&tx);
@@ -1066,6 +1191,10 @@ impl KvStore {
         store.leases_changed_at = meta.applied;
         store.revision = meta.revision.unwrap_or(INITIAL_REVISION);
         store.compacted = meta.compacted.unwrap_or(NEVER_COMPACTED);
+        if let Some(alarms) = &meta.alarms {
+            store.alarms = KvStore::decode_alarms(alarms)
+                .ok_or_else(|| corrupt("the alarm list is malformed".into()))?;
+        }
         let mut keys: std::collections::BTreeMap<Bytes, Vec<Version>> = std::collections::BTreeMap::new();
         let mut changes = OrdMap::new();
         {
@@ -1204,6 +1333,13 @@ impl KvStore {
         self.write_changes_section(out)?;
         // Leases: a separate section (see `lease.rs`).
         self.write_lease_section(out)?;
+        // Alarms (format 4).
+        let alarms = self.encode_alarms();
+        let mut section = BytesMut::new();
+        section.put_slice(ALARM_SECTION_TAG);
+        section.put_u32_le(alarms.len() as u32);
+        section.put_slice(&alarms);
+        out.write_all(&section)?;
         Ok(())
     }
 
@@ -1220,9 +1356,11 @@ impl KvStore {
         let store_err = |e: EngineError| CodecError::Snapshot(e.to_string());
         let mut header = [0u8; SNAPSHOT_MAGIC.len() + 32];
         input.read_exact(&mut header).map_err(io)?;
-        if &header[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-            return Err(bad("not a kuberaft key-value snapshot of this format"));
-        }
+        let with_alarms = match &header[..SNAPSHOT_MAGIC.len()] {
+            m if m == SNAPSHOT_MAGIC => true,
+            m if m == SNAPSHOT_MAGIC_V3 => false,
+            _ => return Err(bad("not a kuberaft key-value snapshot of this format")),
+        };
         let mut h = Bytes::copy_from_slice(&header[SNAPSHOT_MAGIC.len()..]);
         let revision = h.get_i64_le();
         let compacted = h.get_i64_le();
@@ -1327,6 +1465,22 @@ impl KvStore {
         store.live = live;
         store.read_changes_section(input)?;
         store.read_lease_section(input)?;
+        if with_alarms {
+            let mut head = [0u8; ALARM_SECTION_TAG.len() + 4];
+            input.read_exact(&mut head).map_err(io)?;
+            if &head[..ALARM_SECTION_TAG.len()] != ALARM_SECTION_TAG {
+                return Err(bad("alarm section missing"));
+            }
+            let len =
+                u32::from_le_bytes(head[ALARM_SECTION_TAG.len()..].try_into().expect("4 bytes")) as usize;
+            if len > 12 * ALARMS_MAX {
+                return Err(bad("too many alarms"));
+            }
+            let mut data = vec![0u8; len];
+            input.read_exact(&mut data).map_err(io)?;
+            store.alarms = KvStore::decode_alarms(&data).ok_or_else(|| bad("alarm section malformed"))?;
+            store.pending.alarms = true;
+        }
         store.restore_write_order().map_err(store_err)?;
         for (id, lease) in store.leases.iter() {
             store.pending.leases.insert(*id, Some(lease.ttl));
@@ -1382,8 +1536,10 @@ const RESTORE_BATCH_BYTES: usize = 64 << 20;
 
 /// The snapshot format tag: version 2 carries the history and the compacted revision;
 /// version 3 adds the order of the keys written at each revision (watch) and the
-/// leases.
-const SNAPSHOT_MAGIC: &[u8] = b"KRKV3";
+/// leases; version 4 the raised alarms. Version 3 is still read.
+const SNAPSHOT_MAGIC: &[u8] = b"KRKV4";
+const SNAPSHOT_MAGIC_V3: &[u8] = b"KRKV3";
+const ALARM_SECTION_TAG: &[u8] = b"ALARMS01";
 
 #[cfg(test)]
 mod tests {
