@@ -3,8 +3,8 @@
 
 For every size (keys), each system in turn (kuberaft then etcd, the order reversed every
 other size), on a fresh 3-member cluster on 127.0.0.1 started by bench/compare.py's
-Cluster with the same flags (heartbeat 100 ms, election 1000 ms; etcd also
---quota-backend-bytes=8589934592, kuberaft has no quota flag):
+Cluster with the same flags (heartbeat 100 ms, election 1000 ms,
+--quota-backend-bytes=8589934592; to kuberaft only if its raft-node takes the flag):
 
 1. load: raft-bench writes keys 0..N once each, 16-byte keys, 1 KiB values, in txns of
    100 puts from 16 writers; load seconds as raft-bench measures them; the members' CPU
@@ -53,7 +53,7 @@ VALUE_BYTES = 1024
 TXN_OPS = 100
 WRITERS = 16
 TIMING = ["--heartbeat-interval=100", "--election-timeout=1000"]
-ETCD_QUOTA = ["--quota-backend-bytes=8589934592"]
+QUOTA = ["--quota-backend-bytes=8589934592"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ETCDCTL_ENV = dict(os.environ, ETCDCTL_API="3")
 # Disk needed per key for one system (3 members, WAL and store, with slack: etcd 3.4
@@ -189,7 +189,7 @@ def find_leader(cluster, timeout=60):
 def measure(cluster, keys, args, raw):
     """One system at one size; returns the row (raises StepFailed)."""
     tag = f"{cluster.name}-{keys}"
-    row = {"system": cluster.name, "keys": keys}
+    row = {"system": cluster.name, "keys": keys, "flags": cluster.extra}
     cluster.start()
     pids = {i: p.pid for i, p in cluster.procs.items()}
     leader = find_leader(cluster)
@@ -317,7 +317,8 @@ def one(kind, keys, args, work_root, raw, logs):
                 "failed": f"not run: {have / 1e9:.1f} GB free on {work_root} ({df_line(work_root)}), "
                           f"{need / 1e9:.1f} GB needed"}
     work = tempfile.mkdtemp(prefix=f"{kind}-{keys}-", dir=work_root)
-    cluster = Cluster(kind, free_base(start), work, TIMING + (ETCD_QUOTA if kind == "etcd" else []), name=name)
+    quota = QUOTA if kind == "etcd" or kuberaft_has_quota() else []
+    cluster = Cluster(kind, free_base(start), work, TIMING + quota, name=name)
     row = None
     try:
         row = measure(cluster, keys, args, raw)
@@ -335,6 +336,12 @@ def one(kind, keys, args, work_root, raw, logs):
                 shutil.copy(src, dest)
         shutil.rmtree(work, ignore_errors=True)
     return row
+
+
+def kuberaft_has_quota():
+    """raft-node takes --quota-backend-bytes (etcd's flag, 2 GiB default) since the quota landed."""
+    r = subprocess.run([RAFT_NODE, "--help"], capture_output=True, text=True)
+    return "--quota-backend-bytes" in r.stdout
 
 
 def fmt_keys(n):
@@ -408,8 +415,10 @@ def write_report(args, rows, sizes, env, results_dir, started, elapsed):
               "- Each system, at each size, is a fresh 3-member cluster on 127.0.0.1 (kuberaft then etcd, the order "
               "reversed every other size), data directories in a new directory under /tmp on the disk above, "
               "deleted afterwards. fsync on for both (their defaults).",
-              "- Same flags for both: `--heartbeat-interval=100 --election-timeout=1000` (etcd's defaults); "
-              "etcd also `--quota-backend-bytes=8589934592` (kuberaft has no quota flag yet: nothing passed). "
+              "- Same flags for both: `--heartbeat-interval=100 --election-timeout=1000` (etcd's defaults) and "
+              "`--quota-backend-bytes=8589934592` (8 GiB; " +
+              ("raft-node takes it too" if kuberaft_has_quota() else
+               "on etcd only: this raft-node has no quota flag") + "). "
               "Everything else at each system's defaults (etcd 3.4: snapshot-count 100,000, no auto compaction; "
               "kuberaft: snapshot-count 10,000, auto-compaction retention 10,000 revisions).",
               f"- Load: raft-bench `--workload=load`: keys 0..N written once each, {KEY_BYTES}-byte keys, "
