@@ -47,6 +47,9 @@ pub struct Config {
     pub max_pending_reads: usize,
     /// Ask for a snapshot every this many applied entries (0: never).
     pub snapshot_entries: u64,
+    /// ... or as soon as the entries applied since the last one hold this many bytes
+    /// (when snapshots are on), so the log kept in memory is bounded in bytes too.
+    pub snapshot_bytes: u64,
     /// Entries kept in the log below a snapshot for followers that lag a little.
     pub log_tail_entries: u64,
     /// A learner is promoted only once its match index reaches this fraction (in
@@ -70,6 +73,7 @@ impl Config {
             max_uncommitted_entries: 16_384,
             max_pending_reads: 4096,
             snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
             log_tail_entries: 1_000,
             promote_min_match_percent: 90,
             seed: id,
@@ -266,6 +270,8 @@ pub struct RaftCore {
     timing: Timing,
     snapshot: SnapshotMeta,
     snapshot_in_progress: bool,
+    /// Bytes of the entries applied since the last snapshot was asked for.
+    applied_bytes_since_snapshot: u64,
     applied: Index,
 
     election_elapsed: u32,
@@ -378,6 +384,7 @@ impl RaftCore {
             timing,
             snapshot: snapshot.clone(),
             snapshot_in_progress: false,
+            applied_bytes_since_snapshot: 0,
             applied: snapshot.index,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -1760,6 +1767,7 @@ impl RaftCore {
             );
             assert!(!entries.is_empty());
             self.applied = entries.last().expect("not empty").index;
+            self.applied_bytes_since_snapshot += entries.iter().map(|e| e.size_bytes() as u64).sum::<u64>();
             for entry in &entries {
                 if let EntryPayload::Timing(timing) = entry.payload {
                     self.timing_history.push((entry.index, timing));
@@ -1771,9 +1779,13 @@ impl RaftCore {
         }
         if self.cfg.snapshot_entries > 0
             && !self.snapshot_in_progress
-            && self.applied >= self.snapshot.index + self.cfg.snapshot_entries
+            && self.applied > self.snapshot.index
+            && (self.applied >= self.snapshot.index + self.cfg.snapshot_entries
+                || (self.cfg.snapshot_bytes > 0
+                    && self.applied_bytes_since_snapshot >= self.cfg.snapshot_bytes))
         {
             self.snapshot_in_progress = true;
+            self.applied_bytes_since_snapshot = 0;
             let meta = SnapshotMeta {
                 index: self.applied,
                 term: self.log.term(self.applied).expect("applied entry is in the log"),

@@ -1257,6 +1257,36 @@ fn uncommitted_entries_are_bounded() {
 // ----- snapshots and compaction -----
 
 #[test]
+fn a_snapshot_is_asked_for_once_the_entries_applied_since_the_last_hold_enough_bytes() {
+    let mut net = Net::with(&[1, 2, 3], |id| {
+        let mut cfg = config(id);
+        cfg.snapshot_entries = 1_000;
+        cfg.snapshot_bytes = 4_000;
+        cfg
+    });
+    net.elect(1);
+    let asked = |net: &Net| -> usize {
+        net.other.get(&1).map_or(0, |commands| {
+            commands
+                .iter()
+                .filter(|c| matches!(c, Command::BuildSnapshot(_)))
+                .count()
+        })
+    };
+    // Small entries: far from 1,000 entries and from 4,000 bytes.
+    for i in 0..5 {
+        net.propose(1, &format!("v{i}")).unwrap();
+    }
+    assert_eq!(asked(&net), 0);
+    // Three entries of 1.5 kB: over the byte bound long before the entry count.
+    let big = "x".repeat(1_500);
+    for _ in 0..3 {
+        net.propose(1, &big).unwrap();
+    }
+    assert_eq!(asked(&net), 1, "the byte bound asked for a snapshot");
+}
+
+#[test]
 fn a_follower_behind_the_compaction_point_is_sent_a_snapshot() {
     let mut net = Net::with(&[1, 2, 3], |id| {
         let mut cfg = config(id);
