@@ -11,6 +11,13 @@
 //! steadily, the process PID (the leader) is killed with SIGKILL after `--kill-after`,
 //! and the time from the kill to the first acknowledged write *issued after it* is
 //! reported.
+//!
+//! `--workload load` fills the store: keys 0..`--keys` written once each, in txns of
+//! `--txn-ops` puts, by the first `--clients` count of writers; it reports the seconds
+//! and puts/s. `--workload wait-revision --min-revision R` polls a get on every endpoint
+//! (each on its own, serializable with `--serializable`) until one answers with a header
+//! revision of at least R, and prints the wall-clock time of that answer (UNIX ms), so
+//! that a caller can time a restart from its own kill.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug)]
@@ -47,6 +54,18 @@ struct Args {
     keys: u64,
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Key length: the key number in 8 big-endian bytes, padded in front with `k`.
+    #[arg(long, default_value_t = 8)]
+    key_bytes: usize,
+    /// load: puts per txn.
+    #[arg(long, default_value_t = 100)]
+    txn_ops: u64,
+    /// wait-revision: the header revision a get must answer with.
+    #[arg(long, default_value_t = 0)]
+    min_revision: i64,
+    /// wait-revision: serializable gets (default linearizable).
+    #[arg(long)]
+    serializable: bool,
     /// Also write the results here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -142,8 +161,114 @@ struct RunResult {
     histogram: Histogram<u64>,
 }
 
-fn key_of(n: u64) -> Vec<u8> {
-    n.to_be_bytes().to_vec()
+fn key_of(n: u64, key_bytes: usize) -> Vec<u8> {
+    let mut key = vec![b'k'; key_bytes.saturating_sub(8)];
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// Writes keys 0..keys once each in txns of `txn_ops` puts from `writers` concurrent
+/// writers; a failed txn is retried (its puts are idempotent for the load), at most 10
+/// times. Returns (seconds, retries).
+async fn load(args: &Args, pool: &[Client], writers: usize) -> anyhow::Result<(f64, u64)> {
+    let next_txn = Arc::new(AtomicU64::new(0));
+    let txns = args.keys.div_ceil(args.txn_ops);
+    let value = vec![b'v'; args.value_bytes];
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = pool[w % pool.len()].clone();
+        let (next_txn, value) = (next_txn.clone(), value.clone());
+        let (keys, txn_ops, key_bytes) = (args.keys, args.txn_ops, args.key_bytes);
+        tasks.push(tokio::spawn(async move {
+            let mut retries = 0u64;
+            loop {
+                let t = next_txn.fetch_add(1, Ordering::Relaxed);
+                if t >= txns {
+                    return Ok::<u64, anyhow::Error>(retries);
+                }
+                let ops: Vec<TxnOp> = (t * txn_ops..((t + 1) * txn_ops).min(keys))
+                    .map(|n| TxnOp::put(key_of(n, key_bytes), value.clone(), None))
+                    .collect();
+                let mut attempt = 0;
+                loop {
+                    match client.txn(Txn::new().and_then(ops.clone())).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < 10 => {
+                            attempt += 1;
+                            retries += 1;
+                            eprintln!("txn {t}: {e}; retrying ({attempt}/10)");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => bail!("txn {t} failed 11 times, the last: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    let mut retries = 0;
+    for task in tasks {
+        retries += task.await??;
+    }
+    Ok((started.elapsed().as_secs_f64(), retries))
+}
+
+/// Polls a get of `key_of(0)` on every endpoint, each with its own fresh connection after
+/// a failure, until one answers with a header revision of at least `--min-revision` or
+/// `--duration` passes. Returns (endpoint, UNIX ms of the answer, its revision).
+async fn wait_revision(args: &Args, endpoints: &[String]) -> anyhow::Result<(String, f64, i64)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(endpoints.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_millis(1000))
+        .with_connect_timeout(Duration::from_millis(500));
+    let mut tasks = Vec::new();
+    for endpoint in endpoints {
+        let (tx, stop, options, endpoint) = (tx.clone(), stop.clone(), options.clone(), endpoint.clone());
+        let (key, serializable, min_revision) =
+            (key_of(0, args.key_bytes), args.serializable, args.min_revision);
+        tasks.push(tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = Client::connect([endpoint.as_str()], Some(options.clone()))
+                        .await
+                        .ok();
+                }
+                if let Some(c) = client.as_mut() {
+                    let get_options = serializable.then(|| GetOptions::new().with_serializable());
+                    match c.get(key.clone(), get_options).await {
+                        Ok(r) => {
+                            let revision = r.header().map_or(0, |h| h.revision());
+                            if revision >= min_revision {
+                                let unix_ms = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                                let _ = tx.send((endpoint.clone(), unix_ms, revision)).await;
+                                return;
+                            }
+                        }
+                        Err(_) => client = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    drop(tx);
+    let answer = tokio::time::timeout(args.duration, rx.recv()).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    match answer {
+        Ok(Some(answer)) => Ok(answer),
+        _ => bail!(
+            "no get answered with revision >= {} within {:?}",
+            args.min_revision,
+            args.duration
+        ),
+    }
 }
 
 async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<RunResult> {
@@ -159,6 +284,7 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
         let value = value.clone();
         let workload = args.workload.clone();
         let keys = args.keys;
+        let key_bytes = args.key_bytes;
         let count = args.count;
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
@@ -172,7 +298,7 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
                 n = n
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let key = key_of(n % keys);
+                let key = key_of(n % keys, key_bytes);
                 let op_started = Instant::now();
                 let write = match workload.as_str() {
                     "put" => true,
@@ -234,11 +360,26 @@ async fn run(args: &Args, pool: &[Client], clients: usize) -> anyhow::Result<Run
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !["put", "get", "get-serializable", "mixed", "failover"].contains(&args.workload.as_str()) {
+    let workloads = [
+        "put",
+        "get",
+        "get-serializable",
+        "mixed",
+        "failover",
+        "load",
+        "wait-revision",
+    ];
+    if !workloads.contains(&args.workload.as_str()) {
         bail!(
-            "--workload {:?}: expected put, get, get-serializable, mixed or failover",
+            "--workload {:?}: expected put, get, get-serializable, mixed, failover, load or wait-revision",
             args.workload
         );
+    }
+    if args.key_bytes < 8 {
+        bail!("--key-bytes must be at least 8");
+    }
+    if args.txn_ops == 0 {
+        bail!("--txn-ops must be at least 1");
     }
     if args.connections == 0 {
         bail!("--connections must be at least 1");
@@ -253,6 +394,20 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("--clients: {s:?} is not a number"))
         })
         .collect::<anyhow::Result<_>>()?;
+    if args.workload == "wait-revision" {
+        let (endpoint, unix_ms, revision) = wait_revision(&args, &endpoints).await?;
+        println!(
+            "{} {endpoint} answered with revision {revision} at UNIX ms {unix_ms:.1}",
+            args.label
+        );
+        if let Some(path) = &args.json {
+            let row = serde_json::json!({"label": args.label, "workload": "wait-revision",
+                "endpoint": endpoint, "unix_ms": unix_ms, "revision": revision});
+            std::fs::write(path, serde_json::to_string_pretty(&row)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let options = ConnectOptions::new()
         .with_timeout(Duration::from_secs(10))
         .with_connect_timeout(Duration::from_secs(3));
@@ -277,11 +432,32 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.workload == "load" {
+        let writers = client_counts[0];
+        let (seconds, retries) = load(&args, &pool, writers).await?;
+        let puts_per_second = args.keys as f64 / seconds;
+        println!(
+            "{} load: {} keys ({}-byte keys, {}-byte values) in txns of {} from {writers} writers: \
+             {seconds:.2} s, {puts_per_second:.0} puts/s, {retries} retries",
+            args.label, args.keys, args.key_bytes, args.value_bytes, args.txn_ops
+        );
+        if let Some(path) = &args.json {
+            let row = serde_json::json!({"label": args.label, "workload": "load", "keys": args.keys,
+                "key_bytes": args.key_bytes, "value_bytes": args.value_bytes, "txn_ops": args.txn_ops,
+                "clients": writers, "connections": args.connections, "seconds": seconds,
+                "puts_per_second": puts_per_second, "retries": retries});
+            std::fs::write(path, serde_json::to_string_pretty(&row)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if args.workload != "put" {
         // Reads need keys to find.
         let mut client = pool[0].clone();
         for n in 0..args.keys.min(10_000) {
-            client.put(key_of(n), vec![b'v'; args.value_bytes], None).await?;
+            client
+                .put(key_of(n, args.key_bytes), vec![b'v'; args.value_bytes], None)
+                .await?;
         }
     }
     println!(
