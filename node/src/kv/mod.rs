@@ -800,7 +800,12 @@ impl KvStore {
     /// Writes `key` at `revision` (which must be above every revision in the store);
     /// answers the version it replaced, if the key was alive.
     fn write_put(&mut self, revision: i64, key: &Bytes, value: &Bytes, lease: i64) -> Option<Meta> {
-        let history = Arc::make_mut(self.keys.entry(key.clone()).or_default());
+        // Most keys have one version (compaction keeps one): no spare capacity.
+        let history = Arc::make_mut(
+            self.keys
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Vec::with_capacity(1))),
+        );
         let prev = history.last().and_then(Version::live).copied();
         assert!(
             history.last().is_none_or(|v| v.revision() < revision),
@@ -1195,7 +1200,9 @@ impl KvStore {
             store.alarms = KvStore::decode_alarms(alarms)
                 .ok_or_else(|| corrupt("the alarm list is malformed".into()))?;
         }
-        let mut keys: std::collections::BTreeMap<Bytes, Vec<Version>> = std::collections::BTreeMap::new();
+        // Grouped by key in a hash map (rows come in revision order), then sorted once:
+        // start-up cost is what makes a restart grow with the key count.
+        let mut keys: std::collections::HashMap<Bytes, Vec<Version>> = std::collections::HashMap::new();
         let mut changes = OrdMap::new();
         {
             let tx = engine.db().begin_read().map_err(|e| engine.err(e))?;
@@ -1224,12 +1231,16 @@ impl KvStore {
                         store.revision
                     )));
                 }
-                let key = Bytes::copy_from_slice(&vkey[8..]);
+                // One allocation per key, shared by all its versions and the watch order.
+                let key = match keys.get_key_value(&vkey[8..]) {
+                    Some((shared, _)) => shared.clone(),
+                    None => Bytes::copy_from_slice(&vkey[8..]),
+                };
                 if revision != current {
                     flush(current, &mut at_revision, &mut changes);
                     current = revision;
                 }
-                let history = keys.entry(key.clone()).or_default();
+                let history = keys.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
                 let version = if row.tombstone {
                     Version::Tombstone(revision)
                 } else {
@@ -1260,9 +1271,10 @@ impl KvStore {
                 );
             }
         }
-        // Share one allocation of each key between the index and the watch order.
+        let mut sorted: Vec<(Bytes, Vec<Version>)> = keys.into_iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut index = OrdMap::new();
-        for (key, history) in keys {
+        for (key, history) in sorted {
             if let Some(Version::Live(meta)) = history.last() {
                 store.live += 1;
                 if meta.lease != 0 {
@@ -1278,20 +1290,6 @@ impl KvStore {
             }
             index.insert(key, Arc::new(history));
         }
-        let changes: OrdMap<i64, Vector<Bytes>> = changes
-            .iter()
-            .map(|(revision, written)| {
-                let shared: Vector<Bytes> = written
-                    .iter()
-                    .map(|key| {
-                        index
-                            .get_key_value(key)
-                            .map_or_else(|| key.clone(), |(k, _)| k.clone())
-                    })
-                    .collect();
-                (*revision, shared)
-            })
-            .collect();
         store.keys = index;
         store.changes = changes;
         Ok((store, meta.members))
@@ -2161,6 +2159,56 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Start-up cost of the key index (`KvStore::load`) as the key count grows: run by
+    /// hand, `KV_LOAD_KEYS=400000,2000000 cargo test --release -p kuberaft-node --lib
+    /// kv::tests::load_time -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn load_time() {
+        let sizes: Vec<u64> = std::env::var("KV_LOAD_KEYS")
+            .unwrap_or_else(|_| "100000,400000".into())
+            .split(',')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        for n in sizes {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(&dir.path().join("state.redb")).unwrap();
+            let (mut store, _) = KvStore::load(engine).unwrap();
+            let mut index = 0;
+            for batch in 0..n / 100 {
+                let success = (0..100)
+                    .map(|i| TxnOp::Put {
+                        key: Bytes::from(format!("{:016}", batch * 100 + i)),
+                        value: Bytes::from_static(b"v"),
+                        lease: 0,
+                        prev_kv: false,
+                        ignore_value: false,
+                        ignore_lease: false,
+                    })
+                    .collect();
+                index += 1;
+                store.apply(
+                    index,
+                    &KvCommand::Txn(Txn {
+                        compares: vec![],
+                        success,
+                        failure: vec![],
+                    }),
+                );
+                if batch % 100 == 99 {
+                    store.commit(false, None).unwrap();
+                }
+            }
+            store.commit(true, None).unwrap();
+            let engine = store.engine().clone();
+            drop(store);
+            let started = std::time::Instant::now();
+            let (loaded, _) = KvStore::load(engine).unwrap();
+            println!("{n} keys: load {:?}", started.elapsed());
+            assert_eq!(loaded.len() as u64, n);
         }
     }
 }
