@@ -401,10 +401,23 @@ impl Kv for KvService {
             Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
+                let revision = r.revision;
                 let mut leader = self.leader_client(leader_hint).await?;
                 let mut response = leader.compact(forward(r)).await?;
                 self.restamp(&mut response.get_mut().header);
-                self.applied_here(response.get_ref().header.as_ref()).await;
+                // A compaction does not move the revision: wait for it by its own mark,
+                // so a read or watch sent here next sees the compaction.
+                let mut store = self.node.applied_store();
+                let compacted = store.wait_for(|s| s.compacted() >= revision);
+                if tokio::time::timeout(FORWARDED_APPLY_WAIT, compacted)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        revision,
+                        "a forwarded compaction is answered before this member applied it (lagging)"
+                    );
+                }
                 Ok(response)
             }
             Err(e) => Err(to_status(e)),
