@@ -54,6 +54,7 @@ TXN_OPS = 100
 WRITERS = 16
 TIMING = ["--heartbeat-interval=100", "--election-timeout=1000"]
 QUOTA = ["--quota-backend-bytes=8589934592"]
+SAME_COMPACTION = ["--auto-compaction-mode=revision", "--auto-compaction-retention=10000"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ETCDCTL_ENV = dict(os.environ, ETCDCTL_API="3")
 # Disk needed per key for one system (3 members, WAL and store, with slack: etcd 3.4
@@ -318,7 +319,10 @@ def one(kind, keys, args, work_root, raw, logs):
                           f"{need / 1e9:.1f} GB needed"}
     work = tempfile.mkdtemp(prefix=f"{kind}-{keys}-", dir=work_root)
     quota = QUOTA if kind == "etcd" or kuberaft_has_quota() else []
-    cluster = Cluster(kind, free_base(start), work, TIMING + quota, name=name)
+    # kuberaft compacts by default (retention 10,000 revisions), etcd 3.4 does not: with
+    # --same-compaction etcd keeps the same retention, so both pay for deleting history.
+    compaction = SAME_COMPACTION if kind == "etcd" and args.same_compaction else []
+    cluster = Cluster(kind, free_base(start), work, TIMING + quota + compaction, name=name)
     row = None
     try:
         row = measure(cluster, keys, args, raw)
@@ -419,7 +423,9 @@ def write_report(args, rows, sizes, env, results_dir, started, elapsed):
               "`--quota-backend-bytes=8589934592` (8 GiB; " +
               ("raft-node takes it too" if kuberaft_has_quota() else
                "on etcd only: this raft-node has no quota flag") + "). "
-              "Everything else at each system's defaults (etcd 3.4: snapshot-count 100,000, no auto compaction; "
+              "Everything else at each system's defaults (etcd 3.4: snapshot-count 100,000, " +
+              ("auto compaction as kuberaft's by `--same-compaction`: `--auto-compaction-mode=revision "
+               "--auto-compaction-retention=10000`; " if args.same_compaction else "no auto compaction; ") +
               "kuberaft: snapshot-count 10,000, auto-compaction retention 10,000 revisions).",
               f"- Load: raft-bench `--workload=load`: keys 0..N written once each, {KEY_BYTES}-byte keys, "
               f"{VALUE_BYTES}-byte values, txns of {TXN_OPS} puts, {WRITERS} writers over 8 gRPC connections to "
@@ -516,6 +522,8 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
     parser.add_argument("--work-root", default="/tmp", help="where the data directories go")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--same-compaction", action="store_true",
+                        help="etcd auto-compacts with kuberaft's default retention (10,000 revisions)")
     args = parser.parse_args()
     args.command = "python3 bench/datasize.py " + " ".join(sys.argv[1:])
     sizes = [int(s) for s in args.sizes.split(",")]
