@@ -778,6 +778,11 @@ async fn inject(
                     "wal-after-fsync",
                     "wal-writer-group",
                     "wal-writer-before-ack",
+                    "apply-before-commit",
+                    "apply-after-commit",
+                    "state-before-durable-commit",
+                    "state-after-durable-commit",
+                    "snapshot-marker",
                 ][..]
             } else {
                 &["wal-power-loss"][..]
