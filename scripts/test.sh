@@ -8,6 +8,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain"
 cargo --version
+
+step "disk: the build and the tests need about 15 GiB free (a fresh build's target/ is ~8 GiB)"
+df -h . | sed -n 2p
+avail_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ "$avail_kib" -lt $((15 * 1024 * 1024)) ]; then
+  echo "warning: only $((avail_kib / 1024 / 1024)) GiB free here; a full disk shows up later as a linker crash (SIGBUS) or ENOSPC in a test"
+fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     echo "installing missing component $component"
@@ -83,4 +90,5 @@ ROBUST_SECONDS=${ROBUST_SECONDS:-20} \
   cargo test --locked -p kuberaft-node --features failpoints --test robustness -- --ignored --nocapture
 
 echo
+df -h . | sed -n 2p
 echo "all tests passed"
