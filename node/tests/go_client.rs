@@ -23,17 +23,10 @@ use support::{EtcdCluster, ProcCluster};
 
 /// Steps whose results legitimately differ: the label, the reason, and a fragment
 /// kuberaft's result must contain.
-const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[(
-    "kv: put a value over the request limit",
-    "KUBERAFT BUG, small, not fixed here (node/src/api is being rewritten): a request over \
-     --max-request-bytes (1.5 MiB) but under the client's 2 MiB is refused by tonic's decoder \
-     (OutOfRange, 'decoded message length too large'; its limit is the request limit + 4 KiB) \
-     instead of by the server as etcd does (InvalidArgument 'etcdserver: request is too large', \
-     which clients map to rpctypes.ErrRequestTooLarge): etcd lets gRPC decode up to the limit + \
-     512 KiB and checks the size itself. Fix: raise the decoding limit to the limit + 512 KiB and \
-     answer larger requests with ErrGRPCRequestTooLarge",
-    "decoded message length too large",
-)];
+/// (None today: the last one, a request between the request limit and gRPC's decoding
+/// limit answered by tonic's decoder instead of etcd's "request is too large", was fixed
+/// by decoding up to the limit + 512 KiB as etcd does.)
+const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
 /// Runs `command` to its end, within `limit` (then it is killed by its PID).
 fn run_bounded(mut command: Command, limit: Duration) -> (bool, String, String) {

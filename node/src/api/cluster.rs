@@ -157,7 +157,7 @@ impl ClusterService {
     }
 
     pub fn into_server(self) -> ClusterServer<ClusterService> {
-        ClusterServer::new(self)
+        ClusterServer::new(self).max_decoding_message_size(super::DECODING_BYTES_MAX)
     }
 
     /// As etcd's Cluster service: cluster ID, member ID and term, no revision.

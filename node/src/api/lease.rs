@@ -207,7 +207,7 @@ impl LeaseService {
     }
 
     pub fn into_server(self) -> pb::lease_server::LeaseServer<LeaseService> {
-        pb::lease_server::LeaseServer::new(self)
+        pb::lease_server::LeaseServer::new(self).max_decoding_message_size(super::DECODING_BYTES_MAX)
     }
 
     fn node(&self) -> &NodeHandle {

@@ -250,7 +250,7 @@ impl MaintenanceService {
     }
 
     pub fn into_server(self) -> MaintenanceServer<MaintenanceService> {
-        MaintenanceServer::new(self)
+        MaintenanceServer::new(self).max_decoding_message_size(super::DECODING_BYTES_MAX)
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {

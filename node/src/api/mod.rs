@@ -57,6 +57,13 @@ use crate::transport::Directory;
 /// etcd's default `--max-request-bytes`.
 pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
 
+/// The largest client message gRPC decodes: the request limit plus etcd's allowance for
+/// gRPC's own overhead (512 KiB, etcd's `grpcOverheadBytes`). A request between the two
+/// is decoded and then refused by the service with etcd's own "request is too large",
+/// which clients map to `ErrRequestTooLarge`; only a larger one gets gRPC's
+/// resource-exhausted answer, as from etcd.
+pub const DECODING_BYTES_MAX: usize = REQUEST_BYTES_MAX + 512 * 1024;
+
 #[derive(Clone)]
 pub struct KvService {
     node: NodeHandle,
@@ -80,7 +87,7 @@ impl KvService {
     }
 
     pub fn into_server(self) -> pb::kv_server::KvServer<KvService> {
-        pb::kv_server::KvServer::new(self).max_decoding_message_size(REQUEST_BYTES_MAX + 4096)
+        pb::kv_server::KvServer::new(self).max_decoding_message_size(DECODING_BYTES_MAX)
     }
 
     pub(crate) fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
@@ -239,11 +246,19 @@ pub(crate) fn kv_to_pb(kv: &KeyValue) -> mvccpb::KeyValue {
     }
 }
 
+/// Refuses a request over `--max-request-bytes` with etcd's error. The message is
+/// etcd's exactly: clients map errors by their text (Go's `rpctypes.Error`), so any
+/// detail added here would turn `ErrRequestTooLarge` into an unknown error; the detail
+/// goes to the log instead.
 fn check_size(what: &str, bytes: usize) -> Result<(), Status> {
     if bytes > REQUEST_BYTES_MAX {
-        return Err(Status::invalid_argument(format!(
-            "etcdserver: request is too large ({what} of {bytes} bytes; the limit is {REQUEST_BYTES_MAX})"
-        )));
+        tracing::debug!(
+            what,
+            bytes,
+            limit = REQUEST_BYTES_MAX,
+            "request refused: too large"
+        );
+        return Err(Status::invalid_argument("etcdserver: request is too large"));
     }
     Ok(())
 }

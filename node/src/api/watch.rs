@@ -57,7 +57,7 @@ impl WatchService {
     }
 
     pub fn into_server(self) -> pb::watch_server::WatchServer<WatchService> {
-        pb::watch_server::WatchServer::new(self).max_decoding_message_size(super::REQUEST_BYTES_MAX + 4096)
+        pb::watch_server::WatchServer::new(self).max_decoding_message_size(super::DECODING_BYTES_MAX)
     }
 }
 
