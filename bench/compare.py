@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of kuberaft and etcd on this machine.
+"""Side-by-side benchmark of kuberaft, etcd 3.6 and etcd 3.4 on this machine.
 
-Starts a 3-member kuberaft cluster and a 3-member etcd cluster (Debian etcd-server,
-3.4) on 127.0.0.1, both with fsync on and their data on the same disk, and drives
-both with the same load generator (raft-bench, built on the etcd-client crate):
+Starts a 3-member cluster of each system on 127.0.0.1 (kuberaft; etcd 3.6 built from
+its Go modules by scripts/go-peers.sh, the main comparison; etcd 3.4 from Debian's
+etcd-server, a second column), all with fsync on and their data on the same disk, and
+drives them with the same load generators:
 
-- every workload (put, linearizable get, serializable get, 90/10 mix) at every
-  client count, alternating systems (A B, then B A, ...) for several rounds;
+- raft-bench (built on the etcd-client crate): every workload (put, linearizable get,
+  serializable get, 90/10 mix) at every client count, alternating systems (A B C, then
+  C B A, ...) for several rounds;
+- etcd's own benchmark tool (tools/benchmark, built by scripts/go-peers.sh):
+  `benchmark put` and `benchmark range --consistency l` / `s`, alternating too;
+- for every point, the CPU the three member processes used (user+sys from
+  /proc/PID/stat) divided by the operations served: far steadier than throughput on a
+  shared machine;
 - failover: kill -9 of the leader under a steady write load, time until the first
   acknowledged write, N trials per system (etcd with its defaults, 100 ms / 1000 ms,
   kuberaft with the same fixed timing, and kuberaft with the timing the operator's
@@ -18,8 +25,8 @@ both with the same load generator (raft-bench, built on the etcd-client crate):
 Writes bench/RESULTS.md (environment, versions, settings, medians, kuberaft/etcd
 ratios) and bench/results.png (throughput and p99 latency against clients).
 
-    python3 bench/compare.py            # the full run (about 15 minutes)
-    python3 bench/compare.py --quick    # a smoke run (about a minute)
+    python3 bench/compare.py            # the full run (about 30 minutes)
+    python3 bench/compare.py --quick    # a smoke run (a few minutes)
 
 Every process it starts is stopped by its PID when it ends.
 """
@@ -34,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import re
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,11 +55,25 @@ def log(*parts):
     print("[compare]", *parts, flush=True)
 
 
+# The etcd binaries of each system, and etcd's benchmark tool (set by ensure_tools).
+ETCD_BINS = {"etcd34": "etcd"}
+BENCHMARK = None
+SYSTEMS = ["kuberaft", "etcd36", "etcd34"]
+TITLES = {"kuberaft": "kuberaft", "etcd36": "etcd 3.6", "etcd34": "etcd 3.4"}
+
+
 def ensure_tools():
+    global BENCHMARK
     if not shutil.which("etcd") or not shutil.which("etcdctl"):
         log("installing Debian etcd-server and etcd-client")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run(sudo + ["apt-get", "install", "-y", "-q", "etcd-server", "etcd-client"], check=True)
+    log("etcd 3.6 and etcd's benchmark tool from their Go modules (scripts/go-peers.sh; cached once built)")
+    env = subprocess.run(["bash", os.path.join(ROOT, "scripts", "go-peers.sh"), "--print-env", "--only",
+                          "etcd,benchmark"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    peers = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    ETCD_BINS["etcd36"] = peers["ETCD36_BIN"]
+    BENCHMARK = peers["BENCHMARK_BIN"]
     log("building raft-node, raft-bench and raftctl (release)")
     subprocess.run(["cargo", "build", "--release", "-q", "--locked", "-p", "kuberaft-node", "-p", "kuberaft-bench",
                     "-p", "kuberaft-operator", "--bin", "raft-node", "--bin", "raft-bench", "--bin", "raftctl"],
@@ -59,7 +81,7 @@ def ensure_tools():
 
 
 class Cluster:
-    """Three members of one system; `kind` is 'kuberaft' or 'etcd'."""
+    """Three members of one system; `kind` is 'kuberaft', 'etcd36' or 'etcd34'."""
 
     def __init__(self, kind, base_port, workdir, extra=None, name=None):
         self.kind = kind
@@ -94,8 +116,8 @@ class Cluster:
             "--initial-cluster-state=new",
             f"--initial-cluster-token={self.name}-bench",
         ]
-        if self.kind == "etcd":
-            return ["etcd", f"--data-dir={os.path.join(self.dir, member)}",
+        if self.kind.startswith("etcd"):
+            return [ETCD_BINS[self.kind], f"--data-dir={os.path.join(self.dir, member)}",
                     f"--listen-metrics-urls=http://127.0.0.1:{metrics}"] + common + self.extra
         return [RAFT_NODE, f"--data-dir={os.path.join(self.dir, member)}",
                 f"--listen-metrics-urls=http://127.0.0.1:{metrics}"] + common + self.extra
@@ -144,6 +166,18 @@ class Cluster:
                 return i
         return None
 
+    def cpu_seconds(self):
+        """user+sys CPU seconds of the running members, from /proc/PID/stat."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for p in self.procs.values():
+            try:
+                fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
+
     def stop(self):
         for p in self.procs.values():
             if p.poll() is None:
@@ -158,12 +192,46 @@ class Cluster:
 
 
 def bench(cluster, workload, clients, duration, out_dir, tag):
-    path = os.path.join(out_dir, f"{tag}.json")
-    cmd = [RAFT_BENCH, f"--endpoints={','.join(cluster.endpoints())}", f"--workload={workload}",
-           f"--clients={','.join(str(c) for c in clients)}", f"--duration={duration}s",
-           "--connections=8", f"--label={cluster.name}", f"--json={path}", "--keys=10000"]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return json.load(open(path))
+    """raft-bench, one client count per run so each point gets its own CPU figure."""
+    rows = []
+    for c in clients:
+        path = os.path.join(out_dir, f"{tag}-{c}.json")
+        cmd = [RAFT_BENCH, f"--endpoints={','.join(cluster.endpoints())}", f"--workload={workload}",
+               f"--clients={c}", f"--duration={duration}s",
+               "--connections=8", f"--label={cluster.name}", f"--json={path}", "--keys=10000"]
+        cpu = cluster.cpu_seconds()
+        subprocess.run(cmd, check=True, capture_output=True)
+        cpu = cluster.cpu_seconds() - cpu
+        for r in json.load(open(path)):
+            ops = r["ops_per_second"] * duration
+            r["cpu_us_per_op"] = cpu * 1e6 / ops if ops else float("nan")
+            rows.append(r)
+    return rows
+
+
+def etcd_benchmark(cluster, test, clients, total, out_dir, tag):
+    """etcd's own benchmark tool: `put` (256-byte values over 10,000 keys) or
+    `range-l` / `range-s` (one key, linearizable / serializable). Parses its summary."""
+    common = [BENCHMARK, f"--endpoints={','.join(cluster.endpoints())}", "--conns=8", f"--clients={clients}"]
+    if test == "put":
+        cmd = common + ["put", "--key-size=8", "--val-size=256", "--key-space-size=10000", f"--total={total}"]
+    else:
+        cmd = common + ["range", "bench-key", f"--consistency={test[-1]}", f"--total={total}"]
+    cpu = cluster.cpu_seconds()
+    start = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    elapsed = time.time() - start
+    cpu = cluster.cpu_seconds() - cpu
+    with open(os.path.join(out_dir, f"{tag}.txt"), "w") as f:
+        f.write(r.stdout + r.stderr)
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark {test} on {cluster.name} failed: {r.stderr[-500:]}")
+    rps = re.search(r"Requests/sec:\s*([0-9.]+)", r.stdout)
+    p99 = re.search(r"99% in ([0-9.]+) secs", r.stdout)
+    return {"label": cluster.name, "workload": f"benchmark {test}", "clients": clients,
+            "ops_per_second": float(rps.group(1)) if rps else total / elapsed,
+            "p99_ms": float(p99.group(1)) * 1000 if p99 else float("nan"),
+            "cpu_us_per_op": cpu * 1e6 / total}
 
 
 def failover_trial(cluster, out_dir, tag):
@@ -213,7 +281,9 @@ def environment():
         "cpu": cpu,
         "cores": os.cpu_count(),
         "kernel": platform.release(),
-        "etcd": first_line(["etcd", "--version"]),
+        "etcd 3.6": first_line([ETCD_BINS["etcd36"], "--version"]),
+        "etcd 3.4": first_line([ETCD_BINS["etcd34"], "--version"]),
+        "etcd benchmark tool": BENCHMARK,
         "raft-node": first_line([RAFT_NODE, "--version"]),
         "disk (df of the data directory)": subprocess.run(["df", "-h", tempfile.gettempdir()], capture_output=True,
                                                           text=True).stdout.strip().splitlines()[-1],
@@ -225,7 +295,8 @@ def median_rows(rows):
     grouped = {}
     for r in rows:
         grouped.setdefault((r["label"], r["workload"], r["clients"]), []).append(r)
-    return {k: {m: statistics.median(x[m] for x in v) for m in ("ops_per_second", "p50_ms", "p99_ms", "p999_ms")}
+    metrics = ("ops_per_second", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_op")
+    return {k: {m: statistics.median(x[m] for x in v) for m in metrics if all(m in x for x in v)}
             for k, v in grouped.items()}
 
 
@@ -241,10 +312,12 @@ def chart(medians, clients, workloads, path):
         import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, len(workloads), figsize=(4 * len(workloads), 7), squeeze=False)
     for col, workload in enumerate(workloads):
-        for system, style in (("kuberaft", "o-"), ("etcd", "s--")):
+        for system, style in (("kuberaft", "o-"), ("etcd36", "s--"), ("etcd34", "^:")):
             xs = [c for c in clients if (system, workload, c) in medians]
-            axes[0][col].plot(xs, [medians[(system, workload, c)]["ops_per_second"] for c in xs], style, label=system)
-            axes[1][col].plot(xs, [medians[(system, workload, c)]["p99_ms"] for c in xs], style, label=system)
+            axes[0][col].plot(xs, [medians[(system, workload, c)]["ops_per_second"] for c in xs], style,
+                              label=TITLES[system])
+            axes[1][col].plot(xs, [medians[(system, workload, c)]["p99_ms"] for c in xs], style,
+                              label=TITLES[system])
         axes[0][col].set_title(workload)
         axes[0][col].set_ylabel("ops/s")
         axes[1][col].set_ylabel("p99 latency (ms)")
@@ -253,22 +326,28 @@ def chart(medians, clients, workloads, path):
             axes[row][col].set_xlabel("clients")
             axes[row][col].legend()
             axes[row][col].grid(True, alpha=0.3)
-    fig.suptitle("kuberaft vs etcd 3.4, 3 members on 127.0.0.1, fsync on (medians)")
+    fig.suptitle("kuberaft vs etcd 3.6 and 3.4, 3 members on 127.0.0.1, fsync on (medians)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main():
+    # A SIGTERM (e.g. from `timeout`) unwinds through the finally blocks below, so the
+    # members this run started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per point")
     parser.add_argument("--clients", default="1,16,64,256")
     parser.add_argument("--failover-trials", type=int, default=10)
+    parser.add_argument("--benchmark-clients", default="64,256", help="client counts for etcd's benchmark tool")
+    parser.add_argument("--benchmark-total", type=int, default=20000, help="requests per etcd benchmark run")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.clients, args.failover_trials = 1, 1, "1,16", 1
+        args.benchmark_clients, args.benchmark_total = "16", 2000
     clients = [int(c) for c in args.clients.split(",")]
     os.makedirs(args.out, exist_ok=True)
     workloads = ["put", "get", "get-serializable", "mixed"]
@@ -278,23 +357,34 @@ def main():
     os.makedirs(raw)
     timing = ["--heartbeat-interval=100", "--election-timeout=1000"]
     kuberaft = Cluster("kuberaft", 24000, work, timing)
-    etcd = Cluster("etcd", 25000, work, timing)
+    etcd36 = Cluster("etcd36", 25000, work, timing)
+    etcd34 = Cluster("etcd34", 28000, work, timing)
     ablated = Cluster("kuberaft", 26000, work, timing + ["--ablate-pipelining-and-batching"],
                       name="ablated")
     adaptive = Cluster("kuberaft", 27000, work, timing, name="adaptive")
-    clusters = [kuberaft, etcd]
-    rows, failovers, ablation = [], {"kuberaft": [], "etcd": [], "adaptive": []}, []
+    clusters = [kuberaft, etcd36, etcd34]
+    rows, tool_rows, failovers, ablation = [], [], {"kuberaft": [], "etcd36": [], "etcd34": [], "adaptive": []}, []
+    tool_clients = [int(c) for c in args.benchmark_clients.split(",")]
     adaptive_timing = None
     try:
         for c in clusters:
             log("starting", c.name)
             c.start()
+            # The key etcd's `benchmark range` reads.
+            subprocess.run(["etcdctl", f"--endpoints={','.join(c.endpoints())}", "put", "bench-key", "v" * 256],
+                           env=dict(os.environ, ETCDCTL_API="3"), check=True, capture_output=True)
         for rnd in range(args.rounds):
             order = clusters if rnd % 2 == 0 else list(reversed(clusters))
             for workload in workloads:
                 for c in order:
                     log(f"round {rnd + 1}/{args.rounds}: {workload} on {c.name}")
                     rows += bench(c, workload, clients, args.duration, raw, f"{c.name}-{workload}-{rnd}")
+            for test in ("put", "range-l", "range-s"):
+                for n in tool_clients:
+                    for c in order:
+                        log(f"round {rnd + 1}/{args.rounds}: etcd benchmark {test}, {n} clients, on {c.name}")
+                        tool_rows.append(etcd_benchmark(c, test, n, args.benchmark_total, raw,
+                                                        f"tool-{c.name}-{test}-{n}-{rnd}"))
         log("adaptive timing: a write load so members measure RTT and fsync, then the rule")
         adaptive.start()
         bench(adaptive, "put", [16], max(args.duration, 5), raw, "adaptive-warmup")
@@ -324,35 +414,72 @@ def main():
         for c in clusters + [ablated, adaptive]:
             c.stop()
     medians = median_rows(rows)
-    write_report(args, clients, workloads, medians, failovers, ablation, environment(), adaptive_timing)
+    tool_medians = median_rows(tool_rows)
+    write_report(args, clients, workloads, medians, failovers, ablation, environment(), adaptive_timing,
+                 tool_medians, tool_clients)
     chart(medians, clients, workloads, os.path.join(args.out, "results.png"))
     log("wrote", os.path.join(args.out, "RESULTS.md"), "and results.png; raw data in", raw)
 
 
-def write_report(args, clients, workloads, medians, failovers, ablation, env, adaptive_timing=None):
-    lines = ["# kuberaft vs etcd: results", "",
+def ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def write_report(args, clients, workloads, medians, failovers, ablation, env, adaptive_timing=None,
+                 tool_medians=None, tool_clients=()):
+    lines = ["# kuberaft vs etcd 3.6 and etcd 3.4: results", "",
              f"Generated by `python3 bench/compare.py{' --quick' if args.quick else ''}` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Medians of {args.rounds} round(s), "
              f"{args.duration} s per point, systems alternated every workload.", "",
              "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
     lines += ["", "## Settings", "",
-              "- 3 members each on 127.0.0.1, data under the same temporary directory, fsync on for both "
+              "- 3 members each on 127.0.0.1, data under the same temporary directory, fsync on for all "
               "(etcd defaults; kuberaft group commit with fdatasync).",
-              "- Heartbeat 100 ms, election timeout 1000 ms for both (etcd's defaults).",
+              "- Heartbeat 100 ms, election timeout 1000 ms for all (etcd's defaults).",
               "- Load: raft-bench (etcd-client crate), 8 gRPC connections, 8-byte keys over 10,000 keys, "
               "256-byte values; get = linearizable, get-serializable = serializable, mixed = 90% get / 10% put.",
-              "", "## Throughput and latency", "",
-              "| workload | clients | kuberaft ops/s | etcd ops/s | ratio | kuberaft p99 ms | etcd p99 ms | p99 ratio |",
-              "|---|---|---|---|---|---|---|---|"]
+              "- CPU per op: user+sys of the three member processes (/proc/PID/stat) over the point, divided by "
+              "the operations it served.",
+              "", "## Throughput, latency and CPU per operation (raft-bench)", "",
+              "kuberaft against etcd 3.6 (the ratio columns), etcd 3.4 beside.", "",
+              "| workload | clients | kuberaft ops/s | etcd 3.6 ops/s | ratio | etcd 3.4 ops/s | "
+              "kuberaft p99 ms | etcd 3.6 p99 ms | p99 ratio | etcd 3.4 p99 ms | "
+              "kuberaft CPU µs/op | etcd 3.6 CPU µs/op | CPU ratio | etcd 3.4 CPU µs/op |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def row(label, c, table):
+        k, e, o = (table.get((s, label, c), {}) for s in SYSTEMS)
+        if not k or not e:
+            return None
+        def f(m, d, fmt):
+            v = d.get(m)
+            return fmt.format(v) if v is not None else "-"
+        return (f"| {label} | {c} | {f('ops_per_second', k, '{:.0f}')} | {f('ops_per_second', e, '{:.0f}')} | "
+                f"{ratio(k.get('ops_per_second'), e.get('ops_per_second'))} | {f('ops_per_second', o, '{:.0f}')} | "
+                f"{f('p99_ms', k, '{:.2f}')} | {f('p99_ms', e, '{:.2f}')} | {ratio(k.get('p99_ms'), e.get('p99_ms'))} | "
+                f"{f('p99_ms', o, '{:.2f}')} | {f('cpu_us_per_op', k, '{:.0f}')} | {f('cpu_us_per_op', e, '{:.0f}')} | "
+                f"{ratio(k.get('cpu_us_per_op'), e.get('cpu_us_per_op'))} | {f('cpu_us_per_op', o, '{:.0f}')} |")
+
     for w in workloads:
         for c in clients:
-            k, e = medians.get(("kuberaft", w, c)), medians.get(("etcd", w, c))
-            if not k or not e:
-                continue
-            lines.append(f"| {w} | {c} | {k['ops_per_second']:.0f} | {e['ops_per_second']:.0f} | "
-                         f"{k['ops_per_second'] / e['ops_per_second']:.2f} | {k['p99_ms']:.2f} | {e['p99_ms']:.2f} | "
-                         f"{k['p99_ms'] / e['p99_ms']:.2f} |")
+            r = row(w, c, medians)
+            if r:
+                lines.append(r)
+    if tool_medians:
+        lines += ["", "## etcd's own benchmark tool (tools/benchmark)", "",
+                  f"`benchmark --conns=8 --clients=N put --key-size=8 --val-size=256 --key-space-size=10000 "
+                  f"--total={args.benchmark_total}` and `benchmark range bench-key --consistency=l|s "
+                  f"--total={args.benchmark_total}` against each system; p99 from its latency distribution.", "",
+                  lines[lines.index("| workload | clients | kuberaft ops/s | etcd 3.6 ops/s | ratio | etcd 3.4 ops/s | "
+                                    "kuberaft p99 ms | etcd 3.6 p99 ms | p99 ratio | etcd 3.4 p99 ms | "
+                                    "kuberaft CPU µs/op | etcd 3.6 CPU µs/op | CPU ratio | etcd 3.4 CPU µs/op |")],
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for test in ("put", "range-l", "range-s"):
+            for c in tool_clients:
+                r = row(f"benchmark {test}", c, tool_medians)
+                if r:
+                    lines.append(r)
     lines += ["", "## Failover (kill -9 of the leader under a steady write load)", "",
               "| system | trials | median ms | min ms | max ms |", "|---|---|---|---|---|"]
     for name, values in failovers.items():
@@ -363,12 +490,12 @@ def write_report(args, clients, workloads, medians, failovers, ablation, env, ad
             label = (f"kuberaft, adaptive ({t['heartbeat_interval_ms']} ms / {t['election_timeout_ms']} ms "
                      f"from RTT p99 {t['rtt_p99_ms'] or 0:.1f} ms, fsync p99 {t['fsync_p99_ms'] or 0:.1f} ms)")
         else:
-            label = f"{name} (100 ms / 1000 ms)"
+            label = f"{TITLES.get(name, name)} (100 ms / 1000 ms)"
         lines.append(f"| {label} | {len(values)} | {statistics.median(values):.0f} | "
                      f"{min(values):.0f} | {max(values):.0f} |")
-    if failovers.get("etcd") and failovers.get("adaptive"):
-        ratio = statistics.median(failovers["adaptive"]) / statistics.median(failovers["etcd"])
-        lines += ["", f"Adaptive kuberaft / etcd defaults, medians: {ratio:.2f}."]
+    if failovers.get("etcd36") and failovers.get("adaptive"):
+        r = statistics.median(failovers["adaptive"]) / statistics.median(failovers["etcd36"])
+        lines += ["", f"Adaptive kuberaft / etcd 3.6 defaults, medians: {r:.2f}."]
     lines += ["", "## Ablation: pipelining and batching off (put, 64 clients)", ""]
     abl = {}
     for r in ablation:

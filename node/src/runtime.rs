@@ -291,7 +291,12 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Replicates a write and waits until it is applied here.
+    /// `--quota-backend-bytes`: the state store size over which writes that grow it are
+    /// refused (etcd's NOSPACE).
+    pub fn quota_backend_bytes(&self) -> u64 {
+        self.quota_backend_bytes
+    }
+
     /// etcd's quota check before a write that may grow the store. `Ok`: go ahead.
     /// `Err(true)`: the NOSPACE alarm is already raised. `Err(false)`: the state store plus
     /// `cost` bytes would be over the quota, and the caller raises the alarm (through the

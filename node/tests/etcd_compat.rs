@@ -65,19 +65,6 @@ const KNOWN_DIFFERENCES: &[Known] = &[
         reason: "as for `endpoint hashkv`: each store digests its own encoding",
     },
     Known {
-        label: "endpoint status --cluster",
-        peers: &["3.4"],
-        pattern: "",
-        replacement: "",
-        kuberaft_fragment: "stream terminated by RST_STREAM with error code: PROTOCOL_ERROR",
-        reason: "KNOWN BUG, not fixed: with --cluster, etcdctl 3.4 dials each member's client URL directly \
-                 (clientv3 Dial, `passthrough:///http://host:port`) and kuberaft's HTTP/2 layer (h2 under \
-                 tonic) resets the stream as malformed, most likely over the :authority that dial sends \
-                 (`http://host:port`), which etcd's grpc-go server accepts. `endpoint status` with the \
-                 endpoints listed, and `endpoint health --cluster`, work; etcdctl 3.6's dial (newer grpc-go) \
-                 does not meet it",
-    },
-    Known {
         label: "endpoint status",
         peers: &["3.6"],
         pattern: STATUS_36_PATTERN,
@@ -116,12 +103,11 @@ const KNOWN_DIFFERENCES: &[Known] = &[
 const STATUS_36_PATTERN: &str =
     r"(?m)^(\S+, \S+, <version>), [^,]*, (<db-size>, <db-size>, <db-free>), [0-9.]+ [kMG]?B, ";
 const STATUS_36_REPLACEMENT: &str = "$1, <storage-version>, $2, <quota>, ";
-const STATUS_36_REASON: &str = "Maintenance.Status fields etcd 3.6 added that kuberaft does not fill: \
+const STATUS_36_REASON: &str = "Maintenance.Status field etcd 3.6 added that kuberaft leaves empty: \
     storage_version (the schema version of etcd's bbolt file, 3.6.0; kuberaft's store has no such \
-    schema), db_size_quota (etcd's --quota-backend-bytes, 2 GiB by default; kuberaft applies no \
-    space quota, so 0) and downgrade_info (etcd's cluster downgrade state, sent as an empty message; \
-    kuberaft has no downgrade and leaves the field unset, so etcdctl's JSON omits it). Small to \
-    fill if a client needs them: Some(DowngradeInfo::default()) costs nothing";
+    schema). db_size_quota (--quota-backend-bytes) and downgrade_info (an empty message: no \
+    downgrade in progress) are filled as etcd fills them, but the pattern still blanks them on both \
+    sides since the whole status line is compared through it";
 
 /// One etcd release the scenarios compare kuberaft with: its server and its etcdctl.
 #[derive(Debug, Clone)]
@@ -1125,7 +1111,14 @@ const KNOWN_CLIENT_DIFFERENCES: &[(&str, &[&str], &str, &str)] = &[
         "status of the leader",
         &["3.6"],
         STATUS_36_REASON,
-        r#"storage_version: "", db_size_quota: 0, downgrade_info: None"#,
+        r#"storage_version: "", db_size_quota: 2147483648, downgrade_info: Some(DowngradeInfo { enabled: false"#,
+    ),
+    (
+        "status of the leader",
+        &["3.4"],
+        "etcd 3.4 predates Status's db_size_quota and downgrade_info (added in 3.5 and 3.6) and sends \
+         neither; kuberaft fills them as etcd 3.6 does (the quota, an empty downgrade state)",
+        r#"db_size_quota: 2147483648, downgrade_info: Some(DowngradeInfo { enabled: false"#,
     ),
     (
         "alarm list",

@@ -333,6 +333,11 @@ impl Maintenance for MaintenanceService {
             errors,
             db_size_in_use: in_use as i64,
             is_learner: status.membership.is_learner(self.member_id),
+            // etcd 3.6's fields: the quota, and the downgrade state (kuberaft has no
+            // downgrade; etcd sends the empty message too). storage_version names the
+            // schema of etcd's bbolt file, which kuberaft's store does not have: empty.
+            db_size_quota: self.node.quota_backend_bytes().min(i64::MAX as u64) as i64,
+            downgrade_info: Some(pb::DowngradeInfo::default()),
             ..Default::default()
         }))
     }

@@ -16,6 +16,7 @@
 //! `/metrics`.
 
 pub mod auth;
+pub mod authority;
 pub mod flags;
 pub mod ratelimit;
 pub mod tls;

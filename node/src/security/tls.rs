@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::authority::AuthorityFilter;
 use super::{Error, Result, COUNTERS};
 
 /// Handshakes in progress at once on one port.
@@ -253,10 +254,35 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// An accepted connection, plain or TLS.
+/// An accepted connection, plain or TLS. What the client sends passes through an
+/// [`AuthorityFilter`] (etcd clients' malformed `:authority`; a no-op for every other
+/// client once its first request is seen).
 pub struct Conn {
     io: Io,
     info: ConnInfo,
+    filter: AuthorityFilter,
+    /// Bytes read from the socket while the filter examines the connection.
+    scratch: Box<[u8]>,
+}
+
+impl Conn {
+    fn new(io: Io, info: ConnInfo) -> Conn {
+        Conn {
+            io,
+            info,
+            filter: AuthorityFilter::new(),
+            scratch: Box::default(),
+        }
+    }
+}
+
+impl Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -269,9 +295,33 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        loop {
+            if this.filter.has_output() {
+                let n = this.filter.read_output(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.filter.passes_through() {
+                if !this.scratch.is_empty() {
+                    this.scratch = Box::default();
+                }
+                return this.io.poll_read(cx, buf);
+            }
+            if this.scratch.is_empty() {
+                this.scratch = vec![0; 16 * 1024].into_boxed_slice();
+            }
+            let mut read = ReadBuf::new(&mut this.scratch);
+            std::task::ready!(this.io.poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.filter.finish();
+                if this.filter.has_output() {
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let filled = read.filled().len();
+            this.filter.feed(&this.scratch[..filled])?;
         }
     }
 }
@@ -361,10 +411,7 @@ async fn accept_loop(
                 remote: Some(remote),
                 certificate_identity: None,
             };
-            let conn = Conn {
-                io: Io::Plain(stream),
-                info,
-            };
+            let conn = Conn::new(Io::Plain(stream), info);
             if tx.send(Ok(conn)).await.is_err() {
                 return;
             }
@@ -392,10 +439,7 @@ async fn accept_loop(
                         remote: Some(remote),
                         certificate_identity,
                     };
-                    let conn = Conn {
-                        io: Io::Tls(Box::new(stream)),
-                        info,
-                    };
+                    let conn = Conn::new(Io::Tls(Box::new(stream)), info);
                     let _ = tx.send(Ok(conn)).await;
                     return;
                 }
