@@ -195,6 +195,35 @@ fn member_command(data: &[u8]) {
     let _ = MemberCommand::decode(Bytes::copy_from_slice(data));
 }
 
+/// The `:authority` front layer (node/src/security/authority.rs), fed in chunks as a
+/// socket would: it must not panic, and while it has not started rewriting, what it
+/// hands to h2 is exactly what came in.
+fn http2_authority(data: &[u8]) {
+    use kuberaft_node::security::authority::AuthorityFilter;
+    let mut filter = AuthorityFilter::new();
+    let mut out = Vec::new();
+    let chunk = 1 + data.first().map_or(0, |b| *b as usize % 61);
+    let mut buf = [0u8; 97];
+    for piece in data.chunks(chunk) {
+        if filter.feed(piece).is_err() {
+            assert!(filter.rewriting(), "only a rewritten connection is closed");
+            return;
+        }
+        while filter.has_output() {
+            let n = filter.read_output(&mut buf);
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    filter.finish();
+    while filter.has_output() {
+        let n = filter.read_output(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    if !filter.rewriting() {
+        assert_eq!(out, data, "bytes changed on a connection that needs no rewrite");
+    }
+}
+
 const TARGETS: &[(&str, Target)] = &[
     ("wal-record", wal_record),
     ("wal-segment-header", wal_segment_header),
@@ -206,6 +235,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("snapshot-chunk", snapshot_chunk),
     ("kv-command", kv_command),
     ("member-command", member_command),
+    ("http2-authority", http2_authority),
 ];
 
 // ---------------------------------------------------------------- checksum fix-ups
@@ -471,6 +501,7 @@ fuzz_tests! {
     fuzz_snapshot_chunk => "snapshot-chunk",
     fuzz_kv_command => "kv-command",
     fuzz_member_command => "member-command",
+    fuzz_http2_authority => "http2-authority",
 }
 
 // ---------------------------------------------------------------- seed corpus
@@ -765,4 +796,50 @@ fn write_corpus() {
         ..Default::default()
     };
     write_files("snapshot-chunk", &[chunk.encode_to_vec()]);
+    write_files(
+        "http2-authority",
+        &[
+            http2_client_stream("http://127.0.0.1:2379", 3),
+            http2_client_stream("#initially=[https://example.com:2379]", 2),
+            http2_client_stream("127.0.0.1:2379", 2),
+        ],
+    );
+}
+
+/// What an etcd client sends on a connection: preface, SETTINGS, then `requests` gRPC
+/// calls, headers encoded with indexing (later requests use the dynamic table).
+fn http2_client_stream(authority: &str, requests: u32) -> Vec<u8> {
+    use httlib_hpack::Encoder;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut encoder = Encoder::with_dynamic_size(4096);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]));
+    for i in 0..requests {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/etcdserverpb.KV/Range"),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            let flags = Encoder::WITH_INDEXING | Encoder::BEST_FORMAT | Encoder::HUFFMAN_VALUE;
+            encoder
+                .encode(
+                    (name.as_bytes().to_vec(), value.as_bytes().to_vec(), flags),
+                    &mut block,
+                )
+                .unwrap();
+        }
+        out.extend(frame(0x1, 0x4, 1 + 2 * i, &block));
+        out.extend(frame(0x0, 0x1, 1 + 2 * i, &[0, 0, 0, 0, 3, 0x0a, 0x01, b'k']));
+    }
+    out
 }

@@ -27,13 +27,18 @@
 //!   split into HEADERS and CONTINUATION frames of at most 16 KiB (the size every
 //!   HTTP/2 peer must accept). Every other frame passes through byte for byte.
 //!
+//! HPACK decoding is loona-hpack's (a maintained fork of hpack-rs, whose decoder returns
+//! errors on malformed input: the first crate tried here, httlib-hpack, panicked on
+//! truncated blocks within seconds of fuzzing, node/tests/fuzz.rs `http2-authority`);
+//! the re-encoding is ours and trivial (literals without indexing, no Huffman).
+//!
 //! Bounded: a header block over [`BLOCK_MAX`] closes a rewritten connection with an
 //! error (before rewriting, such a connection is just passed to h2, which applies its
 //! own limits). Nothing is ever added to the request but the fixed authority.
 
 use std::io;
 
-use httlib_hpack::{Decoder, Encoder};
+use loona_hpack::Decoder;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -191,12 +196,16 @@ impl AuthorityFilter {
         let Some(mut block) = self.header_block()? else {
             return Ok(false);
         };
-        let mut fragment = std::mem::take(&mut block.fragment);
-        let decoder = self
-            .decoder
-            .get_or_insert_with(|| Decoder::with_dynamic_size(HEADER_TABLE_SIZE));
-        let mut fields = Vec::new();
-        let decoded = decoder.decode(&mut fragment, &mut fields);
+        let fragment = std::mem::take(&mut block.fragment);
+        let decoder = self.decoder.get_or_insert_with(|| {
+            let mut decoder = Decoder::new();
+            decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
+            decoder
+        });
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let decoded = decoder.decode_with_cb(&fragment, |name, value| {
+            fields.push((name.into_owned(), value.into_owned()))
+        });
         let first = matches!(self.state, State::FirstBlock);
         match decoded {
             Err(e) if first => {
@@ -213,7 +222,7 @@ impl AuthorityFilter {
             }
             Ok(_) => {}
         }
-        let authority = fields.iter().position(|(name, _, _)| name == b":authority");
+        let authority = fields.iter().position(|(name, _)| name == b":authority");
         let fix = authority.and_then(|i| fixed_authority(&fields[i].1));
         if first && fix.is_none() {
             // A valid authority (or none): this connection needs nothing from us.
@@ -339,15 +348,10 @@ impl AuthorityFilter {
 
     /// Writes `fields` as one header block of literals (no dynamic table), split into
     /// HEADERS and CONTINUATION frames.
-    fn emit(&mut self, block: &Block, fields: &[(Vec<u8>, Vec<u8>, u8)]) -> io::Result<()> {
-        let mut encoder = Encoder::with_dynamic_size(0);
+    fn emit(&mut self, block: &Block, fields: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
         let mut encoded = Vec::new();
-        for (name, value, flags) in fields {
-            // Literal without indexing; a field the client marked never-indexed stays so.
-            let never = flags & Decoder::NEVER_INDEXED;
-            encoder
-                .encode((name.clone(), value.clone(), never), &mut encoded)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK encoding: {e:?}")))?;
+        for (name, value) in fields {
+            encode_literal(name, value, &mut encoded);
         }
         let mut first = true;
         let mut rest: &[u8] = &encoded;
@@ -404,6 +408,33 @@ struct Block {
     fragment: Vec<u8>,
 }
 
+/// HPACK's literal header field without indexing, new name, no Huffman (RFC 7541,
+/// 6.2.2): the one representation that leaves both dynamic tables alone.
+fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x00);
+    for string in [name, value] {
+        encode_integer(string.len(), 7, 0x00, out);
+        out.extend_from_slice(string);
+    }
+}
+
+/// HPACK's integer representation (RFC 7541, 5.1) with a `prefix`-bit prefix whose
+/// other bits are `flags`.
+fn encode_integer(mut value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
 fn frame_length(header: &[u8]) -> usize {
     (header[0] as usize) << 16 | (header[1] as usize) << 8 | header[2] as usize
 }
@@ -439,6 +470,7 @@ pub fn fixed_authority(value: &[u8]) -> Option<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use httlib_hpack::Encoder;
     use rand::{Rng, SeedableRng};
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -527,7 +559,7 @@ mod tests {
 
     fn server_view(bytes: &[u8]) -> Vec<(u32, Fields)> {
         assert!(bytes.starts_with(PREFACE));
-        let mut decoder = Decoder::with_dynamic_size(HEADER_TABLE_SIZE);
+        let mut decoder = Decoder::new();
         let mut at = PREFACE.len();
         let mut blocks = Vec::new();
         let mut pending: Option<(u32, Vec<u8>)> = None;
@@ -552,10 +584,9 @@ mod tests {
                 _ => continue,
             }
             if flags & FLAG_END_HEADERS != 0 {
-                let (stream, mut block) = pending.take().unwrap();
-                let mut fields = Vec::new();
-                decoder.decode(&mut block, &mut fields).unwrap();
-                blocks.push((stream, fields.into_iter().map(|(n, v, _)| (n, v)).collect()));
+                let (stream, block) = pending.take().unwrap();
+                let fields = decoder.decode(&block).unwrap();
+                blocks.push((stream, fields));
             }
         }
         blocks
