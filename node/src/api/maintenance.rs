@@ -271,8 +271,8 @@ impl Maintenance for MaintenanceService {
         use pb::alarm_request::AlarmAction;
         let r = request.into_inner();
         let listed = |alarms: Vec<(u64, i32)>| pb::AlarmResponse {
-            // etcd 3.4 answers alarms without a header.
-            header: None,
+            // As etcd 3.5 and 3.6 (3.4 sent none): this member's header at its revision.
+            header: self.header(self.node.read_local().revision()),
             alarms: alarms
                 .into_iter()
                 .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
@@ -299,7 +299,9 @@ impl Maintenance for MaintenanceService {
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(runtime::Error::NotLeader { leader_hint }) => {
                 let mut leader = MaintenanceClient::new(self.kv.leader_channel(leader_hint)?);
-                leader.alarm(crate::security::auth::forward(r)).await
+                let mut answer = leader.alarm(crate::security::auth::forward(r)).await?;
+                self.kv.restamp(&mut answer.get_mut().header);
+                Ok(answer)
             }
             Err(e) => Err(crate::api::to_status(e)),
         }
