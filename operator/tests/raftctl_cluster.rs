@@ -540,3 +540,83 @@ fn raftctl_status_shows_rtt_p99_yaml_parses_and_events_follow_the_stream() {
     assert_eq!(event["kind"], "TIMING_CHANGED", "{event}");
     assert_eq!(event["timing"]["election_timeout_ms"], 500, "{event}");
 }
+
+#[test]
+fn raftctl_puts_gets_deletes_and_watches_keys() {
+    let cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    let e = format!("--endpoints={endpoints}");
+    // The first write waits for an election.
+    let out = raftctl_until_ok(&[&e, "put", "greeting", "hello"], "", Duration::from_secs(30));
+    assert!(text(&out).starts_with("OK (revision "), "{}", text(&out));
+
+    // A watch from the next revision, started before the writes it must see.
+    let revision: i64 = {
+        let out = raftctl(&[&e, "-o", "json", "get", "greeting"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kvs"][0]["value"], "hello");
+        v["revision"].as_i64().unwrap()
+    };
+    let watch = Command::new(RAFTCTL)
+        .args([
+            e.as_str(),
+            "watch",
+            "app/",
+            "--prefix",
+            &format!("--rev={}", revision + 1),
+            "--count=3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (key, value) in [("app/a", "1"), ("app/b", "2"), ("other", "x")] {
+        let out = raftctl(&[&e, "put", key, value]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = raftctl(&[&e, "del", "app/", "--prefix"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{}", text(&out));
+
+    // get --prefix, table and limit.
+    let out = raftctl(&[&e, "get", "", "--prefix", "--serializable"]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains("greeting\nhello\n") && listed.contains("other\nx\n"),
+        "{listed}"
+    );
+    assert!(!listed.contains("app/"), "deleted keys listed: {listed}");
+    let out = raftctl(&[&e, "-o", "json", "get", "", "--prefix", "--limit=1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kvs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["count"], 2);
+    assert_eq!(v["more"], true);
+
+    // The watch saw exactly the three changes under app/, in order, then stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut watch = watch;
+    while watch.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("raftctl watch did not stop after 3 events:\n{}", cluster.logs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PUT\napp/a\n1\nPUT\napp/b\n2\nDELETE\napp/a\n",
+        "{}",
+        text(&out)
+    );
+
+    // Bad input: a clear error, nothing changed.
+    let out = raftctl(&[&e, "get", "x", "--limit=-1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--limit must not be negative"),
+        "{}",
+        text(&out)
+    );
+}

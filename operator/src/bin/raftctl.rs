@@ -50,8 +50,11 @@ use kuberaft_operator::ctl::{self, Probe};
 use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::{SetTimingRequest, StatusRequest, TransferLeaderRequest, WatchEventsRequest};
 use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
+use kuberaft_proto::etcdserverpb::kv_client::KvClient;
+use kuberaft_proto::etcdserverpb::watch_client::WatchClient;
 use kuberaft_proto::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    watch_request, DeleteRangeRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
+    MemberRemoveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
 use std::sync::OnceLock;
 
@@ -213,6 +216,51 @@ enum Command {
     /// Runs a RaftCluster manifest as local raft-node processes, driven by the
     /// operator's planner, until Ctrl-C. Editing the file is like `kubectl apply`.
     Up(UpArgs),
+    /// Writes a key (prints the revision it got): trying a cluster needs no other tool.
+    Put {
+        // Not `key`: that id is the global --key (TLS) flag's.
+        #[arg(id = "KEY_NAME", value_name = "KEY")]
+        key: String,
+        value: String,
+    },
+    /// Reads a key, or every key under a prefix (linearizable unless --serializable).
+    Get {
+        // Not `key`: that id is the global --key (TLS) flag's.
+        #[arg(id = "KEY_NAME", value_name = "KEY")]
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// At most this many keys (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Answer from the member's local state, without asking the leader.
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Deletes a key, or every key under a prefix (prints how many).
+    Del {
+        // Not `key`: that id is the global --key (TLS) flag's.
+        #[arg(id = "KEY_NAME", value_name = "KEY")]
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Prints every change of a key (or prefix) as it happens, until --count events or
+    /// Ctrl-C.
+    Watch {
+        // Not `key`: that id is the global --key (TLS) flag's.
+        #[arg(id = "KEY_NAME", value_name = "KEY")]
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (older changes are replayed, unless compacted).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -570,6 +618,20 @@ async fn run(cli: &Cli) -> ExitCode {
                 },
         } => set_timing(cli, *heartbeat_interval, *election_timeout, "raftctl").await,
         Command::Member { command } => run_member(cli, command).await,
+        Command::Put { key, value } => kv_put(cli, key, value).await,
+        Command::Get {
+            key,
+            prefix,
+            limit,
+            serializable,
+        } => kv_get(cli, key, *prefix, *limit, *serializable).await,
+        Command::Del { key, prefix } => kv_del(cli, key, *prefix).await,
+        Command::Watch {
+            key,
+            prefix,
+            rev,
+            count,
+        } => kv_watch(cli, key, *prefix, *rev, *count).await,
         Command::Events { replay, count } => follow_events(cli, *replay, *count).await,
         Command::Leader {
             command: LeaderCommand::Transfer { to, deadline },
@@ -919,4 +981,251 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(&cli))
+}
+
+// ---------------------------------------------------------------- keys and values
+
+/// The key and range end a command names: the key alone, or with `--prefix` every key
+/// starting with it (etcd's rule: range end = the key with its last byte below 0xff
+/// incremented; an empty prefix, or one of 0xff bytes only, is every key from the
+/// key on, `\0` as etcd writes it).
+fn key_range(key: &str, prefix: bool) -> (Vec<u8>, Vec<u8>) {
+    let key = key.as_bytes().to_vec();
+    if !prefix {
+        return (key, Vec::new());
+    }
+    if key.is_empty() {
+        return (vec![0], vec![0]);
+    }
+    let mut end = key.clone();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return (key, end);
+        }
+    }
+    (key, vec![0])
+}
+
+/// A write goes to the first endpoint that connects; once sent it is never sent again
+/// elsewhere (a retry after an ambiguous failure could apply it twice).
+async fn first_write<C, T, F, Fut>(cli: &Cli, make: fn(Conn) -> C, call: F) -> Result<T, String>
+where
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut errors = Vec::new();
+    for endpoint in &cli.endpoints {
+        match channel(cli.patience(), endpoint, true).await {
+            Ok(conn) => {
+                return call(make(conn))
+                    .await
+                    .map_err(|s| format!("{endpoint}: {}", describe(&s)))
+            }
+            Err(e) => errors.push(format!("  {endpoint}: {e}")),
+        }
+    }
+    Err(format!(
+        "no member answered at {}\n{}",
+        cli.endpoints.join(","),
+        errors.join("\n")
+    ))
+}
+
+fn fail(e: String) -> ExitCode {
+    eprintln!("raftctl: {e}");
+    ExitCode::from(1)
+}
+
+async fn kv_put(cli: &Cli, key: &str, value: &str) -> ExitCode {
+    let request = PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    match first_write(cli, KvClient::new, |mut c| async move { c.put(request).await }).await {
+        Ok(answer) => {
+            let revision = answer.into_inner().header.map_or(0, |h| h.revision);
+            match cli.output {
+                Output::Table => outln!("OK (revision {revision})"),
+                output => print_value(output, &serde_json::json!({ "key": key, "revision": revision })),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn kv_get(cli: &Cli, key: &str, prefix: bool, limit: i64, serializable: bool) -> ExitCode {
+    if limit < 0 {
+        return fail("--limit must not be negative".into());
+    }
+    let (key, range_end) = key_range(key, prefix);
+    let request = RangeRequest {
+        key,
+        range_end,
+        limit,
+        serializable,
+        ..Default::default()
+    };
+    // A read may be retried on another member.
+    let answer = first_answer(cli, cli.patience(), KvClient::new, |mut c| {
+        let request = request.clone();
+        async move { c.range(request).await.map(|r| r.into_inner()) }
+    })
+    .await;
+    match answer {
+        Ok((_, response)) => {
+            let revision = response.header.as_ref().map_or(0, |h| h.revision);
+            match cli.output {
+                Output::Table => {
+                    for kv in &response.kvs {
+                        outln!("{}", String::from_utf8_lossy(&kv.key));
+                        outln!("{}", String::from_utf8_lossy(&kv.value));
+                    }
+                }
+                output => print_value(
+                    output,
+                    &serde_json::json!({
+                        "revision": revision,
+                        "count": response.count,
+                        "more": response.more,
+                        "kvs": response.kvs.iter().map(|kv| serde_json::json!({
+                            "key": String::from_utf8_lossy(&kv.key),
+                            "value": String::from_utf8_lossy(&kv.value),
+                            "create_revision": kv.create_revision,
+                            "mod_revision": kv.mod_revision,
+                            "version": kv.version,
+                            "lease": format!("{:x}", kv.lease),
+                        })).collect::<Vec<_>>(),
+                    }),
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn kv_del(cli: &Cli, key: &str, prefix: bool) -> ExitCode {
+    let (key, range_end) = key_range(key, prefix);
+    let request = DeleteRangeRequest {
+        key,
+        range_end,
+        ..Default::default()
+    };
+    match first_write(cli, KvClient::new, |mut c| async move {
+        c.delete_range(request).await
+    })
+    .await
+    {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            match cli.output {
+                Output::Table => outln!("{}", answer.deleted),
+                output => print_value(
+                    output,
+                    &serde_json::json!({
+                        "deleted": answer.deleted,
+                        "revision": answer.header.map_or(0, |h| h.revision),
+                    }),
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn kv_watch(cli: &Cli, key: &str, prefix: bool, rev: i64, count: Option<u64>) -> ExitCode {
+    use kuberaft_proto::mvccpb::event::EventType;
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key_range(key, prefix).0,
+            range_end: key_range(key, prefix).1,
+            start_revision: rev,
+            ..Default::default()
+        })),
+    };
+    let mut errors = Vec::new();
+    let mut stream = None;
+    for endpoint in &cli.endpoints {
+        let conn = match channel(cli.patience(), endpoint, false).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                errors.push(format!("  {endpoint}: {e}"));
+                continue;
+            }
+        };
+        // The request stream stays open after the create: a closed one ends the watch.
+        use futures::StreamExt;
+        let requests = futures::stream::iter([create.clone()]).chain(futures::stream::pending());
+        match WatchClient::new(conn).watch(requests).await {
+            Ok(s) => {
+                stream = Some(s.into_inner());
+                break;
+            }
+            Err(status) => return fail(format!("{endpoint}: {}", describe(&status))),
+        }
+    }
+    let Some(mut stream) = stream else {
+        return fail(format!(
+            "no member answered at {}\n{}",
+            cli.endpoints.join(","),
+            errors.join("\n")
+        ));
+    };
+    let mut seen = 0u64;
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return fail("the member ended the watch".into()),
+            Err(status) => return fail(describe(&status)),
+        };
+        if response.canceled {
+            return fail(format!(
+                "watch canceled: {}{}",
+                response.cancel_reason,
+                if response.compact_revision > 0 {
+                    format!(" (compacted at revision {})", response.compact_revision)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        for event in &response.events {
+            let Some(kv) = &event.kv else { continue };
+            let kind = if event.r#type == EventType::Delete as i32 {
+                "DELETE"
+            } else {
+                "PUT"
+            };
+            match cli.output {
+                Output::Table => {
+                    outln!("{kind}");
+                    outln!("{}", String::from_utf8_lossy(&kv.key));
+                    if kind == "PUT" {
+                        outln!("{}", String::from_utf8_lossy(&kv.value));
+                    }
+                }
+                output => print_value(
+                    output,
+                    &serde_json::json!({
+                        "type": kind,
+                        "key": String::from_utf8_lossy(&kv.key),
+                        "value": String::from_utf8_lossy(&kv.value),
+                        "mod_revision": kv.mod_revision,
+                    }),
+                ),
+            }
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
 }
