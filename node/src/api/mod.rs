@@ -193,7 +193,16 @@ impl KvService {
         if undelivered && self.another_leader(hint, deadline).await {
             return Forwarded::Again;
         }
-        Forwarded::Answered(outcome)
+        // Sent, but the connection broke before the leader answered (it went down): the
+        // write may or may not have taken effect, which etcd answers with this error
+        // (code Unavailable) rather than a transport error of code Unknown.
+        Forwarded::Answered(outcome.map_err(|status| {
+            if !undelivered && lost_in_flight(&status) {
+                Status::unavailable(TIMEOUT_DUE_TO_LEADER_FAIL)
+            } else {
+                status
+            }
+        }))
     }
 
     /// Waits until this member knows a leader other than `previous`, at most until
@@ -263,6 +272,17 @@ pub(crate) enum Forwarded<T> {
     Answered(Result<Response<T>, Status>),
     /// The leader did not receive it, and another leader is known now: propose again.
     Again,
+}
+
+/// etcd's `ErrTimeoutDueToLeaderFail`: a write whose outcome is unknown because the
+/// leader went away while it was pending.
+pub(crate) const TIMEOUT_DUE_TO_LEADER_FAIL: &str =
+    "etcdserver: request timed out, possibly due to previous leader failure";
+
+/// Whether a forwarded request failed in this member's transport after it was sent (the
+/// connection broke): an answer of the leader's carries no source error.
+pub(crate) fn lost_in_flight(status: &Status) -> bool {
+    std::error::Error::source(status).is_some() && !connection_failed(status)
 }
 
 /// Whether a forwarded request failed before it left this member: the connection to
@@ -788,4 +808,32 @@ fn txn_from_pb(r: &pb::TxnRequest, depth: usize) -> Result<Txn, Status> {
         success: branch(&r.success)?,
         failure: branch(&r.failure)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, "test")
+    }
+
+    #[test]
+    fn forwarding_errors_are_told_apart_by_where_they_happened() {
+        // No connection to the leader could be made: never sent, safe to send again.
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(io(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(connection_failed(&refused));
+        assert!(!lost_in_flight(&refused));
+        // The connection broke while the request was out: outcome unknown.
+        let reset = Status::from_error(Box::new(io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!connection_failed(&reset));
+        assert!(lost_in_flight(&reset));
+        // The leader's own answer (decoded from its response): passed on as it is.
+        let answer = Status::unavailable("etcdserver: no leader");
+        assert!(!connection_failed(&answer));
+        assert!(!lost_in_flight(&answer));
+    }
 }
