@@ -4,7 +4,7 @@
 //!
 //! - start-up (the apiserver's own bootstrap: RBAC roles, priority classes, flow control,
 //!   system namespaces), namespaces, ConfigMaps, Secrets, a CustomResourceDefinition and
-//!   objects of it;
+//!   objects of it, an Event (stored with a storage lease: `--event-ttl`);
 //! - lists with paging (`limit`/`continue` through `kubectl get --raw`, and
 //!   `kubectl get --chunk-size`), a watch resumed from a resourceVersion, updates (also one
 //!   with a stale resourceVersion: Conflict), patches and deletes;
@@ -598,6 +598,42 @@ fn scenario(
         ]),
     );
 
+    // An Event: the apiserver stores it with a storage lease (its --event-ttl, 1 h).
+    let event = "apiVersion: v1\nkind: Event\nmetadata: {name: ev1, namespace: kr-a}\n\
+                 involvedObject: {kind: ConfigMap, name: cm-01, namespace: kr-a}\n\
+                 reason: Test\nmessage: hello\ntype: Normal\n";
+    let (ok, out) = api.apply("event.yaml", event);
+    let all_endpoints = storage.endpoints().join(",");
+    let (_, stored) = etcdctl(&[
+        "--endpoints",
+        &all_endpoints,
+        "get",
+        "/registry/events/kr-a/ev1",
+        "-w",
+        "json",
+    ]);
+    let lease = serde_json::from_str::<serde_json::Value>(stored.lines().next().unwrap_or(""))
+        .ok()
+        .and_then(|v| v["kvs"][0]["lease"].as_i64())
+        .unwrap_or(0);
+    let (_, ttl) = etcdctl(&[
+        "--endpoints",
+        &all_endpoints,
+        "lease",
+        "timetolive",
+        &format!("{lease:x}"),
+    ]);
+    // "lease 694d... granted with TTL(3660s), remaining(3659s)"
+    let granted = ttl.contains("granted with TTL(") && !ttl.contains("remaining(-1s)");
+    step(
+        "event with a lease",
+        format!(
+            "created {ok} {}, stored with a lease: {}, lease alive: {granted}",
+            out.trim(),
+            lease != 0
+        ),
+    );
+
     // Paging through --raw with limit and continue.
     let mut pages = Vec::new();
     let mut seen = Vec::new();
@@ -1166,6 +1202,9 @@ fn kube_apiserver_runs_on_kuberaft_as_on_etcd_3_6() {
         r == "false conflict: true"
     });
     expect("compaction by the apiserver", &|r| r == "compacted");
+    expect("event with a lease", &|r| {
+        r.ends_with("stored with a lease: true, lease alive: true")
+    });
     expect("after the leader's kill", &|r| {
         r.starts_with("later creates failed: [], acknowledged creates missing: [], all later present: true")
     });
