@@ -437,3 +437,48 @@ async fn auto_compaction_keeps_only_the_configured_number_of_revisions() {
     assert!(ok, "revisions within the retention are readable: {out}");
     assert_eq!(r.kvs().len(), 1);
 }
+
+/// Writes sent to a follower while the leader is down (killed: the follower still names
+/// it until its election timeout, and its connection to it is refused) wait for the new
+/// leader and succeed, as etcd's followers hold a proposal until a leader takes it:
+/// kube-apiserver does not retry a failed create, so each such error was a failed
+/// Kubernetes request (node/tests/kube_apiserver.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_a_follower_during_an_election_wait_for_the_new_leader_instead_of_failing() {
+    let mut cluster = ProcCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    let mut c = client(&[cluster.endpoint(follower)]).await;
+    // The follower's connection to the leader exists before the kill.
+    c.put("before", "1", None).await.unwrap();
+    cluster.kill(leader);
+    let began = Instant::now();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    while began.elapsed() < Duration::from_secs(4) && n < 200 {
+        let key = format!("during-{n}");
+        let outcome = match n % 3 {
+            0 => c.put(key.as_str(), "v", None).await.map(drop),
+            1 => c
+                .txn(etcd_client::Txn::new().and_then([etcd_client::TxnOp::put(key.as_str(), "v", None)]))
+                .await
+                .map(drop),
+            _ => c.delete(format!("during-{}", n - 2), None).await.map(drop),
+        };
+        if let Err(e) = outcome {
+            failures.push(format!("{key} after {:?}: {e}", began.elapsed()));
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_for_leader(&rest);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} writes failed on m{follower} while m{leader} was down (new leader m{new_leader}): {failures:#?}",
+        failures.len()
+    );
+    assert!(n >= 3, "only {n} writes in 4 s");
+    let got = c.get("during-1", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1, "the txn's put took effect");
+}

@@ -171,6 +171,56 @@ impl KvService {
         }
     }
 
+    /// Forwards a write this member could not propose (not the leader) to the leader
+    /// `hint`, with `call` on a connection to it. A write the leader cannot have received
+    /// -- no leader known, or no connection could be made to it (it is down: its
+    /// followers still name it until their election timeout) -- waits for another leader
+    /// until `deadline` and is then to be proposed again ([`Forwarded::Again`]), as
+    /// etcd's followers hold a proposal until a leader takes it or the request times out:
+    /// an election costs the clients time, not failed writes. A write that may have
+    /// reached the leader is never sent again: its error is the answer.
+    pub(crate) async fn forward_write<T, F, Fut>(
+        &self,
+        hint: Option<NodeId>,
+        deadline: tokio::time::Instant,
+        call: F,
+    ) -> Forwarded<T>
+    where
+        F: FnOnce(tonic::transport::Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let (outcome, undelivered) = match self.leader_channel(hint) {
+            Ok(channel) => {
+                let outcome = call(channel).await;
+                let undelivered = matches!(&outcome, Err(status) if connection_failed(status));
+                (outcome, undelivered)
+            }
+            Err(status) => (Err(status), true),
+        };
+        if undelivered && self.another_leader(hint, deadline).await {
+            return Forwarded::Again;
+        }
+        // Sent, but the connection broke before the leader answered (it went down): the
+        // write may or may not have taken effect, which etcd answers with this error
+        // (code Unavailable) rather than a transport error of code Unknown.
+        Forwarded::Answered(outcome.map_err(|status| {
+            if !undelivered && lost_in_flight(&status) {
+                Status::unavailable(TIMEOUT_DUE_TO_LEADER_FAIL)
+            } else {
+                status
+            }
+        }))
+    }
+
+    /// Waits until this member knows a leader other than `previous`, at most until
+    /// `deadline`; whether it does.
+    async fn another_leader(&self, previous: Option<NodeId>, deadline: tokio::time::Instant) -> bool {
+        let mut status = self.node.status();
+        let changed = status.wait_for(|s| s.leader.is_some() && s.leader != previous);
+        let found = matches!(tokio::time::timeout_at(deadline, changed).await, Ok(Ok(_)));
+        found
+    }
+
     /// Refuses a write that would grow the store over the quota (etcd's NOSPACE), and
     /// raises the alarm through the log the first time: proposed here on the leader,
     /// forwarded to the leader's Maintenance service from a follower.
@@ -218,6 +268,46 @@ impl KvService {
 
 /// How long a member waits to apply a write it forwarded before answering anyway.
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a write waits for a leader it can reach (etcd's request timeout is 5 s plus
+/// two election timeouts).
+pub(crate) const FORWARD_WAIT: Duration = Duration::from_secs(5);
+
+/// What became of a write forwarded to the leader.
+pub(crate) enum Forwarded<T> {
+    /// The leader's answer, or an error the client gets.
+    Answered(Result<Response<T>, Status>),
+    /// The leader did not receive it, and another leader is known now: propose again.
+    Again,
+}
+
+/// etcd's `ErrTimeoutDueToLeaderFail`: a write whose outcome is unknown because the
+/// leader went away while it was pending.
+pub(crate) const TIMEOUT_DUE_TO_LEADER_FAIL: &str =
+    "etcdserver: request timed out, possibly due to previous leader failure";
+
+/// Whether a forwarded request failed in this member's transport after it was sent (the
+/// connection broke): an answer of the leader's carries no source error.
+pub(crate) fn lost_in_flight(status: &Status) -> bool {
+    std::error::Error::source(status).is_some() && !connection_failed(status)
+}
+
+/// Whether a forwarded request failed before it left this member: the connection to
+/// the leader could not be made (refused, timed out, TLS handshake failed).
+pub(crate) fn connection_failed(status: &Status) -> bool {
+    let mut error: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    // Bounded: an error chain is a handful of links.
+    for _ in 0..16 {
+        let Some(e) = error else {
+            return false;
+        };
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        error = e.source();
+    }
+    false
+}
 
 pub(crate) fn to_status(error: runtime::Error) -> Status {
     match error {
@@ -290,27 +380,38 @@ impl Kv for KvService {
             });
             self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
                 .await?;
-            return match self.node.propose(command).await {
-                Ok(KvResult::Txn {
-                    revision, responses, ..
-                }) => match responses.into_iter().next() {
-                    Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
-                        header: self.header(revision),
-                        prev_kv: prev.as_ref().map(kv_to_pb),
-                    })),
-                    other => Err(Status::internal(format!("unexpected result {other:?}"))),
-                },
-                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let mut leader = self.leader_client(leader_hint).await?;
-                    let mut response = leader.put(forward(r)).await?;
-                    self.restamp(&mut response.get_mut().header);
-                    self.applied_here(response.get_ref().header.as_ref()).await;
-                    Ok(response)
-                }
-                Err(e) => Err(to_status(e)),
-            };
+            let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+            loop {
+                return match self.node.propose(command.clone()).await {
+                    Ok(KvResult::Txn {
+                        revision, responses, ..
+                    }) => match responses.into_iter().next() {
+                        Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
+                            header: self.header(revision),
+                            prev_kv: prev.as_ref().map(kv_to_pb),
+                        })),
+                        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+                    },
+                    Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+                    Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                    Err(runtime::Error::NotLeader { leader_hint }) => {
+                        let forwarded = self
+                            .forward_write(leader_hint, deadline, |c| {
+                                let request = forward(r.clone());
+                                async move { KvClient::new(c).put(request).await }
+                            })
+                            .await;
+                        let Forwarded::Answered(response) = forwarded else {
+                            continue;
+                        };
+                        let mut response = response?;
+                        self.restamp(&mut response.get_mut().header);
+                        self.applied_here(response.get_ref().header.as_ref()).await;
+                        Ok(response)
+                    }
+                    Err(e) => Err(to_status(e)),
+                };
+            }
         }
         let command = KvCommand::Put {
             key: Bytes::from(r.key.clone()),
@@ -320,21 +421,32 @@ impl Kv for KvService {
         };
         self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
             .await?;
-        match self.node.propose(command).await {
-            Ok(KvResult::Put { revision, prev }) => Ok(Response::new(pb::PutResponse {
-                header: self.header(revision),
-                prev_kv: prev.as_ref().map(kv_to_pb),
-            })),
-            Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-            Err(runtime::Error::NotLeader { leader_hint }) => {
-                let mut leader = self.leader_client(leader_hint).await?;
-                let mut response = leader.put(forward(r)).await?;
-                self.restamp(&mut response.get_mut().header);
-                self.applied_here(response.get_ref().header.as_ref()).await;
-                Ok(response)
-            }
-            Err(e) => Err(to_status(e)),
+        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+        loop {
+            return match self.node.propose(command.clone()).await {
+                Ok(KvResult::Put { revision, prev }) => Ok(Response::new(pb::PutResponse {
+                    header: self.header(revision),
+                    prev_kv: prev.as_ref().map(kv_to_pb),
+                })),
+                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let forwarded = self
+                        .forward_write(leader_hint, deadline, |c| {
+                            let request = forward(r.clone());
+                            async move { KvClient::new(c).put(request).await }
+                        })
+                        .await;
+                    let Forwarded::Answered(response) = forwarded else {
+                        continue;
+                    };
+                    let mut response = response?;
+                    self.restamp(&mut response.get_mut().header);
+                    self.applied_here(response.get_ref().header.as_ref()).await;
+                    Ok(response)
+                }
+                Err(e) => Err(to_status(e)),
+            };
         }
     }
 
@@ -352,25 +464,36 @@ impl Kv for KvService {
             range_end: Bytes::from(r.range_end.clone()),
             prev_kv: r.prev_kv,
         };
-        match self.node.propose(command).await {
-            Ok(KvResult::DeleteRange {
-                revision,
-                deleted,
-                prev,
-            }) => Ok(Response::new(pb::DeleteRangeResponse {
-                header: self.header(revision),
-                deleted,
-                prev_kvs: prev.iter().map(kv_to_pb).collect(),
-            })),
-            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-            Err(runtime::Error::NotLeader { leader_hint }) => {
-                let mut leader = self.leader_client(leader_hint).await?;
-                let mut response = leader.delete_range(forward(r)).await?;
-                self.restamp(&mut response.get_mut().header);
-                self.applied_here(response.get_ref().header.as_ref()).await;
-                Ok(response)
-            }
-            Err(e) => Err(to_status(e)),
+        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+        loop {
+            return match self.node.propose(command.clone()).await {
+                Ok(KvResult::DeleteRange {
+                    revision,
+                    deleted,
+                    prev,
+                }) => Ok(Response::new(pb::DeleteRangeResponse {
+                    header: self.header(revision),
+                    deleted,
+                    prev_kvs: prev.iter().map(kv_to_pb).collect(),
+                })),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let forwarded = self
+                        .forward_write(leader_hint, deadline, |c| {
+                            let request = forward(r.clone());
+                            async move { KvClient::new(c).delete_range(request).await }
+                        })
+                        .await;
+                    let Forwarded::Answered(response) = forwarded else {
+                        continue;
+                    };
+                    let mut response = response?;
+                    self.restamp(&mut response.get_mut().header);
+                    self.applied_here(response.get_ref().header.as_ref()).await;
+                    Ok(response)
+                }
+                Err(e) => Err(to_status(e)),
+            };
         }
     }
 
@@ -387,16 +510,27 @@ impl Kv for KvService {
         let encoded = command.encode().len();
         check_size("txn", encoded)?;
         self.check_quota(&command, encoded as u64).await?;
-        match self.node.propose(command).await {
-            Ok(result) => self.txn_response(result),
-            Err(runtime::Error::NotLeader { leader_hint }) => {
-                let mut leader = self.leader_client(leader_hint).await?;
-                let mut response = leader.txn(forward(r)).await?;
-                self.restamp(&mut response.get_mut().header);
-                self.applied_here(response.get_ref().header.as_ref()).await;
-                Ok(response)
-            }
-            Err(e) => Err(to_status(e)),
+        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+        loop {
+            return match self.node.propose(command.clone()).await {
+                Ok(result) => self.txn_response(result),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let forwarded = self
+                        .forward_write(leader_hint, deadline, |c| {
+                            let request = forward(r.clone());
+                            async move { KvClient::new(c).txn(request).await }
+                        })
+                        .await;
+                    let Forwarded::Answered(response) = forwarded else {
+                        continue;
+                    };
+                    let mut response = response?;
+                    self.restamp(&mut response.get_mut().header);
+                    self.applied_here(response.get_ref().header.as_ref()).await;
+                    Ok(response)
+                }
+                Err(e) => Err(to_status(e)),
+            };
         }
     }
 
@@ -689,4 +823,32 @@ fn txn_from_pb(r: &pb::TxnRequest, depth: usize) -> Result<Txn, Status> {
         success: branch(&r.success)?,
         failure: branch(&r.failure)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, "test")
+    }
+
+    #[test]
+    fn forwarding_errors_are_told_apart_by_where_they_happened() {
+        // No connection to the leader could be made: never sent, safe to send again.
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(io(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(connection_failed(&refused));
+        assert!(!lost_in_flight(&refused));
+        // The connection broke while the request was out: outcome unknown.
+        let reset = Status::from_error(Box::new(io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!connection_failed(&reset));
+        assert!(lost_in_flight(&reset));
+        // The leader's own answer (decoded from its response): passed on as it is.
+        let answer = Status::unavailable("etcdserver: no leader");
+        assert!(!connection_failed(&answer));
+        assert!(!lost_in_flight(&answer));
+    }
 }

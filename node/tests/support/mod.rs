@@ -380,6 +380,31 @@ impl EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// kill -9 of member `i` (by its PID).
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// The member that says it leads (`etcd_server_is_leader 1` on its client port's
+    /// /metrics), waiting up to 20 s; `among` are the members still running.
+    pub fn wait_for_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            for &i in among {
+                let leads = http_get(self.clients[i], "/metrics")
+                    .is_some_and(|body| body.lines().any(|l| l.trim() == "etcd_server_is_leader 1"));
+                if leads {
+                    return i;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no etcd leader among {among:?} within 20 s");
+    }
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for child in &mut self.children {
