@@ -198,9 +198,11 @@ def main():
     log_path = args.log or os.path.join(tempfile.gettempdir(), f"inject-robust-{seed_start}.log")
     print(f"seeds {seed_start}..{seed_start + args.seeds - 1}, ROBUST_SECONDS={args.seconds}, "
           f"scenarios {','.join(scenarios)}; runner output in {log_path}", flush=True)
-    runner = runner_binary(env)
     results = {}
     with open(log_path, "a") as log, tempfile.TemporaryDirectory(prefix="kuberaft-mutant-") as scratch:
+        # A copy of the runner: a build of this tree meanwhile cannot swap it.
+        runner = os.path.join(scratch, "robustness-runner")
+        shutil.copy2(runner_binary(env), runner)
         binaries = {}
         for name in names:
             what, edits = MUTATIONS[name]

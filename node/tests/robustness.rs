@@ -16,6 +16,9 @@
 //! - `ROBUST_RAFT_NODE`: another `raft-node` binary to test (with crash points;
 //!   `scripts/inject-robust-bugs.py` points it at builds with injected bugs).
 //! - `ROBUST_MEMBERS`: cluster size (default 5 for `partition`, 3 otherwise).
+//! - `ROBUST_COMPACT=0`: no compaction in the traffic (default: a compaction every
+//!   1-3 s below every live watch; the history before it comes from a recorder that
+//!   watched from revision 1).
 //!
 //! Traffic: KV clients (puts, deletes, compare-and-swap txns, linearizable and
 //! serializable reads on a few shared keys; puts on per-client keys), a
@@ -426,6 +429,8 @@ struct Record {
     /// create or update that succeeded on its compare.
     guarded: Vec<(Vec<u8>, i64, i64)>,
     notes: Vec<String>,
+    /// The recorder's history (see [`recorder`]).
+    recorded: History,
 }
 
 struct Shared {
@@ -433,11 +438,32 @@ struct Shared {
     stop: AtomicBool,
     revision: AtomicI64,
     record: Mutex<Record>,
+    /// The next revision each live watch needs (by watcher): the compactor stays
+    /// below them all, and sets `compacted` while it holds this lock.
+    pins: Mutex<HashMap<u64, i64>>,
+    /// The highest revision a compaction was asked for.
+    compacted: AtomicI64,
 }
 
 impl Shared {
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+    /// Pins `watcher` at `next`; with `fresh`, picks a start revision above the
+    /// compaction at most `back` revisions back instead and returns it.
+    fn pin(&self, watcher: u64, next: i64) {
+        self.pins.lock().unwrap().insert(watcher, next);
+    }
+    fn pin_fresh(&self, watcher: u64, rng: &mut ChaCha8Rng) -> i64 {
+        let mut pins = self.pins.lock().unwrap();
+        let low = self.compacted.load(Ordering::SeqCst) + 1;
+        let current = self.revision.load(Ordering::Relaxed).max(low);
+        let start = rng.gen_range(low..=current);
+        pins.insert(watcher, start);
+        start
+    }
+    fn unpin(&self, watcher: u64) {
+        self.pins.lock().unwrap().remove(&watcher);
     }
     fn saw_revision(&self, r: i64) {
         self.revision.fetch_max(r, Ordering::Relaxed);
@@ -672,8 +698,7 @@ async fn lease_client(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
 /// from the revision after the last event, as a client must.
 async fn watcher(id: usize, seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0x3a7c_0000 + id as u64));
-    let current = shared.revision.load(Ordering::Relaxed).max(1);
-    let start = rng.gen_range(1..=current);
+    let start = shared.pin_fresh(id as u64, &mut rng);
     let mut next = start;
     let mut events = Vec::new();
     let mut responses = 0u64;
@@ -714,14 +739,92 @@ async fn watcher(id: usize, seed: u64, endpoints: Vec<String>, shared: Arc<Share
                         ));
                         next = kv.mod_revision() + 1;
                     }
+                    shared.pin(id as u64, next);
                 }
                 Ok(_) => break, // error or end: resume
             }
         }
     }
+    shared.unpin(id as u64);
     let mut record = shared.record.lock().unwrap();
     record.watched.push((start, b"r/".to_vec(), events));
     record.notes.extend(notes);
+}
+
+/// The pin of the recorder (watchers use their ids, the informer [`INFORMER`]).
+const RECORDER: u64 = 1000;
+const INFORMER: u64 = 100;
+
+/// Records the whole history under `r/` from revision 1 on, resuming after the last
+/// event on any member: with compaction in the traffic, the final checks can read
+/// only what is newer than the compaction from the members, and take the rest from
+/// here (cross-checked against every member where both exist).
+async fn recorder(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) -> History {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_636f);
+    let mut history: History = Vec::new();
+    let mut next = 1;
+    shared.pin(RECORDER, next);
+    let mut rounds = 0;
+    while !shared.stop.load(Ordering::Relaxed) && rounds < 100_000 {
+        rounds += 1;
+        let endpoint = endpoints[rng.gen_range(0..endpoints.len())].clone();
+        let Some(mut c) = connect(&[endpoint]).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let options = WatchOptions::new().with_prefix().with_start_revision(next);
+        let Ok(Ok(mut stream)) = tokio::time::timeout(OP_TIMEOUT, c.watch("r/", Some(options))).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !shared.stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(resp))) if !resp.canceled() => {
+                    for e in resp.events() {
+                        if let Some(kv) = e.kv() {
+                            history.push((
+                                kv.mod_revision(),
+                                kv.key().to_vec(),
+                                e.event_type() == EventType::Put,
+                                kv.value().to_vec(),
+                            ));
+                            next = kv.mod_revision() + 1;
+                        }
+                    }
+                    shared.pin(RECORDER, next);
+                }
+                _ => break,
+            }
+        }
+    }
+    history
+}
+
+/// Compacts now and then, below every live watch (a watch already behind a
+/// compaction is canceled, which the checks cannot tell from a bug) and a little
+/// behind the newest revision; paged lists at an older revision fail as compacted
+/// and start over, as an apiserver's do.
+async fn compactor(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_3ac7);
+    let mut rounds = 0;
+    while !shared.stop.load(Ordering::Relaxed) && rounds < 10_000 {
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+        let at = {
+            let pins = shared.pins.lock().unwrap();
+            let lowest = pins.values().copied().min().unwrap_or(i64::MAX) - 1;
+            let at = lowest.min(shared.revision.load(Ordering::Relaxed) - rng.gen_range(10..100));
+            if at <= shared.compacted.load(Ordering::SeqCst) {
+                continue;
+            }
+            shared.compacted.store(at, Ordering::SeqCst);
+            at
+        };
+        if let Some(mut c) = connect(&endpoints).await {
+            let _ = tokio::time::timeout(OP_TIMEOUT, c.compact(at, None)).await;
+        }
+    }
 }
 
 /// Kubernetes-shaped traffic, as an apiserver drives etcd: objects under `r/o/`
@@ -753,7 +856,7 @@ async fn kube_client(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
         let key = format!("r/o/{:02}", rng.gen_range(0..OBJECTS)).into_bytes();
         let value = format!("o{n}").into_bytes();
         let roll = rng.gen_range(0..100);
-        let ok = if roll < 55 {
+        let ok = if roll < 65 {
             // Create, or update what was last seen.
             let seen = known.get(&key).copied().unwrap_or(0);
             let compare = if seen == 0 {
@@ -798,7 +901,7 @@ async fn kube_client(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
                 }
                 _ => false,
             }
-        } else if roll < 75 {
+        } else if roll < 85 {
             // A paged list at one revision.
             match paged_list(c, &mut rng).await {
                 Ok((rev, items)) => {
@@ -811,6 +914,9 @@ async fn kube_client(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
                         if let Some((start, events)) = informer.take() {
                             watched.push((start, events));
                         }
+                        // The list's revision may be compacted already: then the
+                        // watch is canceled and the informer lists again.
+                        shared.pin(INFORMER, rev + 1);
                         informer = Some((rev + 1, Vec::new()));
                     }
                     true
@@ -823,7 +929,19 @@ async fn kube_client(seed: u64, endpoints: Vec<String>, shared: Arc<Shared>) {
             match informer.as_mut() {
                 Some((start, events)) => {
                     let from = events.last().map_or(*start, |e: &WatchedEvent| e.1 + 1);
-                    inform(c, from, events, &mut rng).await
+                    let outcome = inform(c, from, events, &mut rng).await;
+                    if let Some(last) = events.last() {
+                        shared.pin(INFORMER, last.1 + 1);
+                    }
+                    match outcome {
+                        Inform::Ok => true,
+                        Inform::Failed => false,
+                        Inform::Compacted => {
+                            shared.unpin(INFORMER);
+                            watched.extend(informer.take());
+                            true
+                        }
+                    }
                 }
                 None => true,
             }
@@ -881,20 +999,31 @@ async fn paged_list(c: &mut Client, rng: &mut ChaCha8Rng) -> Result<(i64, Vec<It
     Err("list did not end in 100 pages".into())
 }
 
-/// Watches `r/o/` from `from` for a moment; false after an error.
-async fn inform(c: &mut Client, from: i64, events: &mut Vec<WatchedEvent>, rng: &mut ChaCha8Rng) -> bool {
+enum Inform {
+    Ok,
+    Failed,
+    /// Canceled: the revision was compacted (the informer lists again).
+    Compacted,
+}
+
+/// Watches `r/o/` from `from` for a moment.
+async fn inform(c: &mut Client, from: i64, events: &mut Vec<WatchedEvent>, rng: &mut ChaCha8Rng) -> Inform {
     let options = WatchOptions::new().with_prefix().with_start_revision(from);
     let Ok(Ok(mut stream)) = tokio::time::timeout(OP_TIMEOUT, c.watch("r/o/", Some(options))).await else {
-        return false;
+        return Inform::Failed;
     };
-    let until = Instant::now() + Duration::from_millis(rng.gen_range(200..1500));
+    let until = Instant::now() + Duration::from_millis(rng.gen_range(100..500));
     let mut responses = events.last().map_or(0, |e| e.0);
     while Instant::now() < until {
-        match tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+        match tokio::time::timeout(Duration::from_millis(100), stream.message()).await {
             Err(_) => continue,
             Ok(Ok(Some(resp))) => {
                 if resp.canceled() {
-                    return false;
+                    return if resp.compact_revision() > 0 {
+                        Inform::Compacted
+                    } else {
+                        Inform::Failed
+                    };
                 }
                 responses += 1;
                 for e in resp.events() {
@@ -909,10 +1038,10 @@ async fn inform(c: &mut Client, from: i64, events: &mut Vec<WatchedEvent>, rng: 
                     }
                 }
             }
-            Ok(_) => return false,
+            Ok(_) => return Inform::Failed,
         }
     }
-    true
+    Inform::Ok
 }
 
 // ------------------------------------------------------------------ faults
@@ -1404,11 +1533,14 @@ type EventValue<'a> = (bool, &'a [u8]);
 /// (revision, key, put?, value) of every event under `r/` from revision 1 on.
 type History = Vec<(i64, Vec<u8>, bool, Vec<u8>)>;
 
-async fn history_from(endpoint: String, through: i64) -> Result<History, String> {
+async fn history_from(endpoint: String, from: i64, through: i64) -> Result<History, String> {
+    if from > through {
+        return Ok(Vec::new());
+    }
     let mut c = connect(std::slice::from_ref(&endpoint))
         .await
         .ok_or("no connection")?;
-    let options = WatchOptions::new().with_prefix().with_start_revision(1);
+    let options = WatchOptions::new().with_prefix().with_start_revision(from);
     let mut stream = c.watch("r/", Some(options)).await.map_err(|e| e.to_string())?;
     let mut history = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1592,13 +1724,35 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
     .await?;
     wait_applied(&endpoints, final_rev).await?;
 
-    // Every member's history and hash at the final revision.
-    let reference = history_from(endpoints[0].clone(), final_rev).await?;
+    // Every member's history (what compaction left of it) and hash at the final
+    // revision; the recorder's history before that.
+    let from = shared.compacted.load(Ordering::SeqCst).max(0) + 1;
+    let mut reference = history_from(endpoints[0].clone(), from, final_rev).await?;
+    {
+        let recorded = std::mem::take(&mut shared.record.lock().unwrap().recorded);
+        let overlap: Vec<_> = recorded.iter().filter(|e| e.0 >= from).collect();
+        if overlap.len() > reference.len() || overlap.iter().zip(&reference).any(|(a, b)| *a != b) {
+            let at = overlap.iter().zip(&reference).position(|(a, b)| *a != b);
+            failures.push(format!(
+                "the recorder's history from revision {from} differs from {}'s (at event {at:?} of {})",
+                endpoints[0],
+                overlap.len()
+            ));
+        }
+        let mut before: History = recorded.into_iter().filter(|e| e.0 < from).collect();
+        before.append(&mut reference);
+        reference = before;
+    }
     let mut hashes = Vec::new();
     for endpoint in &endpoints {
         if endpoint != &endpoints[0] {
-            let other = history_from(endpoint.clone(), final_rev).await?;
-            let upto = |h: &History| h.iter().filter(|e| e.0 <= final_rev).cloned().collect::<Vec<_>>();
+            let other = history_from(endpoint.clone(), from, final_rev).await?;
+            let upto = |h: &History| {
+                h.iter()
+                    .filter(|e| e.0 >= from && e.0 <= final_rev)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
             if upto(&other) != upto(&reference) {
                 let at = upto(&other)
                     .iter()
@@ -1812,11 +1966,14 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
         .filter(|o| o.output == KvOutput::Unknown)
         .count();
     Ok(format!(
-        "revision {final_rev}; {} shared-key ops ({unknown} of unknown outcome), {} acknowledged puts, {} deletes, {} reads checked, {} watchers with {} events, {} members hashed",
+        "revision {final_rev} (compacted at {}); {} shared-key ops ({unknown} of unknown outcome), {} acknowledged puts, {} deletes, {} reads checked, {} paged lists, {} guarded writes, {} watchers with {} events, {} members hashed",
+        from - 1,
         record.ops.len(),
         record.puts.len(),
         record.deletes.len(),
-        record.reads.len(),
+        record.reads_at.len(),
+        record.lists.len(),
+        record.guarded.len(),
         record.watched.len(),
         record.watched.iter().map(|w| w.2.len()).sum::<usize>(),
         hashes.len()
@@ -1864,7 +2021,10 @@ async fn scenario(name: &str, seed: u64, seconds: u64) -> Result<(), String> {
         stop: AtomicBool::new(false),
         revision: AtomicI64::new(1),
         record: Mutex::new(Record::default()),
+        pins: Mutex::new(HashMap::new()),
+        compacted: AtomicI64::new(0),
     });
+    let recorder = tokio::spawn(recorder(seed, endpoints.clone(), shared.clone()));
     let mut tasks = Vec::new();
     for id in 0..KV_CLIENTS {
         tasks.push(tokio::spawn(kv_client(
@@ -1885,6 +2045,9 @@ async fn scenario(name: &str, seed: u64, seconds: u64) -> Result<(), String> {
     for id in 0..WATCHERS {
         tasks.push(tokio::spawn(watcher(id, seed, endpoints.clone(), shared.clone())));
     }
+    if std::env::var("ROBUST_COMPACT").map_or(true, |v| v != "0") {
+        tasks.push(tokio::spawn(compactor(seed, endpoints.clone(), shared.clone())));
+    }
     let until = Instant::now() + Duration::from_secs(seconds);
     let faults = tokio::spawn(run_faults(
         name.to_string(),
@@ -1898,6 +2061,10 @@ async fn scenario(name: &str, seed: u64, seconds: u64) -> Result<(), String> {
     shared.stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(20), recorder).await {
+        Ok(Ok(history)) => shared.record.lock().unwrap().recorded = history,
+        other => return Err(format!("the recorder did not finish: {other:?}")),
     }
     let mut failures = Vec::new();
     let summary = check(&rig, &shared, &mut failures).await;
