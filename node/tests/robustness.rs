@@ -1590,8 +1590,10 @@ where
     }
 }
 
-/// Waits until every live member serves revision `at` locally.
-async fn wait_applied(endpoints: &[String], at: i64) -> Result<(), String> {
+/// Waits until every live member serves revision `at` locally; returns those that did
+/// not within 30 s, with the revision they were at.
+async fn wait_applied(endpoints: &[String], at: i64) -> Vec<(String, Option<i64>)> {
+    let mut stuck = Vec::new();
     for endpoint in endpoints {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -1611,12 +1613,13 @@ async fn wait_applied(endpoints: &[String], at: i64) -> Result<(), String> {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("{endpoint} did not reach revision {at} (at {seen:?})"));
+                stuck.push((endpoint.clone(), seen));
+                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    Ok(())
+    stuck
 }
 
 fn check_watchers(record: &Record, history: &History, failures: &mut Vec<String>) {
@@ -1722,7 +1725,21 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
         }
     })
     .await?;
-    wait_applied(&endpoints, final_rev).await?;
+    // A member stuck behind fails the run; the other checks go on without it, so
+    // that what went wrong shows.
+    let stuck = wait_applied(&endpoints, final_rev).await;
+    for (endpoint, seen) in &stuck {
+        failures.push(format!(
+            "{endpoint} did not reach revision {final_rev} within 30 s (stuck at {seen:?}; left out of the checks below)"
+        ));
+    }
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .filter(|e| !stuck.iter().any(|s| &s.0 == e))
+        .collect();
+    if endpoints.is_empty() {
+        return Err(format!("no member reached revision {final_rev}"));
+    }
 
     // Every member's history (what compaction left of it) and hash at the final
     // revision; the recorder's history before that.
