@@ -1709,9 +1709,11 @@ async fn check(rig: &Arc<Mutex<Rig>>, shared: &Shared, failures: &mut Vec<String
             break;
         }
         if Instant::now() > deadline {
-            failures.push(format!(
-                "{left} leased keys still exist 30 s after their leases stopped"
-            ));
+            failures.push(if left < 0 {
+                "the leased keys could not be counted for 30 s".to_string()
+            } else {
+                format!("{left} leased keys still exist 30 s after their leases stopped")
+            });
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
