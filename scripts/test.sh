@@ -96,9 +96,15 @@ python3 scripts/inject-bugs.py --seeds "$SIM_SEEDS" --require 5
 step "fuzz: every decoder of outside bytes, ${FUZZ_SECONDS:=20} s per target (profile sim; a new seed each run, printed)"
 FUZZ_SECONDS=$FUZZ_SECONDS cargo test --profile sim --locked -p kuberaft-node --test fuzz -- --nocapture --test-threads=2
 
-step "robustness runner: real processes, crash points, partitions, membership changes (README \"Robustness\"; a new seed each run, printed)"
+step "robustness runner: real processes, crash points, power loss, partitions (5 members in partition), membership changes (README \"Robustness\"; a new seed each run, printed)"
 ROBUST_SECONDS=${ROBUST_SECONDS:-20} \
   cargo test --locked -p kuberaft-node --features failpoints --test robustness -- --ignored --nocapture
+
+if [ "${ROBUST_INJECT:-0}" = 1 ]; then
+  # About 10 minutes more: three mutant builds, then the runner at the CI budget until each is caught.
+  step "the robustness runner catches three injected bugs on every one of ${ROBUST_INJECT_SEEDS:=2} seeds"
+  python3 scripts/inject-robust-bugs.py --seeds "$ROBUST_INJECT_SEEDS" --seconds "${ROBUST_SECONDS:-20}" --require
+fi
 
 echo
 df -h . | sed -n 2p

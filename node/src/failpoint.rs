@@ -41,7 +41,7 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "wal-power-loss",
-        "storage/wal.rs: after a write to a fully synced segment: abort = cut the segment back to its synced length (a power loss drops the page cache), then abort",
+        "storage/wal.rs: after a write to the segment: abort = cut the segment back to its length at the last fdatasync that returned (a power loss drops the page cache), then abort",
     ),
     (
         "wal-before-fsync",

@@ -480,3 +480,32 @@ fn records_that_straddle_the_recovery_read_chunks_or_exceed_them_recover_intact(
     let store = WalLogStore::open(dir.path(), config).unwrap();
     assert_eq!(store.all_entries(), written);
 }
+
+/// The real file tracks what an fdatasync made durable, where the system call is made:
+/// the crash point `wal-power-loss` cuts a segment back to exactly that, so a WAL that
+/// acknowledged without an fsync loses what it acknowledged (the robustness runner's
+/// power-loss faults rely on it).
+#[test]
+fn std_file_tracks_its_durable_length() {
+    use kuberaft_node::storage::{StdFs, WalFs};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("segment");
+    let mut file = StdFs.create_new(&path).unwrap();
+    assert_eq!(file.durable_len(), Some(0));
+    file.write_all(b"0123456789").unwrap();
+    assert_eq!(file.durable_len(), Some(0), "a write alone is not durable");
+    file.sync_data().unwrap();
+    assert_eq!(file.durable_len(), Some(10));
+    file.write_all(b"abcdef").unwrap();
+    assert_eq!(file.durable_len(), Some(10));
+    file.truncate(4).unwrap();
+    assert_eq!(file.durable_len(), Some(4), "a cut shortens what is durable");
+    file.write_all(b"xy").unwrap();
+    file.sync_data().unwrap();
+    assert_eq!(file.durable_len(), Some(6));
+    drop(file);
+    assert_eq!(std::fs::read(&path).unwrap(), b"0123xy");
+    // Reopened: what the file holds counts as durable (the WAL fsyncs it on open).
+    let file = StdFs.open_append(&path).unwrap();
+    assert_eq!(file.durable_len(), Some(6));
+}

@@ -34,26 +34,68 @@ pub trait WalFile: Send {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes; later writes continue at the new end.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// How much of the file a power loss would keep: its length at the last
+    /// `sync_data` that returned (tracked where the system call is made, so the crash
+    /// point `wal-power-loss` drops exactly what was never fsynced). `None` when the
+    /// file does not track it.
+    fn durable_len(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdFs;
 
-struct StdFile(File);
+struct StdFile {
+    file: File,
+    /// Bytes written (the file is append-only).
+    len: u64,
+    /// `len` at the last `sync_data` that returned.
+    durable: u64,
+}
+
+impl StdFile {
+    fn new(file: File) -> io::Result<StdFile> {
+        // What a file holds when opened is taken as durable: the WAL fsyncs the
+        // segment it reopens before relying on it.
+        let len = file.metadata()?.len();
+        Ok(StdFile {
+            file,
+            len,
+            durable: len,
+        })
+    }
+}
 
 impl WalFile for StdFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+        let written = self.file.write_all(buf);
+        // Even a failed write may have reached the page cache: take the length back
+        // from the file.
+        self.len = match written {
+            Ok(()) => self.len + buf.len() as u64,
+            Err(_) => self.file.metadata().map_or(self.len, |m| m.len()),
+        };
+        written
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()?;
+        self.durable = self.len;
+        Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         // The file is opened with O_APPEND, so the next write lands at `len`.
-        self.0.set_len(len)
+        self.file.set_len(len)?;
+        self.len = len;
+        self.durable = self.durable.min(len);
+        Ok(())
+    }
+
+    fn durable_len(&self) -> Option<u64> {
+        Some(self.durable)
     }
 }
 
@@ -83,12 +125,12 @@ impl WalFs for StdFs {
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let file = OpenOptions::new().append(true).create_new(true).open(path)?;
-        Ok(Box::new(StdFile(file)))
+        Ok(Box::new(StdFile::new(file)?))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(StdFile(file)))
+        Ok(Box::new(StdFile::new(file)?))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

@@ -803,8 +803,12 @@ impl Wal {
             self.sync_file()?;
             self.start_segment(&checkpoint)?;
         }
-        // What a power loss right now would keep (crash point `wal-power-loss`).
-        let synced_len = (!self.unsynced).then_some(self.file_len);
+        // What a power loss right now would keep (crash point `wal-power-loss`): what
+        // the file saw fsynced, or else what this WAL last synced.
+        let synced_len = self
+            .file
+            .durable_len()
+            .or((!self.unsynced).then_some(self.file_len));
         match self
             .file
             .write_all(&self.pending)
@@ -911,11 +915,11 @@ fn after_write_point() -> io::Result<()> {
     Ok(())
 }
 
-/// Crash point simulating a power loss after a write that was not yet fsynced: armed
-/// with `abort`, it cuts the segment back to what was durable before the write (the
-/// page cache a power loss would lose), then aborts the process. A process crash
-/// alone keeps unsynced writes in the page cache, so without this point a reply sent
-/// before its fsync would go unnoticed.
+/// Crash point simulating a power loss after a write: armed with `abort`, it cuts the
+/// segment back to what was durable (the page cache a power loss would lose: the real
+/// file tracks its length at the last fdatasync that returned), then aborts the
+/// process. A process crash alone keeps unsynced writes in the page cache, so without
+/// this point a reply sent before its fsync would go unnoticed.
 #[cfg(feature = "failpoints")]
 fn power_loss_point(file: &mut dyn WalFile, synced_len: u64) {
     if crate::failpoint::eval("wal-power-loss") == Some(crate::failpoint::Action::Abort) {
