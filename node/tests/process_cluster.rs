@@ -455,15 +455,22 @@ async fn writes_on_a_follower_during_an_election_wait_for_the_new_leader_instead
     let began = Instant::now();
     let mut failures = Vec::new();
     let mut n = 0;
+    let mut granted: Vec<i64> = Vec::new();
     while began.elapsed() < Duration::from_secs(4) && n < 200 {
         let key = format!("during-{n}");
-        let outcome = match n % 3 {
+        // Lease grants and revokes too: kube-apiserver grants one for each Event.
+        let outcome = match n % 5 {
             0 => c.put(key.as_str(), "v", None).await.map(drop),
             1 => c
                 .txn(etcd_client::Txn::new().and_then([etcd_client::TxnOp::put(key.as_str(), "v", None)]))
                 .await
                 .map(drop),
-            _ => c.delete(format!("during-{}", n - 2), None).await.map(drop),
+            2 => c.delete(format!("during-{}", n - 2), None).await.map(drop),
+            3 => c.lease_grant(60, None).await.map(|g| granted.push(g.id())),
+            _ => match granted.pop() {
+                Some(id) => c.lease_revoke(id).await.map(drop),
+                None => Ok(()),
+            },
         };
         if let Err(e) = outcome {
             failures.push(format!("{key} after {:?}: {e}", began.elapsed()));

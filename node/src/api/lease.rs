@@ -323,8 +323,12 @@ impl Lease for LeaseService {
         }
         let ttl = r.ttl.max(self.min_ttl());
         // A server-chosen id is random and positive (like etcd's); a collision is
-        // retried with another.
-        for _ in 0..3 {
+        // retried with another (up to 3 times). A grant forwarded to a leader that
+        // cannot have received it (down, or none known) waits for the next leader and
+        // is proposed again (`KvService::forward_write`), as writes are.
+        let deadline = tokio::time::Instant::now() + super::FORWARD_WAIT;
+        let mut collisions = 0;
+        while collisions < 3 {
             let id = if r.id != 0 {
                 r.id
             } else {
@@ -350,17 +354,24 @@ impl Lease for LeaseService {
                 Ok(KvResult::Failed {
                     error: KvError::LeaseExists,
                     ..
-                }) if r.id == 0 => continue,
+                }) if r.id == 0 => collisions += 1,
                 Ok(KvResult::Failed { error, .. }) => return Err(kv_status(error)),
                 Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
                 Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                    return leader.lease_grant(crate::security::auth::forward(r)).await.map(
-                        |mut response| {
-                            self.kv.restamp(&mut response.get_mut().header);
-                            response
-                        },
-                    );
+                    let forwarded = self
+                        .kv
+                        .forward_write(leader_hint, deadline, |c| {
+                            let request = crate::security::auth::forward(r);
+                            async move { LeaseClient::new(c).lease_grant(request).await }
+                        })
+                        .await;
+                    let super::Forwarded::Answered(response) = forwarded else {
+                        continue;
+                    };
+                    return response.map(|mut response| {
+                        self.kv.restamp(&mut response.get_mut().header);
+                        response
+                    });
                 }
                 Err(e) => return Err(to_status(e)),
             }
@@ -373,23 +384,32 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let r = request.into_inner();
-        match self.node().propose(KvCommand::LeaseRevoke { id: r.id }).await {
-            Ok(KvResult::LeaseRevoke { revision, .. }) => Ok(Response::new(pb::LeaseRevokeResponse {
-                header: self.kv.header(revision),
-            })),
-            Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-            Err(runtime::Error::NotLeader { leader_hint }) => {
-                let mut leader = LeaseClient::new(self.kv.leader_channel(leader_hint)?);
-                leader
-                    .lease_revoke(crate::security::auth::forward(r))
-                    .await
-                    .map(|mut response| {
+        let deadline = tokio::time::Instant::now() + super::FORWARD_WAIT;
+        loop {
+            return match self.node().propose(KvCommand::LeaseRevoke { id: r.id }).await {
+                Ok(KvResult::LeaseRevoke { revision, .. }) => Ok(Response::new(pb::LeaseRevokeResponse {
+                    header: self.kv.header(revision),
+                })),
+                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let forwarded = self
+                        .kv
+                        .forward_write(leader_hint, deadline, |c| {
+                            let request = crate::security::auth::forward(r);
+                            async move { LeaseClient::new(c).lease_revoke(request).await }
+                        })
+                        .await;
+                    let super::Forwarded::Answered(response) = forwarded else {
+                        continue;
+                    };
+                    response.map(|mut response| {
                         self.kv.restamp(&mut response.get_mut().header);
                         response
                     })
-            }
-            Err(e) => Err(to_status(e)),
+                }
+                Err(e) => Err(to_status(e)),
+            };
         }
     }
 
