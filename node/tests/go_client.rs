@@ -16,10 +16,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use support::{EtcdCluster, ProcCluster};
+use support::{run_bounded, EtcdCluster, ProcCluster};
 
 /// Steps whose results legitimately differ: the label, the reason, and a fragment
 /// kuberaft's result must contain.
@@ -27,37 +27,6 @@ use support::{EtcdCluster, ProcCluster};
 /// limit answered by tonic's decoder instead of etcd's "request is too large", was fixed
 /// by decoding up to the limit + 512 KiB as etcd does.)
 const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
-
-/// Runs `command` to its end, within `limit` (then it is killed by its PID).
-fn run_bounded(mut command: Command, limit: Duration) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let mut err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    if status.is_none() {
-        err.push_str(&format!("\n(killed after {limit:?})"));
-    }
-    (status.is_some_and(|s| s.success()), out, err)
-}
 
 /// Builds the Go program (its go.sum is committed: nothing is resolved anew).
 fn build_go_client(out: &Path) -> PathBuf {

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-use support::{etcdctl_bin, free_ports, EtcdCluster, ProcCluster};
+use support::{etcdctl_bin, free_ports, run_bounded, EtcdCluster, ProcCluster};
 
 /// Steps whose results legitimately differ: the label, the reason, and a fragment
 /// kuberaft's result must contain.
@@ -88,37 +88,6 @@ fn tools() -> Option<Tools> {
             None
         }
     }
-}
-
-/// Runs `command` to its end, within `limit` (then it is killed by its PID).
-fn run_bounded(mut command: Command, limit: Duration) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let mut err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    if status.is_none() {
-        err.push_str(&format!("\n(killed after {limit:?})"));
-    }
-    (status.is_some_and(|s| s.success()), out, err)
 }
 
 /// Client TLS material for the storage: a CA, a server certificate for the members, a
