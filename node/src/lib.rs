@@ -37,3 +37,9 @@ pub mod server;
 pub mod stats;
 pub mod storage;
 pub mod transport;
+
+/// The unit tests run on the allocator `raft-node` runs on, so measurements made in
+/// them (e.g. `kv::tests::load_time`) stand for the product.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

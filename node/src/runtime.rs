@@ -523,6 +523,10 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
             },
         )?
     };
+    // The first election comes about one timeout sooner after a start (etcd's
+    // initial election tick advance); see `RaftCore::advance_election_timer`.
+    let mut core = core;
+    core.advance_election_timer();
     let (kv, members) = open_state_machine(
         &config.state_path,
         &recovered.snapshots,
@@ -1058,13 +1062,21 @@ async fn wait_for_persistence(
     }
 }
 
-/// How the apply thread commits to the state store: every batch is one engine commit
-/// without fsync; one commit is fsynced when `interval` has passed or `entries` were
-/// applied since the last fsynced one (etcd's backend batch interval and limit).
+/// How the apply thread commits to the state store (etcd's backend batch interval and
+/// limit): applied writes wait in the store's pending set (readers see them there, and
+/// the WAL already holds them) and go to the engine in one fsynced commit when
+/// `interval` has passed, `entries` were applied or `bytes` wait since the last commit.
+///
+/// Every apply batch used to be an engine commit of its own (without fsync). The engine
+/// is a copy-on-write B-tree, so each commit wrote fresh copies of every page it touched
+/// and of their parents, and pages freed without fsync are not reused: at 2,000,000
+/// keys, puts spread over the key space wrote 13 KB per put per member (3.4x etcd's)
+/// with a commit per few puts. One commit per interval writes a touched page once.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendBatch {
     pub interval: Duration,
     pub entries: u64,
+    pub bytes: usize,
 }
 
 impl Default for BackendBatch {
@@ -1072,6 +1084,7 @@ impl Default for BackendBatch {
         BackendBatch {
             interval: Duration::from_millis(100),
             entries: 10_000,
+            bytes: 32 << 20,
         }
     }
 }
@@ -1146,6 +1159,11 @@ fn apply_thread(mut applier: Applier, mut jobs: mpsc::Receiver<ApplyJob>) {
             return;
         }
     }
+    // Shutting down: what waits for the next batch commit goes to the engine now, so a
+    // clean restart replays nothing (after a crash the WAL replays it).
+    if let Err(e) = applier.commit(true) {
+        tracing::warn!(error = %e, "final state store commit on shutdown");
+    }
 }
 
 impl Applier {
@@ -1216,13 +1234,17 @@ impl Applier {
         }
     }
 
-    /// Commits what was applied to the engine (fsynced when the batch interval or
-    /// limit says so), publishes the new state, then answers the clients.
+    /// Commits what was applied to the engine when the batch interval or limits say so
+    /// (see [`BackendBatch`]), publishes the new state, then answers the clients.
     fn finish_batch(&mut self) -> Result<(), String> {
-        let durable = self.last_durable.elapsed() >= self.batch.interval
-            || self.kv.applied() >= self.kv.durable_applied() + self.batch.entries;
+        let due = self.last_durable.elapsed() >= self.batch.interval
+            || self.kv.applied() >= self.kv.durable_applied() + self.batch.entries
+            || self.kv.pending_bytes() >= self.batch.bytes
+            || self.members_changed;
         crate::fail_point!("apply-before-commit");
-        self.commit(durable)?;
+        if due {
+            self.commit(true)?;
+        }
         crate::fail_point!("apply-after-commit");
         self.published.send_replace(self.kv.clone());
         if std::mem::take(&mut self.members_changed) {

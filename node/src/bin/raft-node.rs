@@ -13,6 +13,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kuberaft_node::server::{self, ServeArgs};
 
+/// mimalloc instead of glibc's malloc: start-up builds the key index from millions of
+/// rows, and redb allocates a page buffer per page it reads; under glibc every such
+/// buffer first consolidated the fast bins (a third of start-up at 2,000,000 keys, by
+/// `perf`). Measured by `kv::tests::load_time`: 1.31 s -> 0.84 s at 2,000,000 keys.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "raft-node",

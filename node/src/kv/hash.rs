@@ -100,6 +100,11 @@ mod tests {
             before,
             "values read back from the engine hash as they did before the commit"
         );
+        // The bytes in use are measured off the apply path, after the durable commit.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while a.size_bytes().1 == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let (size, in_use) = a.size_bytes();
         assert!(in_use > 0 && size >= in_use, "sizes {size} {in_use}");
     }

@@ -1156,7 +1156,6 @@ impl KvStore {
             }
         }
         if durable {
-            engine.note_in_use(&tx);
             crate::fail_point!("state-before-durable-commit", |e: std::io::Error| Err(
                 EngineError::Io {
                     path: engine.name(),
@@ -1167,6 +1166,7 @@ impl KvStore {
         tx.commit().map_err(|e| engine.err(e))?;
         if durable {
             crate::fail_point!("state-after-durable-commit");
+            engine.note_in_use();
         }
         self.pending = Pending::default();
         self.snap = Arc::new(engine.snapshot()?);
@@ -1200,23 +1200,19 @@ impl KvStore {
             store.alarms = KvStore::decode_alarms(alarms)
                 .ok_or_else(|| corrupt("the alarm list is malformed".into()))?;
         }
-        // Grouped by key in a hash map (rows come in revision order), then sorted once:
-        // start-up cost is what makes a restart grow with the key count.
-        let mut keys: std::collections::HashMap<Bytes, Vec<Version>> = std::collections::HashMap::new();
-        let mut changes = OrdMap::new();
+        // The index rows come in revision order (so that new versions are appended to
+        // the table, and compaction deletes each old row where it is). The key index
+        // needs them grouped by key, in key order: they are read into one buffer,
+        // ordered by an 8-byte integer prefix of each key taken after the prefix all
+        // keys share (a comparison of whole keys only breaks ties), then grouped. No
+        // hashing, and one allocation per key: start-up is what makes a restart grow
+        // with the key count (2,000,000 keys: 4.1 s with a hash map and a sort of
+        // whole keys, see `load_time`).
+        let mut scan = IndexScan::default();
         {
             let tx = engine.db().begin_read().map_err(|e| engine.err(e))?;
-            let index = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
-            let mut at_revision: Vec<(u32, Bytes)> = Vec::new();
-            let mut current = i64::MIN;
-            let flush =
-                |revision: i64, written: &mut Vec<(u32, Bytes)>, changes: &mut OrdMap<i64, Vector<Bytes>>| {
-                    if !written.is_empty() {
-                        written.sort_by_key(|(sub, _)| *sub);
-                        changes.insert(revision, written.drain(..).map(|(_, k)| k).collect());
-                    }
-                };
-            for row in index.iter().map_err(|e| engine.err(e))? {
+            let table = tx.open_table(engine::INDEX).map_err(|e| engine.err(e))?;
+            for row in table.iter().map_err(|e| engine.err(e))? {
                 let (k, v) = row.map_err(|e| engine.err(e))?;
                 let vkey = k.value();
                 if vkey.len() < 8 {
@@ -1231,34 +1227,8 @@ impl KvStore {
                         store.revision
                     )));
                 }
-                // One allocation per key, shared by all its versions and the watch order.
-                let key = match keys.get_key_value(&vkey[8..]) {
-                    Some((shared, _)) => shared.clone(),
-                    None => Bytes::copy_from_slice(&vkey[8..]),
-                };
-                if revision != current {
-                    flush(current, &mut at_revision, &mut changes);
-                    current = revision;
-                }
-                let history = keys.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
-                let version = if row.tombstone {
-                    Version::Tombstone(revision)
-                } else {
-                    Version::Live(Meta {
-                        create_revision: row.create_revision,
-                        mod_revision: revision,
-                        version: row.version,
-                        lease: row.lease,
-                    })
-                };
-                history.push(version);
-                // The watch order is kept from the compacted revision on (older versions
-                // a read still needs stay in the index, not in the order).
-                if revision >= store.compacted {
-                    at_revision.push((row.sub, key));
-                }
+                scan.push(&vkey[8..], revision, row);
             }
-            flush(current, &mut at_revision, &mut changes);
             let leases = tx.open_table(engine::LEASES).map_err(|e| engine.err(e))?;
             for row in leases.iter().map_err(|e| engine.err(e))? {
                 let (id, ttl) = row.map_err(|e| engine.err(e))?;
@@ -1271,10 +1241,29 @@ impl KvStore {
                 );
             }
         }
-        let mut sorted: Vec<(Bytes, Vec<Version>)> = keys.into_iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let order = scan.key_order();
+        let mut key_of_row = vec![0u32; scan.rows.len()];
+        let mut keys: Vec<Bytes> = Vec::new();
+        let mut arena = KeyArena::default();
         let mut index = OrdMap::new();
-        for (key, history) in sorted {
+        let mut at = 0;
+        while at < order.len() {
+            let first = order[at] as usize;
+            let key = arena.copy(scan.key(first));
+            let mut end = at;
+            let mut history: Vec<Version> = Vec::with_capacity(1);
+            while end < order.len() && scan.key(order[end] as usize) == key.as_ref() {
+                let row = &scan.rows[order[end] as usize];
+                if history.last().is_some_and(|v| v.revision() >= row.revision) {
+                    return Err(corrupt(format!(
+                        "two index rows of one key at revision {}",
+                        row.revision
+                    )));
+                }
+                history.push(row.version());
+                key_of_row[order[end] as usize] = keys.len() as u32;
+                end += 1;
+            }
             if let Some(Version::Live(meta)) = history.last() {
                 store.live += 1;
                 if meta.lease != 0 {
@@ -1288,7 +1277,31 @@ impl KvStore {
                         .insert(key.clone());
                 }
             }
-            index.insert(key, Arc::new(history));
+            index.insert(key.clone(), Arc::new(history));
+            keys.push(key);
+            at = end;
+        }
+        // The watch order is kept from the compacted revision on (older versions a read
+        // still needs stay in the index, not in the order); rows are in revision order.
+        let mut changes = OrdMap::new();
+        let mut at = scan.rows.partition_point(|r| r.revision < store.compacted);
+        while at < scan.rows.len() {
+            let revision = scan.rows[at].revision;
+            let end = at
+                + scan.rows[at..]
+                    .iter()
+                    .take_while(|r| r.revision == revision)
+                    .count();
+            let mut written: Vec<(u32, usize)> = (at..end).map(|i| (scan.rows[i].sub, i)).collect();
+            written.sort_unstable();
+            changes.insert(
+                revision,
+                written
+                    .into_iter()
+                    .map(|(_, i)| keys[key_of_row[i] as usize].clone())
+                    .collect(),
+            );
+            at = end;
         }
         store.keys = index;
         store.changes = changes;
@@ -1526,6 +1539,111 @@ impl KvStore {
         }
         self.pending.rows.append(rows);
         Ok(())
+    }
+}
+
+/// The index rows read at start-up, in revision order: their keys in one buffer.
+#[derive(Default)]
+struct IndexScan {
+    keys: Vec<u8>,
+    rows: Vec<ScanRow>,
+    /// Bytes every key read so far starts with (measured against the first key).
+    common: usize,
+}
+
+struct ScanRow {
+    at: usize,
+    len: u32,
+    sub: u32,
+    revision: i64,
+    row: engine::IndexRow,
+}
+
+impl ScanRow {
+    fn version(&self) -> Version {
+        if self.row.tombstone {
+            Version::Tombstone(self.revision)
+        } else {
+            Version::Live(Meta {
+                create_revision: self.row.create_revision,
+                mod_revision: self.revision,
+                version: self.row.version,
+                lease: self.row.lease,
+            })
+        }
+    }
+}
+
+impl IndexScan {
+    fn push(&mut self, key: &[u8], revision: i64, row: engine::IndexRow) {
+        if self.rows.is_empty() {
+            self.common = key.len();
+        } else {
+            let first = &self.keys[..self.rows[0].len as usize];
+            self.common = first
+                .iter()
+                .zip(key)
+                .take(self.common)
+                .take_while(|(a, b)| a == b)
+                .count();
+        }
+        self.rows.push(ScanRow {
+            at: self.keys.len(),
+            len: key.len() as u32,
+            sub: row.sub,
+            revision,
+            row,
+        });
+        self.keys.extend_from_slice(key);
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let r = &self.rows[i];
+        &self.keys[r.at..r.at + r.len as usize]
+    }
+
+    /// The rows' numbers in key order, each key's rows in revision order: sorted by the
+    /// 8 bytes after the common prefix as a big-endian integer (zero-padded, which
+    /// orders as the keys do except that it may tie), then whole keys, then row number.
+    fn key_order(&self) -> Vec<u32> {
+        let prefix = |i: usize| -> u64 {
+            let key = self.key(i);
+            let tail = &key[self.common.min(key.len())..];
+            let mut b = [0u8; 8];
+            let n = tail.len().min(8);
+            b[..n].copy_from_slice(&tail[..n]);
+            u64::from_be_bytes(b)
+        };
+        let mut order: Vec<(u64, u32)> = (0..self.rows.len()).map(|i| (prefix(i), i as u32)).collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.key(a.1 as usize).cmp(self.key(b.1 as usize)))
+                .then(a.1.cmp(&b.1))
+        });
+        order.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// Copies of user keys made at start-up, carved from shared chunks instead of one
+/// allocation per key. A chunk is freed when the last key in it is dropped, so what a
+/// deleted key can keep alive is bounded by the key bytes loaded at start-up.
+#[derive(Default)]
+struct KeyArena {
+    chunk: BytesMut,
+}
+
+impl KeyArena {
+    const CHUNK: usize = 256 << 10;
+
+    fn copy(&mut self, key: &[u8]) -> Bytes {
+        if key.len() > Self::CHUNK / 8 {
+            return Bytes::copy_from_slice(key);
+        }
+        if self.chunk.capacity() - self.chunk.len() < key.len() {
+            self.chunk = BytesMut::with_capacity(Self::CHUNK);
+        }
+        self.chunk.extend_from_slice(key);
+        self.chunk.split_to(key.len()).freeze()
     }
 }
 

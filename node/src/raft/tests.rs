@@ -1442,3 +1442,45 @@ fn messages_not_addressed_to_us_change_nothing() {
     assert_eq!(core.status(), before);
     assert!(commands_of(&mut core).is_empty());
 }
+
+#[test]
+fn an_advanced_election_timer_campaigns_within_the_randomized_part_of_the_timeout() {
+    for seed in 0..20 {
+        let mut cfg = config(1);
+        cfg.seed = seed;
+        let mut core = RaftCore::bootstrap(cfg, &[1, 2, 3]).unwrap();
+        persist_all(&mut core);
+        core.advance_election_timer();
+        let mut ticks = 0;
+        while core.role() == Role::Follower {
+            core.tick();
+            ticks += 1;
+            assert!(ticks <= ELECTION, "seed {seed}: no campaign after {ticks} ticks");
+        }
+        assert_eq!(core.role(), Role::PreCandidate, "seed {seed}");
+    }
+    // Without the advance, a whole election timeout passes first.
+    let mut core = RaftCore::bootstrap(config(1), &[1, 2, 3]).unwrap();
+    persist_all(&mut core);
+    for _ in 0..ELECTION - 1 {
+        core.tick();
+    }
+    assert_eq!(core.role(), Role::Follower);
+}
+
+#[test]
+fn advancing_the_election_timer_does_nothing_to_a_learner_or_a_follower_with_a_leader() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let term = net.nodes[&2].term();
+    net.core(2).advance_election_timer();
+    net.tick_all(ELECTION);
+    assert_eq!(net.nodes[&1].role(), Role::Leader);
+    assert_eq!(net.nodes[&2].term(), term);
+    let mut joiner = RaftCore::join(config(4)).unwrap();
+    joiner.advance_election_timer();
+    for _ in 0..4 * ELECTION {
+        joiner.tick();
+    }
+    assert_eq!(joiner.role(), Role::Follower);
+}
