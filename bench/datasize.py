@@ -322,7 +322,7 @@ def one(kind, keys, args, work_root, raw, logs):
     # kuberaft compacts by default (retention 10,000 revisions), etcd 3.4 does not: with
     # --same-compaction etcd keeps the same retention, so both pay for deleting history.
     compaction = SAME_COMPACTION if kind == "etcd" and args.same_compaction else []
-    cluster = Cluster(kind, free_base(start), work, TIMING + quota + compaction, name=name)
+    cluster = Cluster("etcd34" if kind == "etcd" else kind, free_base(start), work, TIMING + quota + compaction, name=name)
     row = None
     try:
         row = measure(cluster, keys, args, raw)

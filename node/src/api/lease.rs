@@ -384,33 +384,22 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let r = request.into_inner();
-        let deadline = tokio::time::Instant::now() + super::FORWARD_WAIT;
-        loop {
-            return match self.node().propose(KvCommand::LeaseRevoke { id: r.id }).await {
-                Ok(KvResult::LeaseRevoke { revision, .. }) => Ok(Response::new(pb::LeaseRevokeResponse {
-                    header: self.kv.header(revision),
-                })),
-                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let forwarded = self
-                        .kv
-                        .forward_write(leader_hint, deadline, |c| {
-                            let request = crate::security::auth::forward(r);
-                            async move { LeaseClient::new(c).lease_revoke(request).await }
-                        })
-                        .await;
-                    let super::Forwarded::Answered(response) = forwarded else {
-                        continue;
-                    };
-                    response.map(|mut response| {
-                        self.kv.restamp(&mut response.get_mut().header);
-                        response
-                    })
-                }
-                Err(e) => Err(to_status(e)),
-            };
-        }
+        self.kv
+            .propose_or_forward(
+                KvCommand::LeaseRevoke { id: r.id },
+                |result| match result {
+                    KvResult::LeaseRevoke { revision, .. } => Ok(Response::new(pb::LeaseRevokeResponse {
+                        header: self.kv.header(revision),
+                    })),
+                    KvResult::Failed { error, .. } => Err(kv_status(error)),
+                    other => Err(Status::internal(format!("unexpected result {other:?}"))),
+                },
+                |c| {
+                    let request = crate::security::auth::forward(r);
+                    async move { LeaseClient::new(c).lease_revoke(request).await }
+                },
+            )
+            .await
     }
 
     type LeaseKeepAliveStream = KeepAlives;

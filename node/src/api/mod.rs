@@ -221,6 +221,44 @@ impl KvService {
         found
     }
 
+    /// Proposes `command` here and answers with `local(result)`; on a follower, sends
+    /// the request to the leader with `remote` ([`KvService::forward_write`]: a write
+    /// the leader cannot have received waits for the next leader, up to
+    /// [`FORWARD_WAIT`], and is proposed again), re-stamps the answer's header as this
+    /// member's, and answers once this member applied the write too (read-your-writes
+    /// on the member asked, as etcd's followers answer after their own apply).
+    pub(crate) async fn propose_or_forward<R, L, F, Fut>(
+        &self,
+        command: KvCommand,
+        local: L,
+        remote: F,
+    ) -> Result<Response<R>, Status>
+    where
+        R: Headed,
+        L: Fn(KvResult) -> Result<Response<R>, Status>,
+        F: Fn(tonic::transport::Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+        loop {
+            return match self.node.propose(command.clone()).await {
+                Ok(result) => local(result),
+                Err(runtime::Error::NotLeader { leader_hint }) => {
+                    let Forwarded::Answered(response) =
+                        self.forward_write(leader_hint, deadline, &remote).await
+                    else {
+                        continue;
+                    };
+                    let mut response = response?;
+                    self.restamp(response.get_mut().header_mut());
+                    self.applied_here(response.get_mut().header_mut().as_ref()).await;
+                    Ok(response)
+                }
+                Err(e) => Err(to_status(e)),
+            };
+        }
+    }
+
     /// Refuses a write that would grow the store over the quota (etcd's NOSPACE), and
     /// raises the alarm through the log the first time: proposed here on the leader,
     /// forwarded to the leader's Maintenance service from a follower.
@@ -265,6 +303,28 @@ impl KvService {
         self.node.read_linearizable().await.map_err(to_status)
     }
 }
+
+/// An answer whose header a member re-stamps when it forwarded the request.
+pub(crate) trait Headed {
+    fn header_mut(&mut self) -> &mut Option<pb::ResponseHeader>;
+}
+
+macro_rules! headed {
+    ($($t:ty),*) => {
+        $(impl Headed for $t {
+            fn header_mut(&mut self) -> &mut Option<pb::ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+headed!(
+    pb::PutResponse,
+    pb::DeleteRangeResponse,
+    pb::TxnResponse,
+    pb::LeaseRevokeResponse
+);
 
 /// How long a member waits to apply a write it forwarded before answering anyway.
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -380,38 +440,28 @@ impl Kv for KvService {
             });
             self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
                 .await?;
-            let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
-            loop {
-                return match self.node.propose(command.clone()).await {
-                    Ok(KvResult::Txn {
-                        revision, responses, ..
-                    }) => match responses.into_iter().next() {
-                        Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
-                            header: self.header(revision),
-                            prev_kv: prev.as_ref().map(kv_to_pb),
-                        })),
+            return self
+                .propose_or_forward(
+                    command,
+                    |result| match result {
+                        KvResult::Txn {
+                            revision, responses, ..
+                        } => match responses.into_iter().next() {
+                            Some(OpResult::Put { prev }) => Ok(Response::new(pb::PutResponse {
+                                header: self.header(revision),
+                                prev_kv: prev.as_ref().map(kv_to_pb),
+                            })),
+                            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+                        },
+                        KvResult::Failed { error, .. } => Err(kv_status(error)),
                         other => Err(Status::internal(format!("unexpected result {other:?}"))),
                     },
-                    Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-                    Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-                    Err(runtime::Error::NotLeader { leader_hint }) => {
-                        let forwarded = self
-                            .forward_write(leader_hint, deadline, |c| {
-                                let request = forward(r.clone());
-                                async move { KvClient::new(c).put(request).await }
-                            })
-                            .await;
-                        let Forwarded::Answered(response) = forwarded else {
-                            continue;
-                        };
-                        let mut response = response?;
-                        self.restamp(&mut response.get_mut().header);
-                        self.applied_here(response.get_ref().header.as_ref()).await;
-                        Ok(response)
-                    }
-                    Err(e) => Err(to_status(e)),
-                };
-            }
+                    |c| {
+                        let request = forward(r.clone());
+                        async move { KvClient::new(c).put(request).await }
+                    },
+                )
+                .await;
         }
         let command = KvCommand::Put {
             key: Bytes::from(r.key.clone()),
@@ -421,33 +471,22 @@ impl Kv for KvService {
         };
         self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
             .await?;
-        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
-        loop {
-            return match self.node.propose(command.clone()).await {
-                Ok(KvResult::Put { revision, prev }) => Ok(Response::new(pb::PutResponse {
+        self.propose_or_forward(
+            command,
+            |result| match result {
+                KvResult::Put { revision, prev } => Ok(Response::new(pb::PutResponse {
                     header: self.header(revision),
                     prev_kv: prev.as_ref().map(kv_to_pb),
                 })),
-                Ok(KvResult::Failed { error, .. }) => Err(kv_status(error)),
-                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let forwarded = self
-                        .forward_write(leader_hint, deadline, |c| {
-                            let request = forward(r.clone());
-                            async move { KvClient::new(c).put(request).await }
-                        })
-                        .await;
-                    let Forwarded::Answered(response) = forwarded else {
-                        continue;
-                    };
-                    let mut response = response?;
-                    self.restamp(&mut response.get_mut().header);
-                    self.applied_here(response.get_ref().header.as_ref()).await;
-                    Ok(response)
-                }
-                Err(e) => Err(to_status(e)),
-            };
-        }
+                KvResult::Failed { error, .. } => Err(kv_status(error)),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            |c| {
+                let request = forward(r.clone());
+                async move { KvClient::new(c).put(request).await }
+            },
+        )
+        .await
     }
 
     async fn delete_range(
@@ -464,37 +503,26 @@ impl Kv for KvService {
             range_end: Bytes::from(r.range_end.clone()),
             prev_kv: r.prev_kv,
         };
-        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
-        loop {
-            return match self.node.propose(command.clone()).await {
-                Ok(KvResult::DeleteRange {
+        self.propose_or_forward(
+            command,
+            |result| match result {
+                KvResult::DeleteRange {
                     revision,
                     deleted,
                     prev,
-                }) => Ok(Response::new(pb::DeleteRangeResponse {
+                } => Ok(Response::new(pb::DeleteRangeResponse {
                     header: self.header(revision),
                     deleted,
                     prev_kvs: prev.iter().map(kv_to_pb).collect(),
                 })),
-                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let forwarded = self
-                        .forward_write(leader_hint, deadline, |c| {
-                            let request = forward(r.clone());
-                            async move { KvClient::new(c).delete_range(request).await }
-                        })
-                        .await;
-                    let Forwarded::Answered(response) = forwarded else {
-                        continue;
-                    };
-                    let mut response = response?;
-                    self.restamp(&mut response.get_mut().header);
-                    self.applied_here(response.get_ref().header.as_ref()).await;
-                    Ok(response)
-                }
-                Err(e) => Err(to_status(e)),
-            };
-        }
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            |c| {
+                let request = forward(r.clone());
+                async move { KvClient::new(c).delete_range(request).await }
+            },
+        )
+        .await
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
@@ -510,28 +538,15 @@ impl Kv for KvService {
         let encoded = command.encode().len();
         check_size("txn", encoded)?;
         self.check_quota(&command, encoded as u64).await?;
-        let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
-        loop {
-            return match self.node.propose(command.clone()).await {
-                Ok(result) => self.txn_response(result),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let forwarded = self
-                        .forward_write(leader_hint, deadline, |c| {
-                            let request = forward(r.clone());
-                            async move { KvClient::new(c).txn(request).await }
-                        })
-                        .await;
-                    let Forwarded::Answered(response) = forwarded else {
-                        continue;
-                    };
-                    let mut response = response?;
-                    self.restamp(&mut response.get_mut().header);
-                    self.applied_here(response.get_ref().header.as_ref()).await;
-                    Ok(response)
-                }
-                Err(e) => Err(to_status(e)),
-            };
-        }
+        self.propose_or_forward(
+            command,
+            |result| self.txn_response(result),
+            |c| {
+                let request = forward(r.clone());
+                async move { KvClient::new(c).txn(request).await }
+            },
+        )
+        .await
     }
 
     async fn compact(
