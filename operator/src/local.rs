@@ -995,6 +995,55 @@ pub fn render_view(platform: &LocalPlatform, round: &Round) -> String {
     out
 }
 
+/// The live view of `raftctl up`. On a terminal the view redraws in place: while it
+/// is the last thing printed, a new view moves the cursor back over the old one and
+/// clears it; lines printed in between (notes, the endpoints) stay where they are and
+/// the view starts again below them. Elsewhere (a pipe, a log file) a view is printed
+/// whole when it changed.
+pub struct LiveView {
+    tty: bool,
+    /// Lines of the view now at the bottom of the terminal (0: something else is).
+    lines_on_screen: usize,
+    last: String,
+}
+
+impl LiveView {
+    pub fn new(tty: bool) -> LiveView {
+        LiveView {
+            tty,
+            lines_on_screen: 0,
+            last: String::new(),
+        }
+    }
+
+    /// Prints a line that stays (the view is redrawn below it).
+    pub fn note(&mut self, text: &str) {
+        println!("{text}");
+        self.lines_on_screen = 0;
+    }
+
+    /// What to print for `view`: nothing when it did not change since it was drawn,
+    /// else the view, preceded on a terminal by the escape sequences that erase the
+    /// previous one (cursor up over its lines, clear to the end of the screen).
+    pub fn frame(&mut self, view: &str) -> Option<String> {
+        if view == self.last && (self.lines_on_screen > 0 || !self.tty) {
+            return None;
+        }
+        let mut out = String::new();
+        if self.tty && self.lines_on_screen > 0 {
+            out.push_str(&format!("\x1b[{}A\x1b[J", self.lines_on_screen));
+        }
+        let mut body = view.to_string();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        self.lines_on_screen = body.matches('\n').count();
+        out.push_str(&body);
+        self.last = view.to_string();
+        Some(out)
+    }
+}
+
 /// `raftctl up`: runs until `shutdown` resolves, then stops every member cleanly.
 pub async fn up(config: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (cluster, mut manifest_stamp) = read_manifest(&config.manifest)?;
@@ -1015,29 +1064,28 @@ pub async fn up(config: UpConfig, shutdown: impl std::future::Future<Output = ()
         platform.name,
         platform.dir.display()
     );
-    let tty = std::io::stdout().is_terminal();
+    let mut live = LiveView::new(std::io::stdout().is_terminal());
     let mut shown_endpoints = Vec::new();
-    let mut last_view = String::new();
     tokio::pin!(shutdown);
     loop {
         if let Some((stamp, result)) = manifest_changed(&config.manifest, manifest_stamp) {
             manifest_stamp = stamp;
             match result {
-                Ok(cluster) if cluster.name_any() != platform.name => println!(
+                Ok(cluster) if cluster.name_any() != platform.name => live.note(&format!(
                     "manifest: metadata.name changed to {:?}; ignored (this run manages {:?})",
                     cluster.name_any(),
                     platform.name
-                ),
+                )),
                 Ok(cluster) => {
-                    println!("manifest: applied the new spec");
+                    live.note("manifest: applied the new spec");
                     platform.set_cluster(cluster);
                 }
-                Err(e) => println!("manifest: {e}; keeping the running spec"),
+                Err(e) => live.note(&format!("manifest: {e}; keeping the running spec")),
             }
         }
         let round = platform.round().await;
         for note in &round.notes {
-            println!("{note}");
+            live.note(note);
         }
         let endpoints = platform.client_endpoints();
         if round.plan.available() && endpoints != shown_endpoints {
@@ -1050,20 +1098,15 @@ pub async fn up(config: UpConfig, shutdown: impl std::future::Future<Output = ()
             } else {
                 String::new()
             };
-            println!(
+            live.note(&format!(
                 "\nclient endpoints: {}\ntry: ETCDCTL_API=3 etcdctl --endpoints {}{tls_flags} put hello world\n",
                 endpoints.join(","),
                 endpoints.join(",")
-            );
+            ));
             shown_endpoints = endpoints;
         }
-        let view = render_view(&platform, &round);
-        if view != last_view {
-            if tty {
-                print!("\x1b[2K");
-            }
-            println!("{view}");
-            last_view = view;
+        if let Some(frame) = live.frame(&render_view(&platform, &round)) {
+            print!("{frame}");
         }
         let _ = std::io::stdout().flush();
         tokio::select! {
@@ -1101,4 +1144,33 @@ fn manifest_changed(path: &Path, previous: Stamp) -> Option<(Stamp, Result<RaftC
         return None;
     }
     Some((stamp, read_manifest(path).map(|(c, _)| c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveView;
+
+    #[test]
+    fn on_a_terminal_the_view_redraws_over_itself_and_below_notes() {
+        let mut live = LiveView::new(true);
+        assert_eq!(live.frame("a\nb\n").as_deref(), Some("a\nb\n"));
+        assert_eq!(live.frame("a\nb\n"), None, "unchanged: nothing printed");
+        // Cursor up over the two lines, clear to the end, the new view.
+        assert_eq!(live.frame("a\nc\nd").as_deref(), Some("\x1b[2A\x1b[Ja\nc\nd\n"));
+        assert_eq!(live.frame("x").as_deref(), Some("\x1b[3A\x1b[Jx\n"));
+        // A note stays: the same view is drawn again below it, erasing nothing.
+        live.lines_on_screen = 0; // what `note` does, without printing in a test
+        assert_eq!(live.frame("x").as_deref(), Some("x\n"));
+        assert_eq!(live.frame("y").as_deref(), Some("\x1b[1A\x1b[Jy\n"));
+    }
+
+    #[test]
+    fn elsewhere_a_changed_view_is_printed_whole_without_escapes() {
+        let mut live = LiveView::new(false);
+        assert_eq!(live.frame("a\nb").as_deref(), Some("a\nb\n"));
+        assert_eq!(live.frame("a\nb"), None);
+        assert_eq!(live.frame("a\nc").as_deref(), Some("a\nc\n"));
+        live.lines_on_screen = 0;
+        assert_eq!(live.frame("a\nc"), None, "a log is not repeated after a note");
+    }
 }
