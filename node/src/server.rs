@@ -83,6 +83,16 @@ pub struct ServeArgs {
     /// (`etcdctl alarm disarm`).
     #[arg(long, env = "KUBERAFT_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// The longest applied writes wait before the state store commits them, fsynced
+    /// (etcd's flag and default; a duration such as `100ms` or `1s`, 1ms to 10s). They
+    /// are served from memory meanwhile and the WAL holds them. Longer batches write
+    /// fewer pages per put; a crash replays them from the WAL either way.
+    #[arg(long, env = "KUBERAFT_BACKEND_BATCH_INTERVAL", default_value = "100ms", value_parser = parse_batch_interval)]
+    pub backend_batch_interval: Duration,
+    /// Applied entries after which the state store commits, whatever the interval
+    /// (etcd's flag; 10,000 as etcd's default).
+    #[arg(long, env = "KUBERAFT_BACKEND_BATCH_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backend_batch_limit: u64,
     #[arg(
         long,
         env = "KUBERAFT_LISTEN_METRICS_URLS",
@@ -151,6 +161,15 @@ pub struct TimingRefused {
 /// Checks timing given in milliseconds (flags or `SetTiming`, one rule for both) and
 /// turns it into ticks: whole ticks, election timeout at least 3x the heartbeat
 /// interval, within the hard bounds.
+/// `--backend-batch-interval`: a duration (`100ms`, `1s`), from 1 ms to 10 s.
+fn parse_batch_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 100ms or 1s)"))?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
+        return Err(format!("{text} is outside 1ms..10s"));
+    }
+    Ok(d)
+}
+
 pub fn timing_from_ms(heartbeat_interval_ms: u64, election_timeout_ms: u64) -> Result<Timing, TimingRefused> {
     let refuse = |value, reason: String| Err(TimingRefused { value, reason });
     use TimingValue::{ElectionTimeout, HeartbeatInterval};
@@ -449,6 +468,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan.snapshot_dir.clone(),
     );
     config.tick = Duration::from_millis(TICK_MS);
+    config.backend_batch.interval = args.backend_batch_interval;
+    config.backend_batch.entries = args.backend_batch_limit;
     if args.quota_backend_bytes > 0 {
         config.quota_backend_bytes = args.quota_backend_bytes;
     }
@@ -726,6 +747,35 @@ mod tests {
         let mut argv = vec!["raft-node"];
         argv.extend_from_slice(args);
         Cli::parse_from(argv).serve.plan()
+    }
+
+    #[test]
+    fn backend_batch_flags_take_etcd_durations_and_refuse_what_is_out_of_range() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["raft-node"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.serve)
+        };
+        let default = args(&[]).unwrap();
+        assert_eq!(default.backend_batch_interval, Duration::from_millis(100));
+        assert_eq!(default.backend_batch_limit, 10_000);
+        let set = args(&["--backend-batch-interval=1s", "--backend-batch-limit=500"]).unwrap();
+        assert_eq!(set.backend_batch_interval, Duration::from_secs(1));
+        assert_eq!(set.backend_batch_limit, 500);
+        assert_eq!(
+            args(&["--backend-batch-interval=250ms"])
+                .unwrap()
+                .backend_batch_interval,
+            Duration::from_millis(250)
+        );
+        for bad in [
+            "--backend-batch-interval=0s",
+            "--backend-batch-interval=11s",
+            "--backend-batch-interval=fast",
+            "--backend-batch-limit=0",
+        ] {
+            assert!(args(&[bad]).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]
