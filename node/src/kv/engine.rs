@@ -242,32 +242,15 @@ impl Engine {
     fn measure_in_use(&self) -> Result<u64, EngineError> {
         use redb::ReadableTableMetadata;
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let bytes = |s: redb::TableStats| s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
         let mut total = 0;
-        total += bytes(
-            tx.open_table(INDEX)
+        for table in tx.list_tables().map_err(|e| self.err(e))? {
+            let s = tx
+                .open_untyped_table(table)
                 .map_err(|e| self.err(e))?
                 .stats()
-                .map_err(|e| self.err(e))?,
-        );
-        total += bytes(
-            tx.open_table(VALUES)
-                .map_err(|e| self.err(e))?
-                .stats()
-                .map_err(|e| self.err(e))?,
-        );
-        total += bytes(
-            tx.open_table(LEASES)
-                .map_err(|e| self.err(e))?
-                .stats()
-                .map_err(|e| self.err(e))?,
-        );
-        total += bytes(
-            tx.open_table(META)
-                .map_err(|e| self.err(e))?
-                .stats()
-                .map_err(|e| self.err(e))?,
-        );
+                .map_err(|e| self.err(e))?;
+            total += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
+        }
         Ok(total)
     }
 }
