@@ -358,6 +358,62 @@ async fn scale_three_to_five_and_back_under_writes_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernation_stops_every_member_keeps_the_data_and_wakes_the_same_cluster() {
+    let h = Harness::start("sleepy", 3, "").await;
+    h.wait_steady(3).await;
+    let endpoints = h.endpoints(0..3);
+    for i in 0..20 {
+        etcdctl(&endpoints[i % 3], &["put", &format!("k{i}"), &format!("v{i}")]);
+    }
+    let before = h.status();
+    let steps_before = h.records().len();
+
+    h.set_spec(3, "  hibernate: true\n");
+    h.wait_for("phase Hibernated", |s| s.phase.as_deref() == Some("Hibernated"))
+        .await;
+    assert_eq!(h.platform.workload_replicas(), Some(0));
+    for (o, endpoint) in endpoints.iter().enumerate() {
+        assert!(
+            std::net::TcpStream::connect(endpoint.as_str()).is_err(),
+            "member {o} still serves while hibernated"
+        );
+        assert!(
+            h.platform.member_dir(o as u32).exists(),
+            "data of member {o} deleted"
+        );
+    }
+    let hibernated = h.status();
+    assert!(hibernated.leader.is_none());
+    assert_eq!(hibernated.replicas, 3, "the membership size is kept");
+    assert!(hibernated
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "False" && c.reason == "Hibernated"));
+    // Nothing but the workload's size was changed.
+    assert!(h.records()[steps_before..].iter().all(|r| matches!(
+        r.action,
+        None | Some(Action::Wait { .. }) | Some(Action::ScaleWorkload { .. })
+    )));
+
+    h.set_spec(3, "");
+    h.wait_steady(3).await;
+    let after = h.status();
+    let ids = |s: &RaftClusterStatus| s.members.iter().map(|m| m.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&after), ids(&before), "the same members came back");
+    for endpoint in &endpoints {
+        for i in 0..20 {
+            let out = etcdctl(endpoint, &["get", &format!("k{i}"), "--print-value-only"]);
+            assert_eq!(
+                out.trim(),
+                format!("v{i}"),
+                "k{i} through {endpoint} after waking"
+            );
+        }
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_restarts_the_leader_last_and_loses_nothing() {
     let h = Harness::start("roll", 3, "").await;
     h.wait_steady(3).await;

@@ -76,6 +76,10 @@ pub struct RaftClusterSpec {
     pub pod_template: Option<PodTemplateOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// Stop every member and keep its volumes (phase `Hibernated`); set back to false,
+    /// the same members start again from their data. Waits for a bootstrap to finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hibernate: bool,
 }
 
 fn default_image() -> String {

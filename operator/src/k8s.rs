@@ -376,6 +376,10 @@ pub fn status_of(
     let degraded_message = plan.degraded.clone().or_else(|| outcome.clone().err());
     let phase = if !plan.bootstrapped {
         "Bootstrapping"
+    } else if plan.hibernated {
+        "Hibernated"
+    } else if rc.spec.hibernate {
+        "Hibernating"
     } else if plan.degraded.is_some() || plan.leader.is_none() {
         "Degraded"
     } else if plan.progressing() {
@@ -390,11 +394,14 @@ pub fn status_of(
             plan.available(),
             if plan.available() {
                 "LeaderElected"
+            } else if rc.spec.hibernate {
+                "Hibernated"
             } else {
                 "NoQuorum"
             },
             match &plan.leader {
                 Some(l) => format!("{l} leads term {}", plan.term.unwrap_or(0)),
+                None if rc.spec.hibernate => "spec.hibernate: members are stopped, volumes kept".into(),
                 None => "no leader with a quorum".into(),
             },
             generation,
@@ -413,6 +420,7 @@ pub fn status_of(
             degraded_message.is_some(),
             match (&plan.action, plan.leader.is_some()) {
                 (Some(Action::Refuse { .. }), _) => "Refused",
+                _ if rc.spec.hibernate && degraded_message.is_none() => "Hibernated",
                 (_, false) => "QuorumLost",
                 _ if degraded_message.is_some() => "Unhealthy",
                 _ => "Healthy",

@@ -254,6 +254,8 @@ pub struct Plan {
     pub degraded: Option<String>,
     pub latency: Latency,
     pub timing: Option<TimingMs>,
+    /// `spec.hibernate` and every member is stopped (volumes kept).
+    pub hibernated: bool,
 }
 
 impl Plan {
@@ -421,6 +423,7 @@ pub fn plan(
         degraded: None,
         latency,
         timing: leader.map(|l| l.timing),
+        hibernated: false,
     };
     let view = leader.map(|l| view(l, observed, naming));
     if let Some(view) = &view {
@@ -476,6 +479,33 @@ pub fn plan(
         }
     }
     out.children.initial_cluster_state = ClusterState::Existing;
+
+    // Hibernation: the StatefulSet goes to zero and the volumes stay (nothing below runs:
+    // no member is there to ask, and no volume may be deleted).
+    if spec.hibernate {
+        out.children.workload_replicas = 0;
+        let stopping = observed.pods.len();
+        out.action = if observed.workload_replicas != Some(0) {
+            Some(Action::ScaleWorkload { to: 0 })
+        } else if stopping > 0 {
+            Some(Action::Wait {
+                reason: format!("hibernating: {stopping} member(s) still stopping"),
+            })
+        } else {
+            out.hibernated = true;
+            None
+        };
+        return out;
+    }
+    if observed.workload_replicas == Some(0) {
+        // Waking from hibernation (or the StatefulSet was scaled to zero by hand): the
+        // members come back on their volumes, as many as the last known membership.
+        let known = status.map_or(0, |s| s.replicas.max(s.members.len() as i32));
+        let to = if known > 0 { known } else { spec.replicas };
+        out.children.workload_replicas = to;
+        out.action = Some(Action::ScaleWorkload { to });
+        return out;
+    }
     if observed.workload_replicas.is_none() {
         // The StatefulSet was deleted behind our back: recreate it at the size of the
         // last known membership; the members' volumes are still there.

@@ -46,6 +46,7 @@ fn spec(replicas: i32) -> RaftClusterSpec {
         resources: None,
         pod_template: None,
         tls: None,
+        hibernate: false,
     }
 }
 
@@ -277,6 +278,10 @@ impl World {
 
     fn write_status(&mut self, p: &Plan) {
         self.status.bootstrapped = p.bootstrapped;
+        // As the operator's status: the leader's voters, the last known count without one.
+        if p.leader.is_some() {
+            self.status.replicas = p.members.iter().filter(|m| !m.learner).count() as i32;
+        }
         if let Some(Action::SetTiming { .. }) = p.action {
             self.status.timing = Some(TimingStatus {
                 heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
@@ -845,4 +850,64 @@ fn an_operator_restarted_between_any_two_steps_of_a_scale_down_resumes() {
 #[test]
 fn an_operator_restarted_between_any_two_steps_of_a_rolling_restart_resumes() {
     resumes_after_a_restart_between_any_two_steps(5, |w| w.spec.image = "raft-node:2".into());
+}
+
+#[test]
+fn hibernation_stops_every_member_keeps_the_volumes_and_wakes_the_same_cluster() {
+    let mut w = World::running(3);
+    let members = member_ordinals(&w);
+    w.spec.hibernate = true;
+    // Asked for more members while hibernating: nothing happens until it wakes.
+    w.spec.replicas = 5;
+    let steps = w.run_to_steady();
+    assert_eq!(kinds(&steps), ["scale the StatefulSet to 0"]);
+    assert!(w.pods.is_empty());
+    assert_eq!(
+        w.volumes,
+        BTreeSet::from([0, 1, 2]),
+        "hibernation deletes no volume"
+    );
+    assert_eq!(member_ordinals(&w), members, "hibernation changes no membership");
+    let p = w.reconcile();
+    assert!(p.hibernated && p.action.is_none() && p.degraded.is_none());
+
+    w.spec.hibernate = false;
+    let steps = w.run_to_steady();
+    let k = kinds(&steps);
+    // The same three come back on their volumes first; then the scale-up goes on.
+    assert_eq!(k[0], "scale the StatefulSet to 3");
+    assert_eq!(
+        k[1],
+        "add demo-3 (http://demo-3.demo-peer.default.svc:2380) as a learner"
+    );
+    assert!(!steps.iter().any(|a| matches!(a, Action::DeleteVolumes { .. })));
+    assert_eq!(member_ordinals(&w).len(), 5);
+    assert!(w.leader.is_some());
+}
+
+#[test]
+fn hibernation_waits_for_the_bootstrap() {
+    let mut w = World::new(3);
+    w.spec.hibernate = true;
+    let p = w.reconcile();
+    assert_eq!(p.action, Some(Action::Bootstrap { members: 3 }));
+    let steps = w.run_to_steady();
+    assert!(w.status.bootstrapped);
+    assert!(kinds(&steps).contains(&"scale the StatefulSet to 0".to_string()));
+    assert!(w.pods.is_empty());
+    assert_eq!(w.volumes, BTreeSet::from([0, 1, 2]));
+}
+
+#[test]
+fn an_operator_restarted_between_any_two_steps_of_hibernation_resumes() {
+    resumes_after_a_restart_between_any_two_steps(3, |w| w.spec.hibernate = true);
+}
+
+#[test]
+fn an_operator_restarted_between_any_two_steps_of_a_wake_resumes() {
+    resumes_after_a_restart_between_any_two_steps(3, |w| {
+        w.spec.hibernate = true;
+        w.run_to_steady();
+        w.spec.hibernate = false;
+    });
 }

@@ -247,6 +247,7 @@ fn spec(image: &str, heartbeat: u32, election: u32) -> RaftClusterSpec {
         resources: None,
         pod_template: None,
         tls: None,
+        hibernate: false,
     }
 }
 
