@@ -17,6 +17,8 @@
 //!   owner references; status and conditions are written; Events are recorded;
 //! - `kubectl get raft` prints the CRD's columns; `kubectl scale raft` works through the
 //!   scale subresource;
+//! - the `kubectl raft` plugin (found by kubectl on PATH) prints a RaftCluster's status and
+//!   hibernates and wakes it through its spec;
 //! - deleting a RaftCluster removes its finalizer and lets the garbage collector delete
 //!   its children;
 //! - every manifest in `e2e/manifests/invalid/` is refused by the real API server.
@@ -149,7 +151,12 @@ fn tools() -> PathBuf {
         assert!(status.success(), "scripts/install-k8s-tools.sh failed");
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs = vec![bin.clone()];
+    // The kubectl plugin next to it, as a user installs it: kubectl finds `kubectl-raft`.
+    let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-raft"))
+        .parent()
+        .expect("the plugin's directory")
+        .to_path_buf();
+    let mut dirs = vec![bin.clone(), plugin];
     dirs.extend(std::env::split_paths(&path));
     std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
     bin
@@ -607,6 +614,36 @@ fn scenario(stack: &mut Stack, tools: &Path, operators: &mut Vec<Proc>) -> Resul
         bail!("kubectl scale did not set spec.replicas: {scale}");
     }
     println!("ok   kubectl get raft columns {header:?}; kubectl scale raft --replicas=5 through the scale subresource");
+
+    // The kubectl plugin: status from the RaftCluster, hibernate and wake through the spec.
+    let ns = raft.namespace.as_str();
+    let shown: Value =
+        serde_json::from_str(&kubectl(&["raft", "status", &raft.name, "-n", ns, "-o", "json"])?)
+            .context("kubectl raft status -o json printed no JSON")?;
+    if shown["metadata"]["name"] != raft.name.as_str() || shown["status"]["phase"].as_str().is_none() {
+        bail!("kubectl raft status -o json: not the RaftCluster with its status: {shown}");
+    }
+    let table = kubectl(&["raft", "status", &raft.name, "-n", ns])?;
+    if !table.contains("phase:") || !table.contains("Available") {
+        bail!("kubectl raft status printed no phase or conditions:\n{table}");
+    }
+    kubectl(&["raft", "hibernate", &raft.name, "-n", ns])?;
+    if raft.resource()?["spec"]["hibernate"] != true {
+        bail!("kubectl raft hibernate did not set spec.hibernate");
+    }
+    kubectl(&["raft", "wake", &raft.name, "-n", ns])?;
+    if raft.resource()?["spec"]["hibernate"] != false {
+        bail!("kubectl raft wake did not clear spec.hibernate");
+    }
+    let missing = kubectl_raw(&["raft", "status", "no-such-cluster", "-n", ns], None)?;
+    if missing.success || !missing.stderr.contains("not found") {
+        bail!(
+            "kubectl raft status of a missing RaftCluster: success {}, stderr {}",
+            missing.success,
+            missing.stderr
+        );
+    }
+    println!("ok   kubectl raft status (table, -o json), hibernate and wake through kubectl's plugin lookup");
 
     // The leader dies: the other operator takes the Lease and goes on reconciling.
     let leader_index = operators

@@ -1,0 +1,177 @@
+//! `kubectl raft`: the kubectl plugin for RaftClusters (installed on PATH as
+//! `kubectl-raft`, kubectl finds it by that name).
+//!
+//! ```text
+//! kubectl raft status NAME [-n NS] [--context CTX] [-o table|json|yaml]
+//! kubectl raft hibernate NAME      # spec.hibernate: true  (members stop, volumes stay)
+//! kubectl raft wake NAME           # spec.hibernate: false (the same members come back)
+//! ```
+//!
+//! It talks to the API server only (the kubeconfig kubectl uses: `KUBECONFIG`, or
+//! `--kubeconfig`), never to the members: what it prints is what the operator wrote to
+//! the RaftCluster's status, and what it changes goes through the spec, so the operator
+//! stays the only thing that acts on a cluster.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use kuberaft_operator::crd::RaftCluster;
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl raft",
+    version,
+    about = "Status and day-2 operations of RaftClusters"
+)]
+struct Cli {
+    /// Namespace of the RaftCluster (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Phase, leader, members and conditions of a RaftCluster, from its status.
+    Status {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Stop every member and keep the volumes (sets spec.hibernate: true).
+    Hibernate { name: String },
+    /// Start the members of a hibernated RaftCluster again (sets spec.hibernate: false).
+    Wake { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+async fn api(cli: &Cli) -> Result<Api<RaftCluster>> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &options).await?
+        }
+        None => Config::from_kubeconfig(&options)
+            .await
+            .context("no usable kubeconfig")?,
+    };
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config)?;
+    Ok(Api::namespaced(client, &namespace))
+}
+
+async fn get(api: &Api<RaftCluster>, name: &str) -> Result<RaftCluster> {
+    match api.get_opt(name).await? {
+        Some(rc) => Ok(rc),
+        None => bail!("RaftCluster {name} not found (kubectl get raft lists them)"),
+    }
+}
+
+fn print_status(rc: &RaftCluster) {
+    let status = rc.status.clone().unwrap_or_default();
+    let name = rc.metadata.name.clone().unwrap_or_default();
+    println!("RaftCluster {name}");
+    println!("  phase:     {}", status.phase.as_deref().unwrap_or("(none yet)"));
+    println!(
+        "  replicas:  {} wanted, {} voting, {} pods ready",
+        rc.spec.replicas, status.replicas, status.ready_replicas
+    );
+    match (&status.leader, status.term) {
+        (Some(leader), Some(term)) => println!("  leader:    {leader} (term {term})"),
+        _ => println!("  leader:    none"),
+    }
+    if let Some(t) = &status.timing {
+        println!(
+            "  timing:    heartbeat {} ms, election timeout {} ms",
+            t.heartbeat_interval_ms, t.election_timeout_ms
+        );
+    }
+    if !status.members.is_empty() {
+        println!();
+        println!(
+            "  {:<24} {:<18} {:<10} {:<8} {:>12} {:>9}",
+            "MEMBER", "ID", "ROLE", "HEALTHY", "MATCH INDEX", "RTT ms"
+        );
+        for m in &status.members {
+            println!(
+                "  {:<24} {:<18} {:<10} {:<8} {:>12} {:>9}",
+                m.name,
+                m.id,
+                m.role,
+                if m.healthy { "yes" } else { "no" },
+                m.match_index,
+                m.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1}"))
+            );
+        }
+    }
+    if !status.conditions.is_empty() {
+        println!();
+        for c in &status.conditions {
+            println!("  {:<12} {:<6} {:<16} {}", c.type_, c.status, c.reason, c.message);
+        }
+    }
+}
+
+async fn set_hibernate(api: &Api<RaftCluster>, name: &str, on: bool) -> Result<()> {
+    let rc = get(api, name).await?;
+    if rc.spec.hibernate == on {
+        println!(
+            "RaftCluster {name} already has spec.hibernate: {on} (phase {})",
+            rc.status.and_then(|s| s.phase).as_deref().unwrap_or("none yet")
+        );
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "spec": { "hibernate": on } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("patching RaftCluster {name}"))?;
+    if on {
+        println!(
+            "RaftCluster {name}: hibernating (members stop, volumes stay); `kubectl raft status {name}` shows phase Hibernated when done"
+        );
+    } else {
+        println!("RaftCluster {name}: waking (the same members start again on their data)");
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let api = api(&cli).await?;
+    match &cli.command {
+        Command::Status { name, output } => {
+            let rc = get(&api, name).await?;
+            match output {
+                Output::Table => print_status(&rc),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rc)?),
+                Output::Yaml => print!("{}", serde_norway::to_string(&rc)?),
+            }
+        }
+        Command::Hibernate { name } => set_hibernate(&api, name, true).await?,
+        Command::Wake { name } => set_hibernate(&api, name, false).await?,
+    }
+    Ok(())
+}
