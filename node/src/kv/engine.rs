@@ -70,6 +70,9 @@ pub struct Engine {
     in_use_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// A measurement of the bytes in use is running.
     measuring: std::sync::atomic::AtomicBool,
+    /// The file's length as of the last commit (the quota check reads it on every
+    /// write; a `stat` per request was 4.6% of a leader's CPU under puts).
+    file_len: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -91,6 +94,7 @@ impl Engine {
             in_use: AtomicU64::new(0),
             in_use_at: std::sync::Mutex::new(None),
             measuring: std::sync::atomic::AtomicBool::new(false),
+            file_len: AtomicU64::new(0),
         };
         engine.create_tables().expect("in-memory tables are created");
         Arc::new(engine)
@@ -112,8 +116,10 @@ impl Engine {
             in_use: AtomicU64::new(0),
             in_use_at: std::sync::Mutex::new(None),
             measuring: std::sync::atomic::AtomicBool::new(false),
+            file_len: AtomicU64::new(0),
         };
         engine.create_tables()?;
+        engine.note_committed();
         Ok(Arc::new(engine))
     }
 
@@ -185,14 +191,20 @@ impl Engine {
         })
     }
 
-    /// Bytes of the file on disk (`Status.dbSize`), and the bytes its data used at the
-    /// last durable commit (`dbSizeInUse`).
-    pub fn sizes(&self) -> (u64, u64) {
-        let file = self
+    /// Reads the file's length again (after a commit: only commits grow the file).
+    pub(super) fn note_committed(&self) {
+        let len = self
             .path
             .as_ref()
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
+        self.file_len.store(len, Ordering::Relaxed);
+    }
+
+    /// Bytes of the file on disk (`Status.dbSize`, as of the last commit), and the bytes
+    /// its data used at the last durable commit (`dbSizeInUse`).
+    pub fn sizes(&self) -> (u64, u64) {
+        let file = self.file_len.load(Ordering::Relaxed);
         let in_use = self.in_use.load(Ordering::Relaxed);
         (
             file.max(in_use),

@@ -1174,6 +1174,7 @@ impl KvStore {
             ));
         }
         tx.commit().map_err(|e| engine.err(e))?;
+        engine.note_committed();
         if durable {
             crate::fail_point!("state-after-durable-commit");
             engine.note_in_use();

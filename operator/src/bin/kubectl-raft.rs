@@ -22,6 +22,7 @@ use kuberaft_operator::crd::RaftCluster;
 #[derive(Parser)]
 #[command(
     name = "kubectl raft",
+    bin_name = "kubectl raft",
     version,
     about = "Status and day-2 operations of RaftClusters"
 )]
