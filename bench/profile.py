@@ -8,7 +8,10 @@ process (the leader, the followers, the load generator, the kernel's threads) an
 the leader and a follower, the hottest functions (self time) and the hottest call
 chains (children), as perf reports them.
 
-    python3 bench/profile.py [--seconds 20] [--clients 64] [--system kuberaft|etcd]
+    python3 bench/profile.py [--seconds 20] [--clients 64] [--system kuberaft|etcd] [--dwarf]
+
+`--dwarf` samples only the three members, with DWARF call graphs: the chains then go
+through Rust code built without frame pointers (what bench/PROFILE.md is made with).
 
 Needs `perf` (Debian linux-perf) and root or perf_event_paranoid <= 1. Every process it
 starts is stopped by its PID when it ends.
