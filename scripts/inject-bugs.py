@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that the simulator catches known consensus bugs.
 
-Each mutation below breaks one safety rule of Raft in node/src/raft/core.rs. For each,
+Each mutation below breaks one safety rule of Raft in raft/src/core.rs. For each,
 this script applies it to a scratch copy of the source tree, runs the simulator over a
 range of seeds and reports the seeds that failed (so: how many seeds the simulator
 needed to catch the bug). The working tree is never modified.
@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = "node/src/raft/core.rs"
+CORE = "raft/src/core.rs"
 
 MUTATIONS = {
     # Grant votes without checking that the candidate's log is at least as up-to-date.

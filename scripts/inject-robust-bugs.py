@@ -7,7 +7,7 @@ Each mutation below is a small, precise patch to node/src:
   reply-before-fsync        the WAL never calls fdatasync (node/src/storage/wal.rs), so
                             every reply to a client precedes its durability
   apply-before-commit       a follower applies its log up to its last index as soon
-                            as entries arrive, committed or not (node/src/raft/core.rs)
+                            as entries arrive, committed or not (raft/src/core.rs)
   watch-resume-wrong-rev    a watch with a start revision starts one revision later
                             (node/src/kv/watch.rs), as a resume off by one would
 
@@ -49,11 +49,11 @@ MUTATIONS = {
     ),
     "apply-before-commit": (
         "a follower applies entries up to its last index as they arrive",
-        [("node/src/raft/core.rs",
+        [("raft/src/core.rs",
           r"(let commit = leader_commit\.min\(last_new\);\n(\s*)if commit > self\.log\.commit\(\) \{\n"
           r"\s*self\.log\.set_commit\(commit\);\n)\s*self\.emit_apply\(\);\n(\s*)\}",
           r"\1\3}\n\2self.emit_apply();"),
-         ("node/src/raft/core.rs",
+         ("raft/src/core.rs",
           r"fn emit_apply\(&mut self\) \{\n(\s*)let commit = self\.log\.commit\(\);\n\s*assert!\(\s*"
           r"self\.applied <= commit,\s*\"applied \{\} is past commit \{commit\}\",\s*self\.applied\s*\);",
           r"fn emit_apply(&mut self) {\n\1let commit = if self.role == Role::Follower "

@@ -22,8 +22,8 @@ use kuberaft_proto::membership::membership_server::{Membership, MembershipServer
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::api::cluster::{member_list, InitialMembers};
 use crate::members::{check_urls, same_url, Member, MemberCommand, MemberTable, TEXT_BYTES_MAX};
+use crate::members::{member_list, InitialMembers};
 use crate::raft::{NodeId, Role};
 use crate::runtime::NodeHandle;
 use crate::transport::{Directory, GrpcTransport, RemovedSet};

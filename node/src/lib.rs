@@ -1,14 +1,13 @@
 //! kuberaft-node: the Raft node.
 //!
 //! Layout:
-//! - [`raft`]: the sans-IO consensus core. It owns no clock, socket, file or task;
+//! - [`raft`]: the sans-IO consensus core (the `kuberaft-raft` crate, `raft/`). It
+//!   owns no clock, socket, file or task;
 //!   callers feed it ticks, messages and requests and execute the commands it returns.
 //!   This is what lets the simulator (`tests/simulation.rs`) run thousands of whole
 //!   clusters per CI run, deterministically, with faults.
 //! - [`storage`]: the durable side: a segmented write-ahead log with group commit, the
 //!   snapshot store, crash recovery and `raft-node wal dump`.
-//! - [`linearizability`]: a checker for client histories against a key-value model,
-//!   used by the simulator and by the end-to-end tests.
 //!
 //! - [`kv`] and [`members`]: the replicated state machine: the MVCC key-value store,
 //!   and the member table (names and URLs of the members).
@@ -25,11 +24,11 @@ pub mod api;
 pub mod failpoint;
 pub mod join;
 pub mod kv;
-pub mod linearizability;
 pub mod log_events;
 pub mod members;
 pub mod metrics;
-pub mod raft;
+/// The consensus core, a crate of its own (`raft/`): the compiler keeps it free of I/O.
+pub use kuberaft_raft as raft;
 pub mod restore;
 pub mod runtime;
 pub mod security;

@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::kv::CodecError;
-use crate::raft::{ConfChange, NodeId};
+use crate::raft::{ConfChange, NodeId, Status as RaftStatus};
 
 /// First byte of an encoded [`MemberCommand`]; key-value commands use small tags.
 pub const MEMBER_COMMAND_TAG: u8 = 0xF0;
@@ -452,6 +452,35 @@ impl MemberTable {
 const MEMBERS_MAX: usize = 1024;
 const SECTION_MAGIC: &[u8] = b"KRMEMBERS1";
 const SECTION_BYTES_MAX: u64 = 16 << 20;
+
+/// Names and peer URLs from `--initial-cluster`, by id: what this process knows of
+/// the initial members before they published themselves.
+pub type InitialMembers = BTreeMap<NodeId, (String, String)>;
+
+/// Every member of the configuration in force, sorted by id, with the attributes the
+/// table holds (falling back on `--initial-cluster` for the peer URLs of initial
+/// members that have not published yet).
+pub fn member_list(status: &RaftStatus, table: &MemberTable, initial: &InitialMembers) -> Vec<Member> {
+    let mut ids: Vec<NodeId> = status.membership.members().collect();
+    ids.sort_unstable();
+    ids.into_iter()
+        .map(|id| {
+            let mut member = table.get(id).cloned().unwrap_or(Member {
+                id,
+                ..Member::default()
+            });
+            // The name stays empty until the member published it (etcdctl then
+            // shows it "unstarted", as etcd does).
+            if let Some((_, url)) = initial.get(&id) {
+                if member.peer_urls.is_empty() {
+                    member.peer_urls = vec![url.clone()];
+                }
+            }
+            member.is_learner = status.membership.is_learner(id);
+            member
+        })
+        .collect()
+}
 
 /// URLs compare without a trailing slash.
 pub fn same_url(a: &str, b: &str) -> bool {

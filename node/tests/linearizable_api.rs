@@ -1,7 +1,7 @@
 //! Linearizability through the etcd API, on real processes: concurrent etcd-client
 //! clients doing put, get and compare-and-set (Txn) on a few keys while the leader is
 //! killed (kill -9) and restarted and a follower is frozen (SIGSTOP) and thawed. The
-//! whole history goes to the Wing–Gong/Lowe checker in `kuberaft_node::linearizability`.
+//! whole history goes to the Wing–Gong/Lowe checker in `kuberaft_check`.
 //!
 //! Times are logical: one counter shared by all clients, bumped when a request is sent
 //! and when its answer arrives, so "A returned before B was sent" is exact. A request
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
-use kuberaft_node::linearizability::{check_kv_history, CheckResult, KvInput, KvOutput, Operation};
+use kuberaft_check::{check_kv_history, CheckResult, KvInput, KvOutput, Operation};
 use rand::{Rng, SeedableRng};
 use support::ProcCluster;
 

@@ -38,7 +38,7 @@
 //! skipped with a message without root or nft), leadership transfers, and membership
 //! changes (a learner added, promoted, then removed).
 //!
-//! Checks: the shared keys' history is linearizable (`kuberaft_node::linearizability`);
+//! Checks: the shared keys' history is linearizable (`kuberaft_check`);
 //! every acknowledged write is in the final history at its revision with its value; a
 //! per-client key's version lies between its acknowledged and its attempted puts (no
 //! entry applied twice); serializable reads return values the history holds at their
@@ -63,7 +63,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, MemberAddOptions, PutOptions, Txn,
     TxnOp, WatchOptions,
 };
-use kuberaft_node::linearizability::{check_kv_history, CheckResult, KvInput, KvOutput, Operation};
+use kuberaft_check::{check_kv_history, CheckResult, KvInput, KvOutput, Operation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{free_ports, http_get};

@@ -36,9 +36,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kuberaft_node::linearizability::{
-    check_kv_history_with_budget, CheckResult, KvInput, KvOutput, Operation,
-};
+use kuberaft_check::{check_kv_history_with_budget, CheckResult, KvInput, KvOutput, Operation};
 use kuberaft_node::raft::{
     Command, ConfChange, Config, DurableState, Entry, EntryPayload, Error, HardState, Index, Message,
     MessageBody, NodeId, RaftCore, Role, SnapshotMeta, Term, Timing,

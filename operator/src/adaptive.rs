@@ -28,7 +28,7 @@ pub const HYSTERESIS: f64 = 0.2;
 /// Minimum time between two changes, unless `spec.timing.adaptiveCoolDownSeconds` says
 /// otherwise.
 pub const COOL_DOWN_MS: u64 = 5 * 60 * 1000;
-/// raft-node's tick (`node/src/server.rs` TICK_MS): timing is in whole ticks.
+/// raft-node's tick (`node/src/runtime/timing.rs` TICK_MS): timing is in whole ticks.
 pub const TICK_MS: u32 = 10;
 
 /// A heartbeat and election timeout pair in milliseconds.

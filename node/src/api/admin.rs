@@ -3,7 +3,7 @@
 //! - `Status` answers from what the runtime publishes (status, peers, timing and log
 //!   `watch`es, the WAL's fsync histogram); it never waits on the core.
 //! - `SetTiming` checks the values with the same rule as the flags
-//!   ([`server::timing_from_ms`]), proposes a Timing entry and answers once the leader
+//!   ([`timing::timing_from_ms`]), proposes a Timing entry and answers once the leader
 //!   has applied it; every other member switches when it learns the commit, and a
 //!   restarted member comes back with it from its log.
 //! - `TransferLeader` asks the leader to hand over (TimeoutNow) and answers once the
@@ -36,8 +36,8 @@ use tonic::{Request, Response, Status};
 
 use crate::log_events::LogEvent;
 use crate::raft::{NodeId, ReplicationState, Role};
+use crate::runtime::timing::{self, TICK_MS};
 use crate::runtime::{self, NodeHandle, TimingSource, TimingState};
-use crate::server::{self, TICK_MS};
 use crate::transport::rtt::PeerLinks;
 use crate::transport::Directory;
 
@@ -537,7 +537,7 @@ impl Admin for AdminService {
         request: Request<pb::SetTimingRequest>,
     ) -> Result<Response<pb::SetTimingResponse>, Status> {
         let r = request.get_ref().clone();
-        let timing = server::timing_from_ms(
+        let timing = timing::timing_from_ms(
             u64::from(r.heartbeat_interval_ms),
             u64::from(r.election_timeout_ms),
         )

@@ -16,7 +16,6 @@
 //! Errors carry etcd's codes and messages ("etcdserver: Peer URLs already exists",
 //! "etcdserver: member not found", "etcdserver: unhealthy cluster", ...).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +24,8 @@ use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
 use kuberaft_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use tonic::{Request, Response, Status};
 
-use crate::members::{check_urls, same_url, Member, MemberCommand, MemberTable};
-use crate::raft::{ConfChange, ConfChangeError, Error as RaftError, NodeId, Role, Status as RaftStatus};
+use crate::members::{check_urls, member_list, same_url, InitialMembers, Member, MemberCommand};
+use crate::raft::{ConfChange, ConfChangeError, Error as RaftError, NodeId, Role};
 use crate::runtime::{self, NodeHandle};
 use crate::transport::Directory;
 
@@ -38,35 +37,6 @@ const CHANGE_RETRY_FOR: Duration = Duration::from_secs(5);
 const APPLY_WAIT: Duration = Duration::from_secs(15);
 /// Learners at a time, as in etcd 3.4.
 pub const LEARNERS_MAX: usize = 1;
-
-/// Names and peer URLs from `--initial-cluster`, by id: what this process knows of
-/// the initial members before they published themselves.
-pub type InitialMembers = BTreeMap<NodeId, (String, String)>;
-
-/// Every member of the configuration in force, sorted by id, with the attributes the
-/// table holds (falling back on `--initial-cluster` for the peer URLs of initial
-/// members that have not published yet).
-pub fn member_list(status: &RaftStatus, table: &MemberTable, initial: &InitialMembers) -> Vec<Member> {
-    let mut ids: Vec<NodeId> = status.membership.members().collect();
-    ids.sort_unstable();
-    ids.into_iter()
-        .map(|id| {
-            let mut member = table.get(id).cloned().unwrap_or(Member {
-                id,
-                ..Member::default()
-            });
-            // The name stays empty until the member published it (etcdctl then
-            // shows it "unstarted", as etcd does).
-            if let Some((_, url)) = initial.get(&id) {
-                if member.peer_urls.is_empty() {
-                    member.peer_urls = vec![url.clone()];
-                }
-            }
-            member.is_learner = status.membership.is_learner(id);
-            member
-        })
-        .collect()
-}
 
 pub fn member_to_pb(member: &Member) -> pb::Member {
     pb::Member {
@@ -274,7 +244,7 @@ impl ClusterService {
             .apply_change(&change)
             .map_err(|e| change_status(runtime::Error::Raft(e.into()), kind))?;
         let election =
-            Duration::from_millis(u64::from(status.timing.election_ticks) * crate::server::TICK_MS);
+            Duration::from_millis(u64::from(status.timing.election_ticks) * crate::runtime::timing::TICK_MS);
         let window = election / 2;
         let added = match change {
             ConfChange::AddVoter(id) => Some(id),

@@ -248,8 +248,8 @@ impl LeaseService {
 
     /// etcd's minimum TTL: 1.5 election timeouts, in whole seconds rounded up.
     fn min_ttl(&self) -> i64 {
-        let election_ms =
-            self.node().timing().borrow().timing.election_ticks as i64 * crate::server::TICK_MS as i64;
+        let election_ms = self.node().timing().borrow().timing.election_ticks as i64
+            * crate::runtime::timing::TICK_MS as i64;
         (3 * election_ms / 2 + 999) / 1000
     }
 

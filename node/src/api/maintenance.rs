@@ -30,8 +30,8 @@ use tonic::{Request, Response, Status};
 use crate::kv::{KvCommand, KvResult, KvStore};
 use crate::members::MemberTable;
 use crate::raft::{NodeId, Role};
+use crate::runtime::timing::TICK_MS;
 use crate::runtime::{self, NodeHandle};
-use crate::server::TICK_MS;
 
 /// The version `Status` reports: etcd 3.4's API, served by kuberaft.
 pub const VERSION: &str = "3.4.0-kuberaft";
