@@ -112,6 +112,11 @@ async fn metrics(State(probe): State<Probe>) -> String {
             &counters.proposals,
         ),
         (
+            "kuberaft_proposals_forwarded_total",
+            "client writes this follower forwarded to the leader over the peer connection",
+            &counters.proposals_forwarded,
+        ),
+        (
             "kuberaft_proposals_refused_total",
             "client writes refused (busy, transfer)",
             &counters.proposals_refused,

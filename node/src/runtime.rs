@@ -33,8 +33,8 @@ use crate::kv::{Engine, KvCommand, KvResult, KvStore};
 use crate::log_events::{LogEvent, LogEvents};
 use crate::members::{MemberCommand, MemberTable};
 use crate::raft::{
-    Command, ConfChange, Config as RaftConfig, DurableState, EntryPayload, Index, Message, MessageBody,
-    NodeId, PeerStatus, RaftCore, ReadFailure, Status, Term, Timing,
+    Command, ConfChange, Config as RaftConfig, DurableState, EntryPayload, ForwardFailure, Index, Message,
+    MessageBody, NodeId, PeerStatus, ProposeRefusal, RaftCore, ReadFailure, Status, Term, Timing,
 };
 use crate::storage::{self, LogStore, PersistRequest, SnapshotStore, WalConfig, WalWriter, WriterConfig};
 
@@ -101,6 +101,11 @@ pub enum Error {
     NotLeader { leader_hint: Option<NodeId> },
     #[error("the entry was overwritten by a new leader before it committed; it did not take effect")]
     ProposalDropped,
+    /// A write forwarded to the leader, which went away (or stayed silent) before it
+    /// said where it appended it: it may or may not take effect (etcd's
+    /// `ErrTimeoutDueToLeaderFail`).
+    #[error("the leader was lost while the write was forwarded to it; it may or may not take effect")]
+    OutcomeUnknown,
     #[error("the node is shutting down")]
     Stopped,
     #[error("snapshot state: {0}")]
@@ -241,6 +246,8 @@ enum ApplyJob {
 pub struct Counters {
     pub proposals: AtomicU64,
     pub proposals_refused: AtomicU64,
+    /// Client writes this follower forwarded to the leader over the peer connection.
+    pub proposals_forwarded: AtomicU64,
     pub snapshots_built: AtomicU64,
     pub snapshots_installed: AtomicU64,
     /// Appends sent, by entry count: bucket `i` counts appends of up to 2^i entries
@@ -643,6 +650,8 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         counters,
         pending_reads: HashMap::new(),
         next_read_id: 1,
+        forwarded: HashMap::new(),
+        next_forward_id: 1,
         snapshot_records: Vec::new(),
         log_events,
     };
@@ -670,6 +679,11 @@ struct CoreTask {
     counters: Arc<Counters>,
     pending_reads: HashMap<u64, oneshot::Sender<Result<Index>>>,
     next_read_id: u64,
+    /// Writes forwarded to the leader over the peer connection, until the core says
+    /// where the leader appended them (bounded by the core's limit on forwarded
+    /// proposals).
+    forwarded: HashMap<u64, oneshot::Sender<Result<KvResult>>>,
+    next_forward_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
     snapshot_records: Vec<crate::raft::SnapshotMeta>,
     log_events: LogEvents,
@@ -761,6 +775,29 @@ impl CoreTask {
     async fn handle_request(&mut self, request: Request) {
         match request {
             Request::Propose { command, reply } => match self.core.propose(command.encode()) {
+                Err(crate::raft::Error::NotLeader {
+                    leader_hint: Some(leader),
+                }) if leader != self.core.id() => {
+                    // A follower: the command goes to the leader over the peer
+                    // connection (etcd's followers forward MsgProp), and its client is
+                    // answered here once this member applied it: read-your-writes on
+                    // the member asked.
+                    let id = self.next_forward_id;
+                    self.next_forward_id += 1;
+                    match self.core.forward_proposal(id, command.encode()) {
+                        Ok(()) => {
+                            self.counters.proposals_forwarded.fetch_add(1, Ordering::Relaxed);
+                            self.forwarded.insert(id, reply);
+                        }
+                        Err(crate::raft::Error::NotLeader { leader_hint }) => {
+                            let _ = reply.send(Err(Error::NotLeader { leader_hint }));
+                        }
+                        Err(e) => {
+                            self.counters.proposals_refused.fetch_add(1, Ordering::Relaxed);
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
                 Ok((index, term)) => {
                     self.counters.proposals.fetch_add(1, Ordering::Relaxed);
                     if self
@@ -933,6 +970,41 @@ impl CoreTask {
                             };
                             let _ = reply.send(Err(error));
                         }
+                    }
+                    Command::ProposalForwarded { id, outcome } => {
+                        let Some(reply) = self.forwarded.remove(&id) else {
+                            continue;
+                        };
+                        let refused = match outcome {
+                            Ok((index, term)) => {
+                                // Registered before the entry can be applied: the leader
+                                // sent this answer ahead of the append carrying it.
+                                let reply = Waiter::Kv(reply);
+                                if self
+                                    .apply_tx
+                                    .send(ApplyJob::Register { index, term, reply })
+                                    .await
+                                    .is_err()
+                                {
+                                    return false;
+                                }
+                                continue;
+                            }
+                            Err(ForwardFailure::Refused(ProposeRefusal::NotLeader { leader_hint })) => {
+                                Error::NotLeader {
+                                    leader_hint: (leader_hint != 0).then_some(leader_hint),
+                                }
+                            }
+                            Err(ForwardFailure::Refused(ProposeRefusal::TransferInProgress)) => {
+                                Error::Raft(crate::raft::Error::TransferInProgress)
+                            }
+                            Err(ForwardFailure::Refused(ProposeRefusal::Busy)) => {
+                                Error::Raft(crate::raft::Error::Busy(0))
+                            }
+                            Err(ForwardFailure::Lost) => Error::OutcomeUnknown,
+                        };
+                        self.counters.proposals_refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = reply.send(Err(refused));
                     }
                     Command::TransferAborted { target } => {
                         tracing::warn!(target, "leadership transfer aborted after an election timeout");
@@ -1176,8 +1248,9 @@ impl Applier {
 
     fn register(&mut self, index: Index, term: Term, reply: Waiter) {
         if index <= self.kv.applied() {
-            // Overtaken (a snapshot jumped past it): the outcome is unknown here.
-            reply.fail(Error::ProposalDropped);
+            // Overtaken (a snapshot jumped past it): it may have been applied, or
+            // overwritten; the outcome is unknown here.
+            reply.fail(Error::OutcomeUnknown);
         } else {
             self.waiting.insert(index, (term, reply));
         }

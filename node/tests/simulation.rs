@@ -38,8 +38,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use kuberaft_check::{check_kv_history_with_budget, CheckResult, KvInput, KvOutput, Operation};
 use kuberaft_node::raft::{
-    Command, ConfChange, Config, DurableState, Entry, EntryPayload, Error, HardState, Index, Message,
-    MessageBody, NodeId, RaftCore, Role, SnapshotMeta, Term, Timing,
+    Command, ConfChange, Config, DurableState, Entry, EntryPayload, Error, ForwardFailure, HardState, Index,
+    Message, MessageBody, NodeId, RaftCore, Role, SnapshotMeta, Term, Timing,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -59,6 +59,9 @@ const CLIENT_TIMEOUT_MS: Time = 1_500;
 struct KvState {
     values: BTreeMap<u8, u64>,
     applied: Index,
+    /// Every client op applied: none may be applied twice (a duplicated or resent
+    /// forward appended again would be).
+    ops: BTreeSet<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +129,11 @@ impl KvState {
             return None;
         };
         let (op_id, command) = decode(data);
+        assert!(
+            self.ops.insert(op_id),
+            "op {op_id} applied twice (again at index {})",
+            entry.index
+        );
         Some(match command {
             ClientCommand::Put { key, value } => {
                 self.values.insert(key, value);
@@ -782,6 +790,25 @@ impl Sim {
                 trace!(self, "n{id} read {op_id} failed: {reason:?}");
                 self.client_failed(op_id, None);
             }
+            Command::ProposalForwarded { id: op_id, outcome } => {
+                trace!(self, "n{id} forwarded op {op_id}: {outcome:?}");
+                match outcome {
+                    Ok((index, term)) => {
+                        let node = self.nodes.get_mut(&id).expect("node exists");
+                        // The leader answers before it sends the entry, but the network
+                        // here may reorder: an answer after the apply leaves the outcome
+                        // unknown (as raft-node's apply thread answers it then).
+                        if index > node.kv.applied {
+                            node.proposals.insert(index, (op_id, term));
+                        } else {
+                            self.client_failed(op_id, None);
+                        }
+                    }
+                    // Refused: the leader did not append it.
+                    Err(ForwardFailure::Refused(_)) => self.client_failed(op_id, Some(false)),
+                    Err(ForwardFailure::Lost) => self.client_failed(op_id, None),
+                }
+            }
             Command::TransferAborted { target } => {
                 trace!(self, "n{id} leadership transfer to n{target} aborted");
             }
@@ -1071,8 +1098,19 @@ impl Sim {
             core.read_index(op_id);
         } else {
             let data = encode(op_id, command.expect("write"));
-            let result = core.propose(data);
-            if let Ok((index, term)) = result {
+            let mut result = core.propose(data.clone());
+            // A follower that knows the leader forwards the write to it (as raft-node
+            // does); half the time, so clients that retry at the leader stay covered.
+            let mut forwarded = false;
+            if matches!(result, Err(Error::NotLeader { leader_hint: Some(_) })) && self.rng.gen_bool(0.5) {
+                match core.forward_proposal(op_id, data) {
+                    Ok(()) => forwarded = true,
+                    Err(e) => result = Err(e),
+                }
+            }
+            if forwarded {
+                // Answered by `ProposalForwarded`, then by this node's apply.
+            } else if let Ok((index, term)) = result {
                 node_ref.proposals.insert(index, (op_id, term));
                 // A leader lost right after appending leaves a suffix of its term on
                 // a minority: the raw material of the paper's Figure 8.
@@ -1085,7 +1123,9 @@ impl Sim {
                     self.isolate_leader(node);
                 }
             }
-            outcome = Some(result);
+            if !forwarded {
+                outcome = Some(result);
+            }
         }
         trace!(
             self,
@@ -1793,6 +1833,8 @@ fn brief(body: &MessageBody) -> String {
         MessageBody::ReadIndexRequest { id } => format!("id {id}"),
         MessageBody::ReadIndexResponse { id, index } => format!("id {id} index {index:?}"),
         MessageBody::TimeoutNow => String::new(),
+        MessageBody::ProposeRequest { id, data } => format!("id {id} bytes {}", data.len()),
+        MessageBody::ProposeResponse { id, outcome } => format!("id {id} {outcome:?}"),
     }
 }
 

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::log::RaftLog;
-use super::message::{Message, MessageBody};
+use super::message::{Message, MessageBody, ProposeRefusal};
 use super::progress::{Progress, ReplicationState};
 use super::types::{
     ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta,
@@ -108,6 +108,14 @@ impl Config {
     }
 }
 
+/// One sender's forwarded proposals a leader appended: ids oldest first, and where each
+/// went.
+type ForwardsAppended = (VecDeque<u64>, BTreeMap<u64, (Index, Term)>);
+
+/// Forwarded proposals a leader remembers per sender, to answer a duplicate request
+/// instead of appending it twice.
+const FORWARDS_REMEMBERED: usize = 4096;
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("not the leader")]
@@ -146,6 +154,16 @@ pub enum Role {
     PreCandidate,
     Candidate,
     Leader,
+}
+
+/// Why a forwarded proposal came to nothing here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardFailure {
+    /// The leader refused it: it never took effect.
+    Refused(ProposeRefusal),
+    /// The leader changed, or did not answer within an election timeout, before it
+    /// said where it appended the command: it may or may not take effect.
+    Lost,
 }
 
 /// Why a read could not be served.
@@ -198,6 +216,13 @@ pub enum Command {
     ReadFailed {
         id: u64,
         reason: ReadFailure,
+    },
+    /// The leader appended the command forwarded as `id` at (index, term) (the
+    /// command took effect once an entry at that index with that term is applied
+    /// here), or did not.
+    ProposalForwarded {
+        id: u64,
+        outcome: Result<(Index, Term), ForwardFailure>,
     },
     /// A leadership transfer did not finish within an election timeout.
     TransferAborted {
@@ -292,6 +317,15 @@ pub struct RaftCore {
     reads_waiting_for_commit: VecDeque<(u64, Option<NodeId>)>,
     /// Reads forwarded to the leader, waiting for its answer.
     forwarded_reads: BTreeSet<u64>,
+    /// Proposals forwarded to the leader, waiting for its answer: id → the tick count
+    /// after which it is given up as lost.
+    forwarded_proposals: BTreeMap<u64, u64>,
+    /// Ticks since start (the expiry clock of forwarded proposals).
+    ticks: u64,
+    /// As leader: the forwarded proposals appended in this term, by sender (id →
+    /// where; the latest `FORWARDS_REMEMBERED` per sender), so a request that arrives
+    /// twice is answered again rather than appended twice.
+    forwards_appended: BTreeMap<NodeId, ForwardsAppended>,
 
     persist_seq_issued: u64,
     persist_seq_done: u64,
@@ -401,6 +435,9 @@ impl RaftCore {
             pending_reads: VecDeque::new(),
             reads_waiting_for_commit: VecDeque::new(),
             forwarded_reads: BTreeSet::new(),
+            forwarded_proposals: BTreeMap::new(),
+            ticks: 0,
+            forwards_appended: BTreeMap::new(),
             persist_seq_issued: 0,
             persist_seq_done: 0,
             term_vote_seq: 0,
@@ -523,6 +560,8 @@ impl RaftCore {
     /// One tick of the runtime's clock.
     pub fn tick(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
+        self.ticks += 1;
+        self.expire_forwarded_proposals();
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() {
@@ -607,6 +646,18 @@ impl RaftCore {
                     // were ignored under the lease) learns it here and steps down.
                     self.send(m.from, self.append_rejection(0, 0));
                 }
+                MessageBody::ProposeRequest { id, .. } => {
+                    // Sent to the leader of an older term: not appended here. The answer
+                    // carries our term, which tells the sender its leader is gone.
+                    let leader_hint = self.leader;
+                    self.send(
+                        m.from,
+                        MessageBody::ProposeResponse {
+                            id,
+                            outcome: Err(ProposeRefusal::NotLeader { leader_hint }),
+                        },
+                    );
+                }
                 MessageBody::VoteRequest { pre_vote, .. } => {
                     // "Reply false if term < currentTerm": the answer carries our term,
                     // which is how a stale candidate learns it.
@@ -677,6 +728,15 @@ impl RaftCore {
                 }
             }
             MessageBody::ReadIndexRequest { id } => self.handle_read_index_request(m.from, id),
+            MessageBody::ProposeRequest { id, data } => self.handle_propose_request(m.from, id, data),
+            MessageBody::ProposeResponse { id, outcome } => {
+                if self.forwarded_proposals.remove(&id).is_some() {
+                    self.commands.push(Command::ProposalForwarded {
+                        id,
+                        outcome: outcome.map_err(ForwardFailure::Refused),
+                    });
+                }
+            }
             MessageBody::ReadIndexResponse { id, index } => {
                 if self.forwarded_reads.remove(&id) {
                     match index {
@@ -698,6 +758,80 @@ impl RaftCore {
     pub fn propose(&mut self, data: Bytes) -> Result<(Index, Term)> {
         self.check_can_propose()?;
         Ok(self.append_as_leader(EntryPayload::Normal(data)))
+    }
+
+    /// On a follower that knows its leader: hands `data` to the leader to propose, as
+    /// etcd's followers forward `MsgProp`; answered with `Command::ProposalForwarded`
+    /// (where the leader appended it, a refusal, or lost). On the leader, or with no
+    /// leader known, refused as `propose` would.
+    pub fn forward_proposal(&mut self, id: u64, data: Bytes) -> Result<()> {
+        if self.role == Role::Leader || self.leader == 0 {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader(),
+            });
+        }
+        let waiting = self.forwarded_proposals.len() as u64;
+        if waiting >= self.cfg.max_uncommitted_entries {
+            return Err(Error::Busy(waiting));
+        }
+        assert!(
+            !self.forwarded_proposals.contains_key(&id),
+            "forwarded proposal id {id} reused"
+        );
+        let give_up = self.ticks + u64::from(self.timing.election_ticks);
+        self.forwarded_proposals.insert(id, give_up);
+        self.send(self.leader, MessageBody::ProposeRequest { id, data });
+        Ok(())
+    }
+
+    /// A follower's forwarded command: appended as a local proposal would be (same
+    /// checks, same entry), and the follower told where.
+    fn handle_propose_request(&mut self, from: NodeId, id: u64, data: Bytes) {
+        if self.role == Role::Leader {
+            let seen = self.forwards_appended.get(&from).and_then(|(_, at)| at.get(&id));
+            if let Some(&at) = seen {
+                // A duplicate: already appended once, answered again.
+                self.send(from, MessageBody::ProposeResponse { id, outcome: Ok(at) });
+                return;
+            }
+        }
+        let outcome = match self.check_can_propose() {
+            Ok(()) => {
+                let at = self.append_as_leader(EntryPayload::Normal(data));
+                let (order, appended) = self.forwards_appended.entry(from).or_default();
+                order.push_back(id);
+                appended.insert(id, at);
+                if order.len() > FORWARDS_REMEMBERED {
+                    let oldest = order.pop_front().expect("not empty");
+                    appended.remove(&oldest);
+                }
+                Ok(at)
+            }
+            Err(Error::TransferInProgress) => Err(ProposeRefusal::TransferInProgress),
+            Err(Error::Busy(_)) => Err(ProposeRefusal::Busy),
+            Err(_) => Err(ProposeRefusal::NotLeader {
+                leader_hint: self.leader,
+            }),
+        };
+        // Sent before the append that carries the entry (appends go out when this step
+        // is flushed), so the follower knows the index before it can apply it.
+        self.send(from, MessageBody::ProposeResponse { id, outcome });
+    }
+
+    /// Forwarded proposals the leader did not answer within an election timeout are
+    /// given up (the answer or the request was lost): their outcome is unknown.
+    fn expire_forwarded_proposals(&mut self) {
+        while let Some((&id, &give_up)) = self.forwarded_proposals.first_key_value() {
+            // Ids grow with time, so the oldest is first; expiry is in id order.
+            if give_up > self.ticks {
+                break;
+            }
+            self.forwarded_proposals.remove(&id);
+            self.commands.push(Command::ProposalForwarded {
+                id,
+                outcome: Err(ForwardFailure::Lost),
+            });
+        }
     }
 
     /// Proposes one membership change. Refused while another is in flight, before
@@ -933,6 +1067,7 @@ impl RaftCore {
         self.reset_randomized_timeout();
         if was_leader {
             self.progress.clear();
+            self.forwards_appended.clear();
             // Whether leadership went to the target or elsewhere, the transfer is over.
             self.transfer = None;
             self.fail_leader_reads();
@@ -948,6 +1083,14 @@ impl RaftCore {
                 self.commands.push(Command::ReadFailed {
                     id,
                     reason: ReadFailure::NotLeader { leader_hint: hint },
+                });
+            }
+            // Proposals it did not confirm: it may have appended them, and they may
+            // still commit under the next leader, or not.
+            for id in std::mem::take(&mut self.forwarded_proposals).into_keys() {
+                self.commands.push(Command::ProposalForwarded {
+                    id,
+                    outcome: Err(ForwardFailure::Lost),
                 });
             }
         }
@@ -1050,6 +1193,7 @@ impl RaftCore {
         );
         self.role = Role::Leader;
         self.set_leader(self.id);
+        self.forwards_appended.clear();
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.transfer = None;

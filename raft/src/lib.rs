@@ -16,8 +16,10 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{Command, Config, DurableState, Error, PeerStatus, RaftCore, ReadFailure, Role, Status};
-pub use self::message::{Message, MessageBody};
+pub use self::core::{
+    Command, Config, DurableState, Error, ForwardFailure, PeerStatus, RaftCore, ReadFailure, Role, Status,
+};
+pub use self::message::{Message, MessageBody, ProposeRefusal};
 pub use self::progress::ReplicationState;
 pub use self::types::{
     ConfChange, ConfChangeError, Entry, EntryPayload, HardState, Index, Membership, NodeId, SnapshotMeta,

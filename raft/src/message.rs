@@ -1,6 +1,8 @@
 //! Messages exchanged between members. The transport carries them as protobuf; the
 //! core only sees these types.
 
+use bytes::Bytes;
+
 use super::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,9 +72,42 @@ pub enum MessageBody {
         /// `None` when the leader could not serve it (not leader any more, ...).
         index: Option<Index>,
     },
+    /// A follower hands a client's command to the leader to propose (etcd's followers
+    /// forward `MsgProp` over the peer connection the same way).
+    ProposeRequest {
+        id: u64,
+        data: Bytes,
+    },
+    /// Where the leader appended a forwarded command, or why it did not.
+    ProposeResponse {
+        id: u64,
+        outcome: Result<(Index, Term), ProposeRefusal>,
+    },
+}
+
+/// Why a leader did not append a forwarded command: it never took effect, so the
+/// member that forwarded it may propose it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeRefusal {
+    /// Not the leader (any more): ask the leader named, if any (0: none known).
+    NotLeader { leader_hint: NodeId },
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// Too many uncommitted entries.
+    Busy,
 }
 
 impl MessageBody {
+    /// About how many bytes the message takes on the wire (the entries' or the
+    /// command's size plus a fixed allowance), so a transport can bound its batches.
+    pub fn size_bytes(&self) -> usize {
+        64 + match self {
+            MessageBody::AppendRequest { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
+            MessageBody::ProposeRequest { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+
     /// A short name for traces and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -88,6 +123,8 @@ impl MessageBody {
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+            MessageBody::ProposeRequest { .. } => "ProposeRequest",
+            MessageBody::ProposeResponse { .. } => "ProposeResponse",
         }
     }
 }

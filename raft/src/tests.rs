@@ -153,6 +153,11 @@ impl Net {
         self.blocked.clear();
     }
 
+    /// Drops messages from `from` to `to` (one direction).
+    fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
     fn applied_data(&self, id: NodeId) -> Vec<String> {
         self.applied
             .get(&id)
@@ -1117,6 +1122,164 @@ fn reads_fail_with_a_leader_hint_when_leadership_is_lost() {
             reason: ReadFailure::NotLeader { .. }
         }]
     ));
+}
+
+// ----- forwarded proposals -----
+
+type ForwardOutcome = Result<(Index, Term), ForwardFailure>;
+
+impl Net {
+    fn forward(&mut self, id: NodeId, proposal: u64, data: &str) -> Result<(), Error> {
+        let r = self
+            .core(id)
+            .forward_proposal(proposal, Bytes::from(data.to_string()));
+        self.process(id);
+        self.deliver_all();
+        r
+    }
+
+    fn forwarded(&self, id: NodeId) -> Vec<(u64, ForwardOutcome)> {
+        self.other
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| match c {
+                Command::ProposalForwarded { id, outcome } => Some((*id, *outcome)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_forwarded_proposal_is_appended_by_the_leader_and_its_place_told_before_it_applies() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.forward(2, 7, "x").unwrap();
+    let told = net.forwarded(2);
+    let [(7, Ok((index, term)))] = told[..] else {
+        panic!("expected the place of proposal 7, got {told:?}");
+    };
+    assert_eq!(term, net.nodes[&1].term());
+    // The follower learns the index from the answer, which the leader sent before the
+    // append carrying the entry: the place is known before the entry can be applied.
+    let answer_at = net
+        .sent
+        .iter()
+        .position(|m| m.to == 2 && matches!(m.body, MessageBody::ProposeResponse { id: 7, .. }))
+        .unwrap();
+    let append_at = net
+        .sent
+        .iter()
+        .position(|m| {
+            m.to == 2
+                && matches!(&m.body, MessageBody::AppendRequest { entries, .. }
+                    if entries.iter().any(|e| e.index == index))
+        })
+        .unwrap();
+    assert!(answer_at < append_at);
+    net.tick_all(HEARTBEAT);
+    for node in [1, 2, 3] {
+        let entry = net.applied[&node].iter().find(|e| e.index == index).unwrap();
+        assert_eq!(entry.term, term);
+        assert_eq!(entry.payload, EntryPayload::Normal(Bytes::from("x")));
+    }
+}
+
+#[test]
+fn a_forwarded_proposal_is_refused_where_the_leader_would_refuse_its_own() {
+    let mut net = Net::new(&[1, 2, 3]);
+    // No leader known yet: refused at once, nothing sent.
+    assert_eq!(
+        net.forward(2, 1, "x"),
+        Err(Error::NotLeader { leader_hint: None })
+    );
+    net.elect(1);
+    // On the leader itself: propose, not forward.
+    assert_eq!(
+        net.forward(1, 2, "x"),
+        Err(Error::NotLeader { leader_hint: Some(1) })
+    );
+    // During a leadership transfer the leader refuses it, and says why.
+    net.core(1).transfer_leadership(3).unwrap();
+    net.block(1, 3);
+    net.process(1);
+    net.forward(2, 3, "x").unwrap();
+    assert_eq!(
+        net.forwarded(2),
+        vec![(
+            3,
+            Err(ForwardFailure::Refused(ProposeRefusal::TransferInProgress))
+        )]
+    );
+}
+
+#[test]
+fn a_forwarded_proposal_that_arrives_twice_is_appended_once_and_answered_twice() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let term = net.nodes[&1].term();
+    let request = Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::ProposeRequest {
+            id: 5,
+            data: Bytes::from("once"),
+        },
+    };
+    for _ in 0..2 {
+        net.core(1).step(request.clone());
+        net.process(1);
+    }
+    let answers: Vec<_> = net
+        .sent
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::ProposeResponse { id: 5, outcome } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], answers[1]);
+    net.deliver_all();
+    net.tick_all(HEARTBEAT);
+    let copies = net.applied_data(1).iter().filter(|d| *d == "once").count();
+    assert_eq!(copies, 1, "appended once");
+}
+
+#[test]
+fn forwarded_proposals_are_given_up_when_the_leader_changes_or_stays_silent() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // The leader never gets it (the link drops it): lost after an election timeout.
+    net.block(2, 1);
+    net.forward(2, 1, "x").unwrap();
+    assert!(net.forwarded(2).is_empty());
+    // Only ticks of the follower itself; it keeps hearing the leader (the other way).
+    for _ in 0..ELECTION {
+        net.tick(1, 1);
+        net.tick(2, 1);
+    }
+    assert_eq!(net.forwarded(2), vec![(1, Err(ForwardFailure::Lost))]);
+    // Sent, then the follower learns of a new leader before the answer: lost too.
+    net.heal();
+    net.block(1, 2);
+    net.forward(2, 2, "y").unwrap();
+    net.heal();
+    net.isolate(1);
+    for _ in 0..4 * ELECTION {
+        if net.nodes[&2].leader() == Some(3) {
+            break;
+        }
+        net.tick(2, 1);
+        net.tick(3, 1);
+    }
+    assert_eq!(net.nodes[&2].leader(), Some(3));
+    assert_eq!(
+        net.forwarded(2),
+        vec![(1, Err(ForwardFailure::Lost)), (2, Err(ForwardFailure::Lost))]
+    );
 }
 
 // ----- replication -----

@@ -323,9 +323,9 @@ impl Lease for LeaseService {
         }
         let ttl = r.ttl.max(self.min_ttl());
         // A server-chosen id is random and positive (like etcd's); a collision is
-        // retried with another (up to 3 times). A grant forwarded to a leader that
-        // cannot have received it (down, or none known) waits for the next leader and
-        // is proposed again (`KvService::forward_write`), as writes are.
+        // retried with another (up to 3 times). A grant no leader took (none known, or
+        // the one asked had stepped down) waits for the next leader and is proposed
+        // again (`KvService::propose_or_forward`), as writes are.
         let deadline = tokio::time::Instant::now() + super::FORWARD_WAIT;
         let mut collisions = 0;
         while collisions < 3 {
@@ -336,6 +336,7 @@ impl Lease for LeaseService {
             };
             let grant = KvCommand::LeaseGrant { id, ttl };
             self.kv.check_quota(&grant, 16).await?;
+            let asked = self.node().status().borrow().leader;
             match self.node().propose(grant).await {
                 Ok(KvResult::LeaseGrant { revision, id, ttl }) => {
                     // The leader's clock starts now; elsewhere the next leader term
@@ -357,22 +358,7 @@ impl Lease for LeaseService {
                 }) if r.id == 0 => collisions += 1,
                 Ok(KvResult::Failed { error, .. }) => return Err(kv_status(error)),
                 Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
-                Err(runtime::Error::NotLeader { leader_hint }) => {
-                    let forwarded = self
-                        .kv
-                        .forward_write(leader_hint, deadline, |c| {
-                            let request = crate::security::auth::forward(r);
-                            async move { LeaseClient::new(c).lease_grant(request).await }
-                        })
-                        .await;
-                    let super::Forwarded::Answered(response) = forwarded else {
-                        continue;
-                    };
-                    return response.map(|mut response| {
-                        self.kv.restamp(&mut response.get_mut().header);
-                        response
-                    });
-                }
+                Err(runtime::Error::NotLeader { .. }) if self.kv.another_leader(asked, deadline).await => {}
                 Err(e) => return Err(to_status(e)),
             }
         }
@@ -385,20 +371,13 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let r = request.into_inner();
         self.kv
-            .propose_or_forward(
-                KvCommand::LeaseRevoke { id: r.id },
-                |result| match result {
-                    KvResult::LeaseRevoke { revision, .. } => Ok(Response::new(pb::LeaseRevokeResponse {
-                        header: self.kv.header(revision),
-                    })),
-                    KvResult::Failed { error, .. } => Err(kv_status(error)),
-                    other => Err(Status::internal(format!("unexpected result {other:?}"))),
-                },
-                |c| {
-                    let request = crate::security::auth::forward(r);
-                    async move { LeaseClient::new(c).lease_revoke(request).await }
-                },
-            )
+            .propose_or_forward(KvCommand::LeaseRevoke { id: r.id }, |result| match result {
+                KvResult::LeaseRevoke { revision, .. } => Ok(Response::new(pb::LeaseRevokeResponse {
+                    header: self.kv.header(revision),
+                })),
+                KvResult::Failed { error, .. } => Err(kv_status(error)),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            })
             .await
     }
 

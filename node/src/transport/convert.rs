@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use kuberaft_proto::raft as pb;
 
-use crate::raft::{ConfChange, Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta, Timing};
+use crate::raft::{
+    ConfChange, Entry, EntryPayload, Membership, Message, MessageBody, ProposeRefusal, SnapshotMeta, Timing,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
@@ -86,6 +88,25 @@ pub fn message_to_pb(m: &Message) -> pb::Message {
             id: *id,
             index: *index,
         }),
+        MessageBody::ProposeRequest { id, data } => Body::ProposeRequest(pb::ProposeRequest {
+            id: *id,
+            data: data.clone(),
+        }),
+        MessageBody::ProposeResponse { id, outcome } => {
+            use pb::propose_response::Outcome;
+            Body::ProposeResponse(pb::ProposeResponse {
+                id: *id,
+                outcome: Some(match outcome {
+                    Ok((index, term)) => Outcome::Appended(pb::ProposedAt {
+                        index: *index,
+                        term: *term,
+                    }),
+                    Err(ProposeRefusal::NotLeader { leader_hint }) => Outcome::NotLeader(*leader_hint),
+                    Err(ProposeRefusal::TransferInProgress) => Outcome::TransferInProgress(true),
+                    Err(ProposeRefusal::Busy) => Outcome::Busy(true),
+                }),
+            })
+        }
     };
     pb::Message {
         from: m.from,
@@ -144,6 +165,22 @@ pub fn message_from_pb(m: pb::Message) -> Result<Message, ConvertError> {
             id: r.id,
             index: r.index,
         },
+        Body::ProposeRequest(r) => MessageBody::ProposeRequest {
+            id: r.id,
+            data: r.data,
+        },
+        Body::ProposeResponse(r) => {
+            use pb::propose_response::Outcome;
+            MessageBody::ProposeResponse {
+                id: r.id,
+                outcome: match r.outcome.ok_or(ConvertError::MissingBody { from: m.from })? {
+                    Outcome::Appended(at) => Ok((at.index, at.term)),
+                    Outcome::NotLeader(leader_hint) => Err(ProposeRefusal::NotLeader { leader_hint }),
+                    Outcome::TransferInProgress(_) => Err(ProposeRefusal::TransferInProgress),
+                    Outcome::Busy(_) => Err(ProposeRefusal::Busy),
+                },
+            }
+        }
     };
     Ok(Message {
         from: m.from,
@@ -336,6 +373,19 @@ mod tests {
         });
         round_trip(MessageBody::TimeoutNow);
         round_trip(MessageBody::ReadIndexRequest { id: 3 });
+        round_trip(MessageBody::ProposeRequest {
+            id: 4,
+            data: Bytes::from_static(b"command"),
+        });
+        for outcome in [
+            Ok((10, 2)),
+            Err(ProposeRefusal::NotLeader { leader_hint: 3 }),
+            Err(ProposeRefusal::NotLeader { leader_hint: 0 }),
+            Err(ProposeRefusal::TransferInProgress),
+            Err(ProposeRefusal::Busy),
+        ] {
+            round_trip(MessageBody::ProposeResponse { id: 4, outcome });
+        }
         round_trip(MessageBody::ReadIndexResponse { id: 3, index: None });
         round_trip(MessageBody::ReadIndexResponse {
             id: 3,

@@ -312,10 +312,16 @@ impl PeerTask {
             tokio::select! {
                 message = queue.recv() => {
                     let Some(message) = message else { return Ok(()) };
+                    // Bounded in messages and in bytes (a batch of forwarded proposals of
+                    // the largest size would otherwise exceed what the peer decodes).
+                    let mut bytes = message.body.size_bytes();
                     batch.push(message);
-                    while batch.len() < self.config.batch_messages_max {
+                    while batch.len() < self.config.batch_messages_max && bytes < self.config.envelope_bytes_max / 4 {
                         match queue.try_recv() {
-                            Ok(m) => batch.push(m),
+                            Ok(m) => {
+                                bytes += m.body.size_bytes();
+                                batch.push(m);
+                            }
                             Err(_) => break,
                         }
                     }
