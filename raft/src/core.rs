@@ -311,7 +311,14 @@ pub struct RaftCore {
     transfer: Option<(NodeId, u32)>,
     pending_conf_index: Index,
 
+    /// The latest read round started (a heartbeat broadcast carrying this number;
+    /// a quorum echoing it confirms this node still led when the round began).
     read_seq: u64,
+    /// The latest read round a quorum confirmed; a round is in flight while below
+    /// `read_seq`.
+    read_confirmed: u64,
+    /// The tick the round in flight started (or was last sent again).
+    read_round_since: u64,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before this leader committed an entry of its term.
     reads_waiting_for_commit: VecDeque<(u64, Option<NodeId>)>,
@@ -432,6 +439,8 @@ impl RaftCore {
             transfer: None,
             pending_conf_index: 0,
             read_seq: 0,
+            read_confirmed: 0,
+            read_round_since: 0,
             pending_reads: VecDeque::new(),
             reads_waiting_for_commit: VecDeque::new(),
             forwarded_reads: BTreeSet::new(),
@@ -550,6 +559,9 @@ impl RaftCore {
             if self.role == Role::Leader {
                 self.broadcast_append();
             }
+        }
+        if self.role == Role::Leader {
+            self.maybe_start_read_round();
         }
         self.issue_persist(false);
         std::mem::take(&mut self.commands)
@@ -1194,6 +1206,7 @@ impl RaftCore {
         self.role = Role::Leader;
         self.set_leader(self.id);
         self.forwards_appended.clear();
+        self.read_confirmed = self.read_seq;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.transfer = None;
@@ -1276,6 +1289,13 @@ impl RaftCore {
         if self.heartbeat_elapsed >= self.timing.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat(0);
+        }
+        if self.read_seq > self.read_confirmed
+            && self.ticks - self.read_round_since >= u64::from(self.timing.heartbeat_ticks)
+        {
+            // The round's heartbeats or their answers were lost: ask again.
+            self.read_round_since = self.ticks;
+            self.broadcast_heartbeat(self.read_seq);
         }
     }
 
@@ -1475,7 +1495,12 @@ impl RaftCore {
         pr.recent_active = true;
         pr.probe_sent = false;
         let patience = (self.timing.election_ticks / self.timing.heartbeat_ticks).max(3);
+        // Stalls are counted in periodic heartbeats (read rounds carry a number and
+        // come as often as reads do: counting them would call appends that are simply
+        // in flight lost).
+        let periodic = read_seq == 0;
         match pr.state {
+            _ if !periodic => {}
             ReplicationState::Snapshot { index } if last_log_index >= index => pr.become_probe(),
             ReplicationState::Snapshot { .. } => {
                 // The transport normally reports the outcome (`snapshot_failed`, or the
@@ -1573,17 +1598,16 @@ impl RaftCore {
             self.answer_read(id, from, Err(ReadFailure::TooManyReads));
             return;
         }
-        self.read_seq += 1;
+        // The read joins the next round, which begins after it arrived: when this step
+        // is flushed if no round is in flight, else once the one in flight is confirmed
+        // (`maybe_start_read_round`). One heartbeat round serves every read that came
+        // meanwhile, as etcd's read loop batches ReadIndex, instead of one per read.
         self.pending_reads.push_back(PendingRead {
             id,
             from,
             index,
-            seq: self.read_seq,
+            seq: self.read_seq + 1,
         });
-        if let Some(pr) = self.progress.get_mut(&self.id) {
-            pr.read_seq_acked = self.read_seq;
-        }
-        self.broadcast_heartbeat(self.read_seq);
     }
 
     fn answer_read(&mut self, id: u64, from: Option<NodeId>, answer: Result<Index, ReadFailure>) {
@@ -1602,15 +1626,39 @@ impl RaftCore {
         }
     }
 
+    /// Starts a read round if reads wait for one and none is in flight: every pending
+    /// read arrived before it, so a quorum echoing it confirms each of them.
+    fn maybe_start_read_round(&mut self) {
+        let waiting = self.pending_reads.back().is_some_and(|r| r.seq > self.read_seq);
+        if !waiting || self.read_confirmed < self.read_seq {
+            return;
+        }
+        self.read_seq += 1;
+        self.read_round_since = self.ticks;
+        if let Some(pr) = self.progress.get_mut(&self.id) {
+            pr.read_seq_acked = self.read_seq;
+        }
+        self.broadcast_heartbeat(self.read_seq);
+        // A leader that is the only voter confirms its own round.
+        self.advance_reads();
+    }
+
     fn advance_reads(&mut self) {
+        let membership = self.membership();
+        let mut acked: Vec<u64> = membership
+            .voters
+            .iter()
+            .map(|v| self.progress.get(v).map_or(0, |p| p.read_seq_acked))
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        // The highest round a quorum of voters echoed.
+        let Some(&confirmed) = acked.get(membership.quorum() - 1) else {
+            return;
+        };
+        debug_assert!(confirmed <= self.read_seq, "a round confirmed before it began");
+        self.read_confirmed = self.read_confirmed.max(confirmed);
         while let Some(read) = self.pending_reads.front() {
-            let membership = self.membership();
-            let acked = membership
-                .voters
-                .iter()
-                .filter(|v| self.progress.get(v).is_some_and(|p| p.read_seq_acked >= read.seq))
-                .count();
-            if acked < membership.quorum() {
+            if read.seq > confirmed {
                 break;
             }
             let read = self.pending_reads.pop_front().expect("front exists");

@@ -1085,6 +1085,11 @@ fn read_index_is_served_once_a_quorum_confirms_leadership() {
     net.core(1).read_index(2);
     net.process(1);
     net.deliver_all();
+    // The first round was lost: read 2 waits for it, in the round after it.
+    assert!(net.reads.get(&1).is_none_or(|r| r.is_empty()));
+    // Sent again after a heartbeat interval; confirmed, it serves read 1, and the next
+    // round (begun after read 2 arrived) serves read 2.
+    net.tick(1, HEARTBEAT);
     let commit = net.nodes[&1].log().commit();
     assert_eq!(
         net.reads[&1],
@@ -1093,6 +1098,42 @@ fn read_index_is_served_once_a_quorum_confirms_leadership() {
             Command::ReadReady { id: 2, index: commit }
         ]
     );
+}
+
+#[test]
+fn reads_that_arrive_together_share_one_heartbeat_round_and_later_ones_wait_for_the_next() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.sent.clear();
+    for id in 1..=10 {
+        net.core(1).read_index(id);
+    }
+    net.process(1);
+    let rounds = |net: &Net| {
+        net.sent
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_seq, .. } if read_seq > 0))
+            .count()
+    };
+    assert_eq!(rounds(&net), 2, "one round (to each follower) for ten reads");
+    // A read that arrives while that round is in flight waits for a round of its own.
+    net.core(1).read_index(11);
+    net.process(1);
+    assert_eq!(rounds(&net), 2);
+    net.deliver_all();
+    assert_eq!(
+        rounds(&net),
+        4,
+        "the next round began once the first was confirmed"
+    );
+    let served: Vec<u64> = net.reads[&1]
+        .iter()
+        .map(|c| match c {
+            Command::ReadReady { id, .. } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(served, (1..=11).collect::<Vec<_>>());
 }
 
 #[test]
