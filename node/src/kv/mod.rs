@@ -797,6 +797,17 @@ impl KvStore {
         self.pending.rows.push_back((vkey, row));
     }
 
+    /// The numbers of a key's new version at `revision`, after `prev` (its live
+    /// version, if any).
+    fn next_meta(prev: Option<&Meta>, revision: i64, lease: i64) -> Meta {
+        Meta {
+            create_revision: prev.map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.map_or(1, |p| p.version + 1),
+            lease,
+        }
+    }
+
     /// Writes `key` at `revision` (which must be above every revision in the store);
     /// answers the version it replaced, if the key was alive.
     fn write_put(&mut self, revision: i64, key: &Bytes, value: &Bytes, lease: i64) -> Option<Meta> {
@@ -804,30 +815,31 @@ impl KvStore {
         // decoded from (a txn of many puts, or a whole append message), and a key kept
         // in the index, the watch order or a lease would keep that buffer, values and
         // all, alive as long as the key lives (2.8 KB of memory per 1 KiB put before).
-        // A key that is already there keeps its stored copy; the copy made here is then
-        // dropped (a 16-byte allocation, cheaper than a second lookup).
-        let (key, history) = match self.keys.entry(Bytes::copy_from_slice(key)) {
-            imbl::ordmap::Entry::Occupied(e) => (e.key().clone(), e.into_mut()),
-            imbl::ordmap::Entry::Vacant(e) => {
-                let key = e.key().clone();
+        // A key that is already there is found and its history copied on write in one
+        // descent (`get_mut`; the published store shares the tree); the watch order and
+        // the lease then keep a small copy of their own. A new key's copy is shared by
+        // all three.
+        let (key, prev) = match self.keys.get_mut(key.as_ref()) {
+            Some(history) => {
+                let history = Arc::make_mut(history);
+                let prev = history.last().and_then(Version::live).copied();
+                assert!(
+                    history.last().is_none_or(|v| v.revision() < revision),
+                    "key written twice at revision {revision}"
+                );
+                history.push(Version::Live(Self::next_meta(prev.as_ref(), revision, lease)));
+                (Bytes::copy_from_slice(key), prev)
+            }
+            None => {
+                let key = Bytes::copy_from_slice(key);
                 // Most keys have one version (compaction keeps one): no spare capacity.
-                (key, e.insert(Arc::new(Vec::with_capacity(1))))
+                let history = vec![Version::Live(Self::next_meta(None, revision, lease))];
+                self.keys.insert(key.clone(), Arc::new(history));
+                (key, None)
             }
         };
         let key = &key;
-        let history = Arc::make_mut(history);
-        let prev = history.last().and_then(Version::live).copied();
-        assert!(
-            history.last().is_none_or(|v| v.revision() < revision),
-            "key written twice at revision {revision}"
-        );
-        let meta = Meta {
-            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-            mod_revision: revision,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            lease,
-        };
-        history.push(Version::Live(meta));
+        let meta = Self::next_meta(prev.as_ref(), revision, lease);
         if prev.is_none() {
             self.live += 1;
         }
