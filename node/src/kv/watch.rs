@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use imbl::{OrdMap, Vector};
+use imbl::OrdMap;
 
 use super::{in_range, put_field, CodecError, KeyValue, KvStore, Version, FIELD_BYTES_MAX};
 
@@ -137,7 +137,7 @@ impl KvStore {
             if keys == 0 || keys > self.keys.len() as u64 {
                 return Err(bad("changed key count out of range"));
             }
-            let mut written = Vector::new();
+            let mut written = Vec::with_capacity((keys as usize).min(1024));
             for _ in 0..keys {
                 let mut len = [0u8; 4];
                 input.read_exact(&mut len).map_err(io)?;
@@ -155,9 +155,9 @@ impl KvStore {
                 if history.binary_search_by(|v| v.revision().cmp(&revision)).is_err() {
                     return Err(bad("a changed key has no version at its revision"));
                 }
-                written.push_back(key.clone());
+                written.push(key.clone());
             }
-            changes.insert(revision, written);
+            changes.insert(revision, std::sync::Arc::new(written));
         }
         self.changes = changes;
         Ok(())
