@@ -79,3 +79,60 @@ async fn a_put_then_a_serializable_get_on_the_same_member_sees_the_put_on_every_
         &stale[..stale.len().min(10)]
     );
 }
+
+/// Followers hand writes to the leader over the peer connection, as etcd's do: with
+/// every member advertising a client URL nothing listens on (a firewall that lets only
+/// the peer port through between members looks the same to them), writes sent to a
+/// follower still succeed (put, delete, txn, lease grant and revoke, compaction) and
+/// are answered with the follower's own header after its own apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_over_the_peer_port_only() {
+    let cluster = ProcCluster::start(3, &["--advertise-client-urls=http://127.0.0.1:1"]);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    let mut c = client(&[cluster.endpoint(follower)]).await;
+    let member = c.status().await.unwrap().header().unwrap().member_id();
+
+    let put = c.put("fw/a", "1", None).await.unwrap();
+    assert_eq!(
+        put.header().unwrap().member_id(),
+        member,
+        "the follower's own header"
+    );
+    let got = c
+        .get("fw/a", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(got.kvs()[0].value(), b"1", "applied here before the answer");
+    assert_eq!(got.kvs()[0].mod_revision(), put.header().unwrap().revision());
+
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::value(
+            "fw/a",
+            etcd_client::CompareOp::Equal,
+            "1",
+        )])
+        .and_then([etcd_client::TxnOp::put("fw/b", "2", None)]);
+    assert!(c.txn(txn).await.unwrap().succeeded());
+    let lease = c.lease_grant(60, None).await.unwrap();
+    c.put(
+        "fw/leased",
+        "x",
+        Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+    )
+    .await
+    .unwrap();
+    c.lease_revoke(lease.id()).await.unwrap();
+    let deleted = c.delete("fw/a", None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1);
+    let revision = deleted.header().unwrap().revision();
+    c.compact(revision - 1, None).await.unwrap();
+
+    // Every member agrees: fw/b only (fw/a deleted, fw/leased gone with its lease).
+    for i in 0..3 {
+        let mut m = client(&[cluster.endpoint(i)]).await;
+        let all = m.get("fw/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        let keys: Vec<&[u8]> = all.kvs().iter().map(|kv| kv.key()).collect();
+        assert_eq!(keys, [b"fw/b".as_slice()], "member {i}");
+    }
+}

@@ -1653,24 +1653,49 @@ impl IndexScan {
         &self.keys[r.at..r.at + r.len as usize]
     }
 
-    /// The rows' numbers in key order, each key's rows in revision order: sorted by the
-    /// 8 bytes after the common prefix as a big-endian integer (zero-padded, which
-    /// orders as the keys do except that it may tie), then whole keys, then row number.
+    /// The rows' numbers in key order, each key's rows in revision order. A multikey
+    /// sort on integers: rows are sorted by the first 8 bytes after the prefix all keys
+    /// share (big-endian, with the count of real bytes so a shorter key sorts first),
+    /// then every run that ties is sorted again by its next 8 bytes, and so on. Whole
+    /// keys are never compared, and one outlier key (a `__ready` probe among 2,000,000
+    /// `kkkkkkkk…` keys, which leaves no common prefix) no longer turns every comparison
+    /// into a random read of two keys (450 ms at 2,000,000 keys with it, 20 ms without).
     fn key_order(&self) -> Vec<u32> {
-        let prefix = |i: usize| -> u64 {
+        // (8 bytes from `at`, how many of them the key has) of row `i`'s key.
+        let chunk = |i: usize, at: usize| -> (u64, u8) {
             let key = self.key(i);
-            let tail = &key[self.common.min(key.len())..];
-            let mut b = [0u8; 8];
+            let tail = &key[at.min(key.len())..];
             let n = tail.len().min(8);
+            let mut b = [0u8; 8];
             b[..n].copy_from_slice(&tail[..n]);
-            u64::from_be_bytes(b)
+            (u64::from_be_bytes(b), n as u8)
         };
-        let mut order: Vec<(u64, u32)> = (0..self.rows.len()).map(|i| (prefix(i), i as u32)).collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| self.key(a.1 as usize).cmp(self.key(b.1 as usize)))
-                .then(a.1.cmp(&b.1))
-        });
+        let mut order: Vec<((u64, u8), u32)> = (0..self.rows.len())
+            .map(|i| (chunk(i, self.common), i as u32))
+            .collect();
+        // Row numbers break ties: a key's rows stay in revision order.
+        order.sort_unstable();
+        // Runs whose keys agree so far and go on past this chunk: (start, end, offset).
+        let mut runs = vec![(0, order.len(), self.common)];
+        while let Some((start, end, at)) = runs.pop() {
+            let mut i = start;
+            while i < end {
+                let mut j = i + 1;
+                while j < end && order[j].0 == order[i].0 {
+                    j += 1;
+                }
+                // Fewer than 8 real bytes: the keys of this run end here, equal.
+                if j - i > 1 && order[i].0 .1 == 8 {
+                    let next = at + 8;
+                    for entry in &mut order[i..j] {
+                        entry.0 = chunk(entry.1 as usize, next);
+                    }
+                    order[i..j].sort_unstable();
+                    runs.push((i, j, next));
+                }
+                i = j;
+            }
+        }
         order.into_iter().map(|(_, i)| i).collect()
     }
 }
@@ -2362,6 +2387,47 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn start_up_orders_index_rows_as_keys_then_revisions_whatever_the_keys_share() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for round in 0..200 {
+            let mut scan = IndexScan::default();
+            let prefix: Vec<u8> = (0..rng.gen_range(0..12)).map(|_| rng.gen_range(0..3)).collect();
+            let mut rows: Vec<(Vec<u8>, i64)> = Vec::new();
+            for revision in 1..rng.gen_range(2..300) {
+                // Keys sharing long prefixes, with zero bytes, of every length; an outlier.
+                let key = if rng.gen_range(0..50) == 0 {
+                    b"__ready".to_vec()
+                } else {
+                    let mut key = prefix.clone();
+                    key.extend((0..rng.gen_range(0..20)).map(|_| rng.gen_range(0..3u8)));
+                    key
+                };
+                scan.push(
+                    &key,
+                    revision,
+                    engine::IndexRow {
+                        sub: 0,
+                        tombstone: false,
+                        create_revision: revision,
+                        version: 1,
+                        lease: 0,
+                    },
+                );
+                rows.push((key, revision));
+            }
+            let got: Vec<(Vec<u8>, i64)> = scan
+                .key_order()
+                .into_iter()
+                .map(|i| rows[i as usize].clone())
+                .collect();
+            let mut want = rows.clone();
+            want.sort();
+            assert_eq!(got, want, "round {round}");
         }
     }
 
