@@ -10,14 +10,17 @@
 //! | Cluster | MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote | see [`cluster`] |
 //! | Maintenance | Status, MoveLeader, Alarm, HashKV, Hash, Defragment, Snapshot | see [`maintenance`] |
 //!
-//! Any member accepts any request. Writes on a follower are forwarded to the leader
-//! (whose client URLs the transport learned in the peers' hello); linearizable reads
+//! Any member accepts any request. Writes on a follower (put, delete, txn, compaction,
+//! lease grant and revoke) go to the leader over the peer connection (the runtime's
+//! `ProposeRequest`, as etcd's followers forward `MsgProp`) and are answered from this
+//! member's own apply, with its own header; linearizable reads
 //! are served locally after a ReadIndex round through the leader; serializable reads
 //! are served from what this member has applied. Watches are served by the member
 //! the client is connected to, from its applied history (the same on every member);
-//! lease keepalives and TimeToLive need the leader's clock and are forwarded to it.
-//! A forwarded answer is restamped with this member's header, as etcd answers (the
-//! member the client asked, its term). Errors carry etcd's gRPC codes and messages,
+//! lease keepalives and TimeToLive need the leader's clock and are forwarded to its
+//! client port (whose URLs the transport learned in the peers' hello), as are
+//! membership changes, alarm disarm and move-leader; such an answer is restamped with
+//! this member's header, as etcd answers (the member the client asked, its term). Errors carry etcd's gRPC codes and messages,
 //! so clients retry and fail the same way as against etcd.
 //!
 //! Compatibility is decided by comparison: `tests/etcd_compat.rs` runs the same
