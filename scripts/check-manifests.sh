@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks every Kubernetes manifest the project ships or produces, with real tools:
-#   - the chart's crds/ holds exactly crds/raftcluster.yaml;
+#   - the chart's crds/ holds exactly crds/raftcluster.yaml and crds/raftbackup.yaml;
 #   - values.schema.json rejects bad values; `helm lint --strict`;
 #   - `helm template` with default values, with every optional feature on, and with the
 #     chart's RBAC and ServiceAccount left to the user;
@@ -88,6 +88,15 @@ cmp -s "$CRD_FILE" "$CHART/crds/raftcluster.yaml" ||
   fail "$CHART/crds/raftcluster.yaml differs from $CRD_FILE: run 'SYNC_CRD=1 bash scripts/check-manifests.sh' and commit"
 echo "ok   the chart's CRD is the generated one"
 validate "$CRD_FILE"
+# The RaftBackup CRD (one backup now) is generated the same way.
+BACKUP_CRD_FILE="$(dirname "$CRD_FILE")/raftbackup.yaml"
+if [ -f "$BACKUP_CRD_FILE" ]; then
+  [ "${SYNC_CRD:-0}" = 1 ] && cp "$BACKUP_CRD_FILE" "$CHART/crds/raftbackup.yaml"
+  cmp -s "$BACKUP_CRD_FILE" "$CHART/crds/raftbackup.yaml" ||
+    fail "$CHART/crds/raftbackup.yaml differs from $BACKUP_CRD_FILE: run 'SYNC_CRD=1 bash scripts/check-manifests.sh' and commit"
+  validate "$BACKUP_CRD_FILE"
+  echo "ok   the chart's RaftBackup CRD is the generated one"
+fi
 
 step "helm lint --strict"
 "$HELM" lint --strict "$CHART"

@@ -80,6 +80,79 @@ pub struct RaftClusterSpec {
     /// the same members start again from their data. Waits for a bootstrap to finish.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hibernate: bool,
+    /// Scheduled backups (etcd Maintenance.Snapshot from a healthy member, streamed to a
+    /// volume path or S3-compatible object storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// `spec.backup`: when backups are taken, how many are kept, and where they go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron expression in UTC: five fields (minute hour day-of-month month day-of-week)
+    /// or six with seconds first, e.g. `0 */6 * * *`. An expression that does not parse
+    /// is reported in the `BackupScheduled` condition and no backup is taken.
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    pub destination: BackupDestination,
+}
+
+/// Which backups of this cluster are kept after a new one was written: the newest
+/// `count`, and/or those younger than `maxAge`. Only this cluster's backups (by name)
+/// are ever deleted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub count: Option<u32>,
+    /// A duration such as `7d`, `12h` or `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32))]
+    pub max_age: Option<String>,
+}
+
+/// Exactly one of `path` and `s3`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.path) != has(self.s3)").message("destination needs exactly one of path and s3"))]
+pub struct BackupDestination {
+    /// A directory (absolute path) the operator can write: for `raftctl up` a local
+    /// directory; for the operator in Kubernetes a volume mounted into its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+}
+
+/// S3 or an S3-compatible service (MinIO, Ceph RGW, ...). Objects are named
+/// `PREFIX/CLUSTER_TIMESTAMP.snap`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+    /// The service's URL (`https://minio.example:9000`); AWS when absent. `http://`
+    /// is accepted for services without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// A Secret in the cluster's namespace with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (and optionally `AWS_SESSION_TOKEN`). `raftctl up` reads
+    /// the same names from its environment instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
 }
 
 fn default_image() -> String {
@@ -342,6 +415,46 @@ pub struct RaftClusterStatus {
     pub timing: Option<TimingStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last backup that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// Where the schedule stands: the next backup's time and the failures since the
+    /// last success (the planner computes the next step from this and the time alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<BackupScheduleStatus>,
+}
+
+/// One backup written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// When it was started (RFC 3339).
+    pub time: String,
+    /// `file:///dir/name.snap` or `s3://bucket/prefix/name.snap`.
+    pub location: String,
+    /// The store's revision the backup holds.
+    pub revision: i64,
+    /// SHA-256 of the whole file, hex.
+    pub checksum: String,
+    pub size: u64,
+    /// The member it was read from.
+    pub member: String,
+    pub duration_ms: u64,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    /// The schedule `nextTime` was computed from; a new `spec.backup.schedule` starts over.
+    pub schedule: String,
+    /// When the next backup (or the next attempt after a failure) is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_time: Option<String>,
+    /// Failed attempts since the last success (the back-off grows with it).
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -370,6 +483,79 @@ pub struct TimingStatus {
     /// When the operator last changed timing (RFC 3339); the cool-down counts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<String>,
+}
+
+/// One backup now: `RaftBackup` (`kuberaft.io/v1alpha1`) names a RaftCluster in its
+/// namespace and a destination; the operator takes the backup once and records the
+/// outcome in status (a finished RaftBackup is never run again).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kuberaft.io",
+    version = "v1alpha1",
+    kind = "RaftBackup",
+    plural = "raftbackups",
+    shortname = "raftbackup",
+    namespaced,
+    status = "RaftBackupStatus",
+    doc = "One backup of a RaftCluster, taken once by raft-operator.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
+    printcolumn(name = "Location", type_ = "string", json_path = ".status.location"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a RaftBackup's spec cannot change; create another one"))]
+pub struct RaftBackupSpec {
+    /// The RaftCluster (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_name: String,
+    pub destination: BackupDestination,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftBackupStatus {
+    #[serde(default)]
+    pub phase: BackupPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// SHA-256 of the whole file, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Failed attempts so far (retried with back-off until `BACKUP_ATTEMPTS_MAX`).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+}
+
+/// The RaftBackup CustomResourceDefinition as YAML (`crds/raftbackup.yaml`).
+pub fn backup_crd_yaml() -> String {
+    let crd = RaftBackup::crd();
+    let body = serde_norway::to_string(&crd).expect("a CRD always serializes");
+    format!(
+        "# Generated by `raft-operator crd --backup`; do not edit (operator/tests/manifests.rs checks drift).\n{body}"
+    )
 }
 
 /// The CustomResourceDefinition as YAML: what `raft-operator crd` prints and

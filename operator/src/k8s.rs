@@ -31,8 +31,12 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
+use crate::backup::{self, BackupDecision, BackupOutcome};
 use crate::certs;
-use crate::crd::{MemberStatus, RaftCluster, RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode};
+use crate::crd::{
+    BackupDestination, BackupPhase, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
+    RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode,
+};
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
@@ -224,6 +228,34 @@ impl Platform for KubePlatform {
             )?;
         }
         Ok(())
+    }
+
+    async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {
+        backup::validate_destination(destination).map_err(Error::Backup)?;
+        if let Some(path) = &destination.path {
+            return Ok(backup::Target::Dir(path.into()));
+        }
+        let s3 = destination.s3.as_ref().expect("validated: path or s3");
+        let credentials = match &s3.credentials_secret {
+            None => None,
+            Some(name) => {
+                let secret = self.api::<Secret>().get_opt(name).await?.ok_or_else(|| {
+                    Error::Backup(format!(
+                        "s3://{}: Secret {name} (destination.s3.credentialsSecret) not found in namespace {}",
+                        s3.bucket, self.namespace
+                    ))
+                })?;
+                Some(
+                    backup::S3Credentials::from_lookup(|key| secret_text(&secret, key)).ok_or_else(|| {
+                        Error::Backup(format!(
+                            "s3://{}: Secret {name} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                            s3.bucket
+                        ))
+                    })?,
+                )
+            }
+        };
+        backup::s3_target(s3, credentials)
     }
 }
 
@@ -470,6 +502,9 @@ pub fn status_of(
             },
         }),
         conditions,
+        // Kept as they were; [`crate::backup::record`] writes this round's outcome.
+        last_backup: previous.last_backup.clone(),
+        backup_schedule: previous.backup_schedule.clone(),
     }
 }
 
@@ -687,12 +722,45 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         }
         (None, _) => {}
     }
-    let status = status_of(
+    let backup_outcome = platform::backup(
+        &platform,
+        &rc.name_any(),
+        rc.spec.backup.as_ref(),
+        &plan,
+        observed.now_ms,
+    )
+    .await;
+    for (type_, reason, note) in
+        backup_events(rc.status.as_ref(), plan.backup.as_ref(), backup_outcome.as_ref())
+    {
+        publish(&ctx, &rc, type_, reason, note).await;
+    }
+    let mut status = status_of(
         &rc,
         &observed,
         &plan,
         &outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
     );
+    backup::record(
+        &mut status,
+        rc.status.as_ref(),
+        rc.spec.backup.as_ref(),
+        plan.backup.as_ref(),
+        backup_outcome.as_ref(),
+        observed.now_ms,
+    );
+    let next_backup = status
+        .backup_schedule
+        .as_ref()
+        .and_then(|s| s.next_time.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| {
+            Duration::from_millis(
+                (t.as_millisecond().max(0) as u64)
+                    .saturating_sub(now_ms())
+                    .max(1_000),
+            )
+        });
     let body = serde_json::json!({
         "apiVersion": "kuberaft.io/v1alpha1",
         "kind": "RaftCluster",
@@ -706,11 +774,69 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     )
     .await?;
     outcome?;
-    Ok(match &plan.action {
-        Some(Action::Refuse { .. }) => Requeue::requeue(REQUEUE_STEADY),
-        Some(_) => Requeue::requeue(REQUEUE_BUSY),
-        None => Requeue::requeue(REQUEUE_STEADY),
-    })
+    let after = match &plan.action {
+        Some(Action::Refuse { .. }) => REQUEUE_STEADY,
+        Some(_) => REQUEUE_BUSY,
+        None => REQUEUE_STEADY,
+    };
+    // Come back when the next backup is due, if that is sooner.
+    Ok(Requeue::requeue(next_backup.map_or(after, |b| b.min(after))))
+}
+
+/// The Events of this round's backup decision: a backup written (and what retention
+/// deleted), a failure, or an invalid `spec.backup` (once per distinct reason).
+pub fn backup_events(
+    previous: Option<&RaftClusterStatus>,
+    decision: Option<&BackupDecision>,
+    outcome: Option<&std::result::Result<BackupOutcome, String>>,
+) -> Vec<(EventType, &'static str, String)> {
+    let mut events = Vec::new();
+    match (decision, outcome) {
+        (Some(BackupDecision::Take { member, attempt, .. }), Some(Ok(o))) => {
+            events.push((
+                EventType::Normal,
+                "BackupSucceeded",
+                format!(
+                    "backup {} from {member} at revision {}: {} bytes, sha256 {}, {} ms",
+                    o.record.location,
+                    o.record.revision,
+                    o.record.size,
+                    o.record.checksum,
+                    o.record.duration_ms
+                ),
+            ));
+            if *attempt > 1 {
+                tracing::info!(attempt, "backup succeeded after failures");
+            }
+            if !o.deleted.is_empty() {
+                events.push((
+                    EventType::Normal,
+                    "BackupsDeleted",
+                    format!("retention deleted {}", o.deleted.join(", ")),
+                ));
+            }
+            if let Some(e) = &o.retention_error {
+                events.push((EventType::Warning, "RetentionFailed", e.clone()));
+            }
+        }
+        (Some(BackupDecision::Take { attempt, .. }), Some(Err(e))) => {
+            events.push((
+                EventType::Warning,
+                "BackupFailed",
+                format!("attempt {attempt}: {e}; retried with back-off"),
+            ));
+        }
+        (Some(BackupDecision::Invalid { reason }), _) => {
+            let known = previous
+                .and_then(|s| s.backup_schedule.as_ref())
+                .and_then(|s| s.last_error.as_deref());
+            if known != Some(reason.as_str()) {
+                events.push((EventType::Warning, "BackupInvalid", reason.clone()));
+            }
+        }
+        _ => {}
+    }
+    events
 }
 
 async fn cleanup(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
@@ -781,6 +907,7 @@ pub fn error_label(error: &Error) -> &'static str {
         Error::Manifest(_) => "manifest",
         Error::Local(_) => "local",
         Error::Tls(_) => "tls",
+        Error::Backup(_) => "backup",
         Error::Finalizer(inner) => match inner.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => error_label(e),
@@ -795,10 +922,195 @@ pub fn error_policy(_rc: Arc<RaftCluster>, error: &Error, ctx: Arc<Context>) -> 
     Requeue::requeue(Duration::from_secs(15))
 }
 
+/// Failed attempts of a RaftBackup (with back-off between them) before it is Failed.
+pub const BACKUP_ATTEMPTS_MAX: u32 = 5;
+
+async fn publish_on(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+async fn patch_backup_status(api: &Api<RaftBackup>, name: &str, status: &RaftBackupStatus) -> Result<()> {
+    let body = serde_json::json!({
+        "apiVersion": "kuberaft.io/v1alpha1",
+        "kind": "RaftBackup",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One RaftBackup: taken once from a healthy member of its RaftCluster (Pending →
+/// Running → Succeeded), retried with back-off up to [`BACKUP_ATTEMPTS_MAX`] attempts
+/// (then Failed); a destination that cannot work fails at once. A finished RaftBackup
+/// is never run again.
+pub async fn reconcile_backup(rb: Arc<RaftBackup>, ctx: Arc<Context>) -> Result<Requeue> {
+    let mut status = rb.status.clone().unwrap_or_default();
+    if matches!(status.phase, BackupPhase::Succeeded | BackupPhase::Failed) {
+        return Ok(Requeue::await_change());
+    }
+    let namespace = rb.namespace().unwrap_or_else(|| "default".into());
+    let name = rb.name_any();
+    let api: Api<RaftBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let object = rb.object_ref(&());
+    if let Err(reason) = backup::validate_destination(&rb.spec.destination) {
+        status.phase = BackupPhase::Failed;
+        status.message = Some(reason.clone());
+        status.completion_time = Some(Timestamp::now().to_string());
+        patch_backup_status(&api, &name, &status).await?;
+        publish_on(&ctx, &object, EventType::Warning, "BackupInvalid", reason).await;
+        return Ok(Requeue::await_change());
+    }
+    let started_ms = now_ms();
+    let attempt: std::result::Result<BackupOutcome, String> = async {
+        let clusters: Api<RaftCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+        let rc = clusters
+            .get_opt(&rb.spec.cluster_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "RaftCluster {} not found in namespace {namespace}",
+                    rb.spec.cluster_name
+                )
+            })?;
+        let (access, _) = tls_access(&ctx.client, &rc, SystemTime::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        let platform = KubePlatform::new(ctx.client.clone(), &rc, access);
+        let observed = observe(&rc, &platform).await.map_err(|e| e.to_string())?;
+        let plan = plan::plan(&rc.spec, rc.status.as_ref(), &observed, &naming(&rc));
+        let (member, ordinal) = backup::pick_member(&plan).ok_or_else(|| {
+            format!(
+                "RaftCluster {}: no healthy member to take a backup from",
+                rc.name_any()
+            )
+        })?;
+        status.phase = BackupPhase::Running;
+        status.member = Some(member.clone());
+        status.message = Some(format!("streaming from {member}"));
+        patch_backup_status(&api, &name, &status)
+            .await
+            .map_err(|e| e.to_string())?;
+        platform::take_backup(
+            &platform,
+            &rc.name_any(),
+            &rb.spec.destination,
+            None,
+            &member,
+            ordinal,
+            started_ms,
+        )
+        .await
+    }
+    .await;
+    let requeue = match attempt {
+        Ok(outcome) => {
+            let r = &outcome.record;
+            status.phase = BackupPhase::Succeeded;
+            status.revision = Some(r.revision);
+            status.size = Some(r.size);
+            status.member = Some(r.member.clone());
+            status.duration_ms = Some(r.duration_ms);
+            status.checksum = Some(r.checksum.clone());
+            status.location = Some(r.location.clone());
+            status.message = Some(format!("backup at revision {} written", r.revision));
+            status.completion_time = Some(Timestamp::now().to_string());
+            publish_on(
+                &ctx,
+                &object,
+                EventType::Normal,
+                "BackupSucceeded",
+                format!(
+                    "{} from {} at revision {}: {} bytes, sha256 {}",
+                    r.location, r.member, r.revision, r.size, r.checksum
+                ),
+            )
+            .await;
+            Requeue::await_change()
+        }
+        Err(e) => {
+            status.attempts += 1;
+            let last = status.attempts >= BACKUP_ATTEMPTS_MAX;
+            status.phase = if last {
+                BackupPhase::Failed
+            } else {
+                BackupPhase::Pending
+            };
+            let delay = backup::retry_delay(status.attempts);
+            status.message = Some(if last {
+                format!("attempt {} failed: {e}; giving up", status.attempts)
+            } else {
+                format!(
+                    "attempt {} failed: {e}; retrying in {} s",
+                    status.attempts,
+                    delay.as_secs()
+                )
+            });
+            if last {
+                status.completion_time = Some(Timestamp::now().to_string());
+            }
+            publish_on(
+                &ctx,
+                &object,
+                EventType::Warning,
+                "BackupFailed",
+                status.message.clone().unwrap_or_default(),
+            )
+            .await;
+            if last {
+                Requeue::await_change()
+            } else {
+                Requeue::requeue(delay)
+            }
+        }
+    };
+    patch_backup_status(&api, &name, &status).await?;
+    Ok(requeue)
+}
+
+fn backup_error_policy(_rb: Arc<RaftBackup>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(error = %error, "RaftBackup reconcile failed");
+    ctx.metrics.failed(error_label(error));
+    Requeue::requeue(Duration::from_secs(15))
+}
+
 /// Runs the controller until `shutdown` resolves; reconciles in flight finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     use futures::StreamExt;
     let client = ctx.client.clone();
+    let (stop_backups, backups_stopped) = futures::channel::oneshot::channel::<()>();
+    let backups = Controller::new(Api::<RaftBackup>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(async move {
+            let _ = backups_stopped.await;
+        })
+        .run(reconcile_backup, backup_error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "RaftBackup reconciled"),
+                Err(e) => tracing::debug!(error = %e, "RaftBackup controller"),
+            }
+        });
+    let backups = tokio::spawn(backups);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=raft-operator");
     Controller::new(
         Api::<RaftCluster>::all(client.clone()),
@@ -816,4 +1128,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         }
     })
     .await;
+    let _ = stop_backups.send(());
+    let _ = backups.await;
 }

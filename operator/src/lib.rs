@@ -5,6 +5,7 @@
 //! - [`crd`]: the `RaftCluster` types and the CRD generator.
 //! - [`plan`]: the pure planner: desired children and the next orchestration step.
 //! - [`adaptive`]: the adaptive timing rule.
+//! - [`backup`]: when a scheduled backup is due, and the streaming backup writer.
 //! - [`certs`]: the CA and certificates of `spec.tls.mode: Auto`, and when to renew them.
 //! - [`render`]: the children (Services, StatefulSet, PodDisruptionBudget).
 //! - [`platform`]: the effects of a step (Kubernetes or local processes) and `execute`.
@@ -16,6 +17,7 @@
 //!   API's answers (`kuberaft.admin.v1`): the status table, lag and health.
 
 pub mod adaptive;
+pub mod backup;
 pub mod certs;
 pub mod crd;
 pub mod ctl;
@@ -40,6 +42,8 @@ pub enum Error {
     Local(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Backup(String),
     #[error("member {endpoint}: {message}")]
     Node { endpoint: String, message: String },
 }

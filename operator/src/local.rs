@@ -28,8 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
+use crate::backup;
 use crate::certs;
-use crate::crd::{RaftCluster, RaftClusterStatus, TlsMode, REPLICAS_MAX};
+use crate::crd::{BackupDestination, RaftCluster, RaftClusterStatus, TlsMode, REPLICAS_MAX};
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::{k8s, node, render, Error, Result};
@@ -196,6 +197,8 @@ struct Inner {
     peer_routes: BTreeMap<u32, u16>,
     /// How members are reached (TLS with the client certificate when `spec.tls`).
     access: node::Access,
+    /// Credentials of `spec.backup.destination.s3` (else the environment's `AWS_*`).
+    s3_credentials: Option<backup::S3Credentials>,
 }
 
 /// Settings of `raftctl up`.
@@ -250,6 +253,7 @@ impl LocalPlatform {
                 cluster,
                 peer_routes: BTreeMap::new(),
                 access,
+                s3_credentials: None,
             })),
         };
         platform.stop_leftovers();
@@ -363,6 +367,12 @@ impl LocalPlatform {
 
     pub fn workload_replicas(&self) -> Option<i32> {
         self.lock().state.workload_replicas
+    }
+
+    /// Credentials for an S3 backup destination (`raftctl up --s3-access-key-id ...`);
+    /// without them the environment's `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` are used.
+    pub fn set_s3_credentials(&self, credentials: Option<backup::S3Credentials>) {
+        self.lock().s3_credentials = credentials;
     }
 
     /// Replaces the spec (the manifest file changed).
@@ -707,13 +717,34 @@ impl LocalPlatform {
         if let (Some(action), Err(e)) = (&plan.action, &outcome) {
             notes.push(format!("step failed: {action}: {e}"));
         }
+        let backup_outcome = platform::backup(
+            self,
+            &self.name,
+            cluster.spec.backup.as_ref(),
+            &plan,
+            observed.now_ms,
+        )
+        .await;
+        for (_, reason, note) in
+            k8s::backup_events(status.as_ref(), plan.backup.as_ref(), backup_outcome.as_ref())
+        {
+            notes.push(format!("{reason}: {note}"));
+        }
         let mut rc = cluster.clone();
         rc.status = status;
-        let new_status = k8s::status_of(
+        let mut new_status = k8s::status_of(
             &rc,
             &observed,
             &plan,
             &outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        backup::record(
+            &mut new_status,
+            rc.status.as_ref(),
+            cluster.spec.backup.as_ref(),
+            plan.backup.as_ref(),
+            backup_outcome.as_ref(),
+            observed.now_ms,
         );
         if let Err(e) = self.record_status(new_status.clone()) {
             notes.push(e.to_string());
@@ -774,6 +805,20 @@ impl Platform for LocalPlatform {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(local_error(format!("cannot delete {}: {e}", dir.display()))),
         }
+    }
+
+    async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {
+        backup::validate_destination(destination).map_err(Error::Backup)?;
+        if let Some(path) = &destination.path {
+            return Ok(backup::Target::Dir(path.into()));
+        }
+        let s3 = destination.s3.as_ref().expect("validated: path or s3");
+        let credentials = self
+            .lock()
+            .s3_credentials
+            .clone()
+            .or_else(|| backup::S3Credentials::from_lookup(|k| std::env::var(k).ok()));
+        backup::s3_target(s3, credentials)
     }
 }
 

@@ -10,7 +10,10 @@ use std::time::Duration;
 use kuberaft_proto::admin::admin_client::AdminClient;
 use kuberaft_proto::admin::{self, Reachability, StatusRequest, StatusResponse};
 use kuberaft_proto::etcdserverpb::cluster_client::ClusterClient;
-use kuberaft_proto::etcdserverpb::{MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest};
+use kuberaft_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use kuberaft_proto::etcdserverpb::{
+    MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, SnapshotRequest, SnapshotResponse,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::adaptive::TimingMs;
@@ -21,6 +24,10 @@ use crate::{Error, Result};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Leadership transfer and membership changes wait for a commit: a longer deadline.
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A backup stream: connect and the first answer within this (the member writes its
+/// state to a temporary file before the first chunk); each later chunk is bounded by
+/// the reader ([`crate::backup::CHUNK_TIMEOUT`]).
+pub const SNAPSHOT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn latency_p99(stats: Option<&admin::LatencyStats>) -> Option<f64> {
     stats.filter(|s| s.samples > 0).map(|s| s.p99_ms)
@@ -194,6 +201,19 @@ impl Access {
             .await
             .map_err(|e| node_error(endpoint, e.message()))?;
         Ok(())
+    }
+
+    /// etcd Maintenance.Snapshot: the member's state as a stream of chunks (the first
+    /// one's header names the revision the backup holds). Nothing is buffered here: the
+    /// caller reads one chunk at a time.
+    pub async fn snapshot(&self, endpoint: &str) -> Result<tonic::Streaming<SnapshotResponse>> {
+        let mut client = MaintenanceClient::new(self.channel(endpoint, SNAPSHOT_START_TIMEOUT).await?)
+            .max_decoding_message_size(4 << 20);
+        let answer = client
+            .snapshot(SnapshotRequest {})
+            .await
+            .map_err(|e| node_error(endpoint, e.message()))?;
+        Ok(answer.into_inner())
     }
 
     pub async fn set_timing(&self, endpoint: &str, timing: TimingMs, reason: &str) -> Result<()> {

@@ -20,12 +20,16 @@
 //!    time, each only when every voter is healthy and caught up; the leader last, after
 //!    a leadership transfer to the most up-to-date follower;
 //! 9. timing: `Fixed` applies the spec's values, `Adaptive` the rule in [`crate::adaptive`].
+//!
+//! Beside the step, [`Plan::backup`] says whether a scheduled backup is due
+//! ([`crate::backup::decide`]: from `status.backupSchedule`, `now` and member health).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use crate::adaptive::{self, Bounds, Latency, TimingMs};
+use crate::backup::BackupDecision;
 use crate::crd::{RaftClusterSpec, RaftClusterStatus, TimingMode, REPLICAS_MAX};
 use crate::render;
 
@@ -256,6 +260,8 @@ pub struct Plan {
     pub timing: Option<TimingMs>,
     /// `spec.hibernate` and every member is stopped (volumes kept).
     pub hibernated: bool,
+    /// Scheduled backups (`spec.backup`): taken alongside the step, never instead of it.
+    pub backup: Option<BackupDecision>,
 }
 
 impl Plan {
@@ -399,8 +405,27 @@ pub fn latency(members: &[MemberObservation]) -> Latency {
     }
 }
 
-/// The next step. See the module documentation for the order of concerns.
+/// The next step. See the module documentation for the order of concerns; the
+/// scheduled backup ([`crate::backup::decide`]) is decided after them, from the members'
+/// health they found, and does not change the step.
 pub fn plan(
+    spec: &RaftClusterSpec,
+    status: Option<&RaftClusterStatus>,
+    observed: &Observed,
+    naming: &Naming,
+) -> Plan {
+    let mut out = plan_step(spec, status, observed, naming);
+    out.backup = crate::backup::decide(
+        spec.backup.as_ref(),
+        status,
+        &out,
+        spec.hibernate,
+        observed.now_ms,
+    );
+    out
+}
+
+fn plan_step(
     spec: &RaftClusterSpec,
     status: Option<&RaftClusterStatus>,
     observed: &Observed,
@@ -424,6 +449,7 @@ pub fn plan(
         latency,
         timing: leader.map(|l| l.timing),
         hibernated: false,
+        backup: None,
     };
     let view = leader.map(|l| view(l, observed, naming));
     if let Some(view) = &view {

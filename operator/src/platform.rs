@@ -5,6 +5,8 @@
 //! own APIs (membership, leadership, timing) are the same everywhere and are called by
 //! [`execute`] through [`crate::node`].
 
+use crate::backup::{self, BackupDecision, BackupOutcome};
+use crate::crd::{BackupDestination, BackupSpec};
 use crate::plan::{Action, Naming, Plan};
 use crate::{node, Result};
 
@@ -21,6 +23,62 @@ pub trait Platform {
     async fn restart_member(&self, ordinal: u32) -> Result<()>;
     /// Delete the WAL and snapshot volumes of an ordinal that is no longer a member.
     async fn delete_volumes(&self, ordinal: u32) -> Result<()>;
+    /// Where backups to `destination` are written, with the credentials it needs
+    /// (Kubernetes: a Secret; local: the environment).
+    async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target>;
+}
+
+/// Takes the scheduled backup when the plan says one is due; `None` otherwise. The
+/// error is a message for status and Events (it names the destination).
+pub async fn backup<P: Platform>(
+    platform: &P,
+    cluster: &str,
+    spec: Option<&BackupSpec>,
+    plan: &Plan,
+    now_ms: u64,
+) -> Option<std::result::Result<BackupOutcome, String>> {
+    let (Some(spec), Some(BackupDecision::Take { member, ordinal, .. })) = (spec, &plan.backup) else {
+        return None;
+    };
+    Some(
+        take_backup(
+            platform,
+            cluster,
+            &spec.destination,
+            spec.retention.as_ref(),
+            member,
+            *ordinal,
+            now_ms,
+        )
+        .await,
+    )
+}
+
+/// One backup of `cluster` from member `member` to `destination`, then retention.
+pub async fn take_backup<P: Platform>(
+    platform: &P,
+    cluster: &str,
+    destination: &BackupDestination,
+    retention: Option<&crate::crd::Retention>,
+    member: &str,
+    ordinal: u32,
+    now_ms: u64,
+) -> std::result::Result<BackupOutcome, String> {
+    let target = platform
+        .backup_target(destination)
+        .await
+        .map_err(|e| e.to_string())?;
+    backup::take(
+        &platform.access(),
+        &platform.client_endpoint(ordinal),
+        member,
+        cluster,
+        &target,
+        retention,
+        now_ms,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Carries out one step. `Wait` and `Refuse` do nothing here (the caller reports them);

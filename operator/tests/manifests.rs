@@ -37,6 +37,57 @@ fn the_committed_crd_is_exactly_what_the_generator_prints() {
 }
 
 #[test]
+fn the_committed_backup_crd_is_exactly_what_the_generator_prints_and_the_chart_ships_both() {
+    let committed = std::fs::read_to_string(root().join("crds/raftbackup.yaml")).unwrap();
+    assert!(
+        committed == kuberaft_operator::crd::backup_crd_yaml(),
+        "crds/raftbackup.yaml is stale: run `cargo run -p kuberaft-operator --bin raft-operator -- crd --backup > crds/raftbackup.yaml`"
+    );
+    for file in ["raftcluster.yaml", "raftbackup.yaml"] {
+        let chart = std::fs::read_to_string(root().join("charts/kuberaft-operator/crds").join(file)).unwrap();
+        let generated = std::fs::read_to_string(root().join("crds").join(file)).unwrap();
+        assert!(
+            chart == generated,
+            "charts/kuberaft-operator/crds/{file} differs from crds/{file}"
+        );
+    }
+    let crd: serde_json::Value = serde_norway::from_str(&committed).unwrap();
+    assert_eq!(crd["spec"]["names"]["kind"], "RaftBackup");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let phases = &schema["properties"]["status"]["properties"]["phase"]["enum"];
+    assert_eq!(
+        phases,
+        &serde_json::json!(["Pending", "Running", "Succeeded", "Failed"])
+    );
+    for text in [committed.as_str(), crd_yaml().as_str()] {
+        assert!(
+            text.contains("has(self.path) != has(self.s3)"),
+            "the destination's one-of rule"
+        );
+    }
+}
+
+#[test]
+fn a_manifest_with_an_invalid_backup_schedule_or_destination_is_rejected() {
+    let text = std::fs::read_to_string(root().join("examples/minimal.yaml")).unwrap();
+    let with = |backup: &str| format!("{}\n  backup:\n{backup}", text.trim_end());
+    let ok = with("    schedule: \"0 */6 * * *\"\n    retention: {count: 3, maxAge: 7d}\n    destination: {path: /var/backups}\n");
+    assert!(parse_manifest(&ok).unwrap().spec.backup.is_some());
+    let bad_cron = with("    schedule: \"at midnight\"\n    destination: {path: /var/backups}\n");
+    let e = parse_manifest(&bad_cron).unwrap_err().to_string();
+    assert!(e.contains("spec.backup.schedule"), "{e}");
+    let no_destination = with("    schedule: \"0 * * * *\"\n    destination: {}\n");
+    let e = parse_manifest(&no_destination).unwrap_err().to_string();
+    assert!(e.contains("exactly one of path and s3"), "{e}");
+    let bad_age =
+        with("    schedule: \"0 * * * *\"\n    retention: {maxAge: forever}\n    destination: {path: /b}\n");
+    assert!(parse_manifest(&bad_age)
+        .unwrap_err()
+        .to_string()
+        .contains("maxAge"));
+}
+
+#[test]
 fn the_crd_carries_the_subresources_columns_and_cel_rules() {
     let crd: serde_json::Value = serde_norway::from_str(&crd_yaml()).unwrap();
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "raft");

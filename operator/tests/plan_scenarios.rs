@@ -8,8 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kuberaft_operator::adaptive::{TimingMs, COOL_DOWN_MS};
+use kuberaft_operator::backup::{self, BackupDecision, BackupOutcome};
 use kuberaft_operator::crd::{
-    RaftClusterSpec, RaftClusterStatus, Storage, Timing, TimingMode, TimingStatus, Volume,
+    BackupDestination, BackupRecord, BackupSpec, RaftClusterSpec, RaftClusterStatus, Retention, Storage,
+    Timing, TimingMode, TimingStatus, Volume,
 };
 use kuberaft_operator::plan::{
     plan, rfc3339_from_ms, Action, ClusterState, MemberObservation, Naming, Observed, PeerObservation, Plan,
@@ -47,6 +49,7 @@ fn spec(replicas: i32) -> RaftClusterSpec {
         pod_template: None,
         tls: None,
         hibernate: false,
+        backup: None,
     }
 }
 
@@ -94,6 +97,10 @@ struct World {
     fsync_p99_ms: Option<f64>,
     now_ms: u64,
     log: Vec<Action>,
+    /// Scheduled backups fail (the destination is unreachable).
+    backups_fail: bool,
+    /// Backups taken: (time, member).
+    backups: Vec<(u64, String)>,
 }
 
 impl World {
@@ -120,6 +127,8 @@ impl World {
             fsync_p99_ms: None,
             now_ms: 10 * COOL_DOWN_MS,
             log: Vec::new(),
+            backups_fail: false,
+            backups: Vec::new(),
         }
     }
 
@@ -265,7 +274,37 @@ impl World {
         if let Some(action) = &p.action {
             self.execute(action, &observed);
         }
+        let previous = self.status.clone();
         self.write_status(&p);
+        // The scheduled backup, as platform::backup carries it out.
+        let outcome = match &p.backup {
+            Some(BackupDecision::Take { member, .. }) if self.backups_fail => Some(Err(format!(
+                "backup to s3://bucket: {member}: connection refused"
+            ))),
+            Some(BackupDecision::Take { member, .. }) => {
+                self.backups.push((self.now_ms, member.clone()));
+                Some(Ok(BackupOutcome {
+                    record: BackupRecord {
+                        time: rfc3339_from_ms(self.now_ms),
+                        location: format!("s3://bucket/demo_{}.snap", self.now_ms),
+                        revision: self.commit as i64,
+                        member: member.clone(),
+                        ..Default::default()
+                    },
+                    deleted: Vec::new(),
+                    retention_error: None,
+                }))
+            }
+            _ => None,
+        };
+        backup::record(
+            &mut self.status,
+            Some(&previous),
+            self.spec.backup.as_ref(),
+            p.backup.as_ref(),
+            outcome.as_ref(),
+            self.now_ms,
+        );
         p
     }
 
@@ -910,4 +949,210 @@ fn an_operator_restarted_between_any_two_steps_of_a_wake_resumes() {
         w.run_to_steady();
         w.spec.hibernate = false;
     });
+}
+
+fn backup_spec(schedule: &str) -> Option<BackupSpec> {
+    Some(BackupSpec {
+        schedule: schedule.into(),
+        retention: Some(Retention {
+            count: Some(2),
+            max_age: None,
+        }),
+        destination: BackupDestination {
+            path: Some("/backups".into()),
+            s3: None,
+        },
+    })
+}
+
+fn backup_condition(w: &World) -> (String, String, String) {
+    let c = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == backup::CONDITION)
+        .expect("the BackupReady condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn next_backup_ms(w: &World) -> u64 {
+    let text = w
+        .status
+        .backup_schedule
+        .as_ref()
+        .unwrap()
+        .next_time
+        .clone()
+        .unwrap();
+    let t: k8s_openapi::jiff::Timestamp = text.parse().unwrap();
+    t.as_millisecond() as u64
+}
+
+#[test]
+fn a_scheduled_backup_is_taken_when_due_from_a_follower_and_not_before() {
+    let mut w = World::running(3);
+    // Every 10 s (six fields: seconds first).
+    w.spec.backup = backup_spec("*/10 * * * * *");
+    let p = w.reconcile();
+    let Some(BackupDecision::NotDue { next_ms }) = p.backup else {
+        panic!("a new schedule starts from now: {:?}", p.backup)
+    };
+    assert!(next_ms > w.now_ms && next_ms <= w.now_ms + 10_000 && next_ms % 10_000 == 0);
+    assert_eq!(next_backup_ms(&w), next_ms, "the status carries the schedule");
+    assert!(w.backups.is_empty());
+    for _ in 0..35 {
+        w.step();
+        w.reconcile();
+    }
+    // 35 s: three or four firings, each exactly at a multiple of 10 s, never earlier.
+    let times: Vec<u64> = w.backups.iter().map(|(t, _)| *t).collect();
+    assert!((3..=4).contains(&times.len()), "{times:?}");
+    assert!(times.iter().all(|t| t % 10_000 == 0), "{times:?}");
+    assert!(times.windows(2).all(|p| p[1] - p[0] == 10_000), "{times:?}");
+    // From a healthy follower: the leader (demo-0) keeps its CPU for writes.
+    assert!(w.backups.iter().all(|(_, m)| m != "demo-0"), "{:?}", w.backups);
+    let last = w.status.last_backup.clone().unwrap();
+    assert_eq!(last.time, rfc3339_from_ms(*times.last().unwrap()));
+    assert!(next_backup_ms(&w) > w.now_ms);
+    assert_eq!(backup_condition(&w).0, "True");
+    // The operator restarted (a fresh planner, the same status) does not take an extra one.
+    let before = w.backups.len();
+    let mut restarted = w.clone();
+    restarted.reconcile();
+    assert_eq!(restarted.backups.len(), before);
+}
+
+#[test]
+fn a_failing_backup_is_retried_with_growing_back_off_and_reported() {
+    let mut w = World::running(3);
+    w.spec.backup = backup_spec("0 0 * * *"); // daily at midnight UTC
+    w.reconcile();
+    let midnight = next_backup_ms(&w);
+    assert_eq!(midnight % 86_400_000, 0);
+    w.now_ms = midnight;
+    w.backups_fail = true;
+    let p = w.reconcile();
+    assert!(
+        matches!(p.backup, Some(BackupDecision::Take { attempt: 1, .. })),
+        "{:?}",
+        p.backup
+    );
+    assert_eq!(next_backup_ms(&w), midnight + 10_000, "first retry after 10 s");
+    let (on, reason, message) = backup_condition(&w);
+    assert_eq!((on.as_str(), reason.as_str()), ("False", "Failed"));
+    assert!(
+        message.contains("s3://bucket") && message.contains("connection refused"),
+        "{message}"
+    );
+    // Not before the back-off.
+    w.now_ms += 9_000;
+    assert!(matches!(
+        w.reconcile().backup,
+        Some(BackupDecision::NotDue { .. })
+    ));
+    w.now_ms = midnight + 10_000;
+    assert!(matches!(
+        w.reconcile().backup,
+        Some(BackupDecision::Take { attempt: 2, .. })
+    ));
+    assert_eq!(
+        next_backup_ms(&w),
+        midnight + 10_000 + 20_000,
+        "the back-off doubles"
+    );
+    assert_eq!(w.status.backup_schedule.as_ref().unwrap().failures, 2);
+    // The destination is back: the next attempt succeeds and the schedule resumes.
+    w.backups_fail = false;
+    w.now_ms = midnight + 30_000;
+    assert!(matches!(
+        w.reconcile().backup,
+        Some(BackupDecision::Take { attempt: 3, .. })
+    ));
+    assert_eq!(w.backups.len(), 1);
+    assert_eq!(next_backup_ms(&w), midnight + 86_400_000);
+    let schedule = w.status.backup_schedule.clone().unwrap();
+    assert_eq!((schedule.failures, schedule.last_error), (0, None));
+    assert_eq!(backup_condition(&w).1, "Succeeded");
+}
+
+#[test]
+fn the_retry_back_off_is_capped() {
+    assert_eq!(backup::retry_delay(1).as_secs(), 10);
+    assert_eq!(backup::retry_delay(2).as_secs(), 20);
+    assert_eq!(backup::retry_delay(7).as_secs(), 600);
+    assert_eq!(backup::retry_delay(1_000).as_secs(), 600);
+}
+
+#[test]
+fn an_invalid_cron_is_refused_with_a_condition_and_nothing_is_done() {
+    let mut w = World::running(3);
+    w.spec.backup = backup_spec("every night at two");
+    for _ in 0..5 {
+        let p = w.reconcile();
+        match &p.backup {
+            Some(BackupDecision::Invalid { reason }) => {
+                assert!(
+                    reason.contains("spec.backup.schedule") && reason.contains("every night"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // The orchestration step is not affected.
+        assert_eq!(p.action, None);
+        w.step();
+    }
+    assert!(w.backups.is_empty());
+    let (on, reason, _) = backup_condition(&w);
+    assert_eq!((on.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    // Fixed: the schedule starts.
+    w.spec.backup = backup_spec("*/5 * * * * *");
+    for _ in 0..6 {
+        w.step();
+        w.reconcile();
+    }
+    assert_eq!(w.backups.len(), 1);
+}
+
+#[test]
+fn a_backup_due_without_a_healthy_member_waits_and_is_taken_once_there_is_one() {
+    let mut w = World::running(3);
+    w.spec.backup = backup_spec("*/10 * * * * *");
+    w.reconcile();
+    w.down.extend([0, 1, 2]);
+    w.now_ms = next_backup_ms(&w) + 500;
+    for _ in 0..3 {
+        let p = w.reconcile();
+        assert!(
+            matches!(&p.backup, Some(BackupDecision::Wait { reason, .. }) if reason.contains("no healthy member")),
+            "{:?}",
+            p.backup
+        );
+        w.now_ms += 1_000;
+    }
+    assert!(w.backups.is_empty());
+    assert_eq!(backup_condition(&w).1, "Waiting");
+    w.down.clear();
+    w.step();
+    let p = w.reconcile();
+    assert!(
+        matches!(p.backup, Some(BackupDecision::Take { .. })),
+        "{:?}",
+        p.backup
+    );
+    assert_eq!(w.backups.len(), 1);
+}
+
+#[test]
+fn a_hibernated_cluster_takes_no_backup() {
+    let mut w = World::running(3);
+    w.spec.backup = backup_spec("*/10 * * * * *");
+    w.spec.hibernate = true;
+    w.run_to_steady();
+    for _ in 0..25 {
+        w.step();
+        w.reconcile();
+    }
+    assert!(w.backups.is_empty());
+    assert!(backup_condition(&w).2.contains("hibernates"));
 }

@@ -192,6 +192,13 @@ impl Platform for Processes {
         )))
     }
 
+    async fn backup_target(
+        &self,
+        _destination: &kuberaft_operator::crd::BackupDestination,
+    ) -> Result<kuberaft_operator::backup::Target> {
+        Err(Error::Manifest("this test takes no backups".into()))
+    }
+
     async fn restart_member(&self, ordinal: u32) -> Result<()> {
         {
             let mut procs = self.procs.lock().unwrap();
@@ -248,6 +255,7 @@ fn spec(image: &str, heartbeat: u32, election: u32) -> RaftClusterSpec {
         pod_template: None,
         tls: None,
         hibernate: false,
+        backup: None,
     }
 }
 

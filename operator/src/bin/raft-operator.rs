@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::Client;
-use kuberaft_operator::crd::{crd_yaml, RaftCluster};
+use kuberaft_operator::crd::{backup_crd_yaml, crd_yaml, RaftCluster};
 use kuberaft_operator::k8s::{self, Context, Metrics};
 use kuberaft_operator::lease::LeaseLock;
 use kuberaft_operator::plan::{Children, ClusterState};
@@ -59,7 +59,11 @@ enum Command {
         log_json: bool,
     },
     /// Print the RaftCluster CustomResourceDefinition (the generator of crds/raftcluster.yaml).
-    Crd,
+    Crd {
+        /// Print the RaftBackup CustomResourceDefinition instead (crds/raftbackup.yaml).
+        #[arg(long)]
+        backup: bool,
+    },
     /// Print the children (Services, StatefulSet, PodDisruptionBudget) of a RaftCluster
     /// manifest as a fresh cluster gets them, as one multi-document YAML stream.
     Render {
@@ -71,8 +75,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", crd_yaml());
+        Command::Crd { backup } => {
+            print!("{}", if backup { backup_crd_yaml() } else { crd_yaml() });
             Ok(())
         }
         Command::Render { file } => {
