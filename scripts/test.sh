@@ -38,6 +38,14 @@ etcdctl version | sed -n 1p   # sed reads all input: head would close the pipe e
 etcd --version | sed -n 1p
 protoc --version
 
+step "an S3-compatible server for the backup e2e test (PyPI moto[server]: moto_server)"
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'moto[server]' || python3 -m pip install --quiet --user 'moto[server]'
+  export PATH="$PATH:$(python3 -m site --user-base)/bin"
+fi
+moto_server --help >/dev/null && echo "moto_server: $(command -v moto_server)"
+export KUBERAFT_REQUIRE_MOTO=1 # the backup e2e test fails instead of skipping without it
+
 step "real Go peers (scripts/go-peers.sh): etcd, etcdctl, etcdutl 3.6, etcd's benchmark tool, kube-apiserver, kube-controller-manager"
 # Built from their official Go modules once per machine and cached outside the repository
 # (~/.cache/kuberaft-go-peers); a cached run takes well under a second. The one-time builds
