@@ -211,6 +211,8 @@ pub struct UpConfig {
     pub interval: Duration,
     /// Extra flags for every raft-node (e.g. `--log-json`).
     pub node_args: Vec<String>,
+    /// Credentials of an S3 backup destination (flags or `AWS_*`).
+    pub s3_credentials: Option<backup::S3Credentials>,
 }
 
 /// The local platform. Cheap to clone; every clone drives the same processes.
@@ -1029,6 +1031,23 @@ pub fn render_view(platform: &LocalPlatform, round: &Round) -> String {
             t.fsync_p99_ms.map_or("-".into(), |v| format!("{v:.2} ms")),
         ));
     }
+    if let Some(b) = &status.last_backup {
+        out.push_str(&format!(
+            "last backup: {} (revision {}, {} bytes, sha256 {}, from {})\n",
+            b.location,
+            b.revision,
+            b.size,
+            &b.checksum[..b.checksum.len().min(12)],
+            b.member
+        ));
+    }
+    if let Some(s) = &status.backup_schedule {
+        match (&s.last_error, &s.next_time) {
+            (Some(e), _) => out.push_str(&format!("backup: {e}\n")),
+            (None, Some(next)) => out.push_str(&format!("next backup: {next}\n")),
+            (None, None) => {}
+        }
+    }
     let doing = match &round.plan.action {
         None => "steady".to_string(),
         Some(a) => a.to_string(),
@@ -1104,6 +1123,7 @@ pub async fn up(config: UpConfig, shutdown: impl std::future::Future<Output = ()
         config.node_binary.clone(),
         config.node_args.clone(),
     )?;
+    platform.set_s3_credentials(config.s3_credentials.clone());
     println!(
         "raftctl up: cluster {} in {} (members' logs in <member>/raft-node.log); Ctrl-C stops it",
         platform.name,

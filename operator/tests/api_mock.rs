@@ -556,3 +556,169 @@ async fn tls_secret_mode_names_a_missing_secret() {
         .unwrap()
         .unwrap();
 }
+
+fn raft_backup(destination: Value) -> kuberaft_operator::crd::RaftBackup {
+    serde_json::from_value(json!({
+        "apiVersion": "kuberaft.io/v1alpha1",
+        "kind": "RaftBackup",
+        "metadata": {
+            "name": "now",
+            "namespace": "default",
+            "uid": "6b1e1a3c-0000-4000-8000-000000000002",
+            "generation": 1,
+            "resourceVersion": "7",
+        },
+        "spec": {"clusterName": "demo", "destination": destination},
+    }))
+    .unwrap()
+}
+
+const RB_STATUS: &str = "/apis/kuberaft.io/v1alpha1/namespaces/default/raftbackups/now/status";
+
+#[tokio::test]
+async fn a_raft_backup_with_an_unusable_destination_fails_at_once_and_says_why() {
+    let (ctx, mut handle) = context();
+    let rb = Arc::new(raft_backup(json!({"path": "relative/dir"})));
+    let server = tokio::spawn(async move {
+        let answer = serde_json::to_value(raft_backup(json!({"path": "relative/dir"}))).unwrap();
+        let (query, body) = expect(&mut handle, Method::PATCH, RB_STATUS, StatusCode::OK, answer).await;
+        assert!(
+            query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+            "{query}"
+        );
+        assert_eq!(body["status"]["phase"], "Failed", "{body}");
+        assert!(
+            body["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("absolute path"),
+            "{body}"
+        );
+        let (_, event) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (event["reason"].as_str(), event["type"].as_str()),
+            (Some("BackupInvalid"), Some("Warning"))
+        );
+        assert_eq!(event["regarding"]["kind"], "RaftBackup");
+    });
+    let requeue = k8s::reconcile_backup(rb, ctx).await.unwrap();
+    assert_eq!(requeue, kube::runtime::controller::Action::await_change());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_raft_backup_of_a_missing_cluster_stays_pending_and_is_retried_with_back_off() {
+    let (ctx, mut handle) = context();
+    let rb = Arc::new(raft_backup(json!({"path": "/backups"})));
+    let server = tokio::spawn(async move {
+        expect(&mut handle, Method::GET, RC, StatusCode::NOT_FOUND, not_found()).await;
+        let (_, event) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+        assert_eq!(event["reason"], "BackupFailed");
+        let answer = serde_json::to_value(raft_backup(json!({"path": "/backups"}))).unwrap();
+        let (_, body) = expect(&mut handle, Method::PATCH, RB_STATUS, StatusCode::OK, answer).await;
+        assert_eq!(body["status"]["phase"], "Pending", "{body}");
+        assert_eq!(body["status"]["attempts"], 1, "{body}");
+        let message = body["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("RaftCluster demo not found") && message.contains("retrying in 10 s"),
+            "{message}"
+        );
+    });
+    let requeue = k8s::reconcile_backup(rb, ctx).await.unwrap();
+    assert_eq!(
+        requeue,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    );
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_finished_raft_backup_is_never_run_again() {
+    let (ctx, _handle) = context();
+    let mut rb = raft_backup(json!({"path": "/backups"}));
+    rb.status = Some(kuberaft_operator::crd::RaftBackupStatus {
+        phase: kuberaft_operator::crd::BackupPhase::Succeeded,
+        ..Default::default()
+    });
+    // No request at all: the mock would fail any.
+    let requeue = k8s::reconcile_backup(Arc::new(rb), ctx).await.unwrap();
+    assert_eq!(requeue, kube::runtime::controller::Action::await_change());
+}
+
+#[tokio::test]
+async fn s3_credentials_come_from_the_named_secret_and_a_missing_key_is_named() {
+    use kuberaft_operator::platform::Platform;
+    let destination: kuberaft_operator::crd::BackupDestination = serde_json::from_value(json!({
+        "s3": {"bucket": "backups", "endpoint": "http://127.0.0.1:9", "credentialsSecret": "s3-creds"}
+    }))
+    .unwrap();
+    let (client, mut handle) = support::client();
+    let server = tokio::spawn(async move {
+        let secret = |data: Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "default"}, "data": data});
+        let path = "/api/v1/namespaces/default/secrets/s3-creds";
+        // base64 of "key" and "secret"
+        expect(
+            &mut handle,
+            Method::GET,
+            path,
+            StatusCode::OK,
+            secret(json!({"AWS_ACCESS_KEY_ID": "a2V5", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0"})),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            path,
+            StatusCode::OK,
+            secret(json!({"AWS_ACCESS_KEY_ID": "a2V5"})),
+        )
+        .await;
+        expect(&mut handle, Method::GET, path, StatusCode::NOT_FOUND, not_found()).await;
+    });
+    let platform = k8s::KubePlatform::new(
+        client,
+        &cluster(true, false, "Retain"),
+        kuberaft_operator::node::Access::plain(),
+    );
+    let target = platform.backup_target(&destination).await.unwrap();
+    assert_eq!(target.describe(), "s3://backups");
+    let e = platform
+        .backup_target(&destination)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Secret s3-creds needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{e}"
+    );
+    let e = platform
+        .backup_target(&destination)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Secret s3-creds") && e.contains("not found"), "{e}");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -305,6 +305,24 @@ struct UpArgs {
     /// Milliseconds between two planner rounds.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     interval_ms: u64,
+    /// Access key of `spec.backup.destination.s3` (a RaftCluster on Kubernetes names a
+    /// Secret instead).
+    #[arg(
+        long,
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env_values = true,
+        requires = "s3_secret_access_key"
+    )]
+    s3_access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "s3_access_key_id"
+    )]
+    s3_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    s3_session_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -834,6 +852,17 @@ async fn up(args: &UpArgs) -> ExitCode {
         node_binary: args.node_binary.clone().unwrap_or_else(default_node_binary),
         interval: Duration::from_millis(args.interval_ms),
         node_args: Vec::new(),
+        s3_credentials: args
+            .s3_access_key_id
+            .clone()
+            .zip(args.s3_secret_access_key.clone())
+            .map(
+                |(access_key_id, secret_access_key)| kuberaft_operator::backup::S3Credentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: args.s3_session_token.clone(),
+                },
+            ),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
