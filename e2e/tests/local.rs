@@ -1083,7 +1083,6 @@ async fn scheduled_backups_go_to_an_s3_server_keep_two_match_their_checksums_and
         );
         return;
     };
-    s3.create_bucket("backups");
     let credentials = kuberaft_operator::backup::S3Credentials {
         access_key_id: "test".into(),
         secret_access_key: "test".into(),
@@ -1099,6 +1098,21 @@ async fn scheduled_backups_go_to_an_s3_server_keep_two_match_their_checksums_and
     })
     .await;
     h.wait_steady(3).await;
+    // No bucket yet: backups fail, are reported with the destination named, and retried.
+    h.wait_for("a failed backup reported", |s| {
+        s.backup_schedule.as_ref().is_some_and(|b| {
+            b.failures >= 1
+                && b.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("s3://backups"))
+        }) && s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "BackupReady" && c.status == "False" && c.reason == "Failed")
+    })
+    .await;
+    assert!(h.status().last_backup.is_none());
+    s3.create_bucket("backups");
     let mut c = client(&h.endpoints(0..3)).await;
     let mut revision = 0;
     for i in 0..50 {

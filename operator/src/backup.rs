@@ -250,6 +250,16 @@ fn set_condition(
     });
 }
 
+/// Longest error text kept in status (an object store may answer with a whole XML body).
+pub const ERROR_CHARS_MAX: usize = 1_000;
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(ERROR_CHARS_MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// Writes the outcome of this round's decision into the status: the last backup, when
 /// the next one is due (after a failure: the back-off, never later than the schedule's
 /// next time), the failures, and the `BackupReady` condition. `previous` is the status
@@ -306,9 +316,12 @@ pub fn record(
             status.last_backup = Some(outcome.record.clone());
             schedule.failures = 0;
             schedule.last_error = None;
+            // From when it finished: a backup longer than the period is not followed
+            // by an immediate catch-up.
+            let finished = now_ms + outcome.record.duration_ms;
             let next = parse_schedule(&spec.schedule)
                 .ok()
-                .and_then(|c| next_after(&c, now_ms));
+                .and_then(|c| next_after(&c, finished));
             schedule.next_time = next.map(rfc3339_from_ms);
             let mut message = format!(
                 "backup {} at revision {}, {} bytes, sha256 {}",
@@ -324,7 +337,7 @@ pub fn record(
         }
         (BackupDecision::Take { .. }, failed) => {
             let error = match failed {
-                Some(Err(e)) => e.clone(),
+                Some(Err(e)) => clip(e),
                 _ => "the backup was not carried out".into(),
             };
             schedule.failures += 1;
@@ -469,6 +482,13 @@ pub fn backup_name(cluster: &str, ms: u64) -> String {
     format!("{cluster}_{}.{EXTENSION}", utc(ms).format(TIME_FORMAT))
 }
 
+/// The name of a one-shot backup (a `RaftBackup` named `tag`):
+/// `CLUSTER_TIMESTAMP_TAG.snap`. Scheduled retention never deletes it ([`parse_backup_name`]
+/// does not match it).
+pub fn one_shot_name(cluster: &str, ms: u64, tag: &str) -> String {
+    format!("{cluster}_{}_{tag}.{EXTENSION}", utc(ms).format(TIME_FORMAT))
+}
+
 /// The start time of a backup of `cluster` from its name, `None` for any other name
 /// (another cluster's backups, temporary files, anything else).
 pub fn parse_backup_name(cluster: &str, name: &str) -> Option<u64> {
@@ -540,18 +560,13 @@ where
     }
 }
 
-/// Streams `chunks` into a new backup of `cluster` named for `started_ms`: hashing each
-/// chunk and writing it before the next is read.
-pub async fn write_stream<S>(
-    mut chunks: S,
-    cluster: &str,
-    target: &Target,
-    started_ms: u64,
-) -> Result<Written>
+/// Streams `chunks` into a new backup `name` ([`backup_name`], [`one_shot_name`]):
+/// hashing each chunk and writing it before the next is read.
+pub async fn write_stream<S>(mut chunks: S, name: &str, target: &Target) -> Result<Written>
 where
     S: Stream<Item = std::result::Result<Chunk, String>> + Unpin,
 {
-    let name = backup_name(cluster, started_ms);
+    let name = name.to_string();
     let destination = target.describe();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -730,12 +745,15 @@ pub async fn apply_retention(
 }
 
 /// Takes one backup: Maintenance.Snapshot from `endpoint` (member `member`), streamed to
-/// `target`, then retention. `now_ms` names the backup.
+/// `target`, then retention among `cluster`'s scheduled backups. `now_ms` names it; `tag`
+/// makes it a one-shot backup ([`one_shot_name`]) that retention leaves alone.
+#[allow(clippy::too_many_arguments)]
 pub async fn take(
     access: &crate::node::Access,
     endpoint: &str,
     member: &str,
     cluster: &str,
+    tag: Option<&str>,
     target: &Target,
     retention: Option<&crate::crd::Retention>,
     now_ms: u64,
@@ -752,7 +770,11 @@ pub async fn take(
         })
         .map_err(|e| format!("member {member}: {}", e.message()))
     });
-    let written = write_stream(chunks, cluster, target, now_ms).await?;
+    let name = match tag {
+        Some(tag) => one_shot_name(cluster, now_ms, tag),
+        None => backup_name(cluster, now_ms),
+    };
+    let written = write_stream(chunks, &name, target).await?;
     let record = BackupRecord {
         time: rfc3339_from_ms(now_ms),
         location: written.location,
@@ -806,6 +828,12 @@ mod tests {
         assert_eq!(parse_backup_name("demo-2", &name), None);
         assert_eq!(parse_backup_name("demo", &format!(".{name}.partial")), None);
         assert_eq!(parse_backup_name("demo", "demo_notatime.snap"), None);
+        // A one-shot backup (RaftBackup) is not subject to the schedule's retention.
+        assert_eq!(
+            one_shot_name("demo", T0, "before-upgrade"),
+            "demo_20251206T054640.123Z_before-upgrade.snap"
+        );
+        assert_eq!(parse_backup_name("demo", &one_shot_name("demo", T0, "x")), None);
         assert_eq!(
             parse_backup_name("demo", "demo_20251206T054640.123Z.snap.bak"),
             None
@@ -839,9 +867,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = Target::Dir(dir.path().join("backups"));
         let bytes = data(300_000);
-        let written = write_stream(futures::stream::iter(chunks(&bytes, 65_536)), "demo", &target, T0)
-            .await
-            .unwrap();
+        let written = write_stream(
+            futures::stream::iter(chunks(&bytes, 65_536)),
+            &backup_name("demo", T0),
+            &target,
+        )
+        .await
+        .unwrap();
         let path = dir.path().join("backups").join(backup_name("demo", T0));
         assert_eq!(written.location, format!("file://{}", path.display()));
         assert_eq!(written.revision, 42);
@@ -862,7 +894,7 @@ mod tests {
         let target = Target::Dir(dir.path().to_path_buf());
         let mut items = chunks(&data(200_000), 65_536);
         items.insert(2, Err("member demo-1: connection reset".into()));
-        let e = write_stream(futures::stream::iter(items), "demo", &target, T0)
+        let e = write_stream(futures::stream::iter(items), &backup_name("demo", T0), &target)
             .await
             .unwrap_err()
             .to_string();
@@ -876,10 +908,14 @@ mod tests {
             "the temporary file is removed"
         );
         // An empty snapshot is an error too.
-        let e = write_stream(futures::stream::iter(Vec::new()), "demo", &target, T0)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = write_stream(
+            futures::stream::iter(Vec::new()),
+            &backup_name("demo", T0),
+            &target,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("empty"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -898,9 +934,8 @@ mod tests {
         for i in 0..4 {
             let w = write_stream(
                 futures::stream::iter(chunks(&bytes, 65_536)),
-                "demo",
+                &backup_name("demo", T0 + i * hour),
                 &target,
-                T0 + i * hour,
             )
             .await
             .unwrap();

@@ -1014,6 +1014,7 @@ pub async fn reconcile_backup(rb: Arc<RaftBackup>, ctx: Arc<Context>) -> Result<
         platform::take_backup(
             &platform,
             &rc.name_any(),
+            Some(&name),
             &rb.spec.destination,
             None,
             &member,

@@ -44,6 +44,7 @@ pub async fn backup<P: Platform>(
         take_backup(
             platform,
             cluster,
+            None,
             &spec.destination,
             spec.retention.as_ref(),
             member,
@@ -54,10 +55,13 @@ pub async fn backup<P: Platform>(
     )
 }
 
-/// One backup of `cluster` from member `member` to `destination`, then retention.
+/// One backup of `cluster` from member `member` to `destination`, then retention;
+/// `tag` (a RaftBackup's name) makes it a one-shot backup that retention leaves alone.
+#[allow(clippy::too_many_arguments)]
 pub async fn take_backup<P: Platform>(
     platform: &P,
     cluster: &str,
+    tag: Option<&str>,
     destination: &BackupDestination,
     retention: Option<&crate::crd::Retention>,
     member: &str,
@@ -73,6 +77,7 @@ pub async fn take_backup<P: Platform>(
         &platform.client_endpoint(ordinal),
         member,
         cluster,
+        tag,
         &target,
         retention,
         now_ms,
