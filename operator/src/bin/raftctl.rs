@@ -846,6 +846,12 @@ fn default_node_binary() -> std::path::PathBuf {
 }
 
 async fn up(args: &UpArgs) -> ExitCode {
+    if args.s3_access_key_id.is_some() != args.s3_secret_access_key.is_some() {
+        eprintln!(
+            "raftctl up: --s3-access-key-id and --s3-secret-access-key (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) go together"
+        );
+        return ExitCode::from(2);
+    }
     let config = kuberaft_operator::local::UpConfig {
         manifest: args.file.clone(),
         data_dir: args.data_dir.clone(),
