@@ -5,6 +5,7 @@
 //! kubectl raft status NAME [-n NS] [--context CTX] [-o table|json|yaml]
 //! kubectl raft hibernate NAME      # spec.hibernate: true  (members stop, volumes stay)
 //! kubectl raft wake NAME           # spec.hibernate: false (the same members come back)
+//! kubectl raft backup NAME [--path DIR] [--backup-name B]   # a RaftBackup: one backup now
 //! ```
 //!
 //! It talks to the API server only (the kubeconfig kubectl uses: `KUBECONFIG`, or
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use kuberaft_operator::crd::RaftCluster;
+use kuberaft_operator::crd::{BackupDestination, RaftBackup, RaftBackupSpec, RaftCluster};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,17 @@ enum Command {
     Hibernate { name: String },
     /// Start the members of a hibernated RaftCluster again (sets spec.hibernate: false).
     Wake { name: String },
+    /// One backup now: creates a RaftBackup (the operator takes it and records the
+    /// outcome in its status). The destination is spec.backup's unless --path is given.
+    Backup {
+        name: String,
+        /// A directory of the operator's pod instead of spec.backup.destination.
+        #[arg(long)]
+        path: Option<String>,
+        /// Name of the RaftBackup (default: NAME-YYYYMMDDHHMMSS, UTC).
+        #[arg(long)]
+        backup_name: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,7 +73,7 @@ enum Output {
     Yaml,
 }
 
-async fn api(cli: &Cli) -> Result<Api<RaftCluster>> {
+async fn client(cli: &Cli) -> Result<(Client, String)> {
     let options = KubeConfigOptions {
         context: cli.context.clone(),
         ..Default::default()
@@ -79,8 +91,7 @@ async fn api(cli: &Cli) -> Result<Api<RaftCluster>> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config)?;
-    Ok(Api::namespaced(client, &namespace))
+    Ok((Client::try_from(config)?, namespace))
 }
 
 async fn get(api: &Api<RaftCluster>, name: &str) -> Result<RaftCluster> {
@@ -127,6 +138,19 @@ fn print_status(rc: &RaftCluster) {
             );
         }
     }
+    if let Some(b) = &status.last_backup {
+        println!(
+            "  backup:    {} at revision {} ({} bytes, sha256 {}, from {}, {})",
+            b.location, b.revision, b.size, b.checksum, b.member, b.time
+        );
+    }
+    if let Some(next) = status
+        .backup_schedule
+        .as_ref()
+        .and_then(|s| s.next_time.as_deref())
+    {
+        println!("  next:      backup at {next}");
+    }
     if !status.conditions.is_empty() {
         println!();
         for c in &status.conditions {
@@ -158,10 +182,58 @@ async fn set_hibernate(api: &Api<RaftCluster>, name: &str, on: bool) -> Result<(
     Ok(())
 }
 
+/// The RaftBackup `kubectl raft backup` creates.
+fn backup_object(rc: &RaftCluster, path: Option<&str>, backup_name: &str) -> Result<RaftBackup> {
+    let name = rc.metadata.name.clone().unwrap_or_default();
+    let destination = match (path, &rc.spec.backup) {
+        (Some(path), _) => BackupDestination {
+            path: Some(path.to_string()),
+            s3: None,
+        },
+        (None, Some(backup)) => backup.destination.clone(),
+        (None, None) => bail!("RaftCluster {name} has no spec.backup: give a destination with --path"),
+    };
+    kuberaft_operator::backup::validate_destination(&destination).map_err(anyhow::Error::msg)?;
+    let mut object = RaftBackup::new(
+        backup_name,
+        RaftBackupSpec {
+            cluster_name: name,
+            destination,
+        },
+    );
+    object.metadata.namespace = rc.metadata.namespace.clone();
+    Ok(object)
+}
+
+async fn backup(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    path: Option<&str>,
+    backup_name: Option<&str>,
+) -> Result<()> {
+    let rc = get(&Api::namespaced(client.clone(), namespace), name).await?;
+    let backup_name = backup_name.map_or_else(
+        || {
+            let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d%H%M%S");
+            format!("{name}-{now}")
+        },
+        str::to_string,
+    );
+    let object = backup_object(&rc, path, &backup_name)?;
+    let api: Api<RaftBackup> = Api::namespaced(client, namespace);
+    api.create(&kube::api::PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating RaftBackup {backup_name} (is crds/raftbackup.yaml installed?)"))?;
+    println!("RaftBackup {backup_name} created; `kubectl get raftbackup {backup_name}` shows its phase and location");
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let api = api(&cli).await?;
+    let (client, namespace) = client(&cli).await?;
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), &namespace);
     match &cli.command {
         Command::Status { name, output } => {
             let rc = get(&api, name).await?;
@@ -173,6 +245,45 @@ async fn main() -> Result<()> {
         }
         Command::Hibernate { name } => set_hibernate(&api, name, true).await?,
         Command::Wake { name } => set_hibernate(&api, name, false).await?,
+        Command::Backup {
+            name,
+            path,
+            backup_name,
+        } => backup(client, &namespace, name, path.as_deref(), backup_name.as_deref()).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(backup: &str) -> RaftCluster {
+        let text = format!(
+            "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata: {{name: demo, namespace: prod}}\nspec:\n  replicas: 3\n  storage: {{wal: {{size: 1Gi}}, snapshots: {{size: 1Gi}}}}\n{backup}"
+        );
+        kuberaft_operator::render::parse_manifest(&text).unwrap()
+    }
+
+    #[test]
+    fn a_backup_goes_to_the_path_given_else_to_spec_backups_destination() {
+        let with_spec = cluster(
+            "  backup:\n    schedule: \"0 * * * *\"\n    destination: {s3: {bucket: b, prefix: p}}\n",
+        );
+        let object = backup_object(&with_spec, None, "demo-1").unwrap();
+        assert_eq!(object.metadata.name.as_deref(), Some("demo-1"));
+        assert_eq!(object.metadata.namespace.as_deref(), Some("prod"));
+        assert_eq!(object.spec.cluster_name, "demo");
+        assert_eq!(object.spec.destination.s3.as_ref().unwrap().bucket, "b");
+        let object = backup_object(&with_spec, Some("/mnt/backups"), "demo-2").unwrap();
+        assert_eq!(object.spec.destination.path.as_deref(), Some("/mnt/backups"));
+        assert!(object.spec.destination.s3.is_none());
+        let without = cluster("");
+        let e = backup_object(&without, None, "x").unwrap_err().to_string();
+        assert!(e.contains("no spec.backup") && e.contains("--path"), "{e}");
+        let e = backup_object(&without, Some("relative"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute"), "{e}");
+    }
 }
