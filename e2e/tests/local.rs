@@ -1276,3 +1276,79 @@ async fn scheduled_backups_go_to_an_s3_server_keep_two_match_their_checksums_and
         assert_eq!(kv.value_str().unwrap(), format!("value {i}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_to_a_directory_keep_only_young_ones_and_an_invalid_schedule_takes_none() {
+    use sha2::Digest;
+    let backups = tempfile::tempdir().unwrap();
+    // Every 2 s; nothing older than 5 s is kept.
+    let spec = format!(
+        "  backup:\n    schedule: \"*/2 * * * * *\"\n    retention:\n      maxAge: 5s\n    destination:\n      path: {}\n",
+        backups.path().display()
+    );
+    let h = Harness::start("dirbk", 3, &spec).await;
+    h.wait_steady(3).await;
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(backups.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let distinct = |h: &Harness| -> Vec<kuberaft_operator::crd::BackupRecord> {
+        let mut out: Vec<kuberaft_operator::crd::BackupRecord> = Vec::new();
+        for r in h.records() {
+            if let Some(b) = r.status.last_backup {
+                if !out.iter().any(|o| o.location == b.location) {
+                    out.push(b);
+                }
+            }
+        }
+        out
+    };
+    h.wait_for("six backups", |_| distinct(&h).len() >= 6).await;
+    // A bad schedule (as if the API server let one through): refused, none taken.
+    let mut cluster = h.platform.cluster();
+    cluster.spec.backup.as_mut().unwrap().schedule = "every other second".into();
+    h.platform.set_cluster(cluster);
+    h.wait_for("the schedule refused", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "BackupReady" && c.reason == "InvalidSpec" && c.message.contains("every other second")
+        })
+    })
+    .await;
+    let taken = distinct(&h);
+    let left = files();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        distinct(&h).len(),
+        taken.len(),
+        "no backup with an invalid schedule"
+    );
+    assert_eq!(files(), left, "and none deleted");
+    // maxAge 5 s with one every 2 s: the young ones only (2 or 3), never a temporary file.
+    assert!((1..=3).contains(&left.len()), "{left:?} of {} taken", taken.len());
+    assert!(
+        left.iter()
+            .all(|n| n.starts_with("dirbk_") && n.ends_with(".snap")),
+        "{left:?}"
+    );
+    for name in &left {
+        let b = taken
+            .iter()
+            .find(|b| b.location.ends_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not the newest backups: {taken:#?}"));
+        let bytes = std::fs::read(backups.path().join(name)).unwrap();
+        let digest: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        assert_eq!(
+            (bytes.len() as u64, digest),
+            (b.size, b.checksum.clone()),
+            "{name}"
+        );
+    }
+    h.shutdown().await;
+}
