@@ -733,6 +733,10 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     for (type_, reason, note) in
         backup_events(rc.status.as_ref(), plan.backup.as_ref(), backup_outcome.as_ref())
     {
+        // kuberaft_operator_actions_total{action="BackupSucceeded"|"BackupFailed"}
+        if matches!(reason, "BackupSucceeded" | "BackupFailed") {
+            ctx.metrics.acted(reason);
+        }
         publish(&ctx, &rc, type_, reason, note).await;
     }
     let mut status = status_of(

@@ -290,15 +290,16 @@ async fn deleting_a_cluster_with_reclaim_retain_keeps_its_volume_claims() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_warning_and_left_alone() {
+/// One reconcile of a bootstrapped cluster whose three pods exist but whose members do
+/// not answer: checks the exact requests (nothing but reads, the children's apply, the
+/// Events named `events` in order, and the status patch) and returns the status sent.
+async fn reconcile_without_members(rc: RaftCluster, events: &[(&str, &str)]) -> Value {
     let (ctx, mut handle) = context();
-    let mut rc = cluster(true, false, "Retain");
-    rc.status = Some(kuberaft_operator::crd::RaftClusterStatus {
-        bootstrapped: true,
-        ..Default::default()
-    });
     let rc = Arc::new(rc);
+    let events: Vec<(String, String)> = events
+        .iter()
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+        .collect();
     let server = tokio::spawn(async move {
         let ns = "/api/v1/namespaces/default";
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -355,19 +356,21 @@ async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_w
             .iter()
             .any(|e| e["name"] == "KUBERAFT_INITIAL_CLUSTER_STATE" && e["value"] == "existing"));
 
-        let (_, event) = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/default/events",
-            StatusCode::CREATED,
-            json!({}),
-        )
-        .await;
-        assert_eq!(
-            (event["reason"].as_str(), event["type"].as_str()),
-            (Some("QuorumLost"), Some("Warning")),
-            "{event}"
-        );
+        for (reason, type_) in &events {
+            let (_, event) = expect(
+                &mut handle,
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                StatusCode::CREATED,
+                json!({}),
+            )
+            .await;
+            assert_eq!(
+                (event["reason"].as_str(), event["type"].as_str()),
+                (Some(reason.as_str()), Some(type_.as_str())),
+                "{event}"
+            );
+        }
         let answer = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
         let (_, status) = expect(
             &mut handle,
@@ -377,22 +380,100 @@ async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_w
             answer,
         )
         .await;
-        assert_eq!(status["status"]["phase"], "Degraded");
-        let conditions = status["status"]["conditions"].as_array().unwrap();
-        let degraded = conditions.iter().find(|c| c["type"] == "Degraded").unwrap();
-        assert_eq!(
-            (degraded["status"].as_str(), degraded["reason"].as_str()),
-            (Some("True"), Some("QuorumLost"))
-        );
-        let available = conditions.iter().find(|c| c["type"] == "Available").unwrap();
-        assert_eq!(available["status"], "False");
+        status
     });
-    // Nothing else may be called: no pod deleted, no claim deleted, no scale.
+    // Nothing else may be called: no pod deleted, no claim deleted, no scale, no backup.
     k8s::reconcile(rc, ctx).await.expect("reconcile succeeds");
     tokio::time::timeout(Duration::from_secs(30), server)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+fn bootstrapped(backup: Option<Value>, status: Value) -> RaftCluster {
+    let mut value = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+    if let Some(backup) = backup {
+        value["spec"]["backup"] = backup;
+    }
+    value["status"] = status;
+    value["status"]["bootstrapped"] = json!(true);
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn a_bootstrapped_cluster_whose_members_do_not_answer_is_degraded_with_a_warning_and_left_alone() {
+    let status = reconcile_without_members(bootstrapped(None, json!({})), &[("QuorumLost", "Warning")]).await;
+    assert_eq!(status["status"]["phase"], "Degraded");
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let degraded = conditions.iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("QuorumLost"))
+    );
+    let available = conditions.iter().find(|c| c["type"] == "Available").unwrap();
+    assert_eq!(available["status"], "False");
+    assert!(
+        conditions.iter().all(|c| c["type"] != "BackupReady"),
+        "no spec.backup: no condition"
+    );
+}
+
+#[tokio::test]
+async fn a_due_backup_without_a_healthy_member_waits_and_says_so_in_status() {
+    let backup =
+        json!({"schedule": "0 * * * *", "destination": {"s3": {"bucket": "b", "credentialsSecret": "s3"}}});
+    let last = json!({"time": "2026-01-01T00:00:00Z", "location": "s3://b/demo_20260101T000000.000Z.snap",
+        "revision": 7, "checksum": "ab", "size": 10, "member": "demo-1", "durationMs": 3});
+    let rc = bootstrapped(
+        Some(backup),
+        json!({"lastBackup": last, "backupSchedule": {"schedule": "0 * * * *", "nextTime": "2026-01-01T01:00:00Z"}}),
+    );
+    // No Secret is read and no member is called: the backup waits.
+    let status = reconcile_without_members(rc, &[("QuorumLost", "Warning")]).await;
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let ready = conditions.iter().find(|c| c["type"] == "BackupReady").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("Waiting"))
+    );
+    assert!(
+        ready["message"].as_str().unwrap().contains("no healthy member"),
+        "{ready}"
+    );
+    // The due time and the last backup are kept, so it is taken as soon as it can be.
+    assert_eq!(
+        status["status"]["backupSchedule"]["nextTime"],
+        "2026-01-01T01:00:00Z"
+    );
+    assert_eq!(status["status"]["lastBackup"], last);
+}
+
+#[tokio::test]
+async fn an_invalid_backup_schedule_is_an_event_and_a_condition_and_nothing_else() {
+    let backup = json!({"schedule": "every hour", "destination": {"path": "/backups"}});
+    let rc = bootstrapped(Some(backup), json!({}));
+    let status =
+        reconcile_without_members(rc, &[("QuorumLost", "Warning"), ("BackupInvalid", "Warning")]).await;
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let ready = conditions.iter().find(|c| c["type"] == "BackupReady").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("InvalidSpec"))
+    );
+    assert!(
+        ready["message"].as_str().unwrap().contains("every hour"),
+        "{ready}"
+    );
+    assert!(
+        status["status"]["backupSchedule"].get("nextTime").is_none(),
+        "{status}"
+    );
+    // Reported once: the same reason in status is not an Event again.
+    let again = bootstrapped(
+        Some(json!({"schedule": "every hour", "destination": {"path": "/backups"}})),
+        status["status"].clone(),
+    );
+    reconcile_without_members(again, &[("QuorumLost", "Warning")]).await;
 }
 
 /// `spec.tls.mode: Auto` against the mocked API server: the first reconcile creates the
