@@ -443,9 +443,15 @@ impl Target {
 }
 
 /// An S3 (or S3-compatible) target. `credentials`: from a Secret or the environment;
-/// without them the store tries the instance's own (AWS metadata).
+/// without them the process's own AWS settings are used (`AWS_*` variables, a web
+/// identity token as IRSA mounts it, or the instance metadata service).
 pub fn s3_target(s3: &S3Destination, credentials: Option<S3Credentials>) -> Result<Target> {
-    let mut builder = object_store::aws::AmazonS3Builder::new()
+    let base = if credentials.is_some() {
+        object_store::aws::AmazonS3Builder::new()
+    } else {
+        object_store::aws::AmazonS3Builder::from_env()
+    };
+    let mut builder = base
         .with_bucket_name(&s3.bucket)
         .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()));
     if let Some(endpoint) = &s3.endpoint {

@@ -819,8 +819,15 @@ impl Platform for LocalPlatform {
             .lock()
             .s3_credentials
             .clone()
-            .or_else(|| backup::S3Credentials::from_lookup(|k| std::env::var(k).ok()));
-        backup::s3_target(s3, credentials)
+            .or_else(|| backup::S3Credentials::from_lookup(|k| std::env::var(k).ok()))
+            .ok_or_else(|| {
+                Error::Backup(format!(
+                    "s3://{}: no credentials: pass --s3-access-key-id and --s3-secret-access-key \
+                     (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                    s3.bucket
+                ))
+            })?;
+        backup::s3_target(s3, Some(credentials))
     }
 }
 
