@@ -760,9 +760,10 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         .and_then(|t| t.parse::<Timestamp>().ok())
         .map(|t| {
             Duration::from_millis(
+                // A due backup that has to wait is looked at again as a busy step is.
                 (t.as_millisecond().max(0) as u64)
                     .saturating_sub(now_ms())
-                    .max(1_000),
+                    .max(REQUEUE_BUSY.as_millis() as u64),
             )
         });
     let body = serde_json::json!({
@@ -796,7 +797,7 @@ pub fn backup_events(
 ) -> Vec<(EventType, &'static str, String)> {
     let mut events = Vec::new();
     match (decision, outcome) {
-        (Some(BackupDecision::Take { member, attempt, .. }), Some(Ok(o))) => {
+        (Some(BackupDecision::Take { member, .. }), Some(Ok(o))) => {
             events.push((
                 EventType::Normal,
                 "BackupSucceeded",
@@ -809,9 +810,6 @@ pub fn backup_events(
                     o.record.duration_ms
                 ),
             ));
-            if *attempt > 1 {
-                tracing::info!(attempt, "backup succeeded after failures");
-            }
             if !o.deleted.is_empty() {
                 events.push((
                     EventType::Normal,
