@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use crate::crd::{
     BackupDestination, BackupRecord, BackupScheduleStatus, BackupSpec, RaftClusterStatus, S3Destination,
 };
-use crate::plan::{rfc3339_from_ms, Plan};
+use crate::plan::{rfc3339_from_ms, Action, Plan};
 use crate::{Error, Result};
 
 /// Longest wait for the next chunk of a backup stream.
@@ -147,12 +147,18 @@ pub enum BackupDecision {
 }
 
 /// The member to read a backup from: a healthy voter, followers first (the leader keeps
-/// its CPU for writes), the most up to date among them.
+/// its CPU for writes), the most up to date among them; never the member this round's
+/// step removes or restarts.
 pub fn pick_member(plan: &Plan) -> Option<(String, u32)> {
     let leader = plan.leader.as_deref();
+    let busy = |name: &str, ordinal: Option<u32>| match &plan.action {
+        Some(Action::RemoveMember { name: n, .. }) => n == name,
+        Some(Action::RestartMember { ordinal: o }) => Some(*o) == ordinal,
+        _ => false,
+    };
     plan.members
         .iter()
-        .filter(|m| m.healthy && !m.learner)
+        .filter(|m| m.healthy && !m.learner && !busy(&m.name, m.ordinal))
         .filter_map(|m| m.ordinal.map(|o| (m, o)))
         .max_by_key(|(m, o)| {
             (

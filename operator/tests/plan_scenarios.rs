@@ -1156,3 +1156,26 @@ fn a_hibernated_cluster_takes_no_backup() {
     assert!(w.backups.is_empty());
     assert!(backup_condition(&w).2.contains("hibernates"));
 }
+
+#[test]
+fn a_backup_is_not_read_from_the_member_the_same_round_restarts() {
+    // Two members: the one follower is both where a backup is read from and the first
+    // member a rolling restart restarts.
+    let mut w = World::running(2);
+    w.spec.backup = backup_spec("*/10 * * * * *");
+    w.reconcile();
+    w.now_ms = next_backup_ms(&w);
+    assert!(
+        matches!(&w.reconcile().backup, Some(BackupDecision::Take { member, .. }) if member == "demo-1"),
+        "a follower when nothing else happens"
+    );
+    w.spec.image = "raft-node:2".into();
+    w.now_ms = next_backup_ms(&w);
+    let p = w.reconcile();
+    assert_eq!(p.action, Some(Action::RestartMember { ordinal: 1 }));
+    assert!(
+        matches!(&p.backup, Some(BackupDecision::Take { member, .. }) if member == "demo-0"),
+        "the leader rather than the member being restarted: {:?}",
+        p.backup
+    );
+}
