@@ -330,6 +330,44 @@ mod cel_rules {
     }
 
     #[test]
+    fn a_backup_destination_needs_exactly_one_of_path_and_s3_and_a_raft_backup_cannot_change() {
+        let with = |destination: Value| {
+            let mut e = example("minimal.yaml");
+            e["spec"]["backup"] = json!({"schedule": "0 * * * *", "destination": destination});
+            e
+        };
+        assert_eq!(errors(&with(json!({"path": "/b"})), None), Vec::<String>::new());
+        assert_eq!(
+            errors(&with(json!({"s3": {"bucket": "bkt"}})), None),
+            Vec::<String>::new()
+        );
+        for bad in [json!({}), json!({"path": "/b", "s3": {"bucket": "bkt"}})] {
+            let found = errors(&with(bad.clone()), None);
+            assert!(
+                found.iter().any(|m| m.contains("exactly one of path and s3")),
+                "{bad}: {found:?}"
+            );
+        }
+        // RaftBackup: the same destination rule, and a spec that never changes.
+        let crd: Value = serde_norway::from_str(&kuberaft_operator::crd::backup_crd_yaml()).unwrap();
+        let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        let check = |object: &Value, old: Option<&Value>| match Validator::new()
+            .validate_with_defaults(&schema, object, old)
+        {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        };
+        let rb = |path: &str| {
+            json!({"apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftBackup",
+            "metadata": {"name": "x"}, "spec": {"clusterName": "demo", "destination": {"path": path}}})
+        };
+        assert_eq!(check(&rb("/a"), None), Vec::<String>::new());
+        assert_eq!(check(&rb("/a"), Some(&rb("/a"))), Vec::<String>::new());
+        let found = check(&rb("/b"), Some(&rb("/a")));
+        assert!(found.iter().any(|m| m.contains("cannot change")), "{found:?}");
+    }
+
+    #[test]
     fn inconsistent_timing_is_rejected() {
         let mut e = example("adaptive-timing.yaml");
         e["spec"]["timing"]["electionTimeoutMs"] = json!(250);
