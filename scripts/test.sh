@@ -40,7 +40,7 @@ protoc --version
 
 step "an S3-compatible server for the backup e2e test (PyPI moto[server]: moto_server)"
 if ! command -v moto_server >/dev/null 2>&1; then
-  python3 -m pip install --quiet 'moto[server]' || python3 -m pip install --quiet --user 'moto[server]'
+  python3 -m pip install --quiet 'moto[server]==5.2.1' || python3 -m pip install --quiet --user 'moto[server]==5.2.1'
   export PATH="$PATH:$(python3 -m site --user-base)/bin"
 fi
 moto_server --help >/dev/null && echo "moto_server: $(command -v moto_server)"

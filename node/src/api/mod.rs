@@ -308,14 +308,15 @@ impl Kv for KvService {
                 })
                 .await;
         }
+        // The request is owned: its key and value move into the command, uncopied.
+        let size = (r.key.len() + r.value.len()) as u64;
         let command = KvCommand::Put {
-            key: Bytes::from(r.key.clone()),
-            value: Bytes::from(r.value.clone()),
+            key: Bytes::from(r.key),
+            value: Bytes::from(r.value),
             lease: r.lease,
             prev_kv: r.prev_kv,
         };
-        self.check_quota(&command, (r.key.len() + r.value.len()) as u64)
-            .await?;
+        self.check_quota(&command, size).await?;
         self.propose_or_forward(command, |result| match result {
             KvResult::Put { revision, prev } => Ok(Response::new(pb::PutResponse {
                 header: self.header(revision),

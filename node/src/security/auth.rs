@@ -16,10 +16,15 @@
 //! Without `--auth-token-file` authentication is off (as before): every caller may do
 //! everything; a verified client certificate still names the caller for rate limits.
 //!
-//! A follower forwards a write to the leader with the caller's token (taken from the
-//! request by this layer, see [`forward`]), so the leader checks the same identity; a
-//! caller that logged in with a certificate is forwarded with the member's own
-//! certificate (`--cert-file`), whose CN then needs a role that may do the write.
+//! A follower checks the caller itself before it proposes: writes (put, delete, txn,
+//! compaction, lease grant and revoke) then travel to the leader over the peer
+//! connection as proposals, with no identity attached (the leader trusts its peers, as
+//! etcd's members do). The requests a follower still relays over the leader's client
+//! port (lease keep-alive and time-to-live, membership changes, alarms) carry the
+//! caller's token (taken from the request by this layer, see [`forward`]), so the
+//! leader checks the same identity; a caller that logged in with a certificate is
+//! relayed with the member's own certificate (`--cert-file`), whose CN then needs a
+//! role that may do the request.
 
 use std::collections::HashMap;
 use std::future::Future;
