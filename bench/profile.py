@@ -65,9 +65,14 @@ def main():
         follower = next(i for i in range(3) if i != leader)
         pids = {cluster.procs[i].pid: ("leader" if i == leader else f"follower {i}") for i in range(3)}
         leader_pid, follower_pid = cluster.procs[leader].pid, cluster.procs[follower].pid
+        preload = args.workload != "put"
+        if preload:
+            # Written before the profile starts, so it samples the reads only.
+            compare.preload_keys(cluster, work, "profile")
         load = subprocess.Popen([compare.RAFT_BENCH, f"--endpoints={','.join(cluster.endpoints())}",
                                  f"--workload={args.workload}", f"--clients={args.clients}", f"--duration={args.seconds}s",
-                                 "--connections=8", "--keys=10000", f"--json={os.path.join(work, 'load.json')}"],
+                                 "--connections=8", "--keys=10000", f"--json={os.path.join(work, 'load.json')}",
+                                 *(["--no-preload"] if preload else [])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pids[load.pid] = "raft-bench (load)"
         time.sleep(2)

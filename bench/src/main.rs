@@ -66,6 +66,11 @@ struct Args {
     /// wait-revision: serializable gets (default linearizable).
     #[arg(long)]
     serializable: bool,
+    /// Reads find their keys already written (by an earlier `--workload load` with the
+    /// same `--keys`, `--key-bytes` and `--value-bytes`): skip the one-client preload,
+    /// so a caller that measures the members' CPU over this run measures reads only.
+    #[arg(long)]
+    no_preload: bool,
     /// Also write the results here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -451,7 +456,7 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if args.workload != "put" {
+    if args.workload != "put" && !args.no_preload {
         // Reads need keys to find.
         let mut client = pool[0].clone();
         for n in 0..args.keys.min(10_000) {
