@@ -34,12 +34,13 @@ use serde::Serialize;
 use crate::backup::{self, BackupDecision, BackupOutcome};
 use crate::certs;
 use crate::crd::{
-    BackupDestination, BackupPhase, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
+    BackupDestination, BackupPhase, BackupSource, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
     RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode,
 };
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
+use crate::restore;
 use crate::{node, Error, Result};
 
 /// The one field manager of everything the operator writes.
@@ -256,6 +257,16 @@ impl Platform for KubePlatform {
             }
         };
         backup::s3_target(s3, credentials)
+    }
+
+    async fn restore(&self, source: &BackupSource, _members: i32) -> Result<restore::Fetched> {
+        // The members' volumes are only reachable from their pods; an init step that
+        // fetches the backup there is not built yet. Refused, so nothing starts empty.
+        Err(Error::Backup(format!(
+            "cannot restore from {}: spec.bootstrap.fromBackup is not supported on Kubernetes yet \
+             (raftctl up supports it; or run `raft-node restore` into each member's volumes by hand)",
+            restore::location(source)
+        )))
     }
 }
 
@@ -505,6 +516,8 @@ pub fn status_of(
         // Kept as they were; [`crate::backup::record`] writes this round's outcome.
         last_backup: previous.last_backup.clone(),
         backup_schedule: previous.backup_schedule.clone(),
+        // [`crate::restore::record`] writes this round's restore.
+        restore: previous.restore.clone(),
     }
 }
 
@@ -695,7 +708,32 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let observed = observe(&rc, &platform).await?;
     let plan = plan::plan(&rc.spec, rc.status.as_ref(), &observed, &naming);
     let rendered = render::render(&rc, &plan.children);
-    apply_children(&ctx.client, &rc, &rendered).await?;
+    // Before the first start, nothing is created until the plan says Bootstrap (a
+    // restore from a backup comes first, and nothing starts while it fails).
+    let before_start = !plan.bootstrapped
+        && observed.workload_replicas.is_none()
+        && !matches!(plan.action, Some(Action::Bootstrap { .. }));
+    if !before_start {
+        apply_children(&ctx.client, &rc, &rendered).await?;
+    }
+    let restore_outcome = platform::restore(&platform, &plan).await;
+    match &restore_outcome {
+        Some(Ok(f)) => {
+            publish(
+                &ctx,
+                &rc,
+                EventType::Normal,
+                "Restored",
+                format!(
+                    "every member's data was restored from {} ({} bytes)",
+                    f.location, f.size
+                ),
+            )
+            .await;
+        }
+        Some(Err(e)) => publish(&ctx, &rc, EventType::Warning, "RestoreFailed", e.clone()).await,
+        None => {}
+    }
 
     let outcome = platform::execute(&platform, &plan, &naming).await;
     match (&plan.action, &outcome) {
@@ -715,7 +753,7 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         (Some(Action::Wait { reason }), Ok(())) if plan.leader.is_none() && plan.bootstrapped => {
             publish(&ctx, &rc, EventType::Warning, "QuorumLost", reason.clone()).await;
         }
-        (Some(Action::Wait { .. }), Ok(())) => {}
+        (Some(Action::Wait { .. }), Ok(())) | (Some(Action::Restore { .. }), Ok(())) => {}
         (Some(action), Ok(())) => {
             ctx.metrics.acted(action.kind());
             publish(&ctx, &rc, EventType::Normal, action.kind(), action.to_string()).await;
@@ -751,6 +789,14 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         rc.spec.backup.as_ref(),
         plan.backup.as_ref(),
         backup_outcome.as_ref(),
+        observed.now_ms,
+    );
+    restore::record(
+        &mut status,
+        rc.status.as_ref(),
+        &rc.spec,
+        &plan,
+        restore_outcome.as_ref(),
         observed.now_ms,
     );
     let next_backup = status

@@ -28,6 +28,7 @@ pub mod node;
 pub mod plan;
 pub mod platform;
 pub mod render;
+pub mod restore;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]

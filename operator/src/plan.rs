@@ -6,7 +6,9 @@
 //!
 //! Order of concerns in [`plan`] (the first that applies wins):
 //! 1. bootstrap: until the initial members formed a cluster, keep the StatefulSet at the
-//!    bootstrap size with `--initial-cluster-state new`;
+//!    bootstrap size with `--initial-cluster-state new`; with `spec.bootstrap.fromBackup`
+//!    the members' data is first restored from the backup ([`crate::restore::decide`]),
+//!    and nothing starts while that fails;
 //! 2. no leader with a quorum behind it: `Degraded`, wait, never act destructively;
 //! 3. StatefulSet size follows membership: after MemberAdd it grows to admit the
 //!    learner, after MemberRemove (once every member has the change) it shrinks;
@@ -167,6 +169,12 @@ pub struct Children {
 pub enum Action {
     /// Create the StatefulSet with the initial members (`--initial-cluster-state new`).
     Bootstrap { members: i32 },
+    /// Before the first start: build the data of members `0..members` from the backup
+    /// (`spec.bootstrap.fromBackup`); nothing is started.
+    Restore {
+        members: i32,
+        source: crate::crd::BackupSource,
+    },
     /// etcd MemberAdd with isLearner.
     AddLearner { name: String, peer_url: String },
     /// Set the StatefulSet's replicas.
@@ -194,6 +202,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Bootstrap { .. } => "Bootstrap",
+            Action::Restore { .. } => "Restore",
             Action::AddLearner { .. } => "AddLearner",
             Action::ScaleWorkload { .. } => "ScaleWorkload",
             Action::Promote { .. } => "Promote",
@@ -212,6 +221,11 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Bootstrap { members } => write!(f, "bootstrap {members} members"),
+            Action::Restore { members, source } => write!(
+                f,
+                "restore the data of {members} members from {}",
+                crate::restore::location(source)
+            ),
             Action::AddLearner { name, peer_url } => write!(f, "add {name} ({peer_url}) as a learner"),
             Action::ScaleWorkload { to } => write!(f, "scale the StatefulSet to {to}"),
             Action::Promote { name, .. } => write!(f, "promote {name} to voter"),
@@ -494,7 +508,10 @@ fn plan_step(
             }
             _ => {
                 out.action = Some(if observed.workload_replicas.is_none() {
-                    Action::Bootstrap { members: size }
+                    // From a backup first, when the spec says so: no member starts
+                    // before every member's data is there.
+                    crate::restore::decide(spec, status, size, observed.now_ms)
+                        .unwrap_or(Action::Bootstrap { members: size })
                 } else {
                     Action::Wait {
                         reason: format!("bootstrapping: waiting for {size} members to form a cluster"),

@@ -6,8 +6,9 @@
 //! [`execute`] through [`crate::node`].
 
 use crate::backup::{self, BackupDecision, BackupOutcome};
-use crate::crd::{BackupDestination, BackupSpec};
+use crate::crd::{BackupDestination, BackupSource, BackupSpec};
 use crate::plan::{Action, Naming, Plan};
+use crate::restore;
 use crate::{node, Result};
 
 /// What differs between Kubernetes and local processes.
@@ -26,6 +27,26 @@ pub trait Platform {
     /// Where backups to `destination` are written, with the credentials it needs
     /// (Kubernetes: a Secret; local: the environment).
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target>;
+    /// Builds the data of members `0..members` from the backup at `source` before any
+    /// of them has started (local: `raft-node restore` into each member's directory).
+    async fn restore(&self, source: &BackupSource, members: i32) -> Result<restore::Fetched>;
+}
+
+/// Carries out this round's restore, when the plan asks for one; `None` otherwise. The
+/// error is a message for status and Events (it names the backup's location).
+pub async fn restore<P: Platform>(
+    platform: &P,
+    plan: &Plan,
+) -> Option<std::result::Result<restore::Fetched, String>> {
+    let Some(Action::Restore { members, source }) = &plan.action else {
+        return None;
+    };
+    Some(
+        platform
+            .restore(source, *members)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// Takes the scheduled backup when the plan says one is due; `None` otherwise. The
@@ -102,7 +123,10 @@ pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) ->
     };
     let access = platform.access();
     match action {
-        Action::Bootstrap { .. } | Action::Wait { .. } | Action::Refuse { .. } => Ok(()),
+        // A restore is carried out by [`restore`], the bootstrap by applying the children.
+        Action::Bootstrap { .. } | Action::Restore { .. } | Action::Wait { .. } | Action::Refuse { .. } => {
+            Ok(())
+        }
         Action::AddLearner { peer_url, .. } => {
             access.add_learner(&leader_endpoint(), peer_url).await.map(|_| ())
         }

@@ -594,6 +594,9 @@ pub fn parse_manifest(text: &str) -> crate::Result<RaftCluster> {
         // A schedule or destination that cannot work is refused before anything runs.
         crate::backup::validate(backup).map_err(crate::Error::Manifest)?;
     }
+    if let Some(source) = crate::restore::source(&rc.spec) {
+        crate::restore::validate(source).map_err(crate::Error::Manifest)?;
+    }
     if let Some(tls) = &rc.spec.tls {
         // The CRD's CEL rules, for where no API server runs them (`raftctl up`).
         if tls.mode == crate::crd::TlsMode::Secret && tls.secret_name.is_none() {

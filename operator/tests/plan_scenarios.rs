@@ -10,14 +10,15 @@ use std::sync::Arc;
 use kuberaft_operator::adaptive::{TimingMs, COOL_DOWN_MS};
 use kuberaft_operator::backup::{self, BackupDecision, BackupOutcome};
 use kuberaft_operator::crd::{
-    BackupDestination, BackupRecord, BackupSpec, RaftClusterSpec, RaftClusterStatus, Retention, Storage,
-    Timing, TimingMode, TimingStatus, Volume,
+    BackupDestination, BackupRecord, BackupSource, BackupSpec, BootstrapSpec, RaftClusterSpec,
+    RaftClusterStatus, Retention, Storage, Timing, TimingMode, TimingStatus, Volume,
 };
 use kuberaft_operator::plan::{
     plan, rfc3339_from_ms, Action, ClusterState, MemberObservation, Naming, Observed, PeerObservation, Plan,
     PodObservation, Role,
 };
 use kuberaft_operator::render::template_hash;
+use kuberaft_operator::restore;
 
 const STEP_MS: u64 = 1_000;
 const STEPS_MAX: usize = 400;
@@ -50,6 +51,7 @@ fn spec(replicas: i32) -> RaftClusterSpec {
         tls: None,
         hibernate: false,
         backup: None,
+        bootstrap: None,
     }
 }
 
@@ -101,6 +103,10 @@ struct World {
     backups_fail: bool,
     /// Backups taken: (time, member).
     backups: Vec<(u64, String)>,
+    /// `spec.bootstrap.fromBackup` cannot be read.
+    restore_fails: bool,
+    /// Members whose data was restored from the backup (before any pod existed).
+    restored: BTreeSet<u32>,
 }
 
 impl World {
@@ -129,6 +135,8 @@ impl World {
             log: Vec::new(),
             backups_fail: false,
             backups: Vec::new(),
+            restore_fails: false,
+            restored: BTreeSet::new(),
         }
     }
 
@@ -305,6 +313,27 @@ impl World {
             outcome.as_ref(),
             self.now_ms,
         );
+        // The restore, as platform::restore carries it out.
+        let restored = match &p.action {
+            Some(Action::Restore { source, .. }) if self.restore_fails => Some(Err(format!(
+                "cannot restore from {}: No such file or directory (os error 2)",
+                restore::location(source)
+            ))),
+            Some(Action::Restore { source, .. }) => Some(Ok(restore::Fetched {
+                location: restore::location(source),
+                size: 1234,
+                sha256: "ab".repeat(32),
+            })),
+            _ => None,
+        };
+        restore::record(
+            &mut self.status,
+            Some(&previous),
+            &self.spec,
+            &p,
+            restored.as_ref(),
+            self.now_ms,
+        );
         p
     }
 
@@ -341,6 +370,13 @@ impl World {
         self.log.push(action.clone());
         match action {
             Action::Bootstrap { members } => {
+                if restore::source(&self.spec).is_some() {
+                    assert_eq!(
+                        self.restored,
+                        (0..*members as u32).collect(),
+                        "bootstrapped before every member's data was restored"
+                    );
+                }
                 self.statefulset = Some(*members);
                 for o in 0..*members as u32 {
                     self.config.insert(
@@ -420,6 +456,15 @@ impl World {
                 pod.ready = false;
             }
             Action::SetTiming { timing, .. } => self.timing = *timing,
+            Action::Restore { members, .. } => {
+                assert!(
+                    self.statefulset.is_none() && self.pods.is_empty(),
+                    "restored while members run"
+                );
+                if !self.restore_fails {
+                    self.restored = (0..*members as u32).collect();
+                }
+            }
             Action::Wait { .. } | Action::Refuse { .. } => {}
         }
     }
@@ -1178,4 +1223,128 @@ fn a_backup_is_not_read_from_the_member_the_same_round_restarts() {
         "the leader rather than the member being restarted: {:?}",
         p.backup
     );
+}
+
+fn from_backup(path: &str) -> Option<BootstrapSpec> {
+    Some(BootstrapSpec {
+        from_backup: Some(BackupSource {
+            path: Some(path.into()),
+            s3: None,
+            sha256: None,
+        }),
+    })
+}
+
+fn restored_condition(w: &World) -> (String, String, String) {
+    let c = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap_or_else(|| panic!("no Restored condition: {:#?}", w.status.conditions));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[test]
+fn from_backup_restores_every_member_before_the_first_start_then_bootstraps_once() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let first = w.reconcile();
+    match &first.action {
+        Some(Action::Restore { members: 3, source }) => {
+            assert_eq!(restore::location(source), "file:///backups/b.snap")
+        }
+        other => panic!("expected a restore of 3 members first, got {other:?}"),
+    }
+    assert_eq!(w.statefulset, None, "nothing is created while restoring");
+    w.step();
+    let steps = w.run_to_steady();
+    assert_eq!(kinds(&steps), vec!["bootstrap 3 members"], "{steps:?}");
+    assert!(w.status.bootstrapped);
+    assert!(w.status.restore.as_ref().is_some_and(|r| r.succeeded));
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Restored"));
+    assert!(
+        message.contains("file:///backups/b.snap") && message.contains("not read again"),
+        "{message}"
+    );
+    // An operator restarted later, or a changed fromBackup, never restores again.
+    w.spec.bootstrap = from_backup("/backups/other.snap");
+    let again = w.run_to_steady();
+    assert!(
+        again.iter().all(|a| !matches!(a, Action::Restore { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_backup_that_cannot_be_read_starts_nothing_says_why_and_is_retried_with_back_off() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/missing.snap");
+    w.restore_fails = true;
+    let mut attempts = 0;
+    for _ in 0..60 {
+        let p = w.reconcile();
+        if matches!(p.action, Some(Action::Restore { .. })) {
+            attempts += 1;
+        }
+        assert!(
+            !matches!(p.action, Some(Action::Bootstrap { .. })),
+            "bootstrapped without the data"
+        );
+        w.step();
+    }
+    assert_eq!(w.statefulset, None);
+    assert!(w.pods.is_empty() && w.volumes.is_empty());
+    assert!(!w.status.bootstrapped);
+    // Back-off: 60 s saw the first attempt and the retries after 10 s and 20 s more.
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in 60 s");
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "BackupUnreadable"));
+    assert!(
+        message.contains("file:///backups/missing.snap") && message.contains("no member is started"),
+        "{message}"
+    );
+    let r = w.status.restore.clone().unwrap();
+    assert!(!r.succeeded && r.failures == attempts && r.next_attempt_time.is_some());
+    // The backup appears: the next attempt restores, then the members start.
+    w.restore_fails = false;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "restore the data of 3 members from file:///backups/missing.snap",
+            "bootstrap 3 members"
+        ]
+    );
+    assert_eq!(restored_condition(&w).0, "True");
+}
+
+#[test]
+fn an_invalid_from_backup_is_refused_and_starts_nothing() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("relative/b.snap");
+    for _ in 0..5 {
+        let p = w.reconcile();
+        assert!(
+            matches!(&p.action, Some(Action::Refuse { reason }) if reason.contains("absolute")),
+            "{p:?}"
+        );
+        w.step();
+    }
+    assert_eq!(w.statefulset, None);
+    let (status, reason, _) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+}
+
+#[test]
+fn from_backup_on_a_running_cluster_is_ignored_and_the_condition_says_so() {
+    let mut w = World::running(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let steps = w.run_to_steady();
+    assert!(steps.is_empty(), "{steps:?}");
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Ignored"));
+    assert!(message.contains("only before"), "{message}");
+    assert!(w.status.restore.is_none());
 }

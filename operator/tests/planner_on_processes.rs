@@ -199,6 +199,14 @@ impl Platform for Processes {
         Err(Error::Manifest("this test takes no backups".into()))
     }
 
+    async fn restore(
+        &self,
+        _source: &kuberaft_operator::crd::BackupSource,
+        _members: i32,
+    ) -> Result<kuberaft_operator::restore::Fetched> {
+        Err(Error::Manifest("this test restores nothing".into()))
+    }
+
     async fn restart_member(&self, ordinal: u32) -> Result<()> {
         {
             let mut procs = self.procs.lock().unwrap();
@@ -256,6 +264,7 @@ fn spec(image: &str, heartbeat: u32, election: u32) -> RaftClusterSpec {
         tls: None,
         hibernate: false,
         backup: None,
+        bootstrap: None,
     }
 }
 
