@@ -803,3 +803,88 @@ async fn s3_credentials_come_from_the_named_secret_and_a_missing_key_is_named() 
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_cluster_to_restore_from_a_backup_creates_nothing_and_says_why_on_kubernetes() {
+    let (ctx, mut handle) = context();
+    let mut value = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+    value["spec"]["bootstrap"] = json!({"fromBackup": {"s3": {"bucket": "bkt", "key": "nightly/demo.snap"}}});
+    let rc = Arc::new(serde_json::from_value::<RaftCluster>(value).unwrap());
+    let server = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/default";
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            StatusCode::NOT_FOUND,
+            not_found(),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/pods"),
+            StatusCode::OK,
+            empty_list("PodList"),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/persistentvolumeclaims"),
+            StatusCode::OK,
+            empty_list("PersistentVolumeClaimList"),
+        )
+        .await;
+        // No child is applied: the next request is the Warning Event, then the status.
+        let (_, event) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (event["reason"].as_str(), event["type"].as_str()),
+            (Some("RestoreFailed"), Some("Warning")),
+            "{event}"
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("s3://bkt/nightly/demo.snap"),
+            "{event}"
+        );
+        let answer = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+        let (_, status) = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{RC}/status"),
+            StatusCode::OK,
+            answer,
+        )
+        .await;
+        status
+    });
+    k8s::reconcile(rc, ctx).await.expect("reconcile succeeds");
+    let status = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status["status"]["phase"], "Bootstrapping");
+    assert_eq!(status["status"]["bootstrapped"], false);
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let restored = conditions.iter().find(|c| c["type"] == "Restored").unwrap();
+    assert_eq!(
+        (restored["status"].as_str(), restored["reason"].as_str()),
+        (Some("False"), Some("BackupUnreadable"))
+    );
+    let message = restored["message"].as_str().unwrap();
+    assert!(
+        message.contains("s3://bkt/nightly/demo.snap") && message.contains("no member is started"),
+        "{message}"
+    );
+    assert_eq!(status["status"]["restore"]["failures"], 1);
+}
