@@ -1213,6 +1213,17 @@ pub fn render_view(platform: &LocalPlatform, round: &Round) -> String {
             (None, None) => {}
         }
     }
+    if let Some(r) = &status.restore {
+        match (&r.last_error, r.succeeded) {
+            (_, true) => out.push_str(&format!("restored from: {}\n", r.location)),
+            (Some(e), false) => out.push_str(&format!(
+                "restore: {e} (attempt {}; next at {})\n",
+                r.failures,
+                r.next_attempt_time.as_deref().unwrap_or("-")
+            )),
+            (None, false) => {}
+        }
+    }
     let doing = match &round.plan.action {
         None => "steady".to_string(),
         Some(a) => a.to_string(),
