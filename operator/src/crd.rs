@@ -494,6 +494,9 @@ pub struct RestoreStatus {
     /// Every member's data was written from the backup.
     #[serde(default)]
     pub succeeded: bool,
+    /// How many members' data was written (the bootstrap starts exactly these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
     /// Failed attempts (retried with back-off; nothing starts meanwhile).
     #[serde(default)]
     pub failures: u32,

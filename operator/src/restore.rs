@@ -239,7 +239,9 @@ pub fn decide(
 ) -> Option<Action> {
     let source = source(spec)?;
     let previous = status.and_then(|s| s.restore.as_ref());
-    if previous.is_some_and(|r| r.succeeded) {
+    // Restored for as many members as will start (a changed `replicas` before the
+    // first start restores again: no member may start without the backup's data).
+    if previous.is_some_and(|r| r.succeeded && r.members.is_none_or(|n| n == members)) {
         return None;
     }
     if let Err(reason) = validate(source) {
@@ -330,10 +332,11 @@ pub fn record(
     };
     let here = location(source);
     match (&plan.action, outcome) {
-        (Some(Action::Restore { .. }), Some(Ok(fetched))) => {
+        (Some(Action::Restore { members, .. }), Some(Ok(fetched))) => {
             status.restore = Some(RestoreStatus {
                 location: fetched.location.clone(),
                 succeeded: true,
+                members: Some(*members),
                 failures: before.filter(|b| b.location == here).map_or(0, |b| b.failures),
                 last_error: None,
                 next_attempt_time: None,
@@ -362,6 +365,7 @@ pub fn record(
             status.restore = Some(RestoreStatus {
                 location: here.clone(),
                 succeeded: false,
+                members: None,
                 failures,
                 last_error: Some(error.clone()),
                 next_attempt_time: Some(rfc3339_from_ms(next)),

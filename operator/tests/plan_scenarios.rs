@@ -1348,3 +1348,26 @@ fn from_backup_on_a_running_cluster_is_ignored_and_the_condition_says_so() {
     assert!(message.contains("only before"), "{message}");
     assert!(w.status.restore.is_none());
 }
+
+#[test]
+fn replicas_changed_between_the_restore_and_the_first_start_restore_again_for_every_member() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let first = w.reconcile();
+    assert!(
+        matches!(first.action, Some(Action::Restore { members: 3, .. })),
+        "{first:?}"
+    );
+    // Before the members start, the spec asks for five: all five get the backup first.
+    w.spec.replicas = 5;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps)[..2],
+        [
+            "restore the data of 5 members from file:///backups/b.snap".to_string(),
+            "bootstrap 5 members".to_string()
+        ],
+        "{steps:?}"
+    );
+    assert_eq!(w.status.restore.as_ref().unwrap().members, Some(5));
+}
