@@ -89,6 +89,24 @@ pub struct RaftClusterSpec {
     /// says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+    /// Replacement of a member whose data cannot be used (on by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementSpec>,
+}
+
+/// `spec.replacement`: a voter that fails to start again and again (its WAL or engine
+/// files refused) is removed from the Raft configuration, added back as an empty
+/// learner, its data deleted, and promoted once caught up; only while the other voters
+/// keep a healthy quorum, one member at a time.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementSpec {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// `spec.bootstrap`.
@@ -483,6 +501,24 @@ pub struct RaftClusterStatus {
     /// The restore of `spec.bootstrap.fromBackup` (before the first start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreStatus>,
+    /// A member replacement under way (`spec.replacement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementStatus>,
+}
+
+/// A member being replaced: removed from the configuration, then added back empty.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementStatus {
+    pub member: String,
+    pub ordinal: u32,
+    /// Why (the failed starts and the member's last error).
+    pub reason: String,
+    /// The member's data was deleted after it was added back as a learner.
+    #[serde(default)]
+    pub wiped: bool,
+    /// When it started (RFC 3339).
+    pub since: String,
 }
 
 /// Where a restore from a backup stands.

@@ -231,6 +231,13 @@ impl Platform for KubePlatform {
         Ok(())
     }
 
+    async fn wipe_member(&self, ordinal: u32) -> Result<()> {
+        // The claims first (held by the pod until it goes), then the pod: the
+        // StatefulSet recreates both, empty.
+        self.delete_volumes(ordinal).await?;
+        self.restart_member(ordinal).await
+    }
+
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {
         backup::validate_destination(destination).map_err(Error::Backup)?;
         if let Some(path) = &destination.path {
@@ -341,6 +348,8 @@ pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observ
         .map(|p| platform.client_endpoint(p.ordinal))
         .collect();
     Ok(Observed {
+        // Not observed on Kubernetes yet (no member is replaced there automatically).
+        failed_starts: Default::default(),
         workload_replicas: statefulset.map(|s| s.spec.replicas.unwrap_or(1)),
         pods,
         volume_ordinals,
@@ -518,6 +527,8 @@ pub fn status_of(
         backup_schedule: previous.backup_schedule.clone(),
         // [`crate::restore::record`] writes this round's restore.
         restore: previous.restore.clone(),
+        // [`crate::replace::record`] writes this round's replacement.
+        replacement: previous.replacement.clone(),
     }
 }
 
@@ -747,6 +758,17 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
             )
             .await;
         }
+        (Some(Action::ReplaceMember { name, reason, .. }), Ok(())) => {
+            ctx.metrics.acted("ReplaceMember");
+            publish(
+                &ctx,
+                &rc,
+                EventType::Warning,
+                "ReplacingMember",
+                format!("{name} is replaced: {reason}; removed from the configuration, it comes back empty as a learner"),
+            )
+            .await;
+        }
         (Some(Action::Refuse { reason }), Ok(())) => {
             publish(&ctx, &rc, EventType::Warning, "Refused", reason.clone()).await;
         }
@@ -797,6 +819,13 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         &rc.spec,
         &plan,
         restore_outcome.as_ref(),
+        observed.now_ms,
+    );
+    crate::replace::record(
+        &mut status,
+        rc.status.as_ref(),
+        &plan,
+        outcome.is_ok(),
         observed.now_ms,
     );
     let next_backup = status

@@ -645,7 +645,31 @@ impl LocalPlatform {
         let volume_ordinals = (0..=REPLICAS_MAX as u32)
             .filter(|o| self.member_dir(*o).exists())
             .collect();
+        let failed_starts = {
+            let inner = self.lock();
+            inner
+                .restarts
+                .iter()
+                .filter(|(o, r)| r.failures > 0 && !inner.processes.contains_key(o))
+                .map(|(o, r)| {
+                    let tail = log_tail(&self.member_dir(*o).join("raft-node.log"), RESTORE_LOG_TAIL_BYTES);
+                    let last = tail
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| l.chars().take(300).collect::<String>());
+                    (
+                        *o,
+                        plan::FailedStarts {
+                            count: r.failures,
+                            last_error: last,
+                        },
+                    )
+                })
+                .collect()
+        };
         Observed {
+            failed_starts,
             workload_replicas,
             pods: observed_pods,
             volume_ordinals,
@@ -769,6 +793,13 @@ impl LocalPlatform {
             restore_outcome.as_ref(),
             observed.now_ms,
         );
+        crate::replace::record(
+            &mut new_status,
+            rc.status.as_ref(),
+            &plan,
+            outcome.is_ok(),
+            observed.now_ms,
+        );
         if let Err(e) = self.record_status(new_status.clone()) {
             notes.push(e.to_string());
         }
@@ -828,6 +859,41 @@ impl Platform for LocalPlatform {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(local_error(format!("cannot delete {}: {e}", dir.display()))),
         }
+    }
+
+    async fn wipe_member(&self, ordinal: u32) -> Result<()> {
+        let process = self.lock().processes.remove(&ordinal);
+        if let Some(mut process) = process {
+            // It is being replaced: no grace needed (its data is deleted next).
+            let _ = process.child.kill();
+            let _ = tokio::task::spawn_blocking(move || process.child.wait()).await;
+        }
+        {
+            let mut inner = self.lock();
+            inner.state.pids.remove(&ordinal);
+            inner.restarts.remove(&ordinal);
+        }
+        // Everything in its directory but the logs (WAL, snapshots, the state store).
+        let dir = self.member_dir(ordinal);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.flatten().collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(local_error(format!("cannot read {}: {e}", dir.display()))),
+        };
+        for entry in entries {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| local_error(format!("cannot delete {}: {e}", path.display())))?;
+        }
+        self.supervise();
+        Ok(())
     }
 
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {

@@ -24,6 +24,9 @@ pub trait Platform {
     async fn restart_member(&self, ordinal: u32) -> Result<()>;
     /// Delete the WAL and snapshot volumes of an ordinal that is no longer a member.
     async fn delete_volumes(&self, ordinal: u32) -> Result<()>;
+    /// Stop the member with this ordinal and delete its data, so it starts again
+    /// empty (member replacement, after it was added back as a learner).
+    async fn wipe_member(&self, ordinal: u32) -> Result<()>;
     /// Where backups to `destination` are written, with the credentials it needs
     /// (Kubernetes: a Secret; local: the environment).
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target>;
@@ -136,6 +139,8 @@ pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) ->
         Action::RemoveMember { id, .. } => access.remove(&leader_endpoint(), *id).await,
         Action::DeleteVolumes { ordinal } => platform.delete_volumes(*ordinal).await,
         Action::RestartMember { ordinal } => platform.restart_member(*ordinal).await,
+        Action::ReplaceMember { id, .. } => access.remove(&leader_endpoint(), *id).await,
+        Action::WipeMember { ordinal } => platform.wipe_member(*ordinal).await,
         Action::SetTiming { timing, reason } => access.set_timing(&leader_endpoint(), *timing, reason).await,
     }
 }

@@ -11,13 +11,14 @@ use kuberaft_operator::adaptive::{TimingMs, COOL_DOWN_MS};
 use kuberaft_operator::backup::{self, BackupDecision, BackupOutcome};
 use kuberaft_operator::crd::{
     BackupDestination, BackupRecord, BackupSource, BackupSpec, BootstrapSpec, RaftClusterSpec,
-    RaftClusterStatus, Retention, Storage, Timing, TimingMode, TimingStatus, Volume,
+    RaftClusterStatus, ReplacementSpec, Retention, Storage, Timing, TimingMode, TimingStatus, Volume,
 };
 use kuberaft_operator::plan::{
-    plan, rfc3339_from_ms, Action, ClusterState, MemberObservation, Naming, Observed, PeerObservation, Plan,
-    PodObservation, Role,
+    plan, rfc3339_from_ms, Action, ClusterState, FailedStarts, MemberObservation, Naming, Observed,
+    PeerObservation, Plan, PodObservation, Role,
 };
 use kuberaft_operator::render::template_hash;
+use kuberaft_operator::replace;
 use kuberaft_operator::restore;
 
 const STEP_MS: u64 = 1_000;
@@ -52,6 +53,7 @@ fn spec(replicas: i32) -> RaftClusterSpec {
         hibernate: false,
         backup: None,
         bootstrap: None,
+        replacement: None,
     }
 }
 
@@ -107,6 +109,10 @@ struct World {
     restore_fails: bool,
     /// Members whose data was restored from the backup (before any pod existed).
     restored: BTreeSet<u32>,
+    /// Ordinals whose data the member refuses at start-up (it exits at once, again and again).
+    unusable: BTreeSet<u32>,
+    /// Ordinals whose member runs but does not catch up (unhealthy, yet reachable).
+    lagging: BTreeSet<u32>,
 }
 
 impl World {
@@ -137,6 +143,8 @@ impl World {
             backups: Vec::new(),
             restore_fails: false,
             restored: BTreeSet::new(),
+            unusable: BTreeSet::new(),
+            lagging: BTreeSet::new(),
         }
     }
 
@@ -150,7 +158,9 @@ impl World {
     }
 
     fn alive(&self, ordinal: u32) -> bool {
-        self.pods.get(&ordinal).is_some_and(|p| p.ready) && !self.down.contains(&ordinal)
+        self.pods.get(&ordinal).is_some_and(|p| p.ready)
+            && !self.down.contains(&ordinal)
+            && !self.unusable.contains(&ordinal)
     }
 
     fn voters(&self) -> Vec<u64> {
@@ -264,11 +274,24 @@ impl World {
                 .map(|(o, p)| PodObservation {
                     ordinal: *o,
                     template_hash: Some(p.hash.clone()),
-                    ready: p.ready && !self.down.contains(o),
+                    ready: p.ready && !self.down.contains(o) && !self.unusable.contains(o),
                     terminating: false,
                 })
                 .collect(),
             volume_ordinals: self.volumes.clone(),
+            failed_starts: self
+                .unusable
+                .iter()
+                .map(|o| {
+                    (
+                        *o,
+                        FailedStarts {
+                            count: 6,
+                            last_error: Some("wal: record 12 fails its checksum".into()),
+                        },
+                    )
+                })
+                .collect(),
             members,
             now_ms: self.now_ms,
         }
@@ -334,6 +357,7 @@ impl World {
             restored.as_ref(),
             self.now_ms,
         );
+        replace::record(&mut self.status, Some(&previous), &p, true, self.now_ms);
         p
     }
 
@@ -456,6 +480,36 @@ impl World {
                 pod.ready = false;
             }
             Action::SetTiming { timing, .. } => self.timing = *timing,
+            Action::ReplaceMember { id, name, .. } => {
+                assert_ne!(self.leader, Some(*id), "replaced the leader {name}");
+                let others = self
+                    .voters()
+                    .into_iter()
+                    .filter(|v| v != id && self.healthy(*v))
+                    .count();
+                let voters = self.voters().len();
+                assert!(
+                    others > voters / 2 && others > (voters - 1) / 2,
+                    "replaced {name} without a healthy quorum of the others"
+                );
+                assert!(
+                    self.config.values().all(|m| !m.learner),
+                    "replaced {name} while a learner was pending"
+                );
+                self.config.remove(id);
+            }
+            Action::WipeMember { ordinal } => {
+                let m = self
+                    .config
+                    .values()
+                    .find(|m| m.ordinal == *ordinal)
+                    .expect("wiped a member that is not in the configuration");
+                assert!(m.learner, "wiped the data of a voter");
+                self.unusable.remove(ordinal);
+                if let Some(p) = self.pods.get_mut(ordinal) {
+                    p.ready = false;
+                }
+            }
             Action::Restore { members, .. } => {
                 assert!(
                     self.statefulset.is_none() && self.pods.is_empty(),
@@ -501,7 +555,7 @@ impl World {
         let rate = self.catch_up_per_step;
         let alive: BTreeSet<u32> = (0..size).filter(|o| self.alive(*o)).collect();
         for m in self.config.values_mut() {
-            if !alive.contains(&m.ordinal) {
+            if !alive.contains(&m.ordinal) || self.lagging.contains(&m.ordinal) {
                 continue;
             }
             m.match_index = if m.learner {
@@ -1370,4 +1424,121 @@ fn replicas_changed_between_the_restore_and_the_first_start_restore_again_for_ev
         "{steps:?}"
     );
     assert_eq!(w.status.restore.as_ref().unwrap().members, Some(5));
+}
+
+fn condition(w: &World, type_: &str) -> Option<(String, String, String)> {
+    w.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[test]
+fn a_member_whose_data_is_refused_is_removed_added_back_empty_wiped_and_promoted() {
+    let mut w = World::running(3);
+    w.unusable.insert(1);
+    let steps = w.run_to_steady();
+    let kinds = kinds(&steps);
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert!(
+        kinds[0].starts_with("replace member demo-1") && kinds[0].contains("failed to start 6 times"),
+        "{kinds:?}"
+    );
+    assert!(kinds[0].contains("record 12 fails its checksum"), "{kinds:?}");
+    assert!(kinds[1].starts_with("add demo-1"), "{kinds:?}");
+    assert_eq!(kinds[2], "delete the data of ordinal 1 so it starts again empty");
+    assert_eq!(kinds[3], "promote demo-1 to voter");
+    assert_eq!(member_ordinals(&w), vec![(0, false), (1, false), (2, false)]);
+    assert!(w.status.replacement.is_none());
+    let (status, reason, message) = condition(&w, "MemberReplaced").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Replaced"));
+    assert!(
+        message.contains("demo-1") && message.contains("failed to start"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_operator_restarted_mid_replacement_goes_on_from_the_status() {
+    let mut w = World::running(3);
+    w.unusable.insert(2);
+    // Two steps: removed, added back; then a fresh operator (the world is all it has).
+    for _ in 0..2 {
+        w.reconcile();
+        w.step();
+    }
+    assert!(w.status.replacement.is_some());
+    let mut fresh = w.clone();
+    let steps = fresh.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "delete the data of ordinal 2 so it starts again empty",
+            "promote demo-2 to voter"
+        ]
+    );
+}
+
+#[test]
+fn no_replacement_without_a_healthy_quorum_of_the_other_voters() {
+    let mut w = World::running(3);
+    // demo-1 cannot start; demo-2 runs but is far behind: the leader still has a
+    // quorum it hears from, but only itself is healthy besides demo-1.
+    w.lagging.insert(2);
+    for m in w.config.values_mut() {
+        if m.ordinal == 2 {
+            m.match_index = 0;
+        }
+    }
+    w.unusable.insert(1);
+    for _ in 0..10 {
+        let p = w.reconcile();
+        assert!(
+            matches!(&p.action, Some(Action::Refuse { reason }) if reason.contains("healthy quorum") && reason.contains("demo-1")),
+            "{p:?}"
+        );
+        w.step();
+    }
+    assert_eq!(w.voters().len(), 3, "nothing was removed");
+    assert!(w.status.replacement.is_none());
+}
+
+#[test]
+fn replacement_turned_off_leaves_the_member_and_says_why() {
+    let mut w = World::running(3);
+    w.spec.replacement = Some(ReplacementSpec { enabled: false });
+    w.unusable.insert(1);
+    w.step();
+    let p = w.reconcile();
+    assert!(!matches!(p.action, Some(Action::ReplaceMember { .. })), "{p:?}");
+    assert!(
+        p.degraded
+            .as_deref()
+            .is_some_and(|d| d.contains("spec.replacement.enabled is false")),
+        "{p:?}"
+    );
+    assert_eq!(w.voters().len(), 3);
+}
+
+#[test]
+fn two_broken_members_are_replaced_one_after_the_other() {
+    let mut w = World::running(5);
+    w.unusable.insert(1);
+    w.unusable.insert(3);
+    let steps = w.run_to_steady();
+    let kinds = kinds(&steps);
+    let first_done = kinds.iter().position(|k| k.starts_with("promote")).unwrap();
+    let second = kinds
+        .iter()
+        .rposition(|k| k.starts_with("replace member"))
+        .unwrap();
+    assert!(second > first_done, "never two at once: {kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("replace member")).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(w.voters().len(), 5);
+    assert!(w.unusable.is_empty());
 }

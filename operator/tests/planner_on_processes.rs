@@ -140,6 +140,7 @@ impl Processes {
     fn observe(&self, members: Vec<kuberaft_operator::plan::MemberObservation>) -> Observed {
         let procs = self.procs.lock().unwrap();
         Observed {
+            failed_starts: Default::default(),
             workload_replicas: Some(procs.len() as i32),
             pods: procs
                 .iter()
@@ -207,6 +208,10 @@ impl Platform for Processes {
         Err(Error::Manifest("this test restores nothing".into()))
     }
 
+    async fn wipe_member(&self, _ordinal: u32) -> Result<()> {
+        Err(Error::Manifest("this test replaces no member".into()))
+    }
+
     async fn restart_member(&self, ordinal: u32) -> Result<()> {
         {
             let mut procs = self.procs.lock().unwrap();
@@ -265,6 +270,7 @@ fn spec(image: &str, heartbeat: u32, election: u32) -> RaftClusterSpec {
         hibernate: false,
         backup: None,
         bootstrap: None,
+        replacement: None,
     }
 }
 
