@@ -10,6 +10,9 @@
 //!    the members' data is first restored from the backup ([`crate::restore::decide`]),
 //!    and nothing starts while that fails;
 //! 2. no leader with a quorum behind it: `Degraded`, wait, never act destructively;
+//!    then member replacement ([`replacement_step`]): a voter that keeps failing to
+//!    start is removed, added back as a learner, wiped, and (concern 5) promoted; only
+//!    while the other voters are a healthy quorum, one member at a time;
 //! 3. StatefulSet size follows membership: after MemberAdd it grows to admit the
 //!    learner, after MemberRemove (once every member has the change) it shrinks;
 //! 4. volumes of ordinals beyond the StatefulSet are deleted, so a later scale-up never
