@@ -37,7 +37,7 @@ use crate::crd::{
     BackupDestination, BackupPhase, BackupSource, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
     RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode,
 };
-use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
+use crate::plan::{self, Action, FailedStarts, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
 use crate::restore;
@@ -306,12 +306,64 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The failed starts of the raft-node container of `pod`: while it is failing (waiting
+/// to be restarted, or exited with an error) and its last run ended with an error, the
+/// container's restart count and its termination message (the end of its log, by
+/// `terminationMessagePolicy: FallbackToLogsOnError`). `None` for a pod that runs or
+/// never failed.
+pub fn failed_starts_of(pod: &Pod) -> Option<FailedStarts> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "raft-node")?;
+    if status.ready {
+        return None;
+    }
+    let failing_now = status
+        .state
+        .as_ref()
+        .is_some_and(|s| s.waiting.is_some() || s.terminated.as_ref().is_some_and(|t| t.exit_code != 0));
+    let last = status.last_state.as_ref()?.terminated.as_ref()?;
+    if !failing_now || last.exit_code == 0 || status.restart_count <= 0 {
+        return None;
+    }
+    let message = last
+        .message
+        .as_deref()
+        .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.chars().take(300).collect::<String>())
+        .or_else(|| {
+            Some(format!(
+                "exit code {}{}",
+                last.exit_code,
+                last.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ))
+        });
+    Some(FailedStarts {
+        count: status.restart_count as u32,
+        last_error: message,
+    })
+}
+
+fn pods_list_failed_starts(name: &str, pods: &[Pod]) -> std::collections::BTreeMap<u32, FailedStarts> {
+    pods.iter()
+        .filter_map(|pod| Some((ordinal_suffix(&pod.name_any(), name)?, failed_starts_of(pod)?)))
+        .collect()
+}
+
 /// Reads what exists.
 pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observed> {
     let name = rc.name_any();
     let labels = ListParams::default().labels(&selector(rc));
     let statefulset = platform.api::<StatefulSet>().get_opt(&name).await?;
     let pods = platform.api::<Pod>().list(&labels).await?;
+    let pod_objects = pods.items.clone();
     let claims = platform.api::<PersistentVolumeClaim>().list(&labels).await?;
     let pods: Vec<PodObservation> = pods
         .items
@@ -347,9 +399,9 @@ pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observ
         .filter(|p| !p.terminating)
         .map(|p| platform.client_endpoint(p.ordinal))
         .collect();
+    let failed_starts = pods_list_failed_starts(&name, &pod_objects);
     Ok(Observed {
-        // Not observed on Kubernetes yet (no member is replaced there automatically).
-        failed_starts: Default::default(),
+        failed_starts,
         workload_replicas: statefulset.map(|s| s.spec.replicas.unwrap_or(1)),
         pods,
         volume_ordinals,

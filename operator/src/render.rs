@@ -342,6 +342,9 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         // WAL replay of a large log may take a while; liveness starts after this.
         startup_probe: Some(http_probe("/healthz", 5, 60)),
+        // A start-up that fails leaves its last log lines in the container status
+        // (the operator reads them when it replaces a member that cannot start).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {
             read_only_root_filesystem: Some(true),

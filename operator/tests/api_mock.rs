@@ -888,3 +888,32 @@ async fn a_cluster_to_restore_from_a_backup_creates_nothing_and_says_why_on_kube
     );
     assert_eq!(status["status"]["restore"]["failures"], 1);
 }
+
+#[test]
+fn a_crash_looping_raft_node_container_counts_as_failed_starts_with_its_last_log_line() {
+    let pod = |ready: bool, state: Value, last: Value, restarts: i32| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "demo-1"},
+            "status": {"containerStatuses": [{
+                "name": "raft-node", "image": "i", "imageID": "", "ready": ready,
+                "restartCount": restarts, "state": state, "lastState": last,
+            }]},
+        }))
+        .unwrap()
+    };
+    let refused = json!({"terminated": {"exitCode": 1, "reason": "Error",
+        "message": "starting\nraft-node: corrupt data in /wal/1.wal at byte offset 12550: record checksum mismatch\n"}});
+    let waiting = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+    let failed = k8s::failed_starts_of(&pod(false, waiting.clone(), refused.clone(), 6)).unwrap();
+    assert_eq!(failed.count, 6);
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("raft-node: corrupt data in /wal/1.wal at byte offset 12550: record checksum mismatch")
+    );
+    // Running again, or ready, or its last exit clean: not failing.
+    let running = json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}});
+    assert!(k8s::failed_starts_of(&pod(false, running, refused.clone(), 6)).is_none());
+    assert!(k8s::failed_starts_of(&pod(true, waiting.clone(), refused, 6)).is_none());
+    let clean = json!({"terminated": {"exitCode": 0}});
+    assert!(k8s::failed_starts_of(&pod(false, waiting, clean, 6)).is_none());
+}
