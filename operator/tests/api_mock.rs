@@ -917,3 +917,29 @@ fn a_crash_looping_raft_node_container_counts_as_failed_starts_with_its_last_log
     let clean = json!({"terminated": {"exitCode": 0}});
     assert!(k8s::failed_starts_of(&pod(false, waiting, clean, 6)).is_none());
 }
+
+#[tokio::test]
+async fn wiping_a_replaced_member_deletes_its_two_claims_then_its_pod() {
+    use kuberaft_operator::platform::Platform;
+    let (client, mut handle) = support::client();
+    let server = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/default";
+        for path in [
+            format!("{ns}/persistentvolumeclaims/wal-demo-1"),
+            format!("{ns}/persistentvolumeclaims/snapshots-demo-1"),
+            format!("{ns}/pods/demo-1"),
+        ] {
+            expect(&mut handle, Method::DELETE, &path, StatusCode::OK, json!({})).await;
+        }
+    });
+    let platform = k8s::KubePlatform::new(
+        client,
+        &cluster(true, false, "Retain"),
+        kuberaft_operator::node::Access::plain(),
+    );
+    platform.wipe_member(1).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
