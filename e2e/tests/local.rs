@@ -1352,3 +1352,321 @@ async fn scheduled_backups_to_a_directory_keep_only_young_ones_and_an_invalid_sc
     }
     h.shutdown().await;
 }
+
+/// Every key of the store at `revision` with what etcd says about it.
+async fn kvs_at(c: &mut Client, revision: i64) -> Vec<(String, String, i64, i64, i64, i64)> {
+    let r = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_revision(revision)),
+        )
+        .await
+        .unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_from_an_s3_backup_has_the_keys_revisions_leases_and_hash_of_the_source() {
+    let Some(s3) = S3Server::start() else {
+        assert!(
+            std::env::var("KUBERAFT_REQUIRE_MOTO").is_err(),
+            "moto_server is not installed but KUBERAFT_REQUIRE_MOTO is set"
+        );
+        eprintln!("SKIPPED: moto_server is not installed: pip install 'moto[server]', or set MOTO_SERVER");
+        return;
+    };
+    s3.create_bucket("restore");
+    let credentials = kuberaft_operator::backup::S3Credentials {
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+        session_token: None,
+    };
+    let src = Harness::start_with("src", 3, "", |p| p.set_s3_credentials(Some(credentials.clone()))).await;
+    src.wait_steady(3).await;
+    let mut c = client(&src.endpoints(0..3)).await;
+    // History: puts, overwrites, deletes, a compaction, and keys under a lease.
+    for i in 0..40 {
+        c.put(format!("key/{i:03}"), format!("v1 {i}"), None)
+            .await
+            .unwrap();
+    }
+    let compact_at = c.get("key/000", None).await.unwrap().header().unwrap().revision();
+    for i in 0..10 {
+        c.put(format!("key/{i:03}"), format!("v2 {i}"), None)
+            .await
+            .unwrap();
+    }
+    for i in 30..35 {
+        c.delete(format!("key/{i:03}"), None).await.unwrap();
+    }
+    c.compact(compact_at, None).await.unwrap();
+    let lease = c.lease_grant(3_600, None).await.unwrap().id();
+    for i in 0..3 {
+        c.put(
+            format!("leased/{i}"),
+            format!("l {i}"),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    }
+
+    // One backup from a follower to the S3 server, as a RaftBackup takes it.
+    let status = src.status();
+    let follower = status
+        .members
+        .iter()
+        .find(|m| Some(&m.name) != status.leader.as_ref())
+        .unwrap()
+        .name
+        .clone();
+    let destination = kuberaft_operator::crd::BackupDestination {
+        path: None,
+        s3: Some(kuberaft_operator::crd::S3Destination {
+            bucket: "restore".into(),
+            prefix: Some("src".into()),
+            endpoint: Some(s3.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials_secret: None,
+        }),
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let backup = kuberaft_operator::platform::take_backup(
+        &src.platform,
+        "src",
+        Some("manual"),
+        &destination,
+        None,
+        &follower,
+        src.ordinal_of(&follower),
+        now_ms,
+    )
+    .await
+    .unwrap()
+    .record;
+    let revision = backup.revision;
+    assert!(revision > compact_at, "{backup:#?}");
+    // A write after the backup does not come back.
+    c.put("after-backup", "x", None).await.unwrap();
+    let source_kvs = kvs_at(&mut c, revision).await;
+    assert_eq!(source_kvs.len(), 35 + 3, "{source_kvs:#?}");
+    let source_hash = c.hash_kv(revision).await.unwrap();
+    src.shutdown().await;
+
+    // A new cluster of three from that object, with its checksum.
+    let key = backup.location.trim_start_matches("s3://restore/").to_string();
+    let bootstrap = format!(
+        "  bootstrap:\n    fromBackup:\n      sha256: {}\n      s3:\n        bucket: restore\n        key: {key}\n        endpoint: {}\n        region: us-east-1\n",
+        backup.checksum, s3.endpoint
+    );
+    let dst = Harness::start_with("dst", 3, &bootstrap, |p| {
+        p.set_s3_credentials(Some(credentials.clone()))
+    })
+    .await;
+    dst.wait_steady(3).await;
+    let records = dst.records();
+    let first_step = records
+        .iter()
+        .find_map(|r| r.action.clone().filter(|a| !matches!(a, Action::Wait { .. })));
+    assert!(
+        matches!(first_step, Some(Action::Restore { members: 3, .. })),
+        "{first_step:?}"
+    );
+    let restored = dst.status();
+    let condition = restored
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap();
+    assert_eq!(condition.status, "True", "{condition:?}");
+    assert!(condition.message.contains(&backup.location), "{condition:?}");
+    assert_eq!(
+        restored.restore.as_ref().unwrap().checksum.as_deref(),
+        Some(backup.checksum.as_str())
+    );
+
+    // Every member serves the same keys, revisions and hash as the source at the
+    // backup's revision.
+    for ordinal in 0..3 {
+        let mut m = client(&dst.endpoints([ordinal])).await;
+        let got = m.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+        assert_eq!(got.header().unwrap().revision(), revision, "member {ordinal}");
+        assert_eq!(kvs_at(&mut m, revision).await, source_kvs, "member {ordinal}");
+        let hash = m.hash_kv(revision).await.unwrap();
+        assert_eq!(hash.hash(), source_hash.hash(), "HashKV of member {ordinal}");
+        assert_eq!(hash.compact_version(), source_hash.compact_version());
+    }
+    let mut d = client(&dst.endpoints(0..3)).await;
+    assert!(d.get("after-backup", None).await.unwrap().kvs().is_empty());
+    // The lease came back with its keys, and still expires.
+    let ttl = d
+        .lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 3_600, "ttl {}", ttl.ttl());
+    let mut keys: Vec<String> = ttl
+        .keys()
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["leased/0", "leased/1", "leased/2"]);
+    // And it takes writes from there.
+    let next = d.put("after-restore", "y", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), revision + 1);
+    dst.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_backup_cannot_be_read_says_where_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.snap");
+    let bootstrap = format!(
+        "  bootstrap:\n    fromBackup:\n      path: {}\n",
+        missing.display()
+    );
+    let h = Harness::start("nobk", 3, &bootstrap).await;
+    h.wait_for("Restored=False naming the backup", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Restored"
+                && c.status == "False"
+                && c.reason == "BackupUnreadable"
+                && c.message.contains(&format!("file://{}", missing.display()))
+        })
+    })
+    .await;
+    // A few more rounds: still nothing runs, nothing was written for any member.
+    tokio::time::sleep(ROUND * 5).await;
+    assert!(h.platform.pids().is_empty(), "{:?}", h.platform.pids());
+    assert!(h.platform.workload_replicas().is_none());
+    for ordinal in 0..3 {
+        assert!(!h.platform.member_dir(ordinal).join("wal").exists());
+    }
+    let s = h.status();
+    assert!(
+        !s.bootstrapped && s.restore.as_ref().is_some_and(|r| r.failures >= 1),
+        "{s:#?}"
+    );
+    assert!(h
+        .records()
+        .iter()
+        .all(|r| !matches!(r.action, Some(Action::Bootstrap { .. }))));
+    h.shutdown().await;
+}
+
+/// Overwrites 256 bytes in the middle of every file of `dir` (a member's WAL).
+fn corrupt_files(dir: &Path) -> usize {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut corrupted = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        if len < 1_024 {
+            continue;
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&[0xA5; 256]).unwrap();
+        f.sync_all().unwrap();
+        corrupted += 1;
+    }
+    corrupted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_wal_is_corrupted_is_replaced_while_writes_go_on_and_nothing_is_lost() {
+    let h = Harness::start("repl", 3, "").await;
+    h.wait_steady(3).await;
+    let endpoints = h.endpoints(0..3);
+    let load = Load::start(endpoints.clone(), 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = h.status();
+    let victim = status
+        .members
+        .iter()
+        .find(|m| Some(&m.name) != status.leader.as_ref())
+        .unwrap()
+        .name
+        .clone();
+    let ordinal = h.ordinal_of(&victim);
+    // A crash, and its WAL damaged before it comes back: every start-up refuses it.
+    h.platform.kill_member(ordinal);
+    let corrupted = corrupt_files(&h.platform.member_dir(ordinal).join("wal"));
+    assert!(corrupted > 0, "no WAL file to corrupt");
+    h.wait_for("the member replaced", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "MemberReplaced" && c.status == "True" && c.reason == "Replaced")
+    })
+    .await;
+    h.wait_steady(3).await;
+    let acked = load.finish().await;
+    assert_all_present(&endpoints, &acked).await;
+    // In this order, each once: removed, added back, wiped, promoted.
+    let steps: Vec<String> = h
+        .records()
+        .iter()
+        .filter_map(|r| r.action.clone())
+        .filter(|a| {
+            matches!(
+                a,
+                Action::ReplaceMember { .. }
+                    | Action::AddLearner { .. }
+                    | Action::WipeMember { .. }
+                    | Action::Promote { .. }
+            )
+        })
+        .map(|a| a.kind().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        vec!["ReplaceMember", "AddLearner", "WipeMember", "Promote"],
+        "{steps:?}"
+    );
+    let condition = h
+        .status()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "MemberReplaced")
+        .unwrap();
+    assert!(
+        condition.message.contains(&victim) && condition.message.contains("failed to start"),
+        "{condition:?}"
+    );
+    // The new member holds the data (a serializable read on it alone).
+    let last = acked.last().unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = etcdctl(
+            &h.endpoints([ordinal])[0],
+            &["get", &last, "--print-value-only", "--consistency=s"],
+        );
+        if !out.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{victim} never served {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.shutdown().await;
+}

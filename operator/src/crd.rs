@@ -84,6 +84,82 @@ pub struct RaftClusterSpec {
     /// volume path or S3-compatible object storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// How a new cluster's members start. Read only before the first start: once the
+    /// cluster is bootstrapped a later `bootstrap` is ignored (the `Restored` condition
+    /// says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+    /// Replacement of a member whose data cannot be used (on by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementSpec>,
+}
+
+/// `spec.replacement`: a voter that fails to start again and again (its WAL or engine
+/// files refused) is removed from the Raft configuration, added back as an empty
+/// learner, its data deleted, and promoted once caught up; only while the other voters
+/// keep a healthy quorum, one member at a time.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementSpec {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// `spec.bootstrap`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Start every member from this backup (a file written by a kuberaft backup or
+    /// `etcdctl snapshot save`), with this cluster's membership: data, revisions and
+    /// leases come back; the old membership does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<BackupSource>,
+}
+
+/// One backup file: exactly one of `path` and `s3`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.path) != has(self.s3)").message("fromBackup needs exactly one of path and s3"))]
+pub struct BackupSource {
+    /// The backup file (absolute path) as the operator sees it: for `raftctl up` a
+    /// local file; for the operator in Kubernetes a volume mounted into its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+    /// SHA-256 of the whole file (hex, as `status.lastBackup.checksum` gives it); when
+    /// set, a file that does not match is not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 64, max = 64))]
+    pub sha256: Option<String>,
+}
+
+/// One object in S3 or an S3-compatible service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Object {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// The object's key (`nightly/main_20260101T000000.000Z.snap`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
+    /// As in a backup destination: the service's URL; AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// As in a backup destination: a Secret with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`; `raftctl up` reads its flags or environment instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
 }
 
 /// `spec.backup`: when backups are taken, how many are kept, and where they go.
@@ -422,6 +498,54 @@ pub struct RaftClusterStatus {
     /// last success (the planner computes the next step from this and the time alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_schedule: Option<BackupScheduleStatus>,
+    /// The restore of `spec.bootstrap.fromBackup` (before the first start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+    /// A member replacement under way (`spec.replacement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementStatus>,
+}
+
+/// A member being replaced: removed from the configuration, then added back empty.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementStatus {
+    pub member: String,
+    pub ordinal: u32,
+    /// Why (the failed starts and the member's last error).
+    pub reason: String,
+    /// The member's data was deleted after it was added back as a learner.
+    #[serde(default)]
+    pub wiped: bool,
+    /// When it started (RFC 3339).
+    pub since: String,
+}
+
+/// Where a restore from a backup stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// `file:///path` or `s3://bucket/key`.
+    pub location: String,
+    /// Every member's data was written from the backup.
+    #[serde(default)]
+    pub succeeded: bool,
+    /// How many members' data was written (the bootstrap starts exactly these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
+    /// Failed attempts (retried with back-off; nothing starts meanwhile).
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// After a failure: when the next attempt is made (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// SHA-256 of the file restored, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// One backup written.

@@ -34,12 +34,13 @@ use serde::Serialize;
 use crate::backup::{self, BackupDecision, BackupOutcome};
 use crate::certs;
 use crate::crd::{
-    BackupDestination, BackupPhase, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
+    BackupDestination, BackupPhase, BackupSource, MemberStatus, RaftBackup, RaftBackupStatus, RaftCluster,
     RaftClusterStatus, ReclaimPolicy, TimingStatus, TlsMode,
 };
-use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
+use crate::plan::{self, Action, FailedStarts, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
 use crate::render::{self, TEMPLATE_HASH_ANNOTATION};
+use crate::restore;
 use crate::{node, Error, Result};
 
 /// The one field manager of everything the operator writes.
@@ -230,6 +231,13 @@ impl Platform for KubePlatform {
         Ok(())
     }
 
+    async fn wipe_member(&self, ordinal: u32) -> Result<()> {
+        // The claims first (held by the pod until it goes), then the pod: the
+        // StatefulSet recreates both, empty.
+        self.delete_volumes(ordinal).await?;
+        self.restart_member(ordinal).await
+    }
+
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {
         backup::validate_destination(destination).map_err(Error::Backup)?;
         if let Some(path) = &destination.path {
@@ -256,6 +264,16 @@ impl Platform for KubePlatform {
             }
         };
         backup::s3_target(s3, credentials)
+    }
+
+    async fn restore(&self, source: &BackupSource, _members: i32) -> Result<restore::Fetched> {
+        // The members' volumes are only reachable from their pods; an init step that
+        // fetches the backup there is not built yet. Refused, so nothing starts empty.
+        Err(Error::Backup(format!(
+            "cannot restore from {}: spec.bootstrap.fromBackup is not supported on Kubernetes yet \
+             (raftctl up supports it; or run `raft-node restore` into each member's volumes by hand)",
+            restore::location(source)
+        )))
     }
 }
 
@@ -288,12 +306,64 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The failed starts of the raft-node container of `pod`: while it is failing (waiting
+/// to be restarted, or exited with an error) and its last run ended with an error, the
+/// container's restart count and its termination message (the end of its log, by
+/// `terminationMessagePolicy: FallbackToLogsOnError`). `None` for a pod that runs or
+/// never failed.
+pub fn failed_starts_of(pod: &Pod) -> Option<FailedStarts> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "raft-node")?;
+    if status.ready {
+        return None;
+    }
+    let failing_now = status
+        .state
+        .as_ref()
+        .is_some_and(|s| s.waiting.is_some() || s.terminated.as_ref().is_some_and(|t| t.exit_code != 0));
+    let last = status.last_state.as_ref()?.terminated.as_ref()?;
+    if !failing_now || last.exit_code == 0 || status.restart_count <= 0 {
+        return None;
+    }
+    let message = last
+        .message
+        .as_deref()
+        .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.chars().take(300).collect::<String>())
+        .or_else(|| {
+            Some(format!(
+                "exit code {}{}",
+                last.exit_code,
+                last.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ))
+        });
+    Some(FailedStarts {
+        count: status.restart_count as u32,
+        last_error: message,
+    })
+}
+
+fn pods_list_failed_starts(name: &str, pods: &[Pod]) -> std::collections::BTreeMap<u32, FailedStarts> {
+    pods.iter()
+        .filter_map(|pod| Some((ordinal_suffix(&pod.name_any(), name)?, failed_starts_of(pod)?)))
+        .collect()
+}
+
 /// Reads what exists.
 pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observed> {
     let name = rc.name_any();
     let labels = ListParams::default().labels(&selector(rc));
     let statefulset = platform.api::<StatefulSet>().get_opt(&name).await?;
     let pods = platform.api::<Pod>().list(&labels).await?;
+    let pod_objects = pods.items.clone();
     let claims = platform.api::<PersistentVolumeClaim>().list(&labels).await?;
     let pods: Vec<PodObservation> = pods
         .items
@@ -329,7 +399,9 @@ pub async fn observe(rc: &RaftCluster, platform: &KubePlatform) -> Result<Observ
         .filter(|p| !p.terminating)
         .map(|p| platform.client_endpoint(p.ordinal))
         .collect();
+    let failed_starts = pods_list_failed_starts(&name, &pod_objects);
     Ok(Observed {
+        failed_starts,
         workload_replicas: statefulset.map(|s| s.spec.replicas.unwrap_or(1)),
         pods,
         volume_ordinals,
@@ -505,6 +577,10 @@ pub fn status_of(
         // Kept as they were; [`crate::backup::record`] writes this round's outcome.
         last_backup: previous.last_backup.clone(),
         backup_schedule: previous.backup_schedule.clone(),
+        // [`crate::restore::record`] writes this round's restore.
+        restore: previous.restore.clone(),
+        // [`crate::replace::record`] writes this round's replacement.
+        replacement: previous.replacement.clone(),
     }
 }
 
@@ -695,7 +771,32 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let observed = observe(&rc, &platform).await?;
     let plan = plan::plan(&rc.spec, rc.status.as_ref(), &observed, &naming);
     let rendered = render::render(&rc, &plan.children);
-    apply_children(&ctx.client, &rc, &rendered).await?;
+    // Before the first start, nothing is created until the plan says Bootstrap (a
+    // restore from a backup comes first, and nothing starts while it fails).
+    let before_start = !plan.bootstrapped
+        && observed.workload_replicas.is_none()
+        && !matches!(plan.action, Some(Action::Bootstrap { .. }));
+    if !before_start {
+        apply_children(&ctx.client, &rc, &rendered).await?;
+    }
+    let restore_outcome = platform::restore(&platform, &plan).await;
+    match &restore_outcome {
+        Some(Ok(f)) => {
+            publish(
+                &ctx,
+                &rc,
+                EventType::Normal,
+                "Restored",
+                format!(
+                    "every member's data was restored from {} ({} bytes)",
+                    f.location, f.size
+                ),
+            )
+            .await;
+        }
+        Some(Err(e)) => publish(&ctx, &rc, EventType::Warning, "RestoreFailed", e.clone()).await,
+        None => {}
+    }
 
     let outcome = platform::execute(&platform, &plan, &naming).await;
     match (&plan.action, &outcome) {
@@ -709,13 +810,24 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
             )
             .await;
         }
+        (Some(Action::ReplaceMember { name, reason, .. }), Ok(())) => {
+            ctx.metrics.acted("ReplaceMember");
+            publish(
+                &ctx,
+                &rc,
+                EventType::Warning,
+                "ReplacingMember",
+                format!("{name} is replaced: {reason}; removed from the configuration, it comes back empty as a learner"),
+            )
+            .await;
+        }
         (Some(Action::Refuse { reason }), Ok(())) => {
             publish(&ctx, &rc, EventType::Warning, "Refused", reason.clone()).await;
         }
         (Some(Action::Wait { reason }), Ok(())) if plan.leader.is_none() && plan.bootstrapped => {
             publish(&ctx, &rc, EventType::Warning, "QuorumLost", reason.clone()).await;
         }
-        (Some(Action::Wait { .. }), Ok(())) => {}
+        (Some(Action::Wait { .. }), Ok(())) | (Some(Action::Restore { .. }), Ok(())) => {}
         (Some(action), Ok(())) => {
             ctx.metrics.acted(action.kind());
             publish(&ctx, &rc, EventType::Normal, action.kind(), action.to_string()).await;
@@ -751,6 +863,21 @@ async fn apply(rc: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         rc.spec.backup.as_ref(),
         plan.backup.as_ref(),
         backup_outcome.as_ref(),
+        observed.now_ms,
+    );
+    restore::record(
+        &mut status,
+        rc.status.as_ref(),
+        &rc.spec,
+        &plan,
+        restore_outcome.as_ref(),
+        observed.now_ms,
+    );
+    crate::replace::record(
+        &mut status,
+        rc.status.as_ref(),
+        &plan,
+        outcome.is_ok(),
         observed.now_ms,
     );
     let next_backup = status

@@ -28,6 +28,8 @@ pub mod node;
 pub mod plan;
 pub mod platform;
 pub mod render;
+pub mod replace;
+pub mod restore;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]

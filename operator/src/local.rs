@@ -30,13 +30,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup;
 use crate::certs;
-use crate::crd::{BackupDestination, RaftCluster, RaftClusterStatus, TlsMode, REPLICAS_MAX};
+use crate::crd::{BackupDestination, BackupSource, RaftCluster, RaftClusterStatus, TlsMode, REPLICAS_MAX};
 use crate::plan::{self, Action, Naming, Observed, Plan, PodObservation};
 use crate::platform::{self, Platform};
-use crate::{k8s, node, render, Error, Result};
+use crate::{k8s, node, render, restore, Error, Result};
 
 /// Longest wait for a member to exit after SIGTERM before it gets SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Longest `raft-node restore` of one member.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Tail of `raft-node restore`'s output kept for the error message.
+const RESTORE_LOG_TAIL_BYTES: u64 = 4_096;
 /// Restart back-off of a member that keeps exiting: doubles from the first value up to
 /// the cap, and starts over once a member stayed up for `RESTART_BACKOFF_RESET`.
 const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -641,7 +645,31 @@ impl LocalPlatform {
         let volume_ordinals = (0..=REPLICAS_MAX as u32)
             .filter(|o| self.member_dir(*o).exists())
             .collect();
+        let failed_starts = {
+            let inner = self.lock();
+            inner
+                .restarts
+                .iter()
+                .filter(|(o, r)| r.failures > 0 && !inner.processes.contains_key(o))
+                .map(|(o, r)| {
+                    let tail = log_tail(&self.member_dir(*o).join("raft-node.log"), RESTORE_LOG_TAIL_BYTES);
+                    let last = tail
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| l.chars().take(300).collect::<String>());
+                    (
+                        *o,
+                        plan::FailedStarts {
+                            count: r.failures,
+                            last_error: last,
+                        },
+                    )
+                })
+                .collect()
+        };
         Observed {
+            failed_starts,
             workload_replicas,
             pods: observed_pods,
             volume_ordinals,
@@ -715,6 +743,15 @@ impl LocalPlatform {
         let naming = self.naming();
         let plan = plan::plan(&cluster.spec, status.as_ref(), &observed, &naming);
         self.apply_children(&plan);
+        let restore_outcome = platform::restore(self, &plan).await;
+        match &restore_outcome {
+            Some(Ok(f)) => notes.push(format!(
+                "Restored: every member's data was restored from {} ({} bytes, sha256 {})",
+                f.location, f.size, f.sha256
+            )),
+            Some(Err(e)) => notes.push(format!("RestoreFailed: {e}")),
+            None => {}
+        }
         let outcome = platform::execute(self, &plan, &naming).await;
         if let (Some(action), Err(e)) = (&plan.action, &outcome) {
             notes.push(format!("step failed: {action}: {e}"));
@@ -746,6 +783,21 @@ impl LocalPlatform {
             cluster.spec.backup.as_ref(),
             plan.backup.as_ref(),
             backup_outcome.as_ref(),
+            observed.now_ms,
+        );
+        restore::record(
+            &mut new_status,
+            rc.status.as_ref(),
+            &cluster.spec,
+            &plan,
+            restore_outcome.as_ref(),
+            observed.now_ms,
+        );
+        crate::replace::record(
+            &mut new_status,
+            rc.status.as_ref(),
+            &plan,
+            outcome.is_ok(),
             observed.now_ms,
         );
         if let Err(e) = self.record_status(new_status.clone()) {
@@ -809,6 +861,41 @@ impl Platform for LocalPlatform {
         }
     }
 
+    async fn wipe_member(&self, ordinal: u32) -> Result<()> {
+        let process = self.lock().processes.remove(&ordinal);
+        if let Some(mut process) = process {
+            // It is being replaced: no grace needed (its data is deleted next).
+            let _ = process.child.kill();
+            let _ = tokio::task::spawn_blocking(move || process.child.wait()).await;
+        }
+        {
+            let mut inner = self.lock();
+            inner.state.pids.remove(&ordinal);
+            inner.restarts.remove(&ordinal);
+        }
+        // Everything in its directory but the logs (WAL, snapshots, the state store).
+        let dir = self.member_dir(ordinal);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.flatten().collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(local_error(format!("cannot read {}: {e}", dir.display()))),
+        };
+        for entry in entries {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| local_error(format!("cannot delete {}: {e}", path.display())))?;
+        }
+        self.supervise();
+        Ok(())
+    }
+
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target> {
         backup::validate_destination(destination).map_err(Error::Backup)?;
         if let Some(path) = &destination.path {
@@ -829,6 +916,143 @@ impl Platform for LocalPlatform {
             })?;
         backup::s3_target(s3, Some(credentials))
     }
+
+    /// Fetches the backup into the cluster directory, then `raft-node restore` for each
+    /// member with the flags it will start with. Any failure leaves no member data.
+    async fn restore(&self, source: &BackupSource, members: i32) -> Result<restore::Fetched> {
+        let location = restore::location(source);
+        if !self.lock().processes.is_empty() {
+            return Err(Error::Backup(format!(
+                "cannot restore from {location}: members are running already"
+            )));
+        }
+        let store = if source.s3.is_some() {
+            let credentials = self
+                .lock()
+                .s3_credentials
+                .clone()
+                .or_else(|| backup::S3Credentials::from_lookup(|k| std::env::var(k).ok()))
+                .ok_or_else(|| {
+                    Error::Backup(format!(
+                        "cannot restore from {location}: no credentials: pass --s3-access-key-id and \
+                         --s3-secret-access-key (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    ))
+                })?;
+            restore::s3_store(source, Some(credentials))?
+        } else {
+            None
+        };
+        let file = self.dir.join("restore.snap.partial");
+        let _ = std::fs::remove_file(&file);
+        let fetched = restore::fetch(source, store.as_ref(), &file).await;
+        let result = match fetched {
+            Ok(fetched) => self
+                .restore_members(&file, members, &location)
+                .await
+                .map(|()| fetched),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+}
+
+impl LocalPlatform {
+    async fn restore_members(&self, file: &Path, members: i32, location: &str) -> Result<()> {
+        let clear = |platform: &LocalPlatform| {
+            for ordinal in 0..members.max(0) as u32 {
+                let dir = platform.member_dir(ordinal);
+                let _ = std::fs::remove_dir_all(dir.join("wal"));
+                let _ = std::fs::remove_dir_all(dir.join("snap"));
+            }
+        };
+        // Left from an attempt that failed half-way (no member ever started on it).
+        clear(self);
+        for ordinal in 0..members.max(0) as u32 {
+            let args = {
+                let inner = self.lock();
+                self.args(&inner, ordinal)
+            };
+            // Its output goes to a file (bounded reading: only the tail is kept).
+            let dir = self.member_dir(ordinal);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| local_error(format!("cannot create {}: {e}", dir.display())))?;
+            let log_path = dir.join("restore.log");
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| local_error(format!("cannot create {}: {e}", log_path.display())))?;
+            let log_err = log
+                .try_clone()
+                .map_err(|e| local_error(format!("cannot open {}: {e}", log_path.display())))?;
+            let mut command = Command::new(&self.node_binary);
+            command
+                .arg("restore")
+                .arg(format!("--snapshot={}", file.display()))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err);
+            let run =
+                tokio::task::spawn_blocking(move || -> std::io::Result<Option<std::process::ExitStatus>> {
+                    let mut child = command.spawn()?;
+                    let deadline = Instant::now() + RESTORE_TIMEOUT;
+                    loop {
+                        if let Some(status) = child.try_wait()? {
+                            return Ok(Some(status));
+                        }
+                        if Instant::now() >= deadline {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Ok(None);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .await
+                .map_err(|e| local_error(e.to_string()))?;
+            let status = match run {
+                Ok(Some(status)) => status,
+                Err(e) => {
+                    clear(self);
+                    return Err(local_error(format!(
+                        "cannot run {} restore: {e}",
+                        self.node_binary.display()
+                    )));
+                }
+                Ok(None) => {
+                    clear(self);
+                    return Err(Error::Backup(format!(
+                        "cannot restore from {location}: raft-node restore of {}-{ordinal} took over {} s",
+                        self.name,
+                        RESTORE_TIMEOUT.as_secs()
+                    )));
+                }
+            };
+            if !status.success() {
+                clear(self);
+                let tail = log_tail(&log_path, RESTORE_LOG_TAIL_BYTES);
+                let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                return Err(Error::Backup(format!(
+                    "cannot restore from {location}: raft-node restore of {}-{ordinal}: {}",
+                    self.name,
+                    last.chars().take(500).collect::<String>()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last `bytes` bytes of a file, as text (empty when it cannot be read).
+fn log_tail(path: &Path, bytes: u64) -> String {
+    use std::io::Seek;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(std::io::SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut buffer = Vec::with_capacity(bytes as usize);
+    let _ = file.take(bytes).read_to_end(&mut buffer);
+    String::from_utf8_lossy(&buffer).into_owned()
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a reader (a member
@@ -1053,6 +1277,17 @@ pub fn render_view(platform: &LocalPlatform, round: &Round) -> String {
             (Some(e), _) => out.push_str(&format!("backup: {e}\n")),
             (None, Some(next)) => out.push_str(&format!("next backup: {next}\n")),
             (None, None) => {}
+        }
+    }
+    if let Some(r) = &status.restore {
+        match (&r.last_error, r.succeeded) {
+            (_, true) => out.push_str(&format!("restored from: {}\n", r.location)),
+            (Some(e), false) => out.push_str(&format!(
+                "restore: {e} (attempt {}; next at {})\n",
+                r.failures,
+                r.next_attempt_time.as_deref().unwrap_or("-")
+            )),
+            (None, false) => {}
         }
     }
     let doing = match &round.plan.action {

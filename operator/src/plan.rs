@@ -6,8 +6,13 @@
 //!
 //! Order of concerns in [`plan`] (the first that applies wins):
 //! 1. bootstrap: until the initial members formed a cluster, keep the StatefulSet at the
-//!    bootstrap size with `--initial-cluster-state new`;
+//!    bootstrap size with `--initial-cluster-state new`; with `spec.bootstrap.fromBackup`
+//!    the members' data is first restored from the backup ([`crate::restore::decide`]),
+//!    and nothing starts while that fails;
 //! 2. no leader with a quorum behind it: `Degraded`, wait, never act destructively;
+//!    then member replacement ([`replacement_step`]): a voter that keeps failing to
+//!    start is removed, added back as a learner, wiped, and (concern 5) promoted; only
+//!    while the other voters are a healthy quorum, one member at a time;
 //! 3. StatefulSet size follows membership: after MemberAdd it grows to admit the
 //!    learner, after MemberRemove (once every member has the change) it shrinks;
 //! 4. volumes of ordinals beyond the StatefulSet are deleted, so a later scale-up never
@@ -132,9 +137,19 @@ pub struct Observed {
     pub pods: Vec<PodObservation>,
     /// Ordinals that still have a volume (WAL or snapshots).
     pub volume_ordinals: BTreeSet<u32>,
+    /// Members that failed to start this many times in a row (exited before they
+    /// served), by ordinal, with the last error they printed.
+    pub failed_starts: BTreeMap<u32, FailedStarts>,
     /// Members that answered.
     pub members: Vec<MemberObservation>,
     pub now_ms: u64,
+}
+
+/// A member process that keeps exiting at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailedStarts {
+    pub count: u32,
+    pub last_error: Option<String>,
 }
 
 /// `--initial-cluster-state` of pods created from the current template.
@@ -167,6 +182,12 @@ pub struct Children {
 pub enum Action {
     /// Create the StatefulSet with the initial members (`--initial-cluster-state new`).
     Bootstrap { members: i32 },
+    /// Before the first start: build the data of members `0..members` from the backup
+    /// (`spec.bootstrap.fromBackup`); nothing is started.
+    Restore {
+        members: i32,
+        source: crate::crd::BackupSource,
+    },
     /// etcd MemberAdd with isLearner.
     AddLearner { name: String, peer_url: String },
     /// Set the StatefulSet's replicas.
@@ -181,6 +202,17 @@ pub enum Action {
     DeleteVolumes { ordinal: u32 },
     /// Delete the pod so the StatefulSet recreates it from the current template.
     RestartMember { ordinal: u32 },
+    /// Member replacement, first step: etcd MemberRemove of a voter whose data cannot
+    /// be used (it is then added back as a learner and wiped).
+    ReplaceMember {
+        id: u64,
+        name: String,
+        ordinal: u32,
+        reason: String,
+    },
+    /// Member replacement: stop the member and delete its data (WAL and snapshots), so
+    /// it starts again empty as the learner it was added back as.
+    WipeMember { ordinal: u32 },
     /// admin SetTiming.
     SetTiming { timing: TimingMs, reason: String },
     /// Something is in progress; look again soon.
@@ -194,6 +226,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Bootstrap { .. } => "Bootstrap",
+            Action::Restore { .. } => "Restore",
             Action::AddLearner { .. } => "AddLearner",
             Action::ScaleWorkload { .. } => "ScaleWorkload",
             Action::Promote { .. } => "Promote",
@@ -201,6 +234,8 @@ impl Action {
             Action::RemoveMember { .. } => "RemoveMember",
             Action::DeleteVolumes { .. } => "DeleteVolumes",
             Action::RestartMember { .. } => "RestartMember",
+            Action::ReplaceMember { .. } => "ReplaceMember",
+            Action::WipeMember { .. } => "WipeMember",
             Action::SetTiming { .. } => "SetTiming",
             Action::Wait { .. } => "Wait",
             Action::Refuse { .. } => "Refuse",
@@ -212,6 +247,11 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Bootstrap { members } => write!(f, "bootstrap {members} members"),
+            Action::Restore { members, source } => write!(
+                f,
+                "restore the data of {members} members from {}",
+                crate::restore::location(source)
+            ),
             Action::AddLearner { name, peer_url } => write!(f, "add {name} ({peer_url}) as a learner"),
             Action::ScaleWorkload { to } => write!(f, "scale the StatefulSet to {to}"),
             Action::Promote { name, .. } => write!(f, "promote {name} to voter"),
@@ -219,6 +259,15 @@ impl fmt::Display for Action {
             Action::RemoveMember { name, .. } => write!(f, "remove member {name}"),
             Action::DeleteVolumes { ordinal } => write!(f, "delete the volumes of ordinal {ordinal}"),
             Action::RestartMember { ordinal } => write!(f, "restart the pod of ordinal {ordinal}"),
+            Action::ReplaceMember { name, reason, .. } => {
+                write!(
+                    f,
+                    "replace member {name}: remove it from the configuration ({reason})"
+                )
+            }
+            Action::WipeMember { ordinal } => {
+                write!(f, "delete the data of ordinal {ordinal} so it starts again empty")
+            }
             Action::SetTiming { timing, reason } => write!(
                 f,
                 "set heartbeat {} ms, election timeout {} ms ({reason})",
@@ -494,7 +543,10 @@ fn plan_step(
             }
             _ => {
                 out.action = Some(if observed.workload_replicas.is_none() {
-                    Action::Bootstrap { members: size }
+                    // From a backup first, when the spec says so: no member starts
+                    // before every member's data is there.
+                    crate::restore::decide(spec, status, size, observed.now_ms)
+                        .unwrap_or(Action::Bootstrap { members: size })
                 } else {
                     Action::Wait {
                         reason: format!("bootstrapping: waiting for {size} members to form a cluster"),
@@ -558,6 +610,12 @@ fn plan_step(
         out.degraded = Some(format!("unhealthy voters: {}", unhealthy.join(", ")));
     }
     let all_members: Vec<u64> = view.voters.iter().chain(&view.learners).copied().collect();
+
+    // 2b. Member replacement: under way, or a voter that cannot start.
+    if let Some(action) = replacement_step(spec, status, observed, naming, &view, &mut out) {
+        out.action = Some(action);
+        return out;
+    }
     let mut ordinals = BTreeSet::new();
     for id in &all_members {
         match view.ordinal.get(id) {
@@ -808,4 +866,91 @@ fn best_follower(view: &View<'_>, except: u64) -> Option<u64> {
         .copied()
         .filter(|id| *id != except && view.healthy[id])
         .max_by_key(|id| (view.match_index(*id), std::cmp::Reverse(*id)))
+}
+
+/// A voter is replaced after this many failed starts in a row.
+pub const REPLACE_AFTER_FAILED_STARTS: u32 = 5;
+
+/// The replacement concern: the next step of one under way (`status.replacement`),
+/// else the start of one for a voter that failed to start
+/// [`REPLACE_AFTER_FAILED_STARTS`] times in a row, only while the other voters are a
+/// healthy quorum of the configuration with and without it; `None` to go on.
+fn replacement_step(
+    spec: &RaftClusterSpec,
+    status: Option<&RaftClusterStatus>,
+    observed: &Observed,
+    naming: &Naming,
+    view: &View<'_>,
+    out: &mut Plan,
+) -> Option<Action> {
+    let at_ordinal = |o: u32| {
+        view.voters
+            .iter()
+            .chain(&view.learners)
+            .copied()
+            .find(|id| view.ordinal.get(id) == Some(&o))
+    };
+    if let Some(r) = status.and_then(|s| s.replacement.as_ref()) {
+        match at_ordinal(r.ordinal) {
+            // Removed: added back as an empty learner.
+            None => {
+                return Some(Action::AddLearner {
+                    name: naming.member_name(r.ordinal),
+                    peer_url: (naming.peer_url)(r.ordinal),
+                })
+            }
+            // Added back: its old data goes, so it starts empty and catches up.
+            Some(id) if view.learners.contains(&id) && !r.wiped => {
+                return Some(Action::WipeMember { ordinal: r.ordinal })
+            }
+            // Done: a healthy voter again (the status forgets it this round); another
+            // member may be next.
+            Some(id) if r.wiped && view.voters.contains(&id) && view.healthy[&id] => {}
+            // A learner catching up (promoted by concern 5): nothing else meanwhile.
+            Some(_) => return None,
+        }
+    }
+    let enabled = spec.replacement.as_ref().is_none_or(|r| r.enabled);
+    let (id, ordinal, failed) = view.voters.iter().find_map(|id| {
+        let o = *view.ordinal.get(id)?;
+        let failed = observed.failed_starts.get(&o)?;
+        (failed.count >= REPLACE_AFTER_FAILED_STARTS && !view.healthy[id] && *id != view.leader.id)
+            .then(|| (*id, o, failed.clone()))
+    })?;
+    let name = view.name(id, naming);
+    let mut why = format!("{name} failed to start {} times in a row", failed.count);
+    if let Some(e) = &failed.last_error {
+        why.push_str(&format!(" (last: {e})"));
+    }
+    if !enabled {
+        let note = format!("{why}; spec.replacement.enabled is false, so it is left as it is");
+        out.degraded = Some(match out.degraded.take() {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+        return None;
+    }
+    let voters = view.voters.len();
+    let healthy_others = view.healthy_count(view.voters.iter().copied().filter(|v| *v != id));
+    if voters < 2 || healthy_others < quorum(voters) || healthy_others < quorum(voters - 1) {
+        let reason = format!(
+            "{why}, but replacing it needs a healthy quorum of the other voters: {healthy_others} of {} \
+             are healthy (quorum {}); nothing was changed",
+            voters.saturating_sub(1),
+            quorum(voters)
+        );
+        out.degraded = Some(reason.clone());
+        return Some(Action::Refuse { reason });
+    }
+    if !view.learners.is_empty() {
+        return Some(Action::Wait {
+            reason: format!("{why}; its replacement waits for the pending learner"),
+        });
+    }
+    Some(Action::ReplaceMember {
+        id,
+        name,
+        ordinal,
+        reason: why,
+    })
 }

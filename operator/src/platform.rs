@@ -6,8 +6,9 @@
 //! [`execute`] through [`crate::node`].
 
 use crate::backup::{self, BackupDecision, BackupOutcome};
-use crate::crd::{BackupDestination, BackupSpec};
+use crate::crd::{BackupDestination, BackupSource, BackupSpec};
 use crate::plan::{Action, Naming, Plan};
+use crate::restore;
 use crate::{node, Result};
 
 /// What differs between Kubernetes and local processes.
@@ -23,9 +24,32 @@ pub trait Platform {
     async fn restart_member(&self, ordinal: u32) -> Result<()>;
     /// Delete the WAL and snapshot volumes of an ordinal that is no longer a member.
     async fn delete_volumes(&self, ordinal: u32) -> Result<()>;
+    /// Stop the member with this ordinal and delete its data, so it starts again
+    /// empty (member replacement, after it was added back as a learner).
+    async fn wipe_member(&self, ordinal: u32) -> Result<()>;
     /// Where backups to `destination` are written, with the credentials it needs
     /// (Kubernetes: a Secret; local: the environment).
     async fn backup_target(&self, destination: &BackupDestination) -> Result<backup::Target>;
+    /// Builds the data of members `0..members` from the backup at `source` before any
+    /// of them has started (local: `raft-node restore` into each member's directory).
+    async fn restore(&self, source: &BackupSource, members: i32) -> Result<restore::Fetched>;
+}
+
+/// Carries out this round's restore, when the plan asks for one; `None` otherwise. The
+/// error is a message for status and Events (it names the backup's location).
+pub async fn restore<P: Platform>(
+    platform: &P,
+    plan: &Plan,
+) -> Option<std::result::Result<restore::Fetched, String>> {
+    let Some(Action::Restore { members, source }) = &plan.action else {
+        return None;
+    };
+    Some(
+        platform
+            .restore(source, *members)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// Takes the scheduled backup when the plan says one is due; `None` otherwise. The
@@ -102,7 +126,10 @@ pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) ->
     };
     let access = platform.access();
     match action {
-        Action::Bootstrap { .. } | Action::Wait { .. } | Action::Refuse { .. } => Ok(()),
+        // A restore is carried out by [`restore`], the bootstrap by applying the children.
+        Action::Bootstrap { .. } | Action::Restore { .. } | Action::Wait { .. } | Action::Refuse { .. } => {
+            Ok(())
+        }
         Action::AddLearner { peer_url, .. } => {
             access.add_learner(&leader_endpoint(), peer_url).await.map(|_| ())
         }
@@ -112,6 +139,8 @@ pub async fn execute<P: Platform>(platform: &P, plan: &Plan, naming: &Naming) ->
         Action::RemoveMember { id, .. } => access.remove(&leader_endpoint(), *id).await,
         Action::DeleteVolumes { ordinal } => platform.delete_volumes(*ordinal).await,
         Action::RestartMember { ordinal } => platform.restart_member(*ordinal).await,
+        Action::ReplaceMember { id, .. } => access.remove(&leader_endpoint(), *id).await,
+        Action::WipeMember { ordinal } => platform.wipe_member(*ordinal).await,
         Action::SetTiming { timing, reason } => access.set_timing(&leader_endpoint(), *timing, reason).await,
     }
 }

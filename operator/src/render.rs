@@ -342,6 +342,9 @@ fn member_container(rc: &RaftCluster, children: &Children) -> Container {
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         // WAL replay of a large log may take a while; liveness starts after this.
         startup_probe: Some(http_probe("/healthz", 5, 60)),
+        // A start-up that fails leaves its last log lines in the container status
+        // (the operator reads them when it replaces a member that cannot start).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {
             read_only_root_filesystem: Some(true),
@@ -593,6 +596,9 @@ pub fn parse_manifest(text: &str) -> crate::Result<RaftCluster> {
     if let Some(backup) = &rc.spec.backup {
         // A schedule or destination that cannot work is refused before anything runs.
         crate::backup::validate(backup).map_err(crate::Error::Manifest)?;
+    }
+    if let Some(source) = crate::restore::source(&rc.spec) {
+        crate::restore::validate(source).map_err(crate::Error::Manifest)?;
     }
     if let Some(tls) = &rc.spec.tls {
         // The CRD's CEL rules, for where no API server runs them (`raftctl up`).

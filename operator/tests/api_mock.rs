@@ -803,3 +803,143 @@ async fn s3_credentials_come_from_the_named_secret_and_a_missing_key_is_named() 
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_cluster_to_restore_from_a_backup_creates_nothing_and_says_why_on_kubernetes() {
+    let (ctx, mut handle) = context();
+    let mut value = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+    value["spec"]["bootstrap"] = json!({"fromBackup": {"s3": {"bucket": "bkt", "key": "nightly/demo.snap"}}});
+    let rc = Arc::new(serde_json::from_value::<RaftCluster>(value).unwrap());
+    let server = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/default";
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            StatusCode::NOT_FOUND,
+            not_found(),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/pods"),
+            StatusCode::OK,
+            empty_list("PodList"),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{ns}/persistentvolumeclaims"),
+            StatusCode::OK,
+            empty_list("PersistentVolumeClaimList"),
+        )
+        .await;
+        // No child is applied: the next request is the Warning Event, then the status.
+        let (_, event) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (event["reason"].as_str(), event["type"].as_str()),
+            (Some("RestoreFailed"), Some("Warning")),
+            "{event}"
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("s3://bkt/nightly/demo.snap"),
+            "{event}"
+        );
+        let answer = serde_json::to_value(cluster(true, false, "Retain")).unwrap();
+        let (_, status) = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{RC}/status"),
+            StatusCode::OK,
+            answer,
+        )
+        .await;
+        status
+    });
+    k8s::reconcile(rc, ctx).await.expect("reconcile succeeds");
+    let status = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status["status"]["phase"], "Bootstrapping");
+    assert_eq!(status["status"]["bootstrapped"], false);
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let restored = conditions.iter().find(|c| c["type"] == "Restored").unwrap();
+    assert_eq!(
+        (restored["status"].as_str(), restored["reason"].as_str()),
+        (Some("False"), Some("BackupUnreadable"))
+    );
+    let message = restored["message"].as_str().unwrap();
+    assert!(
+        message.contains("s3://bkt/nightly/demo.snap") && message.contains("no member is started"),
+        "{message}"
+    );
+    assert_eq!(status["status"]["restore"]["failures"], 1);
+}
+
+#[test]
+fn a_crash_looping_raft_node_container_counts_as_failed_starts_with_its_last_log_line() {
+    let pod = |ready: bool, state: Value, last: Value, restarts: i32| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "demo-1"},
+            "status": {"containerStatuses": [{
+                "name": "raft-node", "image": "i", "imageID": "", "ready": ready,
+                "restartCount": restarts, "state": state, "lastState": last,
+            }]},
+        }))
+        .unwrap()
+    };
+    let refused = json!({"terminated": {"exitCode": 1, "reason": "Error",
+        "message": "starting\nraft-node: corrupt data in /wal/1.wal at byte offset 12550: record checksum mismatch\n"}});
+    let waiting = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+    let failed = k8s::failed_starts_of(&pod(false, waiting.clone(), refused.clone(), 6)).unwrap();
+    assert_eq!(failed.count, 6);
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("raft-node: corrupt data in /wal/1.wal at byte offset 12550: record checksum mismatch")
+    );
+    // Running again, or ready, or its last exit clean: not failing.
+    let running = json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}});
+    assert!(k8s::failed_starts_of(&pod(false, running, refused.clone(), 6)).is_none());
+    assert!(k8s::failed_starts_of(&pod(true, waiting.clone(), refused, 6)).is_none());
+    let clean = json!({"terminated": {"exitCode": 0}});
+    assert!(k8s::failed_starts_of(&pod(false, waiting, clean, 6)).is_none());
+}
+
+#[tokio::test]
+async fn wiping_a_replaced_member_deletes_its_two_claims_then_its_pod() {
+    use kuberaft_operator::platform::Platform;
+    let (client, mut handle) = support::client();
+    let server = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/default";
+        for path in [
+            format!("{ns}/persistentvolumeclaims/wal-demo-1"),
+            format!("{ns}/persistentvolumeclaims/snapshots-demo-1"),
+            format!("{ns}/pods/demo-1"),
+        ] {
+            expect(&mut handle, Method::DELETE, &path, StatusCode::OK, json!({})).await;
+        }
+    });
+    let platform = k8s::KubePlatform::new(
+        client,
+        &cluster(true, false, "Retain"),
+        kuberaft_operator::node::Access::plain(),
+    );
+    platform.wipe_member(1).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -88,6 +88,33 @@ fn a_manifest_with_an_invalid_backup_schedule_or_destination_is_rejected() {
 }
 
 #[test]
+fn a_manifest_with_an_unusable_from_backup_is_rejected_with_the_field_named() {
+    let text = std::fs::read_to_string(root().join("examples/minimal.yaml")).unwrap();
+    let with = |source: &str| format!("{}\n  bootstrap:\n    fromBackup:\n{source}", text.trim_end());
+    let ok = with("      path: /backups/b.snap\n");
+    assert!(parse_manifest(&ok).unwrap().spec.bootstrap.is_some());
+    let s3 = with("      s3: {bucket: bkt, key: a/b.snap, endpoint: \"http://127.0.0.1:9000\"}\n");
+    assert!(parse_manifest(&s3).is_ok());
+    for (bad, says) in [
+        ("      path: backups/b.snap\n", "must be an absolute path"),
+        (
+            "      path: /b.snap\n      s3: {bucket: bkt, key: k}\n",
+            "exactly one of path and s3",
+        ),
+        ("      {}\n", "exactly one of path and s3"),
+        ("      path: /b.snap\n      sha256: abc\n", "fromBackup.sha256"),
+        ("      s3: {bucket: bkt, key: /}\n", "s3.key is empty"),
+        (
+            "      s3: {bucket: bkt, key: k, endpoint: \"minio:9000\"}\n",
+            "http:// or https://",
+        ),
+    ] {
+        let e = parse_manifest(&with(bad)).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn the_crd_carries_the_subresources_columns_and_cel_rules() {
     let crd: serde_json::Value = serde_norway::from_str(&crd_yaml()).unwrap();
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "raft");
@@ -345,6 +372,28 @@ mod cel_rules {
             let found = errors(&with(bad.clone()), None);
             assert!(
                 found.iter().any(|m| m.contains("exactly one of path and s3")),
+                "{bad}: {found:?}"
+            );
+        }
+        // bootstrap.fromBackup: the same rule.
+        let from = |source: Value| {
+            let mut e = example("minimal.yaml");
+            e["spec"]["bootstrap"] = json!({"fromBackup": source});
+            e
+        };
+        assert_eq!(
+            errors(&from(json!({"path": "/b.snap"})), None),
+            Vec::<String>::new()
+        );
+        for bad in [
+            json!({}),
+            json!({"path": "/b", "s3": {"bucket": "bkt", "key": "k"}}),
+        ] {
+            let found = errors(&from(bad.clone()), None);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.contains("fromBackup needs exactly one of path and s3")),
                 "{bad}: {found:?}"
             );
         }

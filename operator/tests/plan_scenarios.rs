@@ -10,14 +10,16 @@ use std::sync::Arc;
 use kuberaft_operator::adaptive::{TimingMs, COOL_DOWN_MS};
 use kuberaft_operator::backup::{self, BackupDecision, BackupOutcome};
 use kuberaft_operator::crd::{
-    BackupDestination, BackupRecord, BackupSpec, RaftClusterSpec, RaftClusterStatus, Retention, Storage,
-    Timing, TimingMode, TimingStatus, Volume,
+    BackupDestination, BackupRecord, BackupSource, BackupSpec, BootstrapSpec, RaftClusterSpec,
+    RaftClusterStatus, ReplacementSpec, Retention, Storage, Timing, TimingMode, TimingStatus, Volume,
 };
 use kuberaft_operator::plan::{
-    plan, rfc3339_from_ms, Action, ClusterState, MemberObservation, Naming, Observed, PeerObservation, Plan,
-    PodObservation, Role,
+    plan, rfc3339_from_ms, Action, ClusterState, FailedStarts, MemberObservation, Naming, Observed,
+    PeerObservation, Plan, PodObservation, Role,
 };
 use kuberaft_operator::render::template_hash;
+use kuberaft_operator::replace;
+use kuberaft_operator::restore;
 
 const STEP_MS: u64 = 1_000;
 const STEPS_MAX: usize = 400;
@@ -50,6 +52,8 @@ fn spec(replicas: i32) -> RaftClusterSpec {
         tls: None,
         hibernate: false,
         backup: None,
+        bootstrap: None,
+        replacement: None,
     }
 }
 
@@ -101,6 +105,14 @@ struct World {
     backups_fail: bool,
     /// Backups taken: (time, member).
     backups: Vec<(u64, String)>,
+    /// `spec.bootstrap.fromBackup` cannot be read.
+    restore_fails: bool,
+    /// Members whose data was restored from the backup (before any pod existed).
+    restored: BTreeSet<u32>,
+    /// Ordinals whose data the member refuses at start-up (it exits at once, again and again).
+    unusable: BTreeSet<u32>,
+    /// Ordinals whose member runs but does not catch up (unhealthy, yet reachable).
+    lagging: BTreeSet<u32>,
 }
 
 impl World {
@@ -129,6 +141,10 @@ impl World {
             log: Vec::new(),
             backups_fail: false,
             backups: Vec::new(),
+            restore_fails: false,
+            restored: BTreeSet::new(),
+            unusable: BTreeSet::new(),
+            lagging: BTreeSet::new(),
         }
     }
 
@@ -142,7 +158,9 @@ impl World {
     }
 
     fn alive(&self, ordinal: u32) -> bool {
-        self.pods.get(&ordinal).is_some_and(|p| p.ready) && !self.down.contains(&ordinal)
+        self.pods.get(&ordinal).is_some_and(|p| p.ready)
+            && !self.down.contains(&ordinal)
+            && !self.unusable.contains(&ordinal)
     }
 
     fn voters(&self) -> Vec<u64> {
@@ -256,11 +274,24 @@ impl World {
                 .map(|(o, p)| PodObservation {
                     ordinal: *o,
                     template_hash: Some(p.hash.clone()),
-                    ready: p.ready && !self.down.contains(o),
+                    ready: p.ready && !self.down.contains(o) && !self.unusable.contains(o),
                     terminating: false,
                 })
                 .collect(),
             volume_ordinals: self.volumes.clone(),
+            failed_starts: self
+                .unusable
+                .iter()
+                .map(|o| {
+                    (
+                        *o,
+                        FailedStarts {
+                            count: 6,
+                            last_error: Some("wal: record 12 fails its checksum".into()),
+                        },
+                    )
+                })
+                .collect(),
             members,
             now_ms: self.now_ms,
         }
@@ -305,6 +336,28 @@ impl World {
             outcome.as_ref(),
             self.now_ms,
         );
+        // The restore, as platform::restore carries it out.
+        let restored = match &p.action {
+            Some(Action::Restore { source, .. }) if self.restore_fails => Some(Err(format!(
+                "cannot restore from {}: No such file or directory (os error 2)",
+                restore::location(source)
+            ))),
+            Some(Action::Restore { source, .. }) => Some(Ok(restore::Fetched {
+                location: restore::location(source),
+                size: 1234,
+                sha256: "ab".repeat(32),
+            })),
+            _ => None,
+        };
+        restore::record(
+            &mut self.status,
+            Some(&previous),
+            &self.spec,
+            &p,
+            restored.as_ref(),
+            self.now_ms,
+        );
+        replace::record(&mut self.status, Some(&previous), &p, true, self.now_ms);
         p
     }
 
@@ -341,6 +394,13 @@ impl World {
         self.log.push(action.clone());
         match action {
             Action::Bootstrap { members } => {
+                if restore::source(&self.spec).is_some() {
+                    assert_eq!(
+                        self.restored,
+                        (0..*members as u32).collect(),
+                        "bootstrapped before every member's data was restored"
+                    );
+                }
                 self.statefulset = Some(*members);
                 for o in 0..*members as u32 {
                     self.config.insert(
@@ -420,6 +480,45 @@ impl World {
                 pod.ready = false;
             }
             Action::SetTiming { timing, .. } => self.timing = *timing,
+            Action::ReplaceMember { id, name, .. } => {
+                assert_ne!(self.leader, Some(*id), "replaced the leader {name}");
+                let others = self
+                    .voters()
+                    .into_iter()
+                    .filter(|v| v != id && self.healthy(*v))
+                    .count();
+                let voters = self.voters().len();
+                assert!(
+                    others > voters / 2 && others > (voters - 1) / 2,
+                    "replaced {name} without a healthy quorum of the others"
+                );
+                assert!(
+                    self.config.values().all(|m| !m.learner),
+                    "replaced {name} while a learner was pending"
+                );
+                self.config.remove(id);
+            }
+            Action::WipeMember { ordinal } => {
+                let m = self
+                    .config
+                    .values()
+                    .find(|m| m.ordinal == *ordinal)
+                    .expect("wiped a member that is not in the configuration");
+                assert!(m.learner, "wiped the data of a voter");
+                self.unusable.remove(ordinal);
+                if let Some(p) = self.pods.get_mut(ordinal) {
+                    p.ready = false;
+                }
+            }
+            Action::Restore { members, .. } => {
+                assert!(
+                    self.statefulset.is_none() && self.pods.is_empty(),
+                    "restored while members run"
+                );
+                if !self.restore_fails {
+                    self.restored = (0..*members as u32).collect();
+                }
+            }
             Action::Wait { .. } | Action::Refuse { .. } => {}
         }
     }
@@ -456,7 +555,7 @@ impl World {
         let rate = self.catch_up_per_step;
         let alive: BTreeSet<u32> = (0..size).filter(|o| self.alive(*o)).collect();
         for m in self.config.values_mut() {
-            if !alive.contains(&m.ordinal) {
+            if !alive.contains(&m.ordinal) || self.lagging.contains(&m.ordinal) {
                 continue;
             }
             m.match_index = if m.learner {
@@ -1178,4 +1277,268 @@ fn a_backup_is_not_read_from_the_member_the_same_round_restarts() {
         "the leader rather than the member being restarted: {:?}",
         p.backup
     );
+}
+
+fn from_backup(path: &str) -> Option<BootstrapSpec> {
+    Some(BootstrapSpec {
+        from_backup: Some(BackupSource {
+            path: Some(path.into()),
+            s3: None,
+            sha256: None,
+        }),
+    })
+}
+
+fn restored_condition(w: &World) -> (String, String, String) {
+    let c = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap_or_else(|| panic!("no Restored condition: {:#?}", w.status.conditions));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[test]
+fn from_backup_restores_every_member_before_the_first_start_then_bootstraps_once() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let first = w.reconcile();
+    match &first.action {
+        Some(Action::Restore { members: 3, source }) => {
+            assert_eq!(restore::location(source), "file:///backups/b.snap")
+        }
+        other => panic!("expected a restore of 3 members first, got {other:?}"),
+    }
+    assert_eq!(w.statefulset, None, "nothing is created while restoring");
+    w.step();
+    let steps = w.run_to_steady();
+    assert_eq!(kinds(&steps), vec!["bootstrap 3 members"], "{steps:?}");
+    assert!(w.status.bootstrapped);
+    assert!(w.status.restore.as_ref().is_some_and(|r| r.succeeded));
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Restored"));
+    assert!(
+        message.contains("file:///backups/b.snap") && message.contains("not read again"),
+        "{message}"
+    );
+    // An operator restarted later, or a changed fromBackup, never restores again.
+    w.spec.bootstrap = from_backup("/backups/other.snap");
+    let again = w.run_to_steady();
+    assert!(
+        again.iter().all(|a| !matches!(a, Action::Restore { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_backup_that_cannot_be_read_starts_nothing_says_why_and_is_retried_with_back_off() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/missing.snap");
+    w.restore_fails = true;
+    let mut attempts = 0;
+    for _ in 0..60 {
+        let p = w.reconcile();
+        if matches!(p.action, Some(Action::Restore { .. })) {
+            attempts += 1;
+        }
+        assert!(
+            !matches!(p.action, Some(Action::Bootstrap { .. })),
+            "bootstrapped without the data"
+        );
+        w.step();
+    }
+    assert_eq!(w.statefulset, None);
+    assert!(w.pods.is_empty() && w.volumes.is_empty());
+    assert!(!w.status.bootstrapped);
+    // Back-off: 60 s saw the first attempt and the retries after 10 s and 20 s more.
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in 60 s");
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "BackupUnreadable"));
+    assert!(
+        message.contains("file:///backups/missing.snap") && message.contains("no member is started"),
+        "{message}"
+    );
+    let r = w.status.restore.clone().unwrap();
+    assert!(!r.succeeded && r.failures == attempts && r.next_attempt_time.is_some());
+    // The backup appears: the next attempt restores, then the members start.
+    w.restore_fails = false;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "restore the data of 3 members from file:///backups/missing.snap",
+            "bootstrap 3 members"
+        ]
+    );
+    assert_eq!(restored_condition(&w).0, "True");
+}
+
+#[test]
+fn an_invalid_from_backup_is_refused_and_starts_nothing() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("relative/b.snap");
+    for _ in 0..5 {
+        let p = w.reconcile();
+        assert!(
+            matches!(&p.action, Some(Action::Refuse { reason }) if reason.contains("absolute")),
+            "{p:?}"
+        );
+        w.step();
+    }
+    assert_eq!(w.statefulset, None);
+    let (status, reason, _) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+}
+
+#[test]
+fn from_backup_on_a_running_cluster_is_ignored_and_the_condition_says_so() {
+    let mut w = World::running(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let steps = w.run_to_steady();
+    assert!(steps.is_empty(), "{steps:?}");
+    let (status, reason, message) = restored_condition(&w);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Ignored"));
+    assert!(message.contains("only before"), "{message}");
+    assert!(w.status.restore.is_none());
+}
+
+#[test]
+fn replicas_changed_between_the_restore_and_the_first_start_restore_again_for_every_member() {
+    let mut w = World::new(3);
+    w.spec.bootstrap = from_backup("/backups/b.snap");
+    let first = w.reconcile();
+    assert!(
+        matches!(first.action, Some(Action::Restore { members: 3, .. })),
+        "{first:?}"
+    );
+    // Before the members start, the spec asks for five: all five get the backup first.
+    w.spec.replicas = 5;
+    let steps = w.run_to_steady();
+    assert_eq!(
+        kinds(&steps)[..2],
+        [
+            "restore the data of 5 members from file:///backups/b.snap".to_string(),
+            "bootstrap 5 members".to_string()
+        ],
+        "{steps:?}"
+    );
+    assert_eq!(w.status.restore.as_ref().unwrap().members, Some(5));
+}
+
+fn condition(w: &World, type_: &str) -> Option<(String, String, String)> {
+    w.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[test]
+fn a_member_whose_data_is_refused_is_removed_added_back_empty_wiped_and_promoted() {
+    let mut w = World::running(3);
+    w.unusable.insert(1);
+    let steps = w.run_to_steady();
+    let kinds = kinds(&steps);
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert!(
+        kinds[0].starts_with("replace member demo-1") && kinds[0].contains("failed to start 6 times"),
+        "{kinds:?}"
+    );
+    assert!(kinds[0].contains("record 12 fails its checksum"), "{kinds:?}");
+    assert!(kinds[1].starts_with("add demo-1"), "{kinds:?}");
+    assert_eq!(kinds[2], "delete the data of ordinal 1 so it starts again empty");
+    assert_eq!(kinds[3], "promote demo-1 to voter");
+    assert_eq!(member_ordinals(&w), vec![(0, false), (1, false), (2, false)]);
+    assert!(w.status.replacement.is_none());
+    let (status, reason, message) = condition(&w, "MemberReplaced").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Replaced"));
+    assert!(
+        message.contains("demo-1") && message.contains("failed to start"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_operator_restarted_mid_replacement_goes_on_from_the_status() {
+    let mut w = World::running(3);
+    w.unusable.insert(2);
+    // Two steps: removed, added back; then a fresh operator (the world is all it has).
+    for _ in 0..2 {
+        w.reconcile();
+        w.step();
+    }
+    assert!(w.status.replacement.is_some());
+    let mut fresh = w.clone();
+    let steps = fresh.run_to_steady();
+    assert_eq!(
+        kinds(&steps),
+        vec![
+            "delete the data of ordinal 2 so it starts again empty",
+            "promote demo-2 to voter"
+        ]
+    );
+}
+
+#[test]
+fn no_replacement_without_a_healthy_quorum_of_the_other_voters() {
+    let mut w = World::running(3);
+    // demo-1 cannot start; demo-2 runs but is far behind: the leader still has a
+    // quorum it hears from, but only itself is healthy besides demo-1.
+    w.lagging.insert(2);
+    for m in w.config.values_mut() {
+        if m.ordinal == 2 {
+            m.match_index = 0;
+        }
+    }
+    w.unusable.insert(1);
+    for _ in 0..10 {
+        let p = w.reconcile();
+        assert!(
+            matches!(&p.action, Some(Action::Refuse { reason }) if reason.contains("healthy quorum") && reason.contains("demo-1")),
+            "{p:?}"
+        );
+        w.step();
+    }
+    assert_eq!(w.voters().len(), 3, "nothing was removed");
+    assert!(w.status.replacement.is_none());
+}
+
+#[test]
+fn replacement_turned_off_leaves_the_member_and_says_why() {
+    let mut w = World::running(3);
+    w.spec.replacement = Some(ReplacementSpec { enabled: false });
+    w.unusable.insert(1);
+    w.step();
+    let p = w.reconcile();
+    assert!(!matches!(p.action, Some(Action::ReplaceMember { .. })), "{p:?}");
+    assert!(
+        p.degraded
+            .as_deref()
+            .is_some_and(|d| d.contains("spec.replacement.enabled is false")),
+        "{p:?}"
+    );
+    assert_eq!(w.voters().len(), 3);
+}
+
+#[test]
+fn two_broken_members_are_replaced_one_after_the_other() {
+    let mut w = World::running(5);
+    w.unusable.insert(1);
+    w.unusable.insert(3);
+    let steps = w.run_to_steady();
+    let kinds = kinds(&steps);
+    let first_done = kinds.iter().position(|k| k.starts_with("promote")).unwrap();
+    let second = kinds
+        .iter()
+        .rposition(|k| k.starts_with("replace member"))
+        .unwrap();
+    assert!(second > first_done, "never two at once: {kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("replace member")).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(w.voters().len(), 5);
+    assert!(w.unusable.is_empty());
 }

@@ -140,6 +140,7 @@ impl Processes {
     fn observe(&self, members: Vec<kuberaft_operator::plan::MemberObservation>) -> Observed {
         let procs = self.procs.lock().unwrap();
         Observed {
+            failed_starts: Default::default(),
             workload_replicas: Some(procs.len() as i32),
             pods: procs
                 .iter()
@@ -199,6 +200,18 @@ impl Platform for Processes {
         Err(Error::Manifest("this test takes no backups".into()))
     }
 
+    async fn restore(
+        &self,
+        _source: &kuberaft_operator::crd::BackupSource,
+        _members: i32,
+    ) -> Result<kuberaft_operator::restore::Fetched> {
+        Err(Error::Manifest("this test restores nothing".into()))
+    }
+
+    async fn wipe_member(&self, _ordinal: u32) -> Result<()> {
+        Err(Error::Manifest("this test replaces no member".into()))
+    }
+
     async fn restart_member(&self, ordinal: u32) -> Result<()> {
         {
             let mut procs = self.procs.lock().unwrap();
@@ -256,6 +269,8 @@ fn spec(image: &str, heartbeat: u32, election: u32) -> RaftClusterSpec {
         tls: None,
         hibernate: false,
         backup: None,
+        bootstrap: None,
+        replacement: None,
     }
 }
 
