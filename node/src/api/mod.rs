@@ -489,6 +489,8 @@ pub(crate) fn kv_status(error: KvError) -> Status {
         KvError::LeaseExists => Status::failed_precondition(error.to_string()),
         KvError::LeaseTtlTooLarge => Status::out_of_range(error.to_string()),
         KvError::TooManyLeases | KvError::NoSpace => Status::resource_exhausted(error.to_string()),
+        // The Auth service (next) maps each auth error to etcd's code.
+        KvError::Auth(_) => Status::failed_precondition(error.to_string()),
     }
 }
 
