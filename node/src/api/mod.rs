@@ -9,6 +9,7 @@
 //! | Lease | LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases | fully, with etcd's minimum TTL and errors; expiry driven by the leader through the log |
 //! | Cluster | MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote | see [`cluster`] |
 //! | Maintenance | Status, MoveLeader, Alarm, HashKV, Hash, Defragment, Snapshot | see [`maintenance`] |
+//! | Auth | AuthEnable, AuthDisable, AuthStatus, Authenticate, User*, Role* | etcd's users, roles and key permissions, replicated through the log; simple tokens; permission checks in the other services: see [`auth`] |
 //!
 //! Any member accepts any request. Writes on a follower (put, delete, txn, compaction,
 //! lease grant and revoke) go to the leader over the peer connection (the runtime's

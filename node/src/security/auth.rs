@@ -614,4 +614,42 @@ mod tests {
         assert_eq!(identity.role, Role::Admin);
         assert!(!identity.authenticated);
     }
+
+    #[test]
+    fn with_a_token_file_a_valid_etcd_token_passes_to_the_etcd_checks() {
+        let (_dir, auth) = authenticator("w readwrite writer\n");
+        let put = "/etcdserverpb.KV/Put";
+        let etcd = |token: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("token", token.parse().unwrap());
+            headers
+        };
+        // Before the etcd tokens are known, and for a token they do not know: refused.
+        assert_eq!(
+            auth.check(put, &etcd("etcd-1"), None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        auth.set_etcd_tokens(Arc::new(|t: &str| t == "etcd-1"));
+        let identity = auth.check(put, &etcd("etcd-1"), None).unwrap();
+        assert!(
+            !identity.authenticated,
+            "the etcd checks decide, not the token file"
+        );
+        assert_eq!(
+            auth.check(put, &etcd("etcd-2"), None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // Only etcd's `token` metadata, never a bearer token, is taken as an etcd token.
+        assert!(auth.check(put, &headers("etcd-1"), None).is_err());
+        // Authenticate is public: the password is its credential.
+        assert!(auth
+            .check("/etcdserverpb.Auth/Authenticate", &http::HeaderMap::new(), None)
+            .is_ok());
+        assert_eq!(
+            auth.check("/etcdserverpb.Auth/UserAdd", &http::HeaderMap::new(), None)
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+    }
 }
