@@ -190,6 +190,15 @@ fn etcdctl_users_roles_and_permissions_are_enforced_on_every_member() {
     assert_eq!(ok(&f, &[alice, "put", "app/from-follower", "f"]).trim(), "OK");
     assert!(ok(&l, &[alice, "get", "app/from-follower"]).contains("app/from-follower\nf"));
 
+    // A client given every member (tokens are per member: one sent to another member
+    // is refused as invalid, and etcd's client logs in again and retries).
+    let all = cluster.endpoints().join(",");
+    for i in 0..6 {
+        let key = format!("app/multi{i}");
+        assert_eq!(ok(&all, &[alice, "put", &key, "m"]).trim(), "OK");
+        assert!(ok(&all, &[alice, "get", &key]).contains("\nm"));
+    }
+
     // Administration is root's.
     assert_eq!(
         error(&l, &[alice, "user", "list"]),

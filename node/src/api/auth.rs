@@ -7,11 +7,11 @@
 //! hashed here with bcrypt at etcd's cost before proposing; the log, the state store
 //! and the snapshots hold only the hashes, and no password is ever logged.
 //!
-//! `Authenticate` checks the password against this member's applied auth store and
-//! issues an etcd "simple" token: random, valid for [`TOKEN_TTL`] after its last use,
-//! held in memory by the member that issued it (as etcd's simple token provider keeps
-//! them; a client that reaches another member with it is told `invalid auth token`
-//! and logs in again, which etcd's clients do on their own).
+//! `Authenticate` checks the password against this member's applied auth store, then
+//! proposes an etcd "simple" token (random) for the user through the log, as etcd
+//! does, so every member knows it: a client given several endpoints may use it on any
+//! of them. Members keep tokens in memory only, valid `kv::auth::TOKEN_TTL` (300 s)
+//! after their last use on that member.
 //!
 //! Who calls: with auth enabled, the `token` metadata names the user; without a token,
 //! the subject CN of a verified client certificate does (etcd's `--client-cert-auth`);
@@ -22,10 +22,6 @@
 //! before proposing (etcd checks at apply time against the auth revision the request
 //! carried; a permission revoked between the check and the apply does not stop a write
 //! already checked).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kuberaft_proto::authpb;
@@ -39,10 +35,6 @@ pub use crate::kv::auth::PermKind;
 use crate::kv::auth::{AuthCommand, AuthError, AuthState, Permission, NAME_BYTES_MAX};
 use crate::kv::{KvCommand, KvResult, Txn, TxnOp};
 
-/// etcd's `--auth-token` simple tokens' default TTL (`--auth-token-ttl`, 300 s).
-pub const TOKEN_TTL: Duration = Duration::from_secs(300);
-/// Most tokens a member holds at once; past it, the one closest to expiry goes.
-pub const TOKENS_MAX: usize = 100_000;
 /// etcd's bcrypt cost (Go's `bcrypt.DefaultCost`).
 pub const BCRYPT_COST: u32 = 10;
 /// Longest password accepted (bcrypt uses the first 72 bytes).
@@ -71,82 +63,14 @@ pub(crate) fn auth_status(error: AuthError) -> Status {
     }
 }
 
-struct Issued {
-    user: String,
-    expires: Instant,
-}
-
-/// The simple tokens this member issued.
-#[derive(Default)]
-pub struct Tokens {
-    issued: Mutex<HashMap<String, Issued>>,
-    counter: std::sync::atomic::AtomicU64,
-}
-
-impl Tokens {
-    /// A new token for `user`.
-    pub fn issue(&self, user: &str) -> String {
-        let random: String = rand::thread_rng()
-            .sample_iter(&rand::distributions::Alphanumeric)
-            .take(16)
-            .map(char::from)
-            .collect();
-        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token = format!("{random}.{n}");
-        let now = Instant::now();
-        let mut issued = self.issued.lock().expect("not poisoned");
-        if issued.len() >= TOKENS_MAX {
-            issued.retain(|_, t| t.expires > now);
-            if issued.len() >= TOKENS_MAX {
-                if let Some(oldest) = issued
-                    .iter()
-                    .min_by_key(|(_, t)| t.expires)
-                    .map(|(k, _)| k.clone())
-                {
-                    issued.remove(&oldest);
-                }
-            }
-        }
-        issued.insert(
-            token.clone(),
-            Issued {
-                user: user.to_string(),
-                expires: now + TOKEN_TTL,
-            },
-        );
-        token
-    }
-
-    /// The user of a valid token; its TTL starts again (etcd's simple tokens are
-    /// extended on use).
-    pub fn user(&self, token: &str) -> Option<String> {
-        let now = Instant::now();
-        let mut issued = self.issued.lock().expect("not poisoned");
-        match issued.get_mut(token) {
-            Some(t) if t.expires > now => {
-                t.expires = now + TOKEN_TTL;
-                Some(t.user.clone())
-            }
-            Some(_) => {
-                issued.remove(token);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Forgets the tokens of `user` (deleted, or its password changed).
-    pub fn revoke_user(&self, user: &str) {
-        self.issued
-            .lock()
-            .expect("not poisoned")
-            .retain(|_, t| t.user != user);
-    }
-
-    /// Forgets every token (auth disabled).
-    pub fn clear(&self) {
-        self.issued.lock().expect("not poisoned").clear();
-    }
+/// A new simple token: random letters, then `.` and a number (etcd's form).
+fn new_token() -> String {
+    let random: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    format!("{random}.{}", rand::thread_rng().gen::<u32>())
 }
 
 /// The caller of a request, for permission checks.
@@ -161,7 +85,10 @@ impl KvService {
     /// while etcd auth is enabled.
     pub fn etcd_token_check(&self) -> crate::security::auth::EtcdTokenCheck {
         let kv = self.clone();
-        std::sync::Arc::new(move |token: &str| kv.auth_state().enabled && kv.tokens.user(token).is_some())
+        std::sync::Arc::new(move |token: &str| {
+            let state = kv.auth_state();
+            state.enabled && state.tokens.0.user(token).is_some()
+        })
     }
 
     /// The auth store this member applied last.
@@ -180,11 +107,12 @@ impl KvService {
         metadata: &tonic::metadata::MetadataMap,
         extensions: &http::Extensions,
     ) -> Result<Caller, Status> {
-        if !self.auth_state().enabled {
+        let state = self.auth_state();
+        if !state.enabled {
             return Ok(Caller::default());
         }
         if let Some(token) = metadata.get("token").and_then(|v| v.to_str().ok()) {
-            return match self.tokens.user(token.trim()) {
+            return match state.tokens.0.user(token.trim()) {
                 Some(user) => Ok(Caller { user: Some(user) }),
                 None => Err(auth_status(AuthError::InvalidAuthToken)),
             };
@@ -379,7 +307,6 @@ impl Auth for AuthService {
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
         self.admin(&request)?;
         let header = self.change(AuthCommand::Disable).await?;
-        self.kv.tokens.clear();
         Ok(Response::new(pb::AuthDisableResponse { header }))
     }
 
@@ -423,11 +350,14 @@ impl Auth for AuthService {
             tracing::info!(user = %r.name, "authentication failed: wrong password");
             return Err(auth_status(AuthError::AuthFailed));
         }
-        let token = self.kv.tokens.issue(&r.name);
-        Ok(Response::new(pb::AuthenticateResponse {
-            header: self.header(store.revision()),
-            token,
-        }))
+        let token = new_token();
+        let header = self
+            .change(AuthCommand::Token {
+                user: r.name,
+                token: token.clone(),
+            })
+            .await?;
+        Ok(Response::new(pb::AuthenticateResponse { header, token }))
     }
 
     async fn user_add(
@@ -491,10 +421,7 @@ impl Auth for AuthService {
         self.admin(&request)?;
         let r = request.into_inner();
         check_name(&r.name, AuthError::UserEmpty)?;
-        let header = self
-            .change(AuthCommand::UserDelete { name: r.name.clone() })
-            .await?;
-        self.kv.tokens.revoke_user(&r.name);
+        let header = self.change(AuthCommand::UserDelete { name: r.name }).await?;
         Ok(Response::new(pb::AuthUserDeleteResponse { header }))
     }
 
@@ -515,11 +442,10 @@ impl Auth for AuthService {
         };
         let header = self
             .change(AuthCommand::UserChangePassword {
-                name: r.name.clone(),
+                name: r.name,
                 password_hash,
             })
             .await?;
-        self.kv.tokens.revoke_user(&r.name);
         Ok(Response::new(pb::AuthUserChangePasswordResponse { header }))
     }
 
@@ -670,18 +596,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_name_their_user_until_revoked() {
-        let tokens = Tokens::default();
-        let a = tokens.issue("alice");
-        let b = tokens.issue("bob");
+    fn tokens_are_random_and_of_etcds_form() {
+        let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);
-        assert_eq!(tokens.user(&a).as_deref(), Some("alice"));
-        assert_eq!(tokens.user("nope"), None);
-        tokens.revoke_user("alice");
-        assert_eq!(tokens.user(&a), None);
-        assert_eq!(tokens.user(&b).as_deref(), Some("bob"));
-        tokens.clear();
-        assert_eq!(tokens.user(&b), None);
+        let (random, number) = a.split_once('.').unwrap();
+        assert_eq!(random.len(), 16);
+        assert!(number.parse::<u32>().is_ok());
     }
 
     #[test]

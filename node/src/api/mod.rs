@@ -75,8 +75,6 @@ pub struct KvService {
     /// One connection per leader a write was forwarded to (tonic multiplexes
     /// requests on it), so forwarding costs no connection set-up per request.
     leaders: Arc<Mutex<HashMap<(NodeId, String), tonic::transport::Channel>>>,
-    /// The etcd simple tokens this member issued (see [`auth`]).
-    pub(crate) tokens: Arc<auth::Tokens>,
 }
 
 impl KvService {
@@ -87,7 +85,6 @@ impl KvService {
             cluster_id,
             directory,
             leaders: Arc::default(),
-            tokens: Arc::default(),
         }
     }
 

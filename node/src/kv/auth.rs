@@ -11,12 +11,19 @@
 //! the engine's `meta` table (`auth`) in the same commit as the applied index, and is a
 //! section of the store's snapshot.
 //!
+//! Simple tokens are assigned through the log too ([`AuthCommand::Token`], as etcd's
+//! `Authenticate` is), so every member knows every token; each member keeps them in
+//! memory only ([`Tokens`], never in the engine or a snapshot: a restarted member has
+//! none, as etcd) and expires them by its own clock, [`TOKEN_TTL`] after their last use.
+//!
 //! Checks ([`AuthState::check_range`], [`AuthState::is_admin`]) follow etcd's: the root
 //! role may do everything; otherwise the user's permissions of the asked type (a
 //! READWRITE permission counts for both) are merged into disjoint intervals, and the
 //! asked key or range must lie inside one of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -38,6 +45,101 @@ pub const PERMISSIONS_PER_ROLE_MAX: usize = 1024;
 pub const PERMISSION_KEY_BYTES_MAX: usize = 64 * 1024;
 /// Longest stored password hash (bcrypt's are 60 bytes).
 pub const HASH_BYTES_MAX: usize = 128;
+
+/// etcd's simple tokens' default TTL (`--auth-token-ttl`, 300 s).
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Most tokens a member holds at once; past it, the one closest to expiry goes.
+pub const TOKENS_MAX: usize = 100_000;
+/// Longest token accepted in a command.
+pub const TOKEN_BYTES_MAX: usize = 256;
+
+struct Issued {
+    user: String,
+    expires: Instant,
+}
+
+/// The simple tokens this member knows (memory only; shared by every clone of the
+/// auth state, so a change of the auth store keeps them).
+#[derive(Default)]
+pub struct Tokens {
+    issued: Mutex<HashMap<String, Issued>>,
+}
+
+impl Tokens {
+    /// Records `token` for `user`.
+    pub fn assign(&self, user: &str, token: &str) {
+        let now = Instant::now();
+        let mut issued = self.issued.lock().expect("not poisoned");
+        if issued.len() >= TOKENS_MAX {
+            issued.retain(|_, t| t.expires > now);
+            if issued.len() >= TOKENS_MAX {
+                if let Some(oldest) = issued
+                    .iter()
+                    .min_by_key(|(_, t)| t.expires)
+                    .map(|(k, _)| k.clone())
+                {
+                    issued.remove(&oldest);
+                }
+            }
+        }
+        issued.insert(
+            token.to_string(),
+            Issued {
+                user: user.to_string(),
+                expires: now + TOKEN_TTL,
+            },
+        );
+    }
+
+    /// The user of a valid token; its TTL starts again (etcd's simple tokens are
+    /// extended on use).
+    pub fn user(&self, token: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut issued = self.issued.lock().expect("not poisoned");
+        match issued.get_mut(token) {
+            Some(t) if t.expires > now => {
+                t.expires = now + TOKEN_TTL;
+                Some(t.user.clone())
+            }
+            Some(_) => {
+                issued.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forgets the tokens of `user` (deleted, or its password changed).
+    pub fn revoke_user(&self, user: &str) {
+        self.issued
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, t| t.user != user);
+    }
+
+    /// Forgets every token (auth disabled).
+    pub fn clear(&self) {
+        self.issued.lock().expect("not poisoned").clear();
+    }
+}
+
+/// [`Tokens`] as a field of the auth state: not part of its value (equality, codec).
+#[derive(Clone, Default)]
+pub struct SharedTokens(pub Arc<Tokens>);
+
+impl PartialEq for SharedTokens {
+    fn eq(&self, _: &SharedTokens) -> bool {
+        true
+    }
+}
+
+impl Eq for SharedTokens {}
+
+impl std::fmt::Debug for SharedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens")
+    }
+}
 
 /// etcd's permission types (`authpb.Permission.Type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,6 +227,12 @@ pub enum AuthCommand {
         key: Bytes,
         range_end: Bytes,
     },
+    /// `user` logged in (its password was checked by the member that took the
+    /// request, against this store); every member records `token` for it.
+    Token {
+        user: String,
+        token: String,
+    },
 }
 
 /// etcd's auth errors, with its messages (etcd 3.4's `rpctypes`).
@@ -173,6 +281,8 @@ pub struct AuthState {
     pub revision: u64,
     pub users: BTreeMap<String, User>,
     pub roles: BTreeMap<String, Role>,
+    /// The simple tokens this member knows (memory only).
+    pub tokens: SharedTokens,
 }
 
 impl Default for AuthState {
@@ -182,6 +292,7 @@ impl Default for AuthState {
             revision: 1,
             users: BTreeMap::new(),
             roles: BTreeMap::new(),
+            tokens: SharedTokens::default(),
         }
     }
 }
@@ -217,6 +328,16 @@ impl AuthState {
         let changed = self.apply_inner(command)?;
         if changed {
             self.revision += 1;
+        }
+        // As etcd's token provider: tokens go with the user or its password, and all
+        // of them when auth is disabled.
+        match command {
+            AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
+                self.tokens.0.revoke_user(name)
+            }
+            AuthCommand::Disable => self.tokens.0.clear(),
+            AuthCommand::Token { user, token } => self.tokens.0.assign(user, token),
+            _ => {}
         }
         Ok(())
     }
@@ -352,6 +473,19 @@ impl AuthState {
                 };
                 found.permissions.remove(i);
             }
+            AuthCommand::Token { user, token } => {
+                if !self.enabled {
+                    return Err(AuthError::AuthNotEnabled);
+                }
+                if token.is_empty() || token.len() > TOKEN_BYTES_MAX {
+                    return Err(AuthError::TooLarge);
+                }
+                if !self.users.contains_key(user) {
+                    return Err(AuthError::AuthFailed);
+                }
+                // Not a change of the store: no new auth revision.
+                return Ok(false);
+            }
         }
         Ok(true)
     }
@@ -480,6 +614,7 @@ impl AuthState {
             revision,
             users: BTreeMap::new(),
             roles: BTreeMap::new(),
+            tokens: SharedTokens::default(),
         };
         let users = get_u32(&mut buf)? as usize;
         if users > USERS_MAX {
@@ -572,6 +707,7 @@ const A_ROLE_ADD: u8 = 8;
 const A_ROLE_DELETE: u8 = 9;
 const A_ROLE_GRANT: u8 = 10;
 const A_ROLE_REVOKE: u8 = 11;
+const A_TOKEN: u8 = 12;
 
 impl AuthCommand {
     pub(crate) fn encode_into(&self, out: &mut BytesMut) {
@@ -634,6 +770,11 @@ impl AuthCommand {
                 super::put_field(out, key);
                 super::put_field(out, range_end);
             }
+            AuthCommand::Token { user, token } => {
+                out.put_u8(A_TOKEN);
+                name(out, user);
+                name(out, token);
+            }
         }
     }
 
@@ -685,6 +826,10 @@ impl AuthCommand {
                 role: s(buf)?,
                 key: get_field(buf)?,
                 range_end: get_field(buf)?,
+            },
+            A_TOKEN => AuthCommand::Token {
+                user: s(buf)?,
+                token: s(buf)?,
             },
             other => return Err(CodecError::UnknownType(other)),
         })
@@ -882,6 +1027,40 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_assigned_through_apply_and_go_with_their_user() {
+        let mut st = populated();
+        let token = |user: &str, token: &str| AuthCommand::Token {
+            user: s(user),
+            token: s(token),
+        };
+        assert_eq!(st.apply(&token("alice", "t1")), Err(AuthError::AuthNotEnabled));
+        st.apply(&AuthCommand::Enable).unwrap();
+        let revision = st.revision;
+        st.apply(&token("alice", "t1")).unwrap();
+        st.apply(&token("root", "t2")).unwrap();
+        assert_eq!(st.revision, revision, "a login is not a change of the store");
+        assert_eq!(st.apply(&token("bob", "t3")), Err(AuthError::AuthFailed));
+        let clone = st.clone();
+        assert_eq!(
+            clone.tokens.0.user("t1").as_deref(),
+            Some("alice"),
+            "clones share tokens"
+        );
+        assert_eq!(st.tokens.0.user("t3"), None);
+        st.apply(&AuthCommand::UserChangePassword {
+            name: s("alice"),
+            password_hash: s("$2b$04$other"),
+        })
+        .unwrap();
+        assert_eq!(st.tokens.0.user("t1"), None);
+        assert_eq!(st.tokens.0.user("t2").as_deref(), Some("root"));
+        st.apply(&AuthCommand::Disable).unwrap();
+        assert_eq!(st.tokens.0.user("t2"), None);
+        let decoded = AuthState::decode(st.encode()).unwrap();
+        assert_eq!(decoded, st);
+    }
+
+    #[test]
     fn commands_and_state_round_trip_and_bad_bytes_are_refused() {
         let st = populated();
         assert_eq!(AuthState::decode(st.encode()).unwrap(), st);
@@ -898,6 +1077,10 @@ mod tests {
                 password_hash: None,
             },
             grant("r", PermKind::Write, "k", "\0"),
+            AuthCommand::Token {
+                user: s("u"),
+                token: s("abc.1"),
+            },
             AuthCommand::RoleRevokePermission {
                 role: s("r"),
                 key: Bytes::from("k"),
