@@ -60,12 +60,25 @@ struct Issued {
 
 /// The simple tokens this member knows (memory only; shared by every clone of the
 /// auth state, so a change of the auth store keeps them).
-#[derive(Default)]
 pub struct Tokens {
     issued: Mutex<HashMap<String, Issued>>,
+    ttl: Duration,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::with_ttl(TOKEN_TTL)
+    }
 }
 
 impl Tokens {
+    pub fn with_ttl(ttl: Duration) -> Tokens {
+        Tokens {
+            issued: Mutex::default(),
+            ttl,
+        }
+    }
+
     /// Records `token` for `user`.
     pub fn assign(&self, user: &str, token: &str) {
         let now = Instant::now();
@@ -86,7 +99,7 @@ impl Tokens {
             token.to_string(),
             Issued {
                 user: user.to_string(),
-                expires: now + TOKEN_TTL,
+                expires: now + self.ttl,
             },
         );
     }
@@ -98,7 +111,7 @@ impl Tokens {
         let mut issued = self.issued.lock().expect("not poisoned");
         match issued.get_mut(token) {
             Some(t) if t.expires > now => {
-                t.expires = now + TOKEN_TTL;
+                t.expires = now + self.ttl;
                 Some(t.user.clone())
             }
             Some(_) => {
@@ -1058,6 +1071,18 @@ mod tests {
         assert_eq!(st.tokens.0.user("t2"), None);
         let decoded = AuthState::decode(st.encode()).unwrap();
         assert_eq!(decoded, st);
+    }
+
+    #[test]
+    fn a_token_expires_its_ttl_after_its_last_use() {
+        let tokens = Tokens::with_ttl(Duration::from_millis(300));
+        tokens.assign("alice", "t1");
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(150));
+            assert_eq!(tokens.user("t1").as_deref(), Some("alice"), "use extends it");
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(tokens.user("t1"), None);
     }
 
     #[test]
