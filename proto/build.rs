@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "etcd/mvccpb/kv.proto",
+    "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
     "kuberaft/raft.proto",
     "kuberaft/admin.proto",

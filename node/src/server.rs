@@ -496,6 +496,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         directory.clone(),
     );
     let maintenance = MaintenanceService::new(node.clone(), plan.id, plan.cluster_id, kv.clone());
+    let auth_service = crate::api::auth::AuthService::new(kv.clone());
+    security.auth.set_etcd_tokens(kv.etcd_token_check());
     let admin = AdminService::new(
         node.clone(),
         plan.id,
@@ -524,6 +526,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .add_service(lease.into_server())
                 .add_service(cluster.into_server())
                 .add_service(maintenance.into_server())
+                .add_service(auth_service.into_server())
                 .add_service(admin.into_server())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

@@ -6,7 +6,8 @@
 //! | module | protobuf package | source | what |
 //! | --- | --- | --- | --- |
 //! | [`mvccpb`] | `mvccpb` | `etcd/mvccpb/kv.proto` | etcd's `KeyValue` and watch `Event` |
-//! | [`etcdserverpb`] | `etcdserverpb` | `etcd/etcdserverpb/rpc.proto` | etcd v3 services KV, Watch, Lease, Cluster, Maintenance |
+//! | [`authpb`] | `authpb` | `etcd/authpb/auth.proto` | etcd's `User`, `Role` and `Permission` |
+//! | [`etcdserverpb`] | `etcdserverpb` | `etcd/etcdserverpb/rpc.proto` | etcd v3 services KV, Watch, Lease, Cluster, Maintenance, Auth |
 //! | [`raft`] | `kuberaft.raft.v1` | `kuberaft/raft.proto` | the `Peer` service between members |
 //! | [`admin`] | `kuberaft.admin.v1` | `kuberaft/admin.proto` | the `Admin` service for the operator and `raftctl` |
 //! | [`membership`] | `kuberaft.membership.v1` | `kuberaft/membership.proto` | member discovery and announcement (peer port) |
@@ -15,7 +16,7 @@
 //! method and message names and every field number are etcd's (see
 //! `tests/wire_compat.rs`). Field names keep etcd's spelling, so prost's snake-case
 //! conversion gives the same Rust names as other etcd bindings (`peer_ur_ls`,
-//! `is_learner`, `db_size_in_use`, ...). Not included: the Auth service, the
+//! `is_learner`, `db_size_in_use`, ...). Not included: the
 //! Downgrade RPC and the lease checkpoint messages (internal to etcd).
 //!
 //! Generated servers and clients follow tonic's naming, e.g.
@@ -31,7 +32,13 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
-/// The etcd v3 client API: KV, Watch, Lease, Cluster and Maintenance.
+/// etcd's auth records: `User`, `Role`, `Permission`.
+#[allow(clippy::all, missing_docs)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// The etcd v3 client API: KV, Watch, Lease, Cluster, Maintenance and Auth.
 #[allow(clippy::all, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -369,7 +369,19 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.kv.caller(&request)?;
         let r = request.into_inner();
+        // etcd: revoking deletes the lease's keys, so the caller needs write access to
+        // each of them.
+        if self.kv.auth_state().enabled {
+            let store = self.kv.node.read_local();
+            if let Some(lease) = store.lease(r.id) {
+                for key in lease.keys.iter() {
+                    self.kv
+                        .check_range(&caller, key, &[], super::auth::PermKind::Write)?;
+                }
+            }
+        }
         self.kv
             .propose_or_forward(KvCommand::LeaseRevoke { id: r.id }, |result| match result {
                 KvResult::LeaseRevoke { revision, .. } => Ok(Response::new(pb::LeaseRevokeResponse {

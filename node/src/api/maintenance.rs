@@ -346,8 +346,10 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // etcd: root only once auth is enabled.
+        self.kv.check_admin(&self.kv.caller(&request)?)?;
         self.node
             .defragment()
             .await
@@ -357,7 +359,9 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        // etcd: root only once auth is enabled.
+        self.kv.check_admin(&self.kv.caller(&request)?)?;
         let store = self.node.read_local();
         Ok(Response::new(pb::HashResponse {
             header: self.header(store.revision()),
@@ -369,6 +373,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // etcd: root only once auth is enabled.
+        self.kv.check_admin(&self.kv.caller(&request)?)?;
         let r = request.into_inner();
         let store = self.node.read_local();
         let revision = if r.revision <= 0 {
@@ -398,8 +404,10 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        // etcd: root only once auth is enabled.
+        self.kv.check_admin(&self.kv.caller(&request)?)?;
         let store = self.node.read_local();
         let members = self.node.members().borrow().clone();
         let header = self.header(store.revision());
@@ -419,6 +427,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        // etcd: root only once auth is enabled.
+        self.kv.check_admin(&self.kv.caller(&request)?)?;
         let target = request.into_inner().target_id;
         let status = self.node.status().borrow().clone();
         if status.role != Role::Leader {

@@ -71,6 +71,9 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // The stream's user, for the permission check of each watch it creates (etcd
+        // takes it from the stream's token too).
+        let caller = self.kv.caller(&request)?;
         let permit = self
             .streams
             .clone()
@@ -82,6 +85,7 @@ impl Watch for WatchService {
             store: self.store.clone(),
             tx,
             set: WatcherSet::default(),
+            caller,
             _permit: permit,
         };
         tokio::spawn(stream.run(request.into_inner(), self.progress_notify_interval));
@@ -94,6 +98,7 @@ struct StreamTask {
     store: watch::Receiver<KvStore>,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     set: WatcherSet,
+    caller: super::auth::Caller,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -138,6 +143,24 @@ impl StreamTask {
         use pb::watch_request::RequestUnion;
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
+                let permitted = self.kv.check_range(
+                    &self.caller,
+                    &create.key,
+                    &create.range_end,
+                    super::auth::PermKind::Read,
+                );
+                if permitted.is_err() {
+                    // etcd's answer: a watch created and canceled at once, with the reason.
+                    let refused = pb::WatchResponse {
+                        header: self.kv.header(store.revision()),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: "etcdserver: permission denied".to_string(),
+                        ..Default::default()
+                    };
+                    return self.tx.send(Ok(refused)).await.is_ok();
+                }
                 let spec = WatchSpec {
                     key: Bytes::from(create.key),
                     range_end: Bytes::from(create.range_end),

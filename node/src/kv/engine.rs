@@ -357,6 +357,8 @@ pub(super) struct StoredMeta {
     pub compacted: Option<i64>,
     pub members: Option<Bytes>,
     pub alarms: Option<Bytes>,
+    /// The auth store (`auth.rs`), once anything was written to it.
+    pub auth: Option<Bytes>,
 }
 
 pub(super) fn read_meta(engine: &Engine) -> Result<StoredMeta, EngineError> {
@@ -384,5 +386,6 @@ pub(super) fn read_meta(engine: &Engine) -> Result<StoredMeta, EngineError> {
         compacted: num("compacted")?,
         members: get("members")?.map(Bytes::from),
         alarms: get("alarms")?.map(Bytes::from),
+        auth: get("auth")?.map(Bytes::from),
     })
 }

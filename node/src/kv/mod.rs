@@ -24,6 +24,7 @@
 //! leader's, in `api::lease`); `watch.rs` the events watchers read from the history
 //! and the per-stream set of watchers.
 
+pub mod auth;
 pub mod engine;
 mod hash;
 mod lease;
@@ -83,6 +84,8 @@ pub enum KvCommand {
     /// 2 CORRUPT) of member `member`. While a NOSPACE alarm is raised the store refuses
     /// what would grow it (puts, txns that put, lease grants), as etcd does.
     Alarm { activate: bool, member: u64, alarm: i32 },
+    /// A change of the auth store (users, roles, permissions, enabled; see `auth.rs`).
+    Auth(auth::AuthCommand),
 }
 
 /// etcd's `AlarmType` NOSPACE: the backend is over its quota.
@@ -122,6 +125,10 @@ pub enum KvResult {
         revision: i64,
         changed: Option<(u64, i32)>,
     },
+    /// An auth store change took effect.
+    Auth {
+        revision: i64,
+    },
     /// The command was refused and changed nothing (every member refuses it alike).
     Failed {
         revision: i64,
@@ -140,6 +147,7 @@ impl KvResult {
             | KvResult::LeaseGrant { revision, .. }
             | KvResult::LeaseRevoke { revision, .. }
             | KvResult::Alarm { revision, .. }
+            | KvResult::Auth { revision }
             | KvResult::Failed { revision, .. } => *revision,
         }
     }
@@ -170,6 +178,8 @@ pub enum KvError {
     TooManyLeases,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -240,6 +250,7 @@ const TAG_TXN: u8 = 4;
 const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_ALARM: u8 = 7;
+const TAG_AUTH: u8 = 8;
 
 impl KvCommand {
     pub fn encode(&self) -> Bytes {
@@ -294,6 +305,10 @@ impl KvCommand {
                 out.put_u64_le(*member);
                 out.put_i32_le(*alarm);
             }
+            KvCommand::Auth(command) => {
+                out.put_u8(TAG_AUTH);
+                command.encode_into(&mut out);
+            }
         }
         out.freeze()
     }
@@ -332,6 +347,7 @@ impl KvCommand {
                     buf.get_i32_le()
                 },
             },
+            TAG_AUTH => KvCommand::Auth(auth::AuthCommand::decode_from(&mut buf)?),
             other => return Err(CodecError::UnknownType(other)),
         };
         if buf.has_remaining() {
@@ -440,13 +456,19 @@ struct Pending {
     leases: OrdMap<i64, Option<i64>>,
     /// The alarms changed.
     alarms: bool,
+    /// The auth store changed.
+    auth: bool,
     /// Bytes of values and keys waiting.
     bytes: usize,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.removed.is_empty() && self.leases.is_empty() && !self.alarms
+        self.rows.is_empty()
+            && self.removed.is_empty()
+            && self.leases.is_empty()
+            && !self.alarms
+            && !self.auth
     }
 }
 
@@ -476,6 +498,8 @@ pub struct KvStore {
     leases_changed_at: Index,
     /// Raised alarms: (member, alarm type).
     alarms: imbl::OrdSet<(u64, i32)>,
+    /// The auth store (shared by the published stores until it changes).
+    auth: Arc<auth::AuthState>,
     /// The engine, and the view of it this store's committed versions are read from.
     snap: Arc<engine::Snap>,
     pending: Pending,
@@ -513,6 +537,7 @@ impl KvStore {
             leases: lease::Leases::new(),
             leases_changed_at: 0,
             alarms: imbl::OrdSet::new(),
+            auth: Arc::default(),
             snap: Arc::new(engine.snapshot()?),
             pending: Pending::default(),
             durable_applied: 0,
@@ -746,7 +771,28 @@ impl KvStore {
                     changed: changed.then_some((*member, *alarm)),
                 }
             }
+            KvCommand::Auth(command) => {
+                let mut state = (*self.auth).clone();
+                match state.apply(command) {
+                    Ok(()) => {
+                        self.pending.auth |= state != *self.auth;
+                        self.auth = Arc::new(state);
+                        KvResult::Auth {
+                            revision: self.revision,
+                        }
+                    }
+                    Err(error) => KvResult::Failed {
+                        revision: self.revision,
+                        error: KvError::Auth(error),
+                    },
+                }
+            }
         }
+    }
+
+    /// The auth store as of this store.
+    pub fn auth(&self) -> &Arc<auth::AuthState> {
+        &self.auth
     }
 
     /// Raised alarms, as (member, alarm type), in order.
@@ -1187,6 +1233,10 @@ impl KvStore {
                 meta.insert("alarms", &self.encode_alarms()[..])
                     .map_err(|e| engine.err(e))?;
             }
+            if self.pending.auth {
+                meta.insert("auth", &self.auth.encode()[..])
+                    .map_err(|e| engine.err(e))?;
+            }
         }
         if durable {
             crate::fail_point!("state-before-durable-commit", |e: std::io::Error| Err(
@@ -1233,6 +1283,12 @@ impl KvStore {
         if let Some(alarms) = &meta.alarms {
             store.alarms = KvStore::decode_alarms(alarms)
                 .ok_or_else(|| corrupt("the alarm list is malformed".into()))?;
+        }
+        if let Some(auth) = &meta.auth {
+            store.auth = Arc::new(
+                auth::AuthState::decode(auth.clone())
+                    .map_err(|e| corrupt(format!("the auth store is malformed: {e}")))?,
+            );
         }
         // The index rows come in revision order (so that new versions are appended to
         // the table, and compaction deletes each old row where it is). The key index
@@ -1401,6 +1457,11 @@ impl KvStore {
         section.put_slice(ALARM_SECTION_TAG);
         section.put_u32_le(alarms.len() as u32);
         section.put_slice(&alarms);
+        // The auth store (format 5).
+        let auth = self.auth.encode();
+        section.put_slice(AUTH_SECTION_TAG);
+        section.put_u32_le(auth.len() as u32);
+        section.put_slice(&auth);
         out.write_all(&section)?;
         Ok(())
     }
@@ -1418,9 +1479,10 @@ impl KvStore {
         let store_err = |e: EngineError| CodecError::Snapshot(e.to_string());
         let mut header = [0u8; SNAPSHOT_MAGIC.len() + 32];
         input.read_exact(&mut header).map_err(io)?;
-        let with_alarms = match &header[..SNAPSHOT_MAGIC.len()] {
-            m if m == SNAPSHOT_MAGIC => true,
-            m if m == SNAPSHOT_MAGIC_V3 => false,
+        let (with_alarms, with_auth) = match &header[..SNAPSHOT_MAGIC.len()] {
+            m if m == SNAPSHOT_MAGIC => (true, true),
+            m if m == SNAPSHOT_MAGIC_V4 => (true, false),
+            m if m == SNAPSHOT_MAGIC_V3 => (false, false),
             _ => return Err(bad("not a kuberaft key-value snapshot of this format")),
         };
         let mut h = Bytes::copy_from_slice(&header[SNAPSHOT_MAGIC.len()..]);
@@ -1542,6 +1604,21 @@ impl KvStore {
             input.read_exact(&mut data).map_err(io)?;
             store.alarms = KvStore::decode_alarms(&data).ok_or_else(|| bad("alarm section malformed"))?;
             store.pending.alarms = true;
+        }
+        if with_auth {
+            let mut head = [0u8; AUTH_SECTION_TAG.len() + 4];
+            input.read_exact(&mut head).map_err(io)?;
+            if &head[..AUTH_SECTION_TAG.len()] != AUTH_SECTION_TAG {
+                return Err(bad("auth section missing"));
+            }
+            let len = u32::from_le_bytes(head[AUTH_SECTION_TAG.len()..].try_into().expect("4 bytes")) as u64;
+            if len > FIELD_BYTES_MAX {
+                return Err(CodecError::TooLarge(len));
+            }
+            let mut data = vec![0u8; len as usize];
+            input.read_exact(&mut data).map_err(io)?;
+            store.auth = Arc::new(auth::AuthState::decode(Bytes::from(data))?);
+            store.pending.auth = true;
         }
         store.restore_write_order().map_err(store_err)?;
         for (id, lease) in store.leases.iter() {
@@ -1728,10 +1805,13 @@ const RESTORE_BATCH_BYTES: usize = 64 << 20;
 
 /// The snapshot format tag: version 2 carries the history and the compacted revision;
 /// version 3 adds the order of the keys written at each revision (watch) and the
-/// leases; version 4 the raised alarms. Version 3 is still read.
-const SNAPSHOT_MAGIC: &[u8] = b"KRKV4";
+/// leases; version 4 the raised alarms; version 5 the auth store. Versions 3 and 4 are
+/// still read.
+const SNAPSHOT_MAGIC: &[u8] = b"KRKV5";
+const SNAPSHOT_MAGIC_V4: &[u8] = b"KRKV4";
 const SNAPSHOT_MAGIC_V3: &[u8] = b"KRKV3";
 const ALARM_SECTION_TAG: &[u8] = b"ALARMS01";
+const AUTH_SECTION_TAG: &[u8] = b"AUTHST01";
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,27 @@
 //! Without `--auth-token-file` authentication is off (as before): every caller may do
 //! everything; a verified client certificate still names the caller for rate limits.
 //!
+//! etcd's own auth (users, roles, key permissions, `etcdctl auth enable`; `api::auth`)
+//! coexists with this layer rather than replacing it; the two answer different
+//! questions. The token file is the operator's and the administrators' own access,
+//! by method, configured outside the cluster (it works before any etcd user exists
+//! and while etcd auth is disabled); etcd auth is the applications' access, by key,
+//! replicated through the log and managed with etcdctl. A request passes this layer
+//! first, then the etcd checks of the service that handles it:
+//! - without a token file this layer lets everything through and etcd auth alone
+//!   decides (the etcd-compatible set-up; a verified client certificate's CN is the
+//!   etcd user when the request has no token, as with etcd's `--client-cert-auth`);
+//! - with a token file, `Authenticate` is public (the password is its credential),
+//!   and a request whose `token` metadata is not in the file but is a valid etcd token
+//!   of this member (see [`Authenticator::set_etcd_tokens`]) passes with role `admin`:
+//!   the etcd permission checks then decide what that user may do. A token in the file
+//!   is checked as before; with etcd auth enabled, such a caller (who names no etcd
+//!   user) gets etcd's `user name is empty` from any service that needs a permission,
+//!   unless its certificate CN is an etcd user.
+//!
+//! Nothing migrates: the token file keeps working unchanged, and etcd users are
+//! created with etcdctl (or the Auth API) when wanted.
+//!
 //! A follower checks the caller itself before it proposes: writes (put, delete, txn,
 //! compaction, lease grant and revoke) then travel to the leader over the peer
 //! connection as proposals, with no identity attached (the leader trusts its peers, as
@@ -70,7 +91,7 @@ impl Role {
 /// The role a gRPC method (by its path, `/package.Service/Method`) needs; `None` for
 /// the public health service. Unknown methods need `admin`.
 pub fn required_role(path: &str) -> Option<Role> {
-    if path.starts_with("/grpc.health.v1.Health/") {
+    if path.starts_with("/grpc.health.v1.Health/") || path == "/etcdserverpb.Auth/Authenticate" {
         return None;
     }
     let role = match path {
@@ -81,7 +102,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         | "/etcdserverpb.Cluster/MemberList"
         | "/etcdserverpb.Maintenance/Status"
         | "/etcdserverpb.Maintenance/Hash"
-        | "/etcdserverpb.Maintenance/HashKV" => Role::ReadOnly,
+        | "/etcdserverpb.Maintenance/HashKV"
+        | "/etcdserverpb.Auth/AuthStatus" => Role::ReadOnly,
         // A txn may write; one that only reads still needs readwrite (the layer does
         // not decode request bodies).
         "/etcdserverpb.KV/Put"
@@ -181,10 +203,14 @@ struct LoadedTokens {
     checked: Instant,
 }
 
+/// Whether a token is a valid etcd token of this member (`api::auth`).
+pub type EtcdTokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Decides who a request comes from and whether it may proceed.
 pub struct Authenticator {
     path: Option<PathBuf>,
     loaded: Mutex<LoadedTokens>,
+    etcd_tokens: std::sync::OnceLock<EtcdTokenCheck>,
 }
 
 fn modified(path: &PathBuf) -> Option<(SystemTime, u64)> {
@@ -206,7 +232,14 @@ impl Authenticator {
                 file: Arc::new(file),
                 checked: Instant::now(),
             }),
+            etcd_tokens: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Lets requests with a valid etcd token (the `token` metadata) through when the
+    /// token file is on; the etcd permission checks then decide. Set once, at start-up.
+    pub fn set_etcd_tokens(&self, check: EtcdTokenCheck) {
+        let _ = self.etcd_tokens.set(check);
     }
 
     pub fn enabled(&self) -> bool {
@@ -265,6 +298,15 @@ impl Authenticator {
         let tokens = self.tokens();
         let identity = if let Some(token) = token {
             let Some((role, name)) = tokens.by_token.get(token) else {
+                let etcd_token = headers.get("token").and_then(|v| v.to_str().ok()).map(str::trim);
+                if etcd_token == Some(token) && self.etcd_tokens.get().is_some_and(|check| check(token)) {
+                    // An etcd user: the services' etcd permission checks decide.
+                    return Ok(Identity {
+                        name: Arc::from("etcd-user"),
+                        role: Role::Admin,
+                        authenticated: false,
+                    });
+                }
                 return Err(deny_unauthenticated(path, "etcdserver: invalid auth token"));
             };
             Identity {
@@ -571,5 +613,43 @@ mod tests {
             .unwrap();
         assert_eq!(identity.role, Role::Admin);
         assert!(!identity.authenticated);
+    }
+
+    #[test]
+    fn with_a_token_file_a_valid_etcd_token_passes_to_the_etcd_checks() {
+        let (_dir, auth) = authenticator("w readwrite writer\n");
+        let put = "/etcdserverpb.KV/Put";
+        let etcd = |token: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("token", token.parse().unwrap());
+            headers
+        };
+        // Before the etcd tokens are known, and for a token they do not know: refused.
+        assert_eq!(
+            auth.check(put, &etcd("etcd-1"), None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        auth.set_etcd_tokens(Arc::new(|t: &str| t == "etcd-1"));
+        let identity = auth.check(put, &etcd("etcd-1"), None).unwrap();
+        assert!(
+            !identity.authenticated,
+            "the etcd checks decide, not the token file"
+        );
+        assert_eq!(
+            auth.check(put, &etcd("etcd-2"), None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // Only etcd's `token` metadata, never a bearer token, is taken as an etcd token.
+        assert!(auth.check(put, &headers("etcd-1"), None).is_err());
+        // Authenticate is public: the password is its credential.
+        assert!(auth
+            .check("/etcdserverpb.Auth/Authenticate", &http::HeaderMap::new(), None)
+            .is_ok());
+        assert_eq!(
+            auth.check("/etcdserverpb.Auth/UserAdd", &http::HeaderMap::new(), None)
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

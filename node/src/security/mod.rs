@@ -9,6 +9,9 @@
 //! - [`auth`]: who is calling (a verified client certificate's subject CN, or a bearer
 //!   token from `--auth-token-file`) and what the caller may do (roles `readonly`,
 //!   `readwrite`, `admin`, keyed by gRPC method path), as a tower layer.
+//!   etcd's own users, roles and key permissions are not here: they are replicated
+//!   state (`kv::auth`) checked by the services (`api::auth`); the two coexist (see
+//!   [`auth`] for how and why).
 //! - [`flags`]: the command-line flags and the checked [`flags::Security`] they load.
 //! - [`ratelimit`]: a token bucket per client identity, as a tower layer.
 //!
