@@ -378,6 +378,12 @@ impl NodeHandle {
         self.store.borrow().clone()
     }
 
+    /// The auth store as of the last applied batch: only its `Arc` is cloned (every
+    /// request asks, so it does not pay for a clone of the whole store).
+    pub fn auth_state(&self) -> Arc<crate::kv::auth::AuthState> {
+        self.store.borrow().auth().clone()
+    }
+
     /// The applied store as it is published after each applied batch (watchers
     /// follow it).
     pub fn applied_store(&self) -> watch::Receiver<KvStore> {

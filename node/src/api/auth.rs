@@ -93,7 +93,7 @@ impl KvService {
 
     /// The auth store this member applied last.
     pub(crate) fn auth_state(&self) -> std::sync::Arc<AuthState> {
-        self.node.read_local().auth().clone()
+        self.node.auth_state()
     }
 
     /// Who sends `request`: the user of its `token` metadata, else the CN of its
