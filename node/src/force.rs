@@ -125,3 +125,85 @@ pub fn force_new_cluster(
     );
     Ok((cluster_id, id, forced))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn entry(index: u64, term: u64, payload: EntryPayload) -> Entry {
+        Entry { term, index, payload }
+    }
+
+    /// A member's WAL: voters 1, 2, 3 (and learner 4 when `learner`), two commands, the
+    /// last one beyond the commit index.
+    fn write_member(dir: &Path, id: NodeId, learner: bool) {
+        let mut wal = crate::storage::WalLogStore::open(dir, WalConfig::new(0xc1, id)).unwrap();
+        let mut entries = vec![
+            entry(1, 1, EntryPayload::ConfChange(ConfChange::AddVoter(1))),
+            entry(2, 1, EntryPayload::ConfChange(ConfChange::AddVoter(2))),
+            entry(3, 1, EntryPayload::ConfChange(ConfChange::AddVoter(3))),
+        ];
+        if learner {
+            entries.push(entry(4, 1, EntryPayload::ConfChange(ConfChange::AddLearner(4))));
+        }
+        let next = entries.len() as u64 + 1;
+        entries.push(entry(next, 2, EntryPayload::Normal(Bytes::from_static(b"a"))));
+        entries.push(entry(next + 1, 2, EntryPayload::Normal(Bytes::from_static(b"b"))));
+        wal.append(&entries).unwrap();
+        wal.set_hard_state(HardState {
+            term: 2,
+            vote: 1,
+            commit: next,
+        })
+        .unwrap();
+        wal.sync().unwrap();
+    }
+
+    #[test]
+    fn the_member_becomes_the_only_voter_and_its_uncommitted_tail_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, snap) = (dir.path().join("wal"), dir.path().join("snap"));
+        write_member(&wal, 1, true);
+        let (cluster, id, forced) = force_new_cluster(&wal, &snap, 3).unwrap();
+        assert_eq!((cluster, id), (0xc1, 1));
+        assert_eq!(
+            forced,
+            Forced {
+                last_index: 6,
+                last_term: 2,
+                old_commit: 5,
+                removed: vec![2, 3, 4],
+                new_commit: 9,
+            }
+        );
+        let reopened = crate::storage::WalLogStore::open(&wal, WalConfig::new(0xc1, 1)).unwrap();
+        let membership = reopened.membership();
+        assert_eq!(membership.voters.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(membership.learners.is_empty());
+        assert_eq!(reopened.hard_state().commit, 9);
+        assert_eq!(reopened.hard_state().term, 2);
+        // The commands are kept, the tail included.
+        let kept = reopened.entries(5, 7, u64::MAX).unwrap();
+        assert_eq!(kept[1].payload, EntryPayload::Normal(Bytes::from_static(b"b")));
+        drop(reopened);
+        // Again: nothing more to change.
+        let (_, _, again) = force_new_cluster(&wal, &snap, 3).unwrap();
+        assert_eq!(
+            (again.removed.len(), again.last_index, again.new_commit),
+            (0, 9, 9)
+        );
+    }
+
+    #[test]
+    fn refused_without_data_and_for_a_learner() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = force_new_cluster(&dir.path().join("wal"), &dir.path().join("snap"), 3).unwrap_err();
+        assert!(err.to_string().contains("holds no WAL"), "{err}");
+        let wal = dir.path().join("learner-wal");
+        write_member(&wal, 4, true);
+        let err = force_new_cluster(&wal, &dir.path().join("snap"), 3).unwrap_err();
+        assert!(err.to_string().contains("is a learner"), "{err}");
+    }
+}
