@@ -18,10 +18,12 @@
 //!   round-trip times and WAL fsync latency; [`log_events`]: membership and snapshot
 //!   events for the admin event stream.
 //! - [`api`]: the etcd v3 services (KV, Watch, Lease, Cluster, Maintenance) and the admin service;
-//!   [`server`]: flags and listeners of `raft-node`; [`restore`]: `raft-node restore`.
+//!   [`server`]: flags and listeners of `raft-node`; [`restore`]: `raft-node restore`;
+//!   [`force`]: `raft-node --force-new-cluster`.
 
 pub mod api;
 pub mod failpoint;
+pub mod force;
 pub mod join;
 pub mod kv;
 pub mod log_events;

@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// seconds (0: never; compaction frees the state store's pages for reuse).
     #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value_t = 10_000)]
     pub auto_compaction_retention: i64,
+    /// Recover from the loss of a quorum: keep this member's data, revisions and
+    /// cluster id and make it the only voter (etcd's flag). Entries it holds beyond
+    /// its commit index are committed by the new one-member configuration; newer
+    /// entries only the lost members had are discarded. Refused without existing data.
+    #[arg(long, env = "KUBERAFT_FORCE_NEW_CLUSTER", default_value_t = false)]
+    pub force_new_cluster: bool,
     #[command(flatten)]
     pub security: crate::security::flags::SecurityArgs,
 }
@@ -340,7 +346,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // A member joining an existing cluster learns its id and the cluster's from the
     // cluster (first start) or from its WAL (restarts).
     let mut joined_peers = None;
-    if !plan.bootstrap {
+    if args.force_new_cluster {
+        let (cluster_id, id, forced) = crate::force::force_new_cluster(&plan.wal_dir, &plan.snapshot_dir, 3)?;
+        plan.id = id;
+        plan.cluster_id = cluster_id;
+        println!(
+            "raft-node: --force-new-cluster: recovered to index {} term {} (commit was {}; removed members {:?}; configuration committed at {})",
+            forced.last_index,
+            forced.last_term,
+            forced.old_commit,
+            forced.removed.iter().map(|m| format!("{m:#x}")).collect::<Vec<_>>(),
+            forced.new_commit
+        );
+    } else if !plan.bootstrap {
         match crate::storage::read_identity(&plan.wal_dir)? {
             Some((cluster_id, id)) => {
                 plan.id = id;

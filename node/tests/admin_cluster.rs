@@ -105,6 +105,9 @@ async fn set_timing_reaches_every_member_survives_a_restart_and_a_bad_value_chan
         let s = cluster.status(i).await.unwrap();
         assert_eq!(timing_of(&s), (100, 1000), "flags' timing on m{i}");
         assert_eq!(s.timing.unwrap().source, TimingSource::Flags as i32);
+        // How up to date the log is (quorum-loss recovery compares these).
+        assert!(s.last_log_index >= s.commit_index && s.last_log_index > 0);
+        assert!(s.last_log_term > 0 && s.last_log_term <= s.term, "{s:?}");
     }
 
     // Sent to a follower: forwarded to the leader.

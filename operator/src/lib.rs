@@ -13,6 +13,7 @@
 //! - [`k8s`]: the kube-rs controller: observe, apply, status, events, finalizer.
 //! - [`local`]: the same planner on local `raft-node` processes (`raftctl up`).
 //! - [`lease`]: leader election on a coordination Lease.
+//! - [`quorum`]: the quorum-loss recovery decision (pure; not wired into the reconcile yet).
 //! - [`ctl`]: what `raftctl` (`src/bin/raftctl.rs`) shows, computed from the admin
 //!   API's answers (`kuberaft.admin.v1`): the status table, lag and health.
 
@@ -27,6 +28,7 @@ pub mod local;
 pub mod node;
 pub mod plan;
 pub mod platform;
+pub mod quorum;
 pub mod render;
 pub mod replace;
 pub mod restore;

@@ -50,6 +50,8 @@ pub fn observation_from_status(s: &StatusResponse) -> MemberObservation {
         leader_id: s.leader_id,
         commit_index: s.commit_index,
         applied_index: s.applied_index,
+        last_log_index: s.last_log_index,
+        last_log_term: s.last_log_term,
         voters: s.voters.clone(),
         learners: s.learners.clone(),
         peers: s
@@ -252,6 +254,8 @@ mod tests {
             term: 3,
             leader_id: 7,
             commit_index: 50,
+            last_log_index: 52,
+            last_log_term: 3,
             voters: vec![7, 8],
             learners: vec![9],
             peers: vec![
@@ -283,6 +287,7 @@ mod tests {
         };
         let m = observation_from_status(&status);
         assert_eq!((m.id, m.role, m.term, m.commit_index), (7, Role::Leader, 3, 50));
+        assert_eq!((m.last_log_index, m.last_log_term), (52, 3));
         assert_eq!((m.voters, m.learners), (vec![7, 8], vec![9]));
         assert_eq!(m.fsync_p99_ms, Some(2.0));
         assert_eq!(m.timing.election_timeout_ms, 1000);

@@ -111,6 +111,9 @@ pub struct MemberObservation {
     pub leader_id: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The last entry in this member's log (index, term): how up to date it is.
+    pub last_log_index: u64,
+    pub last_log_term: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     /// Filled on the leader only.

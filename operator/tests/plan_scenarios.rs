@@ -259,6 +259,8 @@ impl World {
                 leader_id: self.leader.unwrap_or(0),
                 commit_index: self.commit,
                 applied_index: self.commit,
+                last_log_index: self.commit,
+                last_log_term: self.term,
                 voters,
                 learners,
                 peers,

@@ -519,6 +519,7 @@ impl Admin for AdminService {
             commit_index: status.commit,
             applied_index: status.applied,
             last_log_index: status.last_index,
+            last_log_term: status.last_term,
             snapshot_index: bounds.snapshot_index,
             first_log_index: bounds.first_index,
             voters: membership.voters.iter().copied().collect(),
