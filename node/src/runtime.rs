@@ -657,7 +657,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         pending_reads: HashMap::new(),
         next_read_id: 1,
         forwarded: HashMap::new(),
-        next_forward_id: 1,
+        next_forward_id: forward_id_base(),
         snapshot_records: Vec::new(),
         log_events,
     };
@@ -689,6 +689,10 @@ struct CoreTask {
     /// where the leader appended them (bounded by the core's limit on forwarded
     /// proposals).
     forwarded: HashMap<u64, oneshot::Sender<Result<KvResult>>>,
+    /// Counts up from a random start, not from 1: the leader recognises a forwarded
+    /// request sent twice by its sender and id (within a term) and answers it with the
+    /// index of the first copy, so ids must not repeat across restarts of this member
+    /// (see [`forward_id_base`]).
     next_forward_id: u64,
     /// Snapshots built since the last `execute`, to record in the WAL.
     snapshot_records: Vec<crate::raft::SnapshotMeta>,
@@ -1113,6 +1117,17 @@ impl CoreTask {
             let _ = reply.send(Err(Error::ProposalDropped));
         }
     }
+}
+
+/// The first id of this process's forwarded proposals: random, below 2^62 (so counting
+/// up never wraps). A member restarted within a term that counted from 1 again had its
+/// first forwarded write taken by the leader for its previous incarnation's first (the
+/// same sender and id) and answered with that entry's index: the write was never
+/// appended, and the client was told "request timed out" at best (the old entry was
+/// already applied here), or given the old write's result. etcd's request ids carry
+/// the member's start time for the same reason.
+fn forward_id_base() -> u64 {
+    rand::random::<u64>() >> 2
 }
 
 /// Turns WAL acknowledgements (in submission order) into `persisted(seq)` inputs.

@@ -775,7 +775,9 @@ impl RaftCore {
     /// On a follower that knows its leader: hands `data` to the leader to propose, as
     /// etcd's followers forward `MsgProp`; answered with `Command::ProposalForwarded`
     /// (where the leader appended it, a refusal, or lost). On the leader, or with no
-    /// leader known, refused as `propose` would.
+    /// leader known, refused as `propose` would. `id` must be unique for this member
+    /// within a term, across its restarts too: the leader answers a request whose
+    /// sender and id it has appended before with the first copy's index.
     pub fn forward_proposal(&mut self, id: u64, data: Bytes) -> Result<()> {
         if self.role == Role::Leader || self.leader == 0 {
             return Err(Error::NotLeader {
