@@ -237,6 +237,18 @@ enum ApplyJob {
     /// size before and after.
     Defragment(oneshot::Sender<std::result::Result<(u64, u64), String>>),
     Entries(Vec<crate::raft::Entry>),
+    /// A forwarded write the leader never confirmed (`ForwardFailure::Lost`): answered
+    /// from its own entry if that is applied, or refused as not committed once an entry
+    /// of a later term is applied without it (see [`Applier::await_lost`]).
+    AwaitLost {
+        id: u64,
+        term: Term,
+        reply: oneshot::Sender<Result<KvResult>>,
+    },
+    /// Gives up waiting for a lost forwarded write: its outcome stays unknown.
+    GiveUpLost {
+        id: u64,
+    },
     Restore(crate::raft::SnapshotMeta),
     Snapshot(crate::raft::SnapshotMeta),
 }
@@ -614,6 +626,11 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         answers: Vec::new(),
         members_changed: false,
         last_durable: Instant::now(),
+        own_id: id,
+        lost: HashMap::new(),
+        own_applied: std::collections::BTreeMap::new(),
+        own_floor: 0,
+        last_applied_term: 0,
     };
     std::thread::Builder::new()
         .name("apply".into())
@@ -658,6 +675,7 @@ pub async fn start(config: RuntimeConfig, outbox: Arc<dyn Outbox>) -> Result<(No
         next_read_id: 1,
         forwarded: HashMap::new(),
         next_forward_id: forward_id_base(),
+        lost_forwards: std::collections::VecDeque::new(),
         snapshot_records: Vec::new(),
         log_events,
     };
@@ -688,7 +706,9 @@ struct CoreTask {
     /// Writes forwarded to the leader over the peer connection, until the core says
     /// where the leader appended them (bounded by the core's limit on forwarded
     /// proposals).
-    forwarded: HashMap<u64, oneshot::Sender<Result<KvResult>>>,
+    forwarded: HashMap<u64, (Term, oneshot::Sender<Result<KvResult>>)>,
+    /// Lost forwards the apply thread is deciding, with when to give up on them.
+    lost_forwards: std::collections::VecDeque<(Instant, u64)>,
     /// Counts up from a random start, not from 1: the leader recognises a forwarded
     /// request sent twice by its sender and id (within a term) and answers it with the
     /// index of the first copy, so ids must not repeat across restarts of this member
@@ -746,7 +766,16 @@ impl CoreTask {
                         }
                     }
                 }
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => {
+                    self.core.tick();
+                    let now = Instant::now();
+                    while self.lost_forwards.front().is_some_and(|(at, _)| *at <= now) {
+                        let (_, id) = self.lost_forwards.pop_front().expect("checked");
+                        if self.apply_tx.send(ApplyJob::GiveUpLost { id }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
             if !self.execute().await {
                 return;
@@ -794,10 +823,12 @@ impl CoreTask {
                     // the member asked.
                     let id = self.next_forward_id;
                     self.next_forward_id += 1;
-                    match self.core.forward_proposal(id, command.encode()) {
+                    let term = self.core.term();
+                    let data = wrap_forwarded(self.core.id(), id, &command.encode());
+                    match self.core.forward_proposal(id, data) {
                         Ok(()) => {
                             self.counters.proposals_forwarded.fetch_add(1, Ordering::Relaxed);
-                            self.forwarded.insert(id, reply);
+                            self.forwarded.insert(id, (term, reply));
                         }
                         Err(crate::raft::Error::NotLeader { leader_hint }) => {
                             let _ = reply.send(Err(Error::NotLeader { leader_hint }));
@@ -982,7 +1013,7 @@ impl CoreTask {
                         }
                     }
                     Command::ProposalForwarded { id, outcome } => {
-                        let Some(reply) = self.forwarded.remove(&id) else {
+                        let Some((forwarded_in, reply)) = self.forwarded.remove(&id) else {
                             continue;
                         };
                         let refused = match outcome {
@@ -1011,7 +1042,25 @@ impl CoreTask {
                             Err(ForwardFailure::Refused(ProposeRefusal::Busy)) => {
                                 Error::Raft(crate::raft::Error::Busy(0))
                             }
-                            Err(ForwardFailure::Lost) => Error::OutcomeUnknown,
+                            Err(ForwardFailure::Lost) => {
+                                // Its outcome is decided by what this member applies
+                                // (see `Applier::await_lost`), within a bound.
+                                self.lost_forwards
+                                    .push_back((Instant::now() + LOST_FORWARD_WAIT, id));
+                                if self
+                                    .apply_tx
+                                    .send(ApplyJob::AwaitLost {
+                                        id,
+                                        term: forwarded_in,
+                                        reply,
+                                    })
+                                    .await
+                                    .is_err()
+                                {
+                                    return false;
+                                }
+                                continue;
+                            }
                         };
                         self.counters.proposals_refused.fetch_add(1, Ordering::Relaxed);
                         let _ = reply.send(Err(refused));
@@ -1204,6 +1253,50 @@ struct Applier {
     answers: Vec<(Waiter, Result<Option<KvResult>>, Index)>,
     members_changed: bool,
     last_durable: Instant,
+    /// This member's id: forwarded writes carry it in their envelope.
+    own_id: NodeId,
+    /// Lost forwarded writes waiting for their outcome: id -> (term forwarded in, client).
+    lost: HashMap<u64, (Term, oneshot::Sender<Result<KvResult>>)>,
+    /// Results of this member's forwarded writes applied lately, by forward id (at most
+    /// `OWN_APPLIED_MAX`; a lost write is usually decided within an election timeout).
+    own_applied: std::collections::BTreeMap<u64, Option<KvResult>>,
+    /// Forward ids below this are no longer in `own_applied`: their outcome is unknown.
+    own_floor: u64,
+    /// The term of the last entry applied.
+    last_applied_term: Term,
+}
+
+/// Forwarded writes' results the apply thread keeps for a lost answer to find.
+const OWN_APPLIED_MAX: usize = 4096;
+
+/// How long a forwarded write the leader never confirmed waits for its outcome (its own
+/// entry applied, or an entry of a later term without it) before it is answered
+/// "outcome unknown" (etcd's request timeout).
+const LOST_FORWARD_WAIT: Duration = Duration::from_secs(5);
+
+/// Entry data of a write forwarded to the leader: a tag, the forwarding member's id
+/// and the forward id (little-endian), then the command. Every member applies the
+/// command; the forwarding member also recognises its own write in the log, which is
+/// how it learns the outcome of a forward whose answer was lost.
+const FORWARDED_TAG: u8 = 0xF1;
+
+fn wrap_forwarded(member: NodeId, id: u64, command: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(17 + command.len());
+    out.push(FORWARDED_TAG);
+    out.extend_from_slice(&member.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(command);
+    Bytes::from(out)
+}
+
+/// (member, forward id, command) of a forwarded write's entry data.
+fn unwrap_forwarded(data: &Bytes) -> Option<(NodeId, u64, Bytes)> {
+    if data.len() < 17 || data[0] != FORWARDED_TAG {
+        return None;
+    }
+    let member = u64::from_le_bytes(data[1..9].try_into().expect("8 bytes"));
+    let id = u64::from_le_bytes(data[9..17].try_into().expect("8 bytes"));
+    Some((member, id, data.slice(17..)))
 }
 
 /// Applies committed entries to the state machine and answers the clients, on a
@@ -1217,6 +1310,12 @@ fn apply_thread(mut applier: Applier, mut jobs: mpsc::Receiver<ApplyJob>) {
         while let Some(next) = job.take() {
             match next {
                 ApplyJob::Register { index, term, reply } => applier.register(index, term, reply),
+                ApplyJob::AwaitLost { id, term, reply } => applier.await_lost(id, term, reply),
+                ApplyJob::GiveUpLost { id } => {
+                    if let Some((_, reply)) = applier.lost.remove(&id) {
+                        let _ = reply.send(Err(Error::OutcomeUnknown));
+                    }
+                }
                 ApplyJob::Entries(entries) => {
                     applied += entries.len();
                     applier.apply_entries(entries);
@@ -1277,6 +1376,57 @@ impl Applier {
         }
     }
 
+    /// A forwarded write of this member was applied: its lost client (if any) gets the
+    /// result; the result is kept a while for an answer that is lost later.
+    fn own_write_applied(&mut self, id: u64, result: &Option<KvResult>) {
+        if let Some((_, reply)) = self.lost.remove(&id) {
+            let _ = reply.send(result.clone().ok_or(Error::ProposalDropped));
+            return;
+        }
+        self.own_applied.insert(id, result.clone());
+        while self.own_applied.len() > OWN_APPLIED_MAX {
+            let (oldest, _) = self.own_applied.pop_first().expect("not empty");
+            self.own_floor = self.own_floor.max(oldest + 1);
+        }
+    }
+
+    /// An entry of `term` was applied. A forward sent in an earlier term can only have
+    /// been appended in that term (a leader refuses a request of an older term), and a
+    /// log's terms never decrease: once an entry of a later term is applied, every
+    /// entry of the forward's term that will ever commit has been applied here. Lost
+    /// forwards of earlier terms not seen by then were never committed: refused as
+    /// `NotLeader`, which the API retries with the next leader, safely.
+    fn applied_term(&mut self, term: Term) {
+        if term <= self.last_applied_term {
+            return;
+        }
+        self.last_applied_term = term;
+        let decided: Vec<u64> = self
+            .lost
+            .iter()
+            .filter(|(_, (forwarded_in, _))| *forwarded_in < term)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in decided {
+            let (_, reply) = self.lost.remove(&id).expect("listed");
+            let _ = reply.send(Err(Error::NotLeader { leader_hint: None }));
+        }
+    }
+
+    /// A forward sent in `term` whose answer was lost: answered from what was applied
+    /// already, else once its entry or an entry of a later term is applied.
+    fn await_lost(&mut self, id: u64, term: Term, reply: oneshot::Sender<Result<KvResult>>) {
+        if let Some(result) = self.own_applied.remove(&id) {
+            let _ = reply.send(result.ok_or(Error::ProposalDropped));
+        } else if id < self.own_floor {
+            let _ = reply.send(Err(Error::OutcomeUnknown));
+        } else if self.last_applied_term > term {
+            let _ = reply.send(Err(Error::NotLeader { leader_hint: None }));
+        } else {
+            self.lost.insert(id, (term, reply));
+        }
+    }
+
     fn apply_entries(&mut self, entries: Vec<crate::raft::Entry>) {
         for entry in entries {
             if entry.index <= self.kv.applied() {
@@ -1297,15 +1447,25 @@ impl Applier {
                     self.kv.skip(entry.index);
                     None
                 }
-                EntryPayload::Normal(data) => match KvCommand::decode(Bytes::clone(data)) {
-                    Ok(command) => Some(self.kv.apply(entry.index, &command)),
-                    Err(e) => {
-                        // Every member skips it the same way: deterministic.
-                        tracing::error!(index = entry.index, error = %e, "undecodable entry skipped");
-                        self.kv.skip(entry.index);
-                        None
+                EntryPayload::Normal(data) => {
+                    let (own, command) = match unwrap_forwarded(data) {
+                        Some((member, id, command)) => ((member == self.own_id).then_some(id), command),
+                        None => (None, Bytes::clone(data)),
+                    };
+                    let result = match KvCommand::decode(command) {
+                        Ok(command) => Some(self.kv.apply(entry.index, &command)),
+                        Err(e) => {
+                            // Every member skips it the same way: deterministic.
+                            tracing::error!(index = entry.index, error = %e, "undecodable entry skipped");
+                            self.kv.skip(entry.index);
+                            None
+                        }
+                    };
+                    if let Some(id) = own {
+                        self.own_write_applied(id, &result);
                     }
-                },
+                    result
+                }
                 EntryPayload::ConfChange(change) => {
                     let before = self.members.clone();
                     self.members.apply_conf_change(change);
@@ -1318,6 +1478,7 @@ impl Applier {
                     None
                 }
             };
+            self.applied_term(entry.term);
             if let Some((term, waiter)) = self.waiting.remove(&entry.index) {
                 // Same index and term: the very entry that was proposed.
                 let answer = if term == entry.term {
@@ -1415,6 +1576,13 @@ impl Applier {
         self.kv = store;
         self.members = table;
         self.last_durable = Instant::now();
+        // The snapshot may hold forwarded writes of this member that were never applied
+        // here one by one: their outcome can no longer be told.
+        for (_, (_, reply)) in self.lost.drain() {
+            let _ = reply.send(Err(Error::OutcomeUnknown));
+        }
+        self.own_applied.clear();
+        self.own_floor = u64::MAX;
         for (index, (_, reply)) in std::mem::take(&mut self.waiting) {
             if index <= self.kv.applied() {
                 reply.fail(Error::ProposalDropped);
