@@ -235,19 +235,33 @@ fn set_condition(
     message: String,
     now_ms: u64,
 ) {
+    crate::backup::set_typed_condition(CONDITION, conditions, previous, on, reason, message, now_ms);
+}
+
+/// Sets condition `type_` (True when `on`), keeping its transition time while its status
+/// stays the same. Shared by backups, restore and replacement.
+pub(crate) fn set_typed_condition(
+    type_: &str,
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    on: bool,
+    reason: &str,
+    message: String,
+    now_ms: u64,
+) {
     let status = if on { "True" } else { "False" };
     let since = previous
         .iter()
-        .find(|c| c.type_ == CONDITION && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::from_millisecond(now_ms as i64).unwrap_or_default(),
             )
         });
-    conditions.retain(|c| c.type_ != CONDITION);
+    conditions.retain(|c| c.type_ != type_);
     conditions.push(Condition {
-        type_: CONDITION.into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,

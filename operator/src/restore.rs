@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
@@ -287,23 +287,7 @@ fn set_condition(
     message: String,
     now_ms: u64,
 ) {
-    let status = if on { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == CONDITION && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            Time(k8s_openapi::jiff::Timestamp::from_millisecond(now_ms as i64).unwrap_or_default())
-        });
-    conditions.retain(|c| c.type_ != CONDITION);
-    conditions.push(Condition {
-        type_: CONDITION.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: None,
-        last_transition_time: since,
-    });
+    crate::backup::set_typed_condition(CONDITION, conditions, previous, on, reason, message, now_ms);
 }
 
 /// Writes this round's restore into the status: `status.restore` and the `Restored`
